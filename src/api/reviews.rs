@@ -1,0 +1,260 @@
+//! POST /reviews and GET /reviews/{id}.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState};
+use crate::review::Rating;
+
+pub const MAX_TITLE_CHARS: usize = 200;
+pub const MAX_CONTENT_CHARS: usize = 10_000;
+/// Clock skew tolerated for a client-supplied created_at.
+const MAX_FUTURE: Duration = Duration::minutes(5);
+
+/// The body of POST /reviews, before validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewReview {
+    pub course_id: i64,
+    pub user_id: i64,
+    pub rating: f64,
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+/// A stored review, as the API returns it.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct Review {
+    pub id: i64,
+    pub course_id: i64,
+    pub user_id: i64,
+    pub rating: f64,
+    pub title: Option<String>,
+    pub content: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str =
+    "id, course_id, user_id, rating::float8, title, content, created_at, updated_at";
+
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !json {
+        return Err(ApiError::bad_request(
+            "the body must be JSON (Content-Type: application/json)",
+            None,
+        )
+        .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+    }
+    let new = parse(&body)?;
+    let rating = validate(&new, Utc::now())?;
+    let client = state.pool.get().await?;
+    let row = client
+        .query_one(
+            &format!(
+                "INSERT INTO reviews (course_id, user_id, rating, title, content, created_at) \
+                 VALUES ($1, $2, $3::float8::numeric(2,1), $4, $5, coalesce($6::timestamptz, now())) \
+                 RETURNING {COLUMNS}"
+            ),
+            &[&new.course_id, &new.user_id, &rating.stars(), &new.title, &new.content, &new.created_at],
+        )
+        .await?;
+    let review = to_review(&row);
+    let location = format!("/reviews/{}", review.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(review),
+    ))
+}
+
+pub async fn read(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Review>, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request("id must be an integer", Some("id".into())))?;
+    let client = state.pool.get().await?;
+    let row = client
+        .query_opt(
+            &format!("SELECT {COLUMNS} FROM reviews WHERE id = $1"),
+            &[&id],
+        )
+        .await?;
+    row.map(|r| Json(to_review(&r)))
+        .ok_or_else(|| ApiError::not_found(format!("no review {id}")))
+}
+
+fn to_review(row: &tokio_postgres::Row) -> Review {
+    Review {
+        id: row.get(0),
+        course_id: row.get(1),
+        user_id: row.get(2),
+        rating: row.get(3),
+        title: row.get(4),
+        content: row.get(5),
+        created_at: row.get(6),
+        updated_at: row.get(7),
+    }
+}
+
+/// Malformed JSON is 400; a well-formed body with a wrong or missing field is 422.
+pub fn parse(body: &[u8]) -> Result<NewReview, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed: NewReview = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.to_string();
+        let field = if path != "." && !path.is_empty() {
+            Some(path)
+        } else {
+            // serde names missing and unknown fields only in its message: `field`.
+            message.split('`').nth(1).map(str::to_string)
+        };
+        match (inner.classify(), field) {
+            (serde_json::error::Category::Data, Some(field)) => {
+                ApiError::field(&field, format!("{field}: {message}"))
+            }
+            (_, field) => {
+                ApiError::bad_request(format!("the body is not valid JSON: {message}"), field)
+            }
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}"), None))?;
+    Ok(parsed)
+}
+
+pub fn validate(new: &NewReview, now: DateTime<Utc>) -> Result<Rating, ApiError> {
+    if new.course_id <= 0 {
+        return Err(ApiError::field(
+            "course_id",
+            "course_id must be a positive integer",
+        ));
+    }
+    if new.user_id <= 0 {
+        return Err(ApiError::field(
+            "user_id",
+            "user_id must be a positive integer",
+        ));
+    }
+    let rating = Rating::from_stars(new.rating).ok_or_else(|| {
+        ApiError::field(
+            "rating",
+            "rating must be one of 0.5, 1.0, 1.5, ... 5.0 (half stars)",
+        )
+    })?;
+    for (field, value, max) in [
+        ("title", &new.title, MAX_TITLE_CHARS),
+        ("content", &new.content, MAX_CONTENT_CHARS),
+    ] {
+        if let Some(text) = value {
+            if text.chars().count() > max {
+                return Err(ApiError::field(
+                    field,
+                    format!("{field} must be at most {max} characters"),
+                ));
+            }
+            if text.contains('\0') {
+                return Err(ApiError::field(
+                    field,
+                    format!("{field} must not contain NUL characters"),
+                ));
+            }
+        }
+    }
+    if let Some(created_at) = new.created_at {
+        if created_at > now + MAX_FUTURE {
+            return Err(ApiError::field(
+                "created_at",
+                "created_at must not be in the future",
+            ));
+        }
+    }
+    Ok(rating)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(body: &str) -> (StatusCode, Option<String>) {
+        match parse(body.as_bytes()).and_then(|n| validate(&n, Utc::now()).map(|_| n)) {
+            Ok(_) => (StatusCode::CREATED, None),
+            Err(e) => (e.status, e.field),
+        }
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            (r#"{"user_id":1,"rating":4.5}"#, "course_id"),
+            (r#"{"course_id":"x","user_id":1,"rating":4.5}"#, "course_id"),
+            (r#"{"course_id":1,"user_id":0,"rating":4.5}"#, "user_id"),
+            (r#"{"course_id":1,"user_id":1,"rating":4.25}"#, "rating"),
+            (r#"{"course_id":1,"user_id":1,"rating":5.5}"#, "rating"),
+            (r#"{"course_id":1,"user_id":1,"rating":"4.5"}"#, "rating"),
+            (
+                r#"{"course_id":1,"user_id":1,"rating":4,"ratting":4}"#,
+                "ratting",
+            ),
+            (
+                r#"{"course_id":1,"user_id":1,"rating":4,"created_at":"yesterday"}"#,
+                "created_at",
+            ),
+            (
+                r#"{"course_id":1,"user_id":1,"rating":4,"created_at":"2999-01-01T00:00:00Z"}"#,
+                "created_at",
+            ),
+            (
+                r#"{"course_id":1,"user_id":1,"rating":4,"title":7}"#,
+                "title",
+            ),
+        ];
+        for (body, field) in cases {
+            let (status, got) = field_of(body);
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+            assert_eq!(got.as_deref(), Some(field), "{body}");
+        }
+        let long = format!(
+            r#"{{"course_id":1,"user_id":1,"rating":4,"content":"{}"}}"#,
+            "a".repeat(10_001)
+        );
+        assert_eq!(field_of(&long).1.as_deref(), Some("content"));
+    }
+
+    #[test]
+    fn malformed_json_is_a_bad_request() {
+        for body in ["", "{", "[1]x", "{\"course_id\":1} trailing"] {
+            assert_eq!(field_of(body).0, StatusCode::BAD_REQUEST, "{body:?}");
+        }
+    }
+
+    #[test]
+    fn a_good_review_passes() {
+        let body = r#"{"course_id":7,"user_id":9,"rating":4.5,"title":"Great","content":"Clear","created_at":"2026-01-02T03:04:05Z"}"#;
+        assert_eq!(field_of(body), (StatusCode::CREATED, None));
+    }
+}

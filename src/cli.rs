@@ -1,0 +1,214 @@
+//! The command line: one binary whose subcommands are the pipeline's parts and tools.
+//! Parts that are not built yet say so and exit non-zero; nothing pretends to work.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Connections, Settings};
+use crate::error::{Error, Result};
+use crate::stack::{self, StackConfig};
+use crate::{api, db, verify};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "reviewflow",
+    version,
+    about = "Live, exact course-review statistics: PostgreSQL -> Kafka -> PostgreSQL"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub connections: Connections,
+
+    #[command(flatten)]
+    pub stack: StackConfig,
+
+    /// Log format: text or json.
+    #[arg(
+        long,
+        env = "REVIEWFLOW_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run every part in one process (on the local stack unless configured otherwise).
+    Run {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The REST API: POST /reviews, GET /courses/{id}/stats, GET /healthz.
+    Api {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Stream changes of `reviews` from the replication slot into Kafka.
+    Cdc,
+    /// Score every review version for fraud, exactly-once.
+    Fraud,
+    /// Keep course_stats and course_daily_stats, exactly-once.
+    Stats,
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// The self-managed local PostgreSQL and Kafka.
+    Stack {
+        #[command(subcommand)]
+        action: StackAction,
+    },
+    /// Replication slot, lag and worker positions.
+    Status,
+    /// Compare course_stats with the from-scratch truth; exit 1 on any difference.
+    Verify,
+    /// Rebuild the derived tables from history.
+    Replay,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "API_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+}
+
+#[derive(Subcommand, Debug, Clone, Copy)]
+pub enum StackAction {
+    /// Start PostgreSQL and Kafka (fetching Kafka once) and wait until both accept connections.
+    Up,
+    /// Stop exactly the processes `up` started; data is kept.
+    Down,
+    /// Show whether each part of the stack is running, and where.
+    Status,
+    /// Print the connection settings as shell `export` lines: eval "$(reviewflow stack env)".
+    Env,
+}
+
+impl Cli {
+    pub async fn execute(self) -> Result<ExitCode> {
+        match self.command {
+            Command::Stack { action } => stack_command(action, &self.stack).await,
+            Command::Migrate => {
+                let settings = self.connections.resolve(&self.stack).await?;
+                let applied = db::migrate(&settings.database_url).await?;
+                println!(
+                    "migrations applied: {}",
+                    if applied.is_empty() {
+                        "none (up to date)".into()
+                    } else {
+                        applied.join(", ")
+                    }
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Api { api } => {
+                let settings = prepare(&self.connections, &self.stack).await?;
+                run_api(&settings, api.listen, crate::shutdown::on_signals()).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Run { api } => {
+                let settings = prepare(&self.connections, &self.stack).await?;
+                tracing::warn!(
+                    "not built yet, so not running: cdc, fraud, stats (open issues); running the api only"
+                );
+                run_api(&settings, api.listen, crate::shutdown::on_signals()).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Verify => {
+                let settings = prepare(&self.connections, &self.stack).await?;
+                let client = db::connect(&settings.database_url).await?;
+                let report = verify::verify(&client).await?;
+                for d in &report.differences {
+                    println!(
+                        "course {:>8}  {:<20} expected {:<24} actual {}",
+                        d.course_id, d.figure, d.expected, d.actual
+                    );
+                }
+                println!(
+                    "{} courses checked, {} differences",
+                    report.courses,
+                    report.differences.len()
+                );
+                Ok(if report.differences.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
+            }
+            Command::Cdc => Err(Error::NotBuilt("reviewflow cdc")),
+            Command::Fraud => Err(Error::NotBuilt("reviewflow fraud")),
+            Command::Stats => Err(Error::NotBuilt("reviewflow stats")),
+            Command::Status => Err(Error::NotBuilt("reviewflow status")),
+            Command::Replay => Err(Error::NotBuilt("reviewflow replay")),
+        }
+    }
+}
+
+/// Every part starts by resolving its connections and applying the migrations.
+async fn prepare(connections: &Connections, stack: &StackConfig) -> Result<Settings> {
+    let settings = connections.resolve(stack).await?;
+    let applied = db::migrate(&settings.database_url).await?;
+    if !applied.is_empty() {
+        tracing::info!(?applied, "migrations applied");
+    }
+    Ok(settings)
+}
+
+async fn run_api(
+    settings: &Settings,
+    listen: SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let pool = db::pool(&settings.database_url, 16)?;
+    api::serve(listen, api::AppState { pool }, shutdown).await
+}
+
+async fn stack_command(action: StackAction, cfg: &StackConfig) -> Result<ExitCode> {
+    match action {
+        StackAction::Up => {
+            let info = stack::up(cfg).await?;
+            println!("local stack is up (data in {})", cfg.home().display());
+            println!("  postgres: {}", info.database_url);
+            println!("  kafka:    {}", info.kafka_bootstrap_servers);
+            println!("use it from a shell with: eval \"$(reviewflow stack env)\"");
+        }
+        StackAction::Down => {
+            stack::down(cfg).await?;
+            println!(
+                "local stack is down (data kept in {})",
+                cfg.home().display()
+            );
+        }
+        StackAction::Status => {
+            let mut all_up = true;
+            for (part, state) in stack::status(cfg) {
+                match state {
+                    Ok(address) => println!("{part:<9} running  {address}"),
+                    Err(_) => {
+                        all_up = false;
+                        println!("{part:<9} stopped");
+                    }
+                }
+            }
+            return Ok(if all_up {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            });
+        }
+        StackAction::Env => print!("{}", stack::info(cfg).await?.exports()),
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,155 @@
+//! The one place configuration is read: command-line flags, each backed by an environment
+//! variable. When neither PostgreSQL nor Kafka is configured, the self-managed local stack
+//! (see `stack`) provides both.
+
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::stack::{self, StackConfig};
+
+/// Where the pipeline's dependencies live.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct Connections {
+    /// PostgreSQL connection string; unset means the local stack's.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Kafka bootstrap servers; unset means the local stack's. Other `KAFKA_*` variables are
+    /// passed to the Kafka clients as settings (KAFKA_SECURITY_PROTOCOL -> security.protocol).
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", global = true)]
+    pub kafka_bootstrap_servers: Option<String>,
+
+    /// A Confluent-compatible schema registry; unset means reviewflow's own.
+    #[arg(long, env = "SCHEMA_REGISTRY_URL", global = true)]
+    pub schema_registry_url: Option<String>,
+}
+
+/// Resolved connection settings, ready for the stages.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub database_url: String,
+    pub kafka: KafkaSettings,
+    pub schema_registry_url: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct KafkaSettings {
+    pub bootstrap_servers: String,
+    /// librdkafka settings taken from `KAFKA_*` variables.
+    pub client: Vec<(String, String)>,
+}
+
+impl Connections {
+    /// Fills what is missing from the local stack, starting it when it is not up.
+    pub async fn resolve(&self, stack: &StackConfig) -> Result<Settings> {
+        let (database_url, bootstrap_servers) =
+            match (&self.database_url, &self.kafka_bootstrap_servers) {
+                (Some(db), Some(kafka)) => (db.clone(), kafka.clone()),
+                (db, kafka) => {
+                    tracing::info!(home = %stack.home().display(), "using the local stack");
+                    let local = stack::up(stack).await?;
+                    (
+                        db.clone().unwrap_or(local.database_url),
+                        kafka.clone().unwrap_or(local.kafka_bootstrap_servers),
+                    )
+                }
+            };
+        if database_url.trim().is_empty() {
+            return Err(Error::Config("DATABASE_URL is empty".into()));
+        }
+        Ok(Settings {
+            database_url,
+            kafka: KafkaSettings {
+                bootstrap_servers,
+                client: kafka_client_settings(std::env::vars()),
+            },
+            schema_registry_url: self.schema_registry_url.clone(),
+        })
+    }
+}
+
+/// Variables of Kafka's own shell scripts and JVM, which are not client settings.
+const NOT_CLIENT_SETTINGS: &[&str] = &[
+    "BOOTSTRAP_SERVERS", // has its own flag
+    "HOME",
+    "OPTS",
+    "HEAP_OPTS",
+    "JVM_PERFORMANCE_OPTS",
+    "LOG4J_OPTS",
+    "JMX_OPTS",
+    "GC_LOG_OPTS",
+    "DEBUG",
+    "VERSION",
+    "CLUSTER_ID",
+    "NODE_ID",
+];
+
+/// `KAFKA_SASL_PASSWORD=x` becomes `sasl.password=x`.
+pub fn kafka_client_settings(
+    vars: impl Iterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
+    let mut out: Vec<_> = vars
+        .filter_map(|(k, v)| {
+            let name = k.strip_prefix("KAFKA_")?;
+            (!name.is_empty() && !NOT_CLIENT_SETTINGS.contains(&name))
+                .then(|| (name.to_ascii_lowercase().replace('_', "."), v))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Settings whose values must never reach a log line.
+pub fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "token", "key.pem", "private"]
+        .iter()
+        .any(|s| key.contains(s))
+}
+
+pub fn default_home() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("reviewflow");
+    }
+    home_dir().join(".local/share/reviewflow")
+}
+
+pub fn default_cache() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("reviewflow");
+    }
+    home_dir().join(".cache/reviewflow")
+}
+
+fn home_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_variables_become_client_settings() {
+        let vars = [
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_BOOTSTRAP_SERVERS", "b:9092"),
+            ("KAFKA_SASL_PASSWORD", "pw"),
+            ("KAFKA_HEAP_OPTS", "-Xmx1g"),
+            ("DATABASE_URL", "postgres://x"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let got = kafka_client_settings(vars.into_iter());
+        assert_eq!(
+            got,
+            vec![
+                ("sasl.password".to_string(), "pw".to_string()),
+                ("security.protocol".to_string(), "SASL_SSL".to_string()),
+            ]
+        );
+        assert!(is_secret("sasl.password"));
+        assert!(!is_secret("security.protocol"));
+    }
+}

@@ -1,0 +1,288 @@
+//! The local single-node Apache Kafka in KRaft mode (broker and controller in one JVM), run
+//! from the official jars. Maven fetches org.apache.kafka:kafka_2.13 and its dependencies
+//! from Maven Central once into the cache; the broker's data lives in the stack folder.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use tokio::process::Command;
+
+use super::{process, write_file, StackConfig};
+use crate::error::{Error, Result};
+
+pub const KAFKA_VERSION: &str = "4.1.1";
+/// The log4j release Kafka's own jars are built against; its slf4j binding makes the broker log.
+const LOG4J_VERSION: &str = "2.24.3";
+
+pub async fn up(cfg: &StackConfig) -> Result<String> {
+    if let Ok(address) = running_address(cfg) {
+        return Ok(address);
+    }
+    for port in [cfg.kafka_port, cfg.kafka_port + 1] {
+        if !process::port_free(port) {
+            return Err(Error::Stack(format!(
+                "port {port} is taken by another program; choose other Kafka ports with REVIEWFLOW_KAFKA_PORT \
+                 (the controller uses the next port)"
+            )));
+        }
+    }
+    let libs = fetch_jars(cfg).await?;
+    let dir = cfg.home().join("kafka");
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).map_err(|e| Error::io_path("create", &logs, e))?;
+    let properties = dir.join("server.properties");
+    write_file(&properties, server_properties(cfg, &logs).as_bytes(), 0o644)?;
+    write_file(&dir.join("log4j2.properties"), LOG4J.as_bytes(), 0o644)?;
+    if !logs.join("meta.properties").exists() {
+        format_storage(&libs, &properties).await?;
+    }
+
+    tracing::info!(port = cfg.kafka_port, version = %cfg.kafka_version, "starting Kafka");
+    let log_path = dir.join("kafka.log");
+    let log =
+        std::fs::File::create(&log_path).map_err(|e| Error::io_path("create", &log_path, e))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| Error::io_path("open", &log_path, e))?;
+    let child = java()
+        .args([
+            "-Xms256m",
+            "-Xmx768m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+        ])
+        .arg(format!(
+            "-Dlog4j2.configurationFile={}",
+            dir.join("log4j2.properties").display()
+        ))
+        .arg("-cp")
+        .arg(classpath(&libs))
+        .arg("kafka.Kafka")
+        .arg(&properties)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        // Its own process group: a Ctrl-C meant for the caller must not stop the broker.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::Stack(format!("could not start java: {e}")))?;
+    let pid = child
+        .id()
+        .ok_or_else(|| Error::Stack("Kafka exited at once".into()))? as i32;
+    write_file(&dir.join("kafka.pid"), pid.to_string().as_bytes(), 0o644)?;
+
+    let address = format!("127.0.0.1:{}", cfg.kafka_port);
+    let died = || {
+        if process::alive(pid) {
+            return Ok(());
+        }
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        Err(Error::Stack(format!(
+            "Kafka exited while starting; the end of {}:\n{}",
+            log_path.display(),
+            process::tail(&log, 20)
+        )))
+    };
+    let addr: SocketAddr = address.parse().expect("a loopback address with a port");
+    process::wait_for_port(addr, Duration::from_secs(120), died).await?;
+    wait_for_metadata(&address).await?;
+    Ok(address)
+}
+
+pub async fn down(cfg: &StackConfig) -> Result<()> {
+    if let Some(pid) = running_pid(cfg) {
+        tracing::info!(pid, "stopping Kafka");
+        process::terminate(pid, Duration::from_secs(60)).await;
+    }
+    Ok(())
+}
+
+pub fn running_address(cfg: &StackConfig) -> Result<String> {
+    running_pid(cfg)
+        .map(|_| {
+            format!(
+                "127.0.0.1:{}",
+                configured_port(cfg).unwrap_or(cfg.kafka_port)
+            )
+        })
+        .ok_or_else(|| {
+            Error::Stack(format!(
+                "Kafka of {} is not running: run `reviewflow stack up`",
+                cfg.home().display()
+            ))
+        })
+}
+
+/// Our broker is the live java process whose command line names our server.properties.
+fn running_pid(cfg: &StackConfig) -> Option<i32> {
+    let dir = cfg.home().join("kafka");
+    let pid: i32 = std::fs::read_to_string(dir.join("kafka.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let properties = dir.join("server.properties");
+    let ours = process::cmdline(pid).is_some_and(|c| c.contains(&*properties.to_string_lossy()));
+    (ours && process::alive(pid)).then_some(pid)
+}
+
+/// The port the running broker was started with, which may differ from today's flag.
+fn configured_port(cfg: &StackConfig) -> Option<u16> {
+    let text = std::fs::read_to_string(cfg.home().join("kafka/server.properties")).ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("advertised.listeners="))?;
+    line.rsplit(':').next()?.trim().parse().ok()
+}
+
+fn server_properties(cfg: &StackConfig, logs: &Path) -> String {
+    let (broker, controller) = (cfg.kafka_port, cfg.kafka_port + 1);
+    format!(
+        "# written by `reviewflow stack up`\n\
+         process.roles=broker,controller\n\
+         node.id=1\n\
+         controller.quorum.bootstrap.servers=127.0.0.1:{controller}\n\
+         listeners=PLAINTEXT://127.0.0.1:{broker},CONTROLLER://127.0.0.1:{controller}\n\
+         advertised.listeners=PLAINTEXT://127.0.0.1:{broker}\n\
+         controller.listener.names=CONTROLLER\n\
+         inter.broker.listener.name=PLAINTEXT\n\
+         listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+         log.dirs={}\n\
+         num.partitions=3\n\
+         offsets.topic.replication.factor=1\n\
+         offsets.topic.num.partitions=10\n\
+         transaction.state.log.replication.factor=1\n\
+         transaction.state.log.min.isr=1\n\
+         transaction.state.log.num.partitions=10\n\
+         share.coordinator.state.topic.replication.factor=1\n\
+         share.coordinator.state.topic.min.isr=1\n\
+         group.initial.rebalance.delay.ms=0\n\
+         auto.create.topics.enable=false\n",
+        logs.display()
+    )
+}
+
+const LOG4J: &str = "status = warn\n\
+appender.out.type = Console\n\
+appender.out.name = out\n\
+appender.out.layout.type = PatternLayout\n\
+appender.out.layout.pattern = [%d] %p %m (%c)%n\n\
+rootLogger.level = info\n\
+rootLogger.appenderRef.out.ref = out\n\
+logger.kafka.name = kafka\n\
+logger.kafka.level = warn\n\
+logger.ak.name = org.apache.kafka\n\
+logger.ak.level = warn\n\
+logger.started.name = kafka.server.KafkaRaftServer\n\
+logger.started.level = info\n";
+
+/// Once per Kafka version: a throwaway pom whose runtime dependencies are the broker.
+async fn fetch_jars(cfg: &StackConfig) -> Result<PathBuf> {
+    let dir = cfg.cache().join(format!("kafka-{}", cfg.kafka_version));
+    let libs = dir.join("libs");
+    if libs.join(".complete").exists() {
+        return Ok(libs);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io_path("create", &dir, e))?;
+    let dependency = |group: &str, artifact: &str, version: &str| {
+        format!("<dependency><groupId>{group}</groupId><artifactId>{artifact}</artifactId><version>{version}</version></dependency>")
+    };
+    let v = &cfg.kafka_version;
+    let pom = format!(
+        "<project xmlns=\"http://maven.apache.org/POM/4.0.0\"><modelVersion>4.0.0</modelVersion>\
+         <groupId>local.reviewflow</groupId><artifactId>kafka-runtime</artifactId><version>1</version>\
+         <dependencies>{}{}{}</dependencies></project>\n",
+        dependency("org.apache.kafka", "kafka_2.13", v),
+        dependency("org.apache.kafka", "kafka-tools", v),
+        dependency("org.apache.logging.log4j", "log4j-slf4j-impl", LOG4J_VERSION),
+    );
+    write_file(&dir.join("pom.xml"), pom.as_bytes(), 0o644)?;
+    tracing::info!(version = %v, into = %libs.display(), "fetching Apache Kafka jars from Maven Central (once)");
+    let mut mvn = Command::new("mvn");
+    mvn.current_dir(&dir)
+        .args([
+            "-B",
+            "-q",
+            "-f",
+            "pom.xml",
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+        ])
+        .arg(format!("-DoutputDirectory={}", libs.display()));
+    process::run(
+        "mvn dependency:copy-dependencies (is Maven installed? apt-get install maven)",
+        &mut mvn,
+    )
+    .await?;
+    write_file(&libs.join(".complete"), b"", 0o644)?;
+    Ok(libs)
+}
+
+async fn format_storage(libs: &Path, properties: &Path) -> Result<()> {
+    let mut uuid = java();
+    uuid.arg("-cp")
+        .arg(classpath(libs))
+        .args(["kafka.tools.StorageTool", "random-uuid"]);
+    let cluster_id = process::run("kafka-storage random-uuid", &mut uuid).await?;
+    let cluster_id = cluster_id
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let mut format = java();
+    format
+        .arg("-cp")
+        .arg(classpath(libs))
+        .args([
+            "kafka.tools.StorageTool",
+            "format",
+            "--standalone",
+            "-t",
+            &cluster_id,
+            "-c",
+        ])
+        .arg(properties);
+    process::run("kafka-storage format", &mut format).await?;
+    Ok(())
+}
+
+/// The broker answers metadata requests, not merely accepts TCP.
+async fn wait_for_metadata(address: &str) -> Result<()> {
+    let address = address.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &address)
+            .set("log_level", "3")
+            .create()?;
+        let mut last = None;
+        for _ in 0..60 {
+            match consumer.fetch_metadata(None, Duration::from_secs(2)) {
+                Ok(m) if !m.brokers().is_empty() => return Ok(()),
+                Ok(_) => {}
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Err(Error::Stack(format!(
+            "Kafka at {address} does not answer metadata requests: {last:?}"
+        )))
+    })
+    .await
+    .map_err(|e| Error::Stack(format!("metadata wait panicked: {e}")))?
+}
+
+fn java() -> Command {
+    let java = std::env::var_os("JAVA_HOME")
+        .map(|h| PathBuf::from(h).join("bin/java"))
+        .unwrap_or_else(|| PathBuf::from("java"));
+    Command::new(java)
+}
+
+fn classpath(libs: &Path) -> String {
+    format!("{}/*", libs.display())
+}

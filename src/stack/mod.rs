@@ -1,0 +1,164 @@
+//! The self-managed local stack: a private PostgreSQL cluster from the installed server
+//! binaries and a single-node Apache Kafka (KRaft) from its release jars, both in one data
+//! folder that reviewflow owns. `up` is idempotent and waits until both accept connections;
+//! `down` stops exactly the processes `up` started (recognised by their data folder).
+
+mod kafka;
+mod postgres;
+mod process;
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::config;
+use crate::error::{Error, Result};
+
+pub use kafka::KAFKA_VERSION;
+
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct StackConfig {
+    /// Data folder of the local stack [default: $XDG_DATA_HOME/reviewflow or ~/.local/share/reviewflow]
+    #[arg(long = "home", env = "REVIEWFLOW_HOME", global = true)]
+    pub home_dir: Option<PathBuf>,
+
+    /// Cache for downloaded Kafka jars [default: $XDG_CACHE_HOME/reviewflow or ~/.cache/reviewflow]
+    #[arg(long = "cache", env = "REVIEWFLOW_CACHE", global = true)]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Port of the local PostgreSQL.
+    #[arg(
+        long,
+        env = "REVIEWFLOW_PG_PORT",
+        default_value_t = 54329,
+        global = true
+    )]
+    pub pg_port: u16,
+
+    /// Port of the local Kafka broker; its KRaft controller listens on the next port.
+    #[arg(
+        long,
+        env = "REVIEWFLOW_KAFKA_PORT",
+        default_value_t = 19092,
+        global = true
+    )]
+    pub kafka_port: u16,
+
+    /// Apache Kafka release run by the local stack (jars from Maven Central).
+    #[arg(long, env = "REVIEWFLOW_KAFKA_VERSION", default_value = KAFKA_VERSION, global = true)]
+    pub kafka_version: String,
+
+    /// Directory holding initdb, pg_ctl and postgres.
+    #[arg(
+        long,
+        env = "REVIEWFLOW_PG_BIN",
+        default_value = "/usr/lib/postgresql/15/bin",
+        global = true
+    )]
+    pub pg_bin: PathBuf,
+}
+
+impl StackConfig {
+    pub fn home(&self) -> PathBuf {
+        self.home_dir.clone().unwrap_or_else(config::default_home)
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.cache_dir.clone().unwrap_or_else(config::default_cache)
+    }
+}
+
+/// How to reach a running local stack.
+#[derive(Clone, Debug)]
+pub struct StackInfo {
+    pub database_url: String,
+    pub kafka_bootstrap_servers: String,
+}
+
+impl StackInfo {
+    /// Shell `export` lines, for `eval "$(reviewflow stack env)"`.
+    pub fn exports(&self) -> String {
+        format!(
+            "export DATABASE_URL='{}'\nexport KAFKA_BOOTSTRAP_SERVERS='{}'\n",
+            self.database_url, self.kafka_bootstrap_servers
+        )
+    }
+}
+
+/// Starts whatever part of the stack is not running and waits until both accept connections.
+pub async fn up(cfg: &StackConfig) -> Result<StackInfo> {
+    let home = cfg.home();
+    std::fs::create_dir_all(&home)
+        .map_err(|e| crate::Error::io_path("create the stack folder", &home, e))?;
+    let database_url = postgres::up(cfg).await?;
+    let kafka_bootstrap_servers = kafka::up(cfg).await?;
+    Ok(StackInfo {
+        database_url,
+        kafka_bootstrap_servers,
+    })
+}
+
+/// Stops the processes of this stack; their data stays for the next `up`.
+pub async fn down(cfg: &StackConfig) -> Result<()> {
+    let kafka = kafka::down(cfg).await;
+    let pg = postgres::down(cfg).await;
+    kafka.and(pg)
+}
+
+/// The stack's connection settings, or an error saying it is not running.
+pub async fn info(cfg: &StackConfig) -> Result<StackInfo> {
+    let database_url = postgres::running_url(cfg)?;
+    let kafka_bootstrap_servers = kafka::running_address(cfg)?;
+    Ok(StackInfo {
+        database_url,
+        kafka_bootstrap_servers,
+    })
+}
+
+/// One line per component: running or not, and where.
+pub fn status(cfg: &StackConfig) -> Vec<(String, Result<String>)> {
+    vec![
+        (
+            "postgres".to_string(),
+            postgres::running_url(cfg).map(|u| redact_url(&u)),
+        ),
+        ("kafka".to_string(), kafka::running_address(cfg)),
+    ]
+}
+
+/// Writes a whole file with exactly `mode`, whatever the umask.
+pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| Error::io_path("write", path, e))?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io_path("chmod", path, e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io_path("write", path, e))
+}
+
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].find(':') {
+            Some(c) => format!("{}:***{}", &url[..s + 3 + c], &url[at..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_lose_their_password_for_display() {
+        assert_eq!(
+            super::redact_url("postgres://reviewflow:s3cret@127.0.0.1:54329/reviewflow"),
+            "postgres://reviewflow:***@127.0.0.1:54329/reviewflow"
+        );
+        assert_eq!(super::redact_url("postgres://h/db"), "postgres://h/db");
+    }
+}

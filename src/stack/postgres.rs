@@ -1,0 +1,254 @@
+//! The local PostgreSQL cluster: initdb once (wal_level=logical, password auth on loopback
+//! only), then pg_ctl start/stop. As root, the cluster runs as an unprivileged account,
+//! since postgres refuses root; if that account cannot reach the data folder, the cluster
+//! lives under /var/lib/reviewflow instead and the data folder records where.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use super::process::{self, Account};
+use super::{write_file, StackConfig};
+use crate::error::{Error, Result};
+
+const USER: &str = "reviewflow";
+const DATABASE: &str = "reviewflow";
+
+pub async fn up(cfg: &StackConfig) -> Result<String> {
+    let home = cfg.home();
+    let account = if process::is_root() {
+        Some(process::unprivileged_account().await?)
+    } else {
+        None
+    };
+    let root = cluster_root(&home, account.as_ref()).await?;
+    write_file(
+        &home.join("postgres.location"),
+        root.to_string_lossy().as_bytes(),
+        0o644,
+    )?;
+    let data = root.join("data");
+
+    if !data.join("PG_VERSION").exists() {
+        init(cfg, &root, account.as_ref()).await?;
+    }
+    if let Ok(url) = running_url(cfg) {
+        return Ok(url);
+    }
+    if !process::port_free(cfg.pg_port) {
+        return Err(Error::Stack(format!(
+            "port {} is taken by another program; choose another with REVIEWFLOW_PG_PORT",
+            cfg.pg_port
+        )));
+    }
+    write_file(
+        &data.join("reviewflow.conf"),
+        settings(cfg.pg_port).as_bytes(),
+        0o644,
+    )?;
+    chown(&data.join("reviewflow.conf"), account.as_ref())?;
+    tracing::info!(data = %data.display(), port = cfg.pg_port, "starting PostgreSQL");
+    let log = root.join("postgres.log");
+    let mut start = pg_tool(cfg, "pg_ctl", account.as_ref());
+    start
+        .arg("start")
+        .arg("-w")
+        .args(["-t", "90"])
+        .arg("-D")
+        .arg(&data)
+        .arg("-l")
+        .arg(&log);
+    process::run("pg_ctl start", &mut start)
+        .await
+        .map_err(|e| {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            Error::Stack(format!(
+                "{e}\n--- {} ---\n{}",
+                root.join("postgres.log").display(),
+                process::tail(&log, 15)
+            ))
+        })?;
+    let url = running_url(cfg)?;
+    create_database(cfg).await?;
+    Ok(url)
+}
+
+pub async fn down(cfg: &StackConfig) -> Result<()> {
+    let Some((pid, _)) = running(cfg) else {
+        return Ok(());
+    };
+    let root = location(&cfg.home());
+    let account = if process::is_root() {
+        Some(process::unprivileged_account().await?)
+    } else {
+        None
+    };
+    let mut stop = pg_tool(cfg, "pg_ctl", account.as_ref());
+    stop.arg("stop")
+        .args(["-m", "fast", "-w", "-t", "60"])
+        .arg("-D")
+        .arg(root.join("data"));
+    if let Err(e) = process::run("pg_ctl stop", &mut stop).await {
+        tracing::warn!(error = %e, pid, "pg_ctl stop failed; terminating the postmaster");
+        process::terminate(pid, Duration::from_secs(30)).await;
+    }
+    Ok(())
+}
+
+/// The connection string of the running cluster.
+pub fn running_url(cfg: &StackConfig) -> Result<String> {
+    let home = cfg.home();
+    let (_, port) = running(cfg).ok_or_else(|| {
+        Error::Stack(format!(
+            "PostgreSQL of {} is not running: run `reviewflow stack up`",
+            home.display()
+        ))
+    })?;
+    let password = std::fs::read_to_string(home.join("postgres.password"))
+        .map_err(|e| Error::io_path("read", &home.join("postgres.password"), e))?;
+    Ok(format!(
+        "postgres://{USER}:{}@127.0.0.1:{port}/{DATABASE}",
+        password.trim()
+    ))
+}
+
+/// (postmaster pid, port) when our cluster's postmaster is alive.
+fn running(cfg: &StackConfig) -> Option<(i32, u16)> {
+    let data = location(&cfg.home()).join("data");
+    let pidfile = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    let mut lines = pidfile.lines();
+    let pid: i32 = lines.next()?.trim().parse().ok()?;
+    let port: u16 = lines.nth(2)?.trim().parse().ok()?;
+    let ours = process::cmdline(pid).is_some_and(|c| c.contains("postgres"));
+    (ours && process::alive(pid)).then_some((pid, port))
+}
+
+fn location(home: &Path) -> PathBuf {
+    std::fs::read_to_string(home.join("postgres.location"))
+        .map(|s| PathBuf::from(s.trim()))
+        .unwrap_or_else(|_| home.join("postgres"))
+}
+
+async fn cluster_root(home: &Path, account: Option<&Account>) -> Result<PathBuf> {
+    let inside = home.join("postgres");
+    let Some(account) = account else {
+        std::fs::create_dir_all(&inside).map_err(|e| Error::io_path("create", &inside, e))?;
+        return Ok(inside);
+    };
+    let mut probe = Command::new("test");
+    probe.arg("-x").arg(home).uid(account.uid).gid(account.gid);
+    let reachable = probe.status().await.map(|s| s.success()).unwrap_or(false);
+    let root = if reachable {
+        inside
+    } else {
+        let name = home.to_string_lossy().trim_matches('/').replace('/', "_");
+        let outside = PathBuf::from("/var/lib/reviewflow").join(name);
+        tracing::debug!(
+            account = %account.name, cluster = %outside.display(),
+            "running as root and the data folder is not reachable by the PostgreSQL account; \
+             keeping the cluster outside it"
+        );
+        outside
+    };
+    std::fs::create_dir_all(&root).map_err(|e| Error::io_path("create", &root, e))?;
+    chown(&root, Some(account))?;
+    Ok(root)
+}
+
+async fn init(cfg: &StackConfig, root: &Path, account: Option<&Account>) -> Result<()> {
+    let home = cfg.home();
+    let password = random_hex(18)?;
+    write_file(&home.join("postgres.password"), password.as_bytes(), 0o600)?;
+    let pwfile = root.join("initdb.pw");
+    write_file(&pwfile, password.as_bytes(), 0o600)?;
+    chown(&pwfile, account)?;
+    tracing::info!(cluster = %root.display(), "creating the PostgreSQL cluster (initdb)");
+    let mut initdb = pg_tool(cfg, "initdb", account);
+    initdb
+        .arg("-D")
+        .arg(root.join("data"))
+        .args([
+            "-U",
+            USER,
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--auth=scram-sha-256",
+        ])
+        .arg(format!("--pwfile={}", pwfile.display()));
+    let result = process::run("initdb", &mut initdb).await;
+    let _ = std::fs::remove_file(&pwfile);
+    result?;
+    let conf = root.join("data/postgresql.conf");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&conf)
+        .map_err(|e| Error::io_path("open", &conf, e))?;
+    writeln!(f, "\ninclude_if_exists = 'reviewflow.conf'")
+        .map_err(|e| Error::io_path("write", &conf, e))?;
+    Ok(())
+}
+
+/// Rewritten on every start so a changed port takes effect.
+fn settings(port: u16) -> String {
+    format!(
+        "# written by `reviewflow stack up`\n\
+         listen_addresses = '127.0.0.1'\n\
+         port = {port}\n\
+         unix_socket_directories = ''\n\
+         wal_level = logical\n\
+         max_wal_senders = 10\n\
+         max_replication_slots = 10\n\
+         timezone = 'UTC'\n\
+         log_timezone = 'UTC'\n"
+    )
+}
+
+async fn create_database(cfg: &StackConfig) -> Result<()> {
+    let url = running_url(cfg)?;
+    let admin_url = format!(
+        "{}/postgres",
+        url.rsplit_once('/').map(|(a, _)| a).unwrap_or(&url)
+    );
+    let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await?;
+    let conn = tokio::spawn(conn);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&DATABASE])
+        .await?;
+    if exists.is_none() {
+        client
+            .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
+            .await?;
+    }
+    drop(client);
+    let _ = conn.await;
+    Ok(())
+}
+
+fn pg_tool(cfg: &StackConfig, tool: &str, account: Option<&Account>) -> Command {
+    let mut cmd = Command::new(cfg.pg_bin.join(tool));
+    if let Some(a) = account {
+        cmd.uid(a.uid).gid(a.gid).current_dir("/");
+    }
+    cmd.env("LC_ALL", "C").env_remove("PGDATA");
+    cmd
+}
+
+fn chown(path: &Path, account: Option<&Account>) -> Result<()> {
+    match account {
+        Some(a) => std::os::unix::fs::chown(path, Some(a.uid), Some(a.gid))
+            .map_err(|e| Error::io_path("chown", path, e)),
+        None => Ok(()),
+    }
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| Error::io("read /dev/urandom", e))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
