@@ -88,8 +88,12 @@ pub struct ApiArgs {
 pub enum StackAction {
     /// Start PostgreSQL and Kafka (fetching Kafka once) and wait until both accept connections.
     Up,
-    /// Stop exactly the processes `up` started; data is kept.
-    Down,
+    /// Stop exactly the processes `up` started; data is kept unless --purge.
+    Down {
+        /// Also delete the stack's data (the PostgreSQL cluster and Kafka's log); the jar cache stays.
+        #[arg(long)]
+        purge: bool,
+    },
     /// Show whether each part of the stack is running, and where.
     Status,
     /// Print the connection settings as shell `export` lines: eval "$(reviewflow stack env)".
@@ -184,12 +188,17 @@ async fn stack_command(action: StackAction, cfg: &StackConfig) -> Result<ExitCod
             println!("  kafka:    {}", info.kafka_bootstrap_servers);
             println!("use it from a shell with: eval \"$(reviewflow stack env)\"");
         }
-        StackAction::Down => {
+        StackAction::Down { purge } => {
             stack::down(cfg).await?;
-            println!(
-                "local stack is down (data kept in {})",
-                cfg.home().display()
-            );
+            if purge {
+                stack::purge(cfg)?;
+                println!("local stack is down and its data deleted");
+            } else {
+                println!(
+                    "local stack is down (data kept in {})",
+                    cfg.home().display()
+                );
+            }
         }
         StackAction::Status => {
             let mut all_up = true;

@@ -20,7 +20,7 @@ impl Rating {
     /// Accepts exactly the half-star values 0.5, 1.0, ... 5.0.
     pub fn from_stars(stars: f64) -> Option<Self> {
         let halves = stars * 2.0;
-        (halves.fract() == 0.0 && (1.0..=10.0).contains(&halves)).then(|| Rating(halves as u8))
+        (halves.fract() == 0.0 && (1.0..=10.0).contains(&halves)).then_some(Rating(halves as u8))
     }
 
     pub fn halves(self) -> u8 {

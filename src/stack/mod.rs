@@ -105,6 +105,29 @@ pub async fn down(cfg: &StackConfig) -> Result<()> {
     kafka.and(pg)
 }
 
+/// Deletes the data of a stopped stack: the PostgreSQL cluster wherever it lives, and Kafka's.
+pub fn purge(cfg: &StackConfig) -> Result<()> {
+    let home = cfg.home();
+    if !status(cfg).iter().all(|(_, state)| state.is_err()) {
+        return Err(Error::Stack(
+            "the stack is still running; stop it first".into(),
+        ));
+    }
+    let cluster = postgres::location(&home);
+    for dir in [cluster, home.join("postgres"), home.join("kafka")] {
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io_path("delete", &dir, e))
+            }
+            _ => {}
+        }
+    }
+    for file in ["postgres.location", "postgres.password"] {
+        let _ = std::fs::remove_file(home.join(file));
+    }
+    Ok(())
+}
+
 /// The stack's connection settings, or an error saying it is not running.
 pub async fn info(cfg: &StackConfig) -> Result<StackInfo> {
     let database_url = postgres::running_url(cfg)?;

@@ -125,7 +125,7 @@ fn running(cfg: &StackConfig) -> Option<(i32, u16)> {
     (ours && process::alive(pid)).then_some((pid, port))
 }
 
-fn location(home: &Path) -> PathBuf {
+pub(super) fn location(home: &Path) -> PathBuf {
     std::fs::read_to_string(home.join("postgres.location"))
         .map(|s| PathBuf::from(s.trim()))
         .unwrap_or_else(|_| home.join("postgres"))
