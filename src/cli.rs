@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Connections, Settings};
+use crate::config::{CdcConfig, Connections, Settings, TopicSettings};
 use crate::error::{Error, Result};
 use crate::stack::{self, StackConfig};
 use crate::{api, db, verify};
@@ -24,6 +24,9 @@ pub struct Cli {
 
     #[command(flatten)]
     pub stack: StackConfig,
+
+    #[command(flatten)]
+    pub topics: TopicSettings,
 
     /// Log format: text or json.
     #[arg(
@@ -57,7 +60,10 @@ pub enum Command {
         api: ApiArgs,
     },
     /// Stream changes of `reviews` from the replication slot into Kafka.
-    Cdc,
+    Cdc {
+        #[command(flatten)]
+        cdc: CdcConfig,
+    },
     /// Score every review version for fraud, exactly-once.
     Fraud,
     /// Keep course_stats and course_daily_stats, exactly-once.
@@ -70,7 +76,11 @@ pub enum Command {
         action: StackAction,
     },
     /// Replication slot, lag and worker positions.
-    Status,
+    Status {
+        /// The slot to report on.
+        #[arg(long, env = "REVIEWFLOW_SLOT", default_value = "reviewflow")]
+        slot: String,
+    },
     /// Compare course_stats with the from-scratch truth; exit 1 on any difference.
     Verify,
     /// Rebuild the derived tables from history.
@@ -102,6 +112,7 @@ pub enum StackAction {
 
 impl Cli {
     pub async fn execute(self) -> Result<ExitCode> {
+        let shutdown = crate::shutdown::on_signals();
         match self.command {
             Command::Stack { action } => stack_command(action, &self.stack).await,
             Command::Migrate => {
@@ -119,7 +130,7 @@ impl Cli {
             }
             Command::Api { api } => {
                 let settings = prepare(&self.connections, &self.stack).await?;
-                run_api(&settings, api.listen, crate::shutdown::on_signals()).await?;
+                run_api(&settings, api.listen, shutdown.clone()).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Run { api } => {
@@ -127,7 +138,7 @@ impl Cli {
                 tracing::warn!(
                     "not built yet, so not running: cdc, fraud, stats (open issues); running the api only"
                 );
-                run_api(&settings, api.listen, crate::shutdown::on_signals()).await?;
+                run_api(&settings, api.listen, shutdown.clone()).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Verify => {
@@ -151,10 +162,52 @@ impl Cli {
                     ExitCode::FAILURE
                 })
             }
-            Command::Cdc => Err(Error::NotBuilt("reviewflow cdc")),
+            Command::Cdc { cdc } => {
+                let settings = prepare(&self.connections, &self.stack).await?;
+                let stage = crate::source::Cdc {
+                    settings,
+                    config: cdc,
+                    topics: self.topics,
+                };
+                stage.run(shutdown.clone()).await?;
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Fraud => Err(Error::NotBuilt("reviewflow fraud")),
             Command::Stats => Err(Error::NotBuilt("reviewflow stats")),
-            Command::Status => Err(Error::NotBuilt("reviewflow status")),
+            Command::Status { slot } => {
+                let settings = prepare(&self.connections, &self.stack).await?;
+                let client = db::connect(&settings.database_url).await?;
+                match crate::source::status::slot_status(&client, &slot).await? {
+                    None => {
+                        println!("slot {slot}: not created yet (cdc creates it on first start)")
+                    }
+                    Some(s) => {
+                        println!(
+                            "slot {}: {}",
+                            s.slot,
+                            if s.active {
+                                "active (cdc connected)"
+                            } else {
+                                "inactive"
+                            }
+                        );
+                        println!(
+                            "  confirmed flush: {}",
+                            s.confirmed_flush.as_deref().unwrap_or("-")
+                        );
+                        println!("  restart:         {}", s.restart.as_deref().unwrap_or("-"));
+                        println!(
+                            "  lag:             {} bytes of WAL held",
+                            s.lag_bytes.map_or("-".into(), |b| b.to_string())
+                        );
+                        println!(
+                            "  wal status:      {}",
+                            s.wal_status.as_deref().unwrap_or("-")
+                        );
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Replay => Err(Error::NotBuilt("reviewflow replay")),
         }
     }

@@ -24,6 +24,57 @@ pub struct Connections {
     pub schema_registry_url: Option<String>,
 }
 
+/// How the pipeline's topics are created when missing.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TopicSettings {
+    /// Partitions of each topic reviewflow creates.
+    #[arg(
+        long,
+        env = "REVIEWFLOW_TOPIC_PARTITIONS",
+        default_value_t = 3,
+        global = true
+    )]
+    pub partitions: i32,
+
+    /// Replication factor of each topic reviewflow creates.
+    #[arg(
+        long,
+        env = "REVIEWFLOW_TOPIC_REPLICATION",
+        default_value_t = 1,
+        global = true
+    )]
+    pub replication_factor: i32,
+}
+
+/// The CDC reader: which slot and publication it reads, and where the changes go.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CdcConfig {
+    /// Logical replication slot (created when missing, with an initial snapshot).
+    #[arg(long, env = "REVIEWFLOW_SLOT", default_value = "reviewflow")]
+    pub slot: String,
+
+    /// Publication the slot streams (created by the migrations).
+    #[arg(long, env = "REVIEWFLOW_PUBLICATION", default_value = "reviewflow")]
+    pub publication: String,
+
+    /// Topic of the change events; snapshot completion is recorded in `<topic>.snapshots`.
+    #[arg(
+        long,
+        env = "REVIEWFLOW_CHANGES_TOPIC",
+        default_value = "reviews.changes"
+    )]
+    pub topic: String,
+
+    /// Seconds between standby status updates (the slot's confirmed position moves then).
+    #[arg(long, env = "REVIEWFLOW_STATUS_INTERVAL", default_value_t = 10)]
+    pub status_interval_secs: u64,
+
+    /// Take a new snapshot even though an earlier one completed and its slot is gone. The
+    /// derived tables must then be rebuilt (`reviewflow replay`), or rows are counted twice.
+    #[arg(long)]
+    pub new_snapshot: bool,
+}
+
 /// Resolved connection settings, ready for the stages.
 #[derive(Clone, Debug)]
 pub struct Settings {

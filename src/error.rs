@@ -19,6 +19,27 @@ pub enum Error {
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
 
+    #[error("replication: {0}")]
+    Replication(String),
+
+    #[error("pgoutput: {0}")]
+    Decode(String),
+
+    #[error("avro: {0}")]
+    Avro(#[from] apache_avro::Error),
+
+    #[error("schema registry: {0}")]
+    Registry(String),
+
+    #[error(
+        "schema for {subject} is not compatible with the registered versions: {detail}. \
+         Revert the table change, or relax the subject's compatibility in the registry, then restart"
+    )]
+    IncompatibleSchema { subject: String, detail: String },
+
+    #[error("background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+
     #[error("local stack: {0}")]
     Stack(String),
 

@@ -4,13 +4,20 @@
 //! The contract between the parts is DESIGN.md in the shared folder.
 
 pub mod api;
+pub mod avro;
+pub mod change;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod failpoint;
 pub mod kafka;
+pub mod lsn;
+pub mod registry;
+pub mod retry;
 pub mod review;
 pub mod shutdown;
+pub mod source;
 pub mod stack;
 pub mod verify;
 

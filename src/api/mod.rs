@@ -27,7 +27,10 @@ pub struct AppState {
     pub pool: Pool,
 }
 
+/// The API, and the schema registry's REST subset at the root (/subjects, /schemas, ...), so
+/// any Confluent-compatible client can read the topics with SCHEMA_REGISTRY_URL set to this server.
 pub fn router(state: AppState) -> Router {
+    let registry = crate::registry::LocalRegistry::new(state.pool.clone());
     Router::new()
         .route("/reviews", post(reviews::create))
         .route("/reviews/{id}", get(reviews::read))
@@ -36,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+        .merge(crate::registry::router(registry))
 }
 
 /// Serves until `shutdown` is cancelled, then finishes the requests in flight.

@@ -122,28 +122,26 @@ fn to_review(row: &tokio_postgres::Row) -> Review {
 
 /// Malformed JSON is 400; a well-formed body with a wrong or missing field is 422.
 pub fn parse(body: &[u8]) -> Result<NewReview, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed: NewReview = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    // Syntax first, so a body that is not JSON at all is a 400 whatever fields it starts with.
+    let json: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}"), None))?;
+    let parsed: NewReview = serde_path_to_error::deserialize(json).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
-        let message = inner.to_string();
+        let message = e.into_inner().to_string();
         let field = if path != "." && !path.is_empty() {
             Some(path)
         } else {
             // serde names missing and unknown fields only in its message: `field`.
             message.split('`').nth(1).map(str::to_string)
         };
-        match (inner.classify(), field) {
-            (serde_json::error::Category::Data, Some(field)) => {
-                ApiError::field(&field, format!("{field}: {message}"))
-            }
-            (_, field) => {
-                ApiError::bad_request(format!("the body is not valid JSON: {message}"), field)
-            }
+        match field {
+            Some(field) => ApiError::field(&field, format!("{field}: {message}")),
+            None => ApiError::bad_request(
+                format!("the body must be a JSON object of a review: {message}"),
+                None,
+            ),
         }
     })?;
-    de.end()
-        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}"), None))?;
     Ok(parsed)
 }
 

@@ -68,3 +68,140 @@ pub fn unique() -> i64 {
         .as_nanos();
     (nanos % 1_000_000_000_000) as i64 + i64::from(std::process::id())
 }
+
+/// Every committed record of `topic`, partition by partition, up to the high watermarks.
+pub async fn consume_all(
+    kafka: &reviewflow::config::KafkaSettings,
+    topic: &str,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let kafka = kafka.clone();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = reviewflow::kafka::client_config(&kafka)
+            .set("group.id", "reviewflow-tests")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .unwrap();
+        let partitions = reviewflow::kafka::partition_count(&consumer, &topic).unwrap();
+        let mut out = Vec::new();
+        for p in 0..partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, p, std::time::Duration::from_secs(10))
+                .unwrap();
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            tpl.add_partition_offset(&topic, p, rdkafka::Offset::Offset(low))
+                .unwrap();
+            consumer.assign(&tpl).unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                let position = consumer
+                    .position()
+                    .unwrap()
+                    .find_partition(&topic, p)
+                    .and_then(|e| e.offset().to_raw())
+                    .unwrap_or(low)
+                    .max(low);
+                if position >= high {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "reading {topic}/{p} took over a minute"
+                );
+                if let Some(m) = consumer.poll(std::time::Duration::from_millis(200)) {
+                    out.push(m.unwrap().detach());
+                }
+            }
+        }
+        out
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until the slot has confirmed everything written so far (the reader caught up).
+pub async fn wait_until_slot_confirms_all(database_url: &str, slot: &str) {
+    let db = reviewflow::db::connect(database_url).await.unwrap();
+    let target: tokio_postgres::types::PgLsn = db
+        .query_one("SELECT pg_current_wal_insert_lsn()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let row = db
+            .query_opt(
+                "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap();
+        if let Some(Some::<tokio_postgres::types::PgLsn>(confirmed)) = row.map(|r| r.get(0)) {
+            if confirmed >= target {
+                return;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slot {slot} did not confirm {target} within two minutes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn wait_until_slot_exists(database_url: &str, slot: &str) {
+    let db = reviewflow::db::connect(database_url).await.unwrap();
+    for _ in 0..600 {
+        let found = db
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap();
+        if found.is_some() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("slot {slot} was not created within a minute");
+}
+
+/// A child process that is killed when the test lets go of it, even by panicking, so a
+/// failed test leaves no stage running against the next one.
+pub struct Running(pub Option<std::process::Child>);
+
+impl Running {
+    pub fn take(mut self) -> std::process::Child {
+        self.0.take().expect("still running")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub async fn topic_exists(kafka: &reviewflow::config::KafkaSettings, topic: &str) -> bool {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let kafka = kafka.clone();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = reviewflow::kafka::client_config(&kafka).create().unwrap();
+        consumer
+            .fetch_metadata(Some(&topic), std::time::Duration::from_secs(5))
+            .is_ok_and(|m| {
+                m.topics()
+                    .first()
+                    .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty())
+            })
+    })
+    .await
+    .unwrap()
+}

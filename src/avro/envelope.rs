@@ -1,0 +1,422 @@
+//! The change envelope of `reviews.changes`: `op`, `before`, `after` and `source`, the row
+//! record generated from the table's columns. Every row field is optional with default null,
+//! so adding a column is always a backward-compatible schema change, and dropping one too.
+
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::schema::{RecordSchema, Schema};
+use apache_avro::types::Value;
+use apache_avro::writer::datum::GenericDatumWriter;
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::pgtext::{decimal_unscaled, Kind};
+use crate::change::{ChangeEvent, Op, ReviewRow, Source};
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+use crate::review::Rating;
+
+/// One column's value as the replication stream carries it: NULL, or PostgreSQL's text form.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Cell<'a> {
+    Null,
+    Text(&'a [u8]),
+}
+
+/// The envelope schema of one version of a table's columns, and how to fill it.
+pub struct RowSchema {
+    envelope: &'static Schema,
+    writer: GenericDatumWriter<'static>,
+    columns: Vec<(String, Kind)>,
+}
+
+impl RowSchema {
+    /// `columns`: (name, type OID, type modifier), in table order.
+    pub fn new(
+        namespace: &str,
+        table: &str,
+        columns: impl IntoIterator<Item = (String, u32, i32)>,
+    ) -> Result<Self> {
+        let columns: Vec<(String, Kind)> = columns
+            .into_iter()
+            .map(|(name, oid, typmod)| (name, Kind::of(oid, typmod)))
+            .collect();
+        let mut fields = Vec::with_capacity(columns.len());
+        for (name, kind) in &columns {
+            if !valid_avro_name(name) {
+                return Err(Error::Decode(format!(
+                    "column {name:?} of {namespace}.{table} is not a valid Avro field name"
+                )));
+            }
+            fields.push(json!({"name": name, "type": ["null", kind.avro_type()], "default": null}));
+        }
+        let envelope = json!({
+            "type": "record", "name": "Envelope", "namespace": format!("reviewflow.{namespace}.{table}"),
+            "fields": [
+                {"name": "op", "type": "string"},
+                {"name": "before", "type": ["null", {"type": "record", "name": "Row", "fields": fields}], "default": null},
+                {"name": "after", "type": ["null", "Row"], "default": null},
+                {"name": "source", "type": {"type": "record", "name": "Source", "fields": [
+                    {"name": "schema", "type": "string"},
+                    {"name": "table", "type": "string"},
+                    {"name": "lsn", "type": "long"},
+                    {"name": "position", "type": "long"},
+                    {"name": "txid", "type": ["null", "long"], "default": null},
+                    {"name": "commit_time", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+                    {"name": "snapshot", "type": "boolean"}
+                ]}}
+            ]
+        });
+        // A table has a handful of schema versions in a process's life; leaking each lets the
+        // writer keep its resolved names instead of resolving them again for every event.
+        let envelope: &'static Schema = Box::leak(Box::new(Schema::parse(&envelope)?));
+        let writer = GenericDatumWriter::builder(envelope).build()?;
+        Ok(RowSchema {
+            envelope,
+            writer,
+            columns,
+        })
+    }
+
+    pub fn envelope(&self) -> &'static Schema {
+        self.envelope
+    }
+
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|(n, _)| n == name)
+    }
+
+    /// The Avro body (without the wire-format header) of one change.
+    pub fn encode(
+        &self,
+        op: Op,
+        before: Option<&[Cell]>,
+        after: Option<&[Cell]>,
+        source: &Source,
+    ) -> Result<Vec<u8>> {
+        let record = Value::Record(vec![
+            ("op".into(), Value::String(op.code().into())),
+            ("before".into(), self.row(before)?),
+            ("after".into(), self.row(after)?),
+            (
+                "source".into(),
+                Value::Record(vec![
+                    ("schema".into(), Value::String(source.schema.clone())),
+                    ("table".into(), Value::String(source.table.clone())),
+                    ("lsn".into(), Value::Long(source.lsn.0 as i64)),
+                    ("position".into(), Value::Long(source.position)),
+                    ("txid".into(), optional(source.txid.map(Value::Long))),
+                    (
+                        "commit_time".into(),
+                        Value::TimestampMicros(source.commit_time.timestamp_micros()),
+                    ),
+                    ("snapshot".into(), Value::Boolean(source.snapshot)),
+                ]),
+            ),
+        ]);
+        Ok(self.writer.write_value_to_vec(record)?)
+    }
+
+    fn row(&self, cells: Option<&[Cell]>) -> Result<Value> {
+        let Some(cells) = cells else {
+            return Ok(optional(None));
+        };
+        if cells.len() != self.columns.len() {
+            return Err(Error::Decode(format!(
+                "row has {} columns, the relation {}",
+                cells.len(),
+                self.columns.len()
+            )));
+        }
+        let mut fields = Vec::with_capacity(cells.len());
+        for ((name, kind), cell) in self.columns.iter().zip(cells) {
+            let value = match cell {
+                Cell::Null => None,
+                Cell::Text(text) => Some(
+                    kind.parse(text)
+                        .map_err(|e| Error::Decode(format!("column {name}: {e}")))?,
+                ),
+            };
+            fields.push((name.clone(), optional(value)));
+        }
+        Ok(optional(Some(Value::Record(fields))))
+    }
+}
+
+fn optional(value: Option<Value>) -> Value {
+    match value {
+        None => Value::Union(0, Box::new(Value::Null)),
+        Some(v) => Value::Union(1, Box::new(v)),
+    }
+}
+
+fn valid_avro_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The key of every change record: the course id as an Avro long.
+pub static KEY_SCHEMA: Schema = Schema::Long;
+
+pub fn encode_key(course_id: i64) -> Result<Vec<u8>> {
+    Ok(GenericDatumWriter::builder(&KEY_SCHEMA)
+        .build()?
+        .write_value_to_vec(Value::Long(course_id))?)
+}
+
+/// Reads a change written with `writer` (whichever version of the columns it had).
+pub fn decode_change(writer: &Schema, body: &[u8]) -> Result<ChangeEvent> {
+    let value = GenericDatumReader::builder(writer)
+        .build()?
+        .read_value(&mut &body[..])?;
+    let fields = record(value, "envelope")?;
+    let mut op = None;
+    let (mut before, mut after, mut source) = (None, None, None);
+    let rating_scale = rating_scale(writer).unwrap_or(1);
+    for (name, value) in fields {
+        match name.as_str() {
+            "op" => op = Some(string(value, "op")?),
+            "before" => before = row(value, rating_scale)?,
+            "after" => after = row(value, rating_scale)?,
+            "source" => source = Some(source_of(value)?),
+            _ => {}
+        }
+    }
+    let op = op.ok_or_else(|| missing("op"))?;
+    Ok(ChangeEvent {
+        op: Op::from_code(&op).ok_or_else(|| Error::Decode(format!("unknown op {op:?}")))?,
+        before,
+        after,
+        source: source.ok_or_else(|| missing("source"))?,
+    })
+}
+
+fn source_of(value: Value) -> Result<Source> {
+    let mut s = Source {
+        schema: String::new(),
+        table: String::new(),
+        lsn: Lsn::ZERO,
+        position: 0,
+        txid: None,
+        commit_time: DateTime::<Utc>::default(),
+        snapshot: false,
+    };
+    for (name, value) in record(value, "source")? {
+        match (name.as_str(), unwrap_union(value)) {
+            ("schema", v) => s.schema = string(v, "source.schema")?,
+            ("table", v) => s.table = string(v, "source.table")?,
+            ("lsn", Value::Long(l)) => s.lsn = Lsn(l as u64),
+            ("position", Value::Long(p)) => s.position = p,
+            ("txid", Value::Long(t)) => s.txid = Some(t),
+            ("commit_time", Value::TimestampMicros(t)) => s.commit_time = micros(t)?,
+            ("snapshot", Value::Boolean(b)) => s.snapshot = b,
+            _ => {}
+        }
+    }
+    Ok(s)
+}
+
+fn row(value: Value, rating_scale: u32) -> Result<Option<ReviewRow>> {
+    let value = unwrap_union(value);
+    if value == Value::Null {
+        return Ok(None);
+    }
+    let (mut id, mut course_id, mut user_id, mut rating) = (None, None, None, None);
+    let (mut title, mut content, mut created_at, mut updated_at) = (None, None, None, None);
+    for (name, value) in record(value, "row")? {
+        match (name.as_str(), unwrap_union(value)) {
+            (_, Value::Null) => {}
+            ("id", Value::Long(v)) => id = Some(v),
+            ("course_id", Value::Long(v)) => course_id = Some(v),
+            ("user_id", Value::Long(v)) => user_id = Some(v),
+            ("rating", Value::Decimal(d)) => {
+                let bytes: Vec<u8> = (&d).try_into()?;
+                rating = decimal_unscaled(&bytes)
+                    .and_then(|u| halves(u, rating_scale))
+                    .and_then(Rating::from_halves);
+                if rating.is_none() {
+                    return Err(Error::Decode(
+                        "rating is not a half-star value between 0.5 and 5.0".into(),
+                    ));
+                }
+            }
+            ("title", Value::String(v)) => title = Some(v),
+            ("content", Value::String(v)) => content = Some(v),
+            ("created_at", Value::TimestampMicros(v)) => created_at = Some(micros(v)?),
+            ("updated_at", Value::TimestampMicros(v)) => updated_at = Some(micros(v)?),
+            _ => {}
+        }
+    }
+    Ok(Some(ReviewRow {
+        id: id.ok_or_else(|| missing("id"))?,
+        course_id: course_id.ok_or_else(|| missing("course_id"))?,
+        user_id: user_id.ok_or_else(|| missing("user_id"))?,
+        rating: rating.ok_or_else(|| missing("rating"))?,
+        title,
+        content,
+        created_at: created_at.ok_or_else(|| missing("created_at"))?,
+        updated_at: updated_at.ok_or_else(|| missing("updated_at"))?,
+    }))
+}
+
+/// Unscaled decimal at `scale` to a count of half stars, when it is a whole one.
+fn halves(unscaled: i128, scale: u32) -> Option<u8> {
+    let unit = 10i128.checked_pow(scale)?;
+    let doubled = unscaled.checked_mul(2)?;
+    (doubled % unit == 0)
+        .then(|| u8::try_from(doubled / unit).ok())
+        .flatten()
+}
+
+/// The scale of Row.rating in this writer schema (numeric(2,1) today).
+fn rating_scale(writer: &Schema) -> Option<u32> {
+    let Schema::Record(RecordSchema { fields, .. }) = writer else {
+        return None;
+    };
+    let before = fields.iter().find(|f| f.name == "before")?;
+    let Schema::Union(u) = &before.schema else {
+        return None;
+    };
+    let Schema::Record(RecordSchema { fields, .. }) = u.variants().get(1)? else {
+        return None;
+    };
+    match &fields.iter().find(|f| f.name == "rating")?.schema {
+        Schema::Union(u) => match u.variants().get(1)? {
+            Schema::Decimal(d) => u32::try_from(d.scale).ok(),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn record(value: Value, what: &str) -> Result<Vec<(String, Value)>> {
+    match value {
+        Value::Record(fields) => Ok(fields),
+        other => Err(Error::Decode(format!("{what} is not a record: {other:?}"))),
+    }
+}
+
+fn string(value: Value, what: &str) -> Result<String> {
+    match unwrap_union(value) {
+        Value::String(s) => Ok(s),
+        other => Err(Error::Decode(format!("{what} is not a string: {other:?}"))),
+    }
+}
+
+fn unwrap_union(value: Value) -> Value {
+    match value {
+        Value::Union(_, inner) => *inner,
+        v => v,
+    }
+}
+
+fn micros(t: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(t)
+        .ok_or_else(|| Error::Decode(format!("timestamp {t} is out of range")))
+}
+
+fn missing(field: &str) -> Error {
+    Error::Decode(format!("change event has no {field}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The columns of `reviews` as pgoutput's Relation message describes them.
+    pub fn review_columns() -> Vec<(String, u32, i32)> {
+        [
+            ("id", 20, -1),
+            ("course_id", 20, -1),
+            ("user_id", 20, -1),
+            ("rating", 1700, (2 << 16 | 1) + 4),
+        ]
+        .into_iter()
+        .chain([
+            ("title", 25, -1),
+            ("content", 25, -1),
+            ("created_at", 1184, -1),
+            ("updated_at", 1184, -1),
+        ])
+        .map(|(n, o, m)| (n.to_string(), o, m))
+        .collect()
+    }
+
+    fn source() -> Source {
+        Source {
+            schema: "public".into(),
+            table: "reviews".into(),
+            lsn: Lsn(0x16_B374_D848),
+            position: 3,
+            txid: Some(771),
+            commit_time: DateTime::from_timestamp_micros(1_795_581_617_993_809).unwrap(),
+            snapshot: false,
+        }
+    }
+
+    #[test]
+    fn an_update_round_trips_through_avro() {
+        let schema = RowSchema::new("public", "reviews", review_columns()).unwrap();
+        let t = b"2026-11-25 04:40:17.993809+00";
+        let old = [b"7".as_slice(), b"42", b"9", b"4.5", b"Good", b"", t, t].map(Cell::Text);
+        let mut new = old;
+        new[3] = Cell::Text(b"1.0");
+        new[4] = Cell::Null;
+        let body = schema
+            .encode(Op::Update, Some(&old), Some(&new), &source())
+            .unwrap();
+        let event = decode_change(schema.envelope(), &body).unwrap();
+        assert_eq!(event.op, Op::Update);
+        assert_eq!(event.source, source());
+        let before = event.before.unwrap();
+        let after = event.after.unwrap();
+        assert_eq!((before.id, before.course_id, before.user_id), (7, 42, 9));
+        assert_eq!(before.rating, Rating::from_stars(4.5).unwrap());
+        assert_eq!(after.rating, Rating::from_stars(1.0).unwrap());
+        assert_eq!(
+            (before.title.as_deref(), after.title.as_deref()),
+            (Some("Good"), None)
+        );
+        assert_eq!(before.content.as_deref(), Some(""));
+        assert_eq!(after.created_at.timestamp_micros(), 1_795_581_617_993_809);
+    }
+
+    #[test]
+    fn an_added_column_is_a_backward_compatible_version_and_a_type_change_is_not() {
+        use apache_avro::schema_compatibility::{Compatibility, SchemaCompatibility};
+        // Partial means "some values resolve": for a registry that is not compatible.
+        let v1 = RowSchema::new("public", "reviews", review_columns()).unwrap();
+        let mut columns = review_columns();
+        columns.push(("language".into(), 25, -1));
+        let v2 = RowSchema::new("public", "reviews", columns).unwrap();
+        assert_eq!(
+            SchemaCompatibility::can_read(v1.envelope(), v2.envelope()).ok(),
+            Some(Compatibility::Full)
+        );
+        let mut retyped = review_columns();
+        retyped[2] = ("user_id".into(), 25, -1);
+        let v3 = RowSchema::new("public", "reviews", retyped).unwrap();
+        assert_ne!(
+            SchemaCompatibility::can_read(v1.envelope(), v3.envelope()).ok(),
+            Some(Compatibility::Full)
+        );
+    }
+
+    #[test]
+    fn bad_values_are_errors_not_panics() {
+        let schema = RowSchema::new("public", "reviews", review_columns()).unwrap();
+        let short = [Cell::Text(b"1")];
+        assert!(schema
+            .encode(Op::Create, None, Some(&short), &source())
+            .is_err());
+        let t = b"2026-11-25 04:40:17+00";
+        let nan = [b"7".as_slice(), b"42", b"9", b"NaN", b"", b"", t, t].map(Cell::Text);
+        assert!(schema
+            .encode(Op::Create, None, Some(&nan), &source())
+            .is_err());
+        assert!(decode_change(schema.envelope(), b"\x02garbage").is_err());
+        assert!(RowSchema::new("public", "reviews", [("bad name".to_string(), 25, -1)]).is_err());
+    }
+}

@@ -1,0 +1,9 @@
+//! Avro for the topics: the change envelope of DESIGN.md (op, before, after, source), built
+//! from the table's columns as the replication stream describes them, so an added column
+//! becomes a new, backward-compatible schema version; and the Confluent wire format.
+
+pub mod envelope;
+mod pgtext;
+pub mod wire;
+
+pub use envelope::{decode_change, Cell, RowSchema};

@@ -1,0 +1,493 @@
+//! `reviewflow cdc`: the logical replication reader, the head of the flow. It streams every
+//! change of `reviews` from the slot (pgoutput) into `reviews.changes`, keyed by course id.
+//!
+//! Guarantees:
+//! - at-least-once into Kafka, in commit order per course: the slot's confirmed position
+//!   moves only past transactions whose every event Kafka acknowledged (idempotent producer);
+//! - after a crash at any instant the restart resumes from the slot, and a re-sent event
+//!   carries the same (commit LSN, position) as before, so consumers drop it;
+//! - a new slot starts with an all-or-nothing snapshot (see `snapshot`) and then streams from
+//!   exactly its consistent point: no row missed or doubled across the boundary;
+//! - a column change registers a new schema version; an incompatible one stops the reader
+//!   before anything of it is produced, so the slot is not advanced past it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use tokio_util::sync::CancellationToken;
+
+use super::acks::AckLedger;
+use super::pgoutput::{self, PgOutput, Tuple, Value};
+use super::produce::{send_blocking, wire_key};
+use super::replication::{
+    pg_epoch_micros_to_unix_micros, ReplicationConnection, ReplicationMessage, ReplicationStream,
+};
+use super::snapshot::{self, Snapshot};
+use crate::avro::{wire, Cell, RowSchema};
+use crate::change::{Op, Source};
+use crate::config::{CdcConfig, Settings, TopicSettings};
+use crate::error::{Error, Result};
+use crate::kafka::{client_config, ensure_topic, partition_count};
+use crate::lsn::Lsn;
+use crate::registry::Registry;
+use crate::retry::Backoff;
+
+pub struct Cdc {
+    pub settings: Settings,
+    pub config: CdcConfig,
+    pub topics: TopicSettings,
+}
+
+impl Cdc {
+    /// Runs until `shutdown`; reconnects with backoff after PostgreSQL or Kafka failures.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let kafka = &self.settings.kafka;
+        let (partitions, replication) = (self.topics.partitions, self.topics.replication_factor);
+        // Kept forever: `replay` rebuilds derived state from this history.
+        ensure_topic(
+            kafka,
+            &self.config.topic,
+            partitions,
+            replication,
+            &[("retention.ms", "-1")],
+        )
+        .await?;
+        let markers = snapshot::marker_topic(&self.config.topic);
+        ensure_topic(
+            kafka,
+            &markers,
+            1,
+            replication,
+            &[("cleanup.policy", "compact")],
+        )
+        .await?;
+        let registry = Registry::connect(&self.settings).await?;
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        loop {
+            let started = Instant::now();
+            match self.session(&registry, &shutdown).await {
+                Ok(()) => return Ok(()),
+                Err(e) if is_fatal(&e) => return Err(e),
+                Err(e) => {
+                    if started.elapsed() > Duration::from_secs(60) {
+                        backoff.reset();
+                    }
+                    tracing::warn!(error = %e, "cdc session failed; reconnecting");
+                    if !backoff.wait(&shutdown).await {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn session(&self, registry: &Registry, shutdown: &CancellationToken) -> Result<()> {
+        let cfg = &self.config;
+        // It runs with TimeZone=UTC and DateStyle=ISO: the text forms the Avro mapping parses.
+        let mut conn = ReplicationConnection::connect(&self.settings.database_url).await?;
+        let pg = crate::db::connect(&self.settings.database_url).await?;
+        let slot_exists = pg
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&cfg.slot],
+            )
+            .await?
+            .is_some();
+        let marker =
+            snapshot::find_marker(&self.settings.kafka, &cfg.topic, &cfg.slot, registry).await?;
+        let start = match (slot_exists, &marker) {
+            (true, Some(m)) => {
+                tracing::info!(slot = %cfg.slot, snapshot_lsn = %m.consistent_point, "resuming from the slot");
+                Lsn::ZERO
+            }
+            (false, Some(m)) if !cfg.new_snapshot => {
+                return Err(Error::Config(format!(
+                    "replication slot {:?} is gone, but a snapshot from it (at {}) was already sent: changes \
+                     made since it was dropped may be missing. Start cdc with --new-snapshot to take a new one, \
+                     then rebuild the derived tables with `reviewflow replay`",
+                    cfg.slot, m.consistent_point
+                )));
+            }
+            (exists, _) => {
+                if exists {
+                    tracing::warn!(slot = %cfg.slot, "the slot's snapshot never completed; starting over");
+                    pg.execute("SELECT pg_drop_replication_slot($1)", &[&cfg.slot])
+                        .await?;
+                }
+                let filenode_before = snapshot::table_filenode(&pg).await?;
+                let created = conn.create_slot(&cfg.slot).await?;
+                tracing::info!(slot = %cfg.slot, lsn = %created.consistent_point, "created replication slot");
+                Snapshot {
+                    database_url: &self.settings.database_url,
+                    snapshot_name: &created.snapshot_name,
+                    consistent_point: created.consistent_point,
+                    slot: &cfg.slot,
+                    topic: &cfg.topic,
+                    kafka: &self.settings.kafka,
+                    registry,
+                    filenode_before,
+                }
+                .run()
+                .await?;
+                created.consistent_point
+            }
+        };
+        let stream = conn.start(&cfg.slot, start, &cfg.publication).await?;
+        Streamer::new(self, registry.clone())?
+            .run(stream, start, shutdown)
+            .await
+    }
+}
+
+/// Errors a reconnect cannot cure: they need a person.
+fn is_fatal(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::IncompatibleSchema { .. } | Error::Config(_) | Error::Decode(_) | Error::Avro(_)
+    )
+}
+
+struct AckContext {
+    ledger: Arc<Mutex<AckLedger>>,
+}
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Box<u64>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: Self::DeliveryOpaque) {
+        let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(_) => ledger.acked(*seq),
+            Err((e, _)) => ledger.failed(format!("kafka did not acknowledge a change: {e}")),
+        }
+    }
+}
+
+/// The version of a table's columns that events are currently encoded with.
+struct TableVersion {
+    schema: RowSchema,
+    schema_id: u32,
+    course: usize,
+    namespace: String,
+    name: String,
+}
+
+struct OpenTransaction {
+    seq: u64,
+    lsn: Lsn,
+    xid: i64,
+    commit_time: chrono::DateTime<chrono::Utc>,
+    position: i64,
+}
+
+struct Streamer<'a> {
+    cdc: &'a Cdc,
+    registry: Registry,
+    producer: Arc<ThreadedProducer<AckContext>>,
+    ledger: Arc<Mutex<AckLedger>>,
+    tables: HashMap<u32, TableVersion>,
+    txn: Option<OpenTransaction>,
+    key_schema_id: u32,
+    partitions: i32,
+}
+
+impl<'a> Streamer<'a> {
+    fn new(cdc: &'a Cdc, registry: Registry) -> Result<Self> {
+        let ledger = Arc::new(Mutex::new(AckLedger::new(Lsn::ZERO)));
+        let producer: ThreadedProducer<AckContext> = client_config(&cdc.settings.kafka)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "500000")
+            .set("compression.type", "lz4")
+            // Java clients' partitioner, so every client agrees where a course lives.
+            .set("partitioner", "murmur2_random")
+            .create_with_context(AckContext {
+                ledger: ledger.clone(),
+            })?;
+        let metadata: BaseConsumer = client_config(&cdc.settings.kafka).create()?;
+        let partitions = partition_count(&metadata, &cdc.config.topic)?;
+        Ok(Streamer {
+            cdc,
+            registry,
+            producer: Arc::new(producer),
+            ledger,
+            tables: HashMap::new(),
+            txn: None,
+            key_schema_id: 0,
+            partitions,
+        })
+    }
+
+    async fn run(
+        mut self,
+        mut stream: ReplicationStream,
+        start: Lsn,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        let topic = &self.cdc.config.topic;
+        self.key_schema_id = self
+            .registry
+            .register(&format!("{topic}-key"), &crate::avro::envelope::KEY_SCHEMA)
+            .await?;
+        self.ledger().idle_at(start);
+        let interval = Duration::from_secs(self.cdc.config.status_interval_secs.max(1));
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let (mut received, mut reported, mut last_report) = (start, Lsn::ZERO, Instant::now());
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let producer = self.producer.clone();
+                    tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30))).await??;
+                    let confirmed = self.ledger().confirmed();
+                    stream.send_status(received, confirmed, confirmed, false).await?;
+                    tracing::info!(confirmed = %confirmed, "cdc stopped");
+                    return Ok(());
+                }
+                _ = tick.tick() => {
+                    let (confirmed, failure) = {
+                        let l = self.ledger();
+                        (l.confirmed(), l.failure().map(str::to_string))
+                    };
+                    if let Some(failure) = failure {
+                        return Err(Error::Replication(failure));
+                    }
+                    if confirmed != reported || last_report.elapsed() >= interval {
+                        // Asking for a reply on the regular update makes the server send its WAL
+                        // end, which an idle reader confirms: the heartbeat that frees WAL.
+                        let ask = last_report.elapsed() >= interval;
+                        // Kafka has these events, the slot does not know yet: the worst crash.
+                        crate::failpoint::hit("cdc.before_status");
+                        stream.send_status(received.max(confirmed), confirmed, confirmed, ask).await?;
+                        tracing::debug!(%confirmed, %received, in_flight = self.ledger().in_flight(), "standby status sent");
+                        (reported, last_report) = (confirmed, Instant::now());
+                    }
+                }
+                message = stream.next() => match message? {
+                    None => return Err(Error::Replication("the server ended the replication stream".into())),
+                    Some(ReplicationMessage::Keepalive { wal_end, reply_requested, .. }) => {
+                        received = received.max(wal_end);
+                        if self.txn.is_none() {
+                            self.ledger().idle_at(wal_end);
+                        }
+                        if reply_requested {
+                            let confirmed = self.ledger().confirmed();
+                            stream.send_status(received.max(confirmed), confirmed, confirmed, false).await?;
+                            (reported, last_report) = (confirmed, Instant::now());
+                        }
+                    }
+                    Some(ReplicationMessage::XLogData { wal_end, data, .. }) => {
+                        received = received.max(wal_end);
+                        self.apply(pgoutput::decode(data)?).await?;
+                    }
+                },
+            }
+        }
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, AckLedger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn apply(&mut self, message: PgOutput) -> Result<()> {
+        match message {
+            PgOutput::Begin(b) => {
+                let seq = self.ledger().begin();
+                let commit_time = chrono::DateTime::from_timestamp_micros(
+                    pg_epoch_micros_to_unix_micros(b.commit_time_micros),
+                )
+                .unwrap_or_default();
+                self.txn = Some(OpenTransaction {
+                    seq,
+                    lsn: b.final_lsn,
+                    xid: i64::from(b.xid),
+                    commit_time,
+                    position: 0,
+                });
+            }
+            PgOutput::Commit(c) => {
+                let txn = self
+                    .txn
+                    .take()
+                    .ok_or_else(|| Error::Decode("Commit without Begin".into()))?;
+                crate::failpoint::hit("cdc.before_commit_read");
+                self.ledger().committed(txn.seq, c.end_lsn);
+            }
+            PgOutput::Relation(r) => {
+                let columns = r
+                    .columns
+                    .iter()
+                    .map(|c| (c.name.clone(), c.type_oid, c.type_modifier));
+                let namespace = if r.namespace.is_empty() {
+                    "pg_catalog".to_string()
+                } else {
+                    r.namespace.clone()
+                };
+                let schema = RowSchema::new(&namespace, &r.name, columns)?;
+                let course = schema.column_index("course_id").ok_or_else(|| {
+                    Error::Config(format!(
+                        "{namespace}.{} has no course_id column to key by",
+                        r.name
+                    ))
+                })?;
+                let subject = format!("{}-value", self.cdc.config.topic);
+                let schema_id = self.registry.register(&subject, schema.envelope()).await?;
+                tracing::info!(table = %r.name, schema_id, columns = r.columns.len(), "table schema registered");
+                self.tables.insert(
+                    r.id,
+                    TableVersion {
+                        schema,
+                        schema_id,
+                        course,
+                        namespace,
+                        name: r.name,
+                    },
+                );
+            }
+            PgOutput::Insert { relation_id, new } => {
+                self.change(relation_id, Op::Create, None, Some(new))
+                    .await?
+            }
+            PgOutput::Update {
+                relation_id,
+                old,
+                new,
+                ..
+            } => self.change(relation_id, Op::Update, old, Some(new)).await?,
+            PgOutput::Delete {
+                relation_id, old, ..
+            } => {
+                self.change(relation_id, Op::Delete, Some(old), None)
+                    .await?
+            }
+            PgOutput::Truncate { relation_ids, .. } => {
+                for relation_id in relation_ids {
+                    self.truncate(relation_id).await?;
+                }
+            }
+            PgOutput::Origin { .. } | PgOutput::Type { .. } | PgOutput::Message { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn next_source(&mut self, table: &TableVersion) -> Result<(u64, Source)> {
+        let txn = self
+            .txn
+            .as_mut()
+            .ok_or_else(|| Error::Decode("change outside a transaction".into()))?;
+        let source = Source {
+            schema: table.namespace.clone(),
+            table: table.name.clone(),
+            lsn: txn.lsn,
+            position: txn.position,
+            txid: Some(txn.xid),
+            commit_time: txn.commit_time,
+            snapshot: false,
+        };
+        txn.position += 1;
+        Ok((txn.seq, source))
+    }
+
+    async fn change(
+        &mut self,
+        relation_id: u32,
+        op: Op,
+        old: Option<Tuple>,
+        new: Option<Tuple>,
+    ) -> Result<()> {
+        let table = self
+            .tables
+            .remove(&relation_id)
+            .ok_or_else(|| Error::Decode(format!("change of unknown relation {relation_id}")))?;
+        let result = self.produce_change(&table, op, old, new).await;
+        self.tables.insert(relation_id, table);
+        result
+    }
+
+    async fn produce_change(
+        &mut self,
+        table: &TableVersion,
+        op: Op,
+        old: Option<Tuple>,
+        new: Option<Tuple>,
+    ) -> Result<()> {
+        let before = old.as_ref().map(|t| cells(t, None)).transpose()?;
+        let after = new
+            .as_ref()
+            .map(|t| cells(t, before.as_deref()))
+            .transpose()?;
+        let course_id =
+            after
+                .as_ref()
+                .or(before.as_ref())
+                .and_then(|row| match row.get(table.course) {
+                    Some(Cell::Text(t)) => std::str::from_utf8(t).ok()?.parse::<i64>().ok(),
+                    _ => None,
+                });
+        let course_id =
+            course_id.ok_or_else(|| Error::Decode("a change without course_id".into()))?;
+        let (seq, source) = self.next_source(table)?;
+        let body = table
+            .schema
+            .encode(op, before.as_deref(), after.as_deref(), &source)?;
+        let value = wire::frame(table.schema_id, &body);
+        let key = wire_key(self.key_schema_id, course_id)?;
+        self.ledger().produced(seq);
+        let record = BaseRecord::with_opaque_to(&self.cdc.config.topic, Box::new(seq))
+            .key(&key[..])
+            .payload(&value[..]);
+        send_blocking(&self.producer, record).await?;
+        crate::failpoint::hit("cdc.after_produce");
+        Ok(())
+    }
+
+    /// A truncate concerns every course, so every partition gets it, in order with the rest.
+    async fn truncate(&mut self, relation_id: u32) -> Result<()> {
+        let table = self
+            .tables
+            .remove(&relation_id)
+            .ok_or_else(|| Error::Decode(format!("truncate of unknown relation {relation_id}")))?;
+        let result = async {
+            let (seq, source) = self.next_source(&table)?;
+            let body = table.schema.encode(Op::Truncate, None, None, &source)?;
+            let value = wire::frame(table.schema_id, &body);
+            for partition in 0..self.partitions {
+                self.ledger().produced(seq);
+                let record = BaseRecord::<[u8], [u8], _>::with_opaque_to(
+                    &self.cdc.config.topic,
+                    Box::new(seq),
+                )
+                .partition(partition)
+                .payload(&value[..]);
+                send_blocking(&self.producer, record).await?;
+            }
+            Ok(())
+        }
+        .await;
+        self.tables.insert(relation_id, table);
+        result
+    }
+}
+
+/// A tuple as Avro cells; an unchanged TOASTed value is taken from the old image, which
+/// REPLICA IDENTITY FULL makes complete.
+fn cells<'t>(tuple: &'t Tuple, old: Option<&[Cell<'t>]>) -> Result<Vec<Cell<'t>>> {
+    tuple
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            Value::Null => Ok(Cell::Null),
+            Value::Text(t) => Ok(Cell::Text(t)),
+            Value::UnchangedToast => old.and_then(|o| o.get(i).copied()).ok_or_else(|| {
+                Error::Decode(format!("column {i} is an unchanged TOASTed value and the old row is missing; is REPLICA IDENTITY FULL set?"))
+            }),
+        })
+        .collect()
+}

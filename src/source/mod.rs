@@ -1,0 +1,13 @@
+//! The source stage, head of the flow: the `reviews` table's rows (initial snapshot) and
+//! changes (logical replication, pgoutput) into Kafka as Avro change events. Nothing here
+//! reads from Kafka topics downstream of `reviews.changes`.
+
+mod acks;
+pub mod cdc;
+pub mod pgoutput;
+mod produce;
+pub mod replication;
+pub mod snapshot;
+pub mod status;
+
+pub use cdc::Cdc;

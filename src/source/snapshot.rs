@@ -1,0 +1,356 @@
+//! The initial snapshot: every row of `reviews` as it was at the slot's consistent point,
+//! read through the snapshot the slot exported, emitted as op=r events.
+//!
+//! TRUNCATE (and a rewriting ALTER) is not MVCC-safe: a snapshot reader would see the emptied
+//! table. The snapshot holds ACCESS SHARE, so later ones wait and stream after it; one that
+//! slipped in between the slot's creation and that lock changes the table's file node, which
+//! is checked, and the attempt is abandoned (its Kafka transaction never commits) and retried.
+//!
+//! Guarantee: all or nothing. The rows and a completion marker (topic `<changes>.snapshots`,
+//! key = slot name) are written in one Kafka transaction, so read_committed consumers never
+//! see half a snapshot, and a restart after a crash finds either the marker (stream from
+//! the slot) or nothing (drop the slot and snapshot again; the aborted rows stay invisible).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apache_avro::schema::Schema;
+use apache_avro::types::Value;
+use apache_avro::writer::datum::GenericDatumWriter;
+use chrono::Utc;
+use futures_util::{pin_mut, TryStreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::produce::{send_blocking, wire_key};
+use crate::avro::{wire, Cell, RowSchema};
+use crate::change::{Op, Source};
+use crate::config::KafkaSettings;
+use crate::error::{Error, Result};
+use crate::kafka::client_config;
+use crate::lsn::Lsn;
+use crate::registry::Registry;
+
+pub const TABLE_SCHEMA: &str = "public";
+pub const TABLE: &str = "reviews";
+
+/// What the marker of a completed snapshot records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotMarker {
+    pub slot: String,
+    pub consistent_point: Lsn,
+    pub rows: i64,
+}
+
+fn marker_schema() -> Schema {
+    Schema::parse_str(
+        r#"{"type": "record", "name": "SnapshotMarker", "namespace": "reviewflow.cdc", "fields": [
+            {"name": "slot", "type": "string"},
+            {"name": "consistent_point", "type": "long"},
+            {"name": "rows", "type": "long"},
+            {"name": "completed_at", "type": {"type": "long", "logicalType": "timestamp-micros"}}]}"#,
+    )
+    .expect("the marker schema is valid Avro")
+}
+
+pub struct Snapshot<'a> {
+    pub database_url: &'a str,
+    pub snapshot_name: &'a str,
+    pub consistent_point: Lsn,
+    pub slot: &'a str,
+    pub topic: &'a str,
+    pub kafka: &'a KafkaSettings,
+    pub registry: &'a Registry,
+    /// The table's file node read just before the slot was created.
+    pub filenode_before: u32,
+}
+
+/// The table's current file node: TRUNCATE and rewriting ALTERs give it a new one.
+pub async fn table_filenode(pg: &tokio_postgres::Client) -> Result<u32> {
+    let row = pg
+        .query_one(
+            &format!("SELECT pg_relation_filenode('{TABLE_SCHEMA}.{TABLE}')::oid"),
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+impl Snapshot<'_> {
+    /// Reads the table in the exported snapshot and commits it, with its marker, to Kafka.
+    pub async fn run(self) -> Result<i64> {
+        let pg = crate::db::connect(self.database_url).await?;
+        pg.batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
+             SET TRANSACTION SNAPSHOT '{}';
+             SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO';
+             LOCK TABLE {TABLE_SCHEMA}.{TABLE} IN ACCESS SHARE MODE;",
+            self.snapshot_name.replace('\'', "''")
+        ))
+        .await?;
+        if table_filenode(&pg).await? != self.filenode_before {
+            return Err(Error::Replication(
+                "the table was truncated or rewritten while the snapshot was starting; taking it again".into(),
+            ));
+        }
+        let columns = table_columns(&pg).await?;
+        let schema = RowSchema::new(TABLE_SCHEMA, TABLE, columns.clone())?;
+        let value_id = self
+            .registry
+            .register(&format!("{}-value", self.topic), schema.envelope())
+            .await?;
+        let key_id = self
+            .registry
+            .register(
+                &format!("{}-key", self.topic),
+                &crate::avro::envelope::KEY_SCHEMA,
+            )
+            .await?;
+        let course = schema
+            .column_index("course_id")
+            .ok_or_else(|| Error::Config("reviews has no course_id column".into()))?;
+        let total: i64 = pg
+            .query_one(&format!("SELECT count(*) FROM {TABLE_SCHEMA}.{TABLE}"), &[])
+            .await?
+            .get(0);
+        tracing::info!(rows = total, lsn = %self.consistent_point, "snapshot started");
+        let progress = progress_bar(total);
+
+        let producer: Arc<ThreadedProducer<_>> = Arc::new(
+            client_config(self.kafka)
+                .set(
+                    "transactional.id",
+                    format!("reviewflow-cdc-snapshot-{}", self.slot),
+                )
+                .set("enable.idempotence", "true")
+                .set("linger.ms", "20")
+                .set("compression.type", "lz4")
+                .set("partitioner", "murmur2_random")
+                .set("transaction.timeout.ms", "900000")
+                .create()?,
+        );
+        // Transaction calls block until the broker answers: keep them off the runtime.
+        let p = producer.clone();
+        tokio::task::spawn_blocking(move || p.init_transactions(Duration::from_secs(60))).await??;
+        producer.begin_transaction()?;
+
+        let select = columns
+            .iter()
+            .map(|(name, _, _)| format!("{}::text", quote(name)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = pg
+            .query_raw(
+                &format!("SELECT {select} FROM {TABLE_SCHEMA}.{TABLE}"),
+                std::iter::empty::<i32>(),
+            )
+            .await?;
+        pin_mut!(rows);
+        let started = Utc::now();
+        let mut position = 0i64;
+        while let Some(row) = rows.try_next().await? {
+            let texts: Vec<Option<&str>> = (0..columns.len()).map(|i| row.get(i)).collect();
+            let cells: Vec<Cell> = texts
+                .iter()
+                .map(|t| t.map_or(Cell::Null, |s| Cell::Text(s.as_bytes())))
+                .collect();
+            let source = Source {
+                schema: TABLE_SCHEMA.into(),
+                table: TABLE.into(),
+                lsn: self.consistent_point,
+                position,
+                txid: None,
+                commit_time: started,
+                snapshot: true,
+            };
+            let body = schema.encode(Op::Read, None, Some(&cells), &source)?;
+            let course_id: i64 = texts[course].and_then(|t| t.parse().ok()).ok_or_else(|| {
+                Error::Decode(format!("snapshot row {position} has no course_id"))
+            })?;
+            let key = wire_key(key_id, course_id)?;
+            let value = wire::frame(value_id, &body);
+            send_blocking(
+                &producer,
+                BaseRecord::<[u8], [u8], ()>::to(self.topic)
+                    .key(&key)
+                    .payload(&value),
+            )
+            .await?;
+            position += 1;
+            progress.inc(1);
+            if position % 100_000 == 0 {
+                tracing::info!(rows = position, of = total, "snapshot progress");
+            }
+        }
+        progress.finish_and_clear();
+        crate::failpoint::hit("cdc.snapshot_before_commit");
+
+        let marker = SnapshotMarker {
+            slot: self.slot.into(),
+            consistent_point: self.consistent_point,
+            rows: position,
+        };
+        let marker_schema = marker_schema();
+        let marker_key_id = self
+            .registry
+            .register(
+                &format!("{}-key", marker_topic(self.topic)),
+                &Schema::String,
+            )
+            .await?;
+        let marker_id = self
+            .registry
+            .register(
+                &format!("{}-value", marker_topic(self.topic)),
+                &marker_schema,
+            )
+            .await?;
+        let key = wire::frame(
+            marker_key_id,
+            &GenericDatumWriter::builder(&Schema::String)
+                .build()?
+                .write_value_to_vec(Value::String(self.slot.into()))?,
+        );
+        let value = wire::frame(
+            marker_id,
+            &GenericDatumWriter::builder(&marker_schema)
+                .build()?
+                .write_value_to_vec(Value::Record(vec![
+                    ("slot".into(), Value::String(marker.slot.clone())),
+                    (
+                        "consistent_point".into(),
+                        Value::Long(marker.consistent_point.0 as i64),
+                    ),
+                    ("rows".into(), Value::Long(marker.rows)),
+                    (
+                        "completed_at".into(),
+                        Value::TimestampMicros(Utc::now().timestamp_micros()),
+                    ),
+                ]))?,
+        );
+        let marker_topic = marker_topic(self.topic);
+        send_blocking(
+            &producer,
+            BaseRecord::<[u8], [u8], ()>::to(&marker_topic)
+                .key(&key)
+                .payload(&value),
+        )
+        .await?;
+        let p = producer.clone();
+        tokio::task::spawn_blocking(move || p.commit_transaction(Duration::from_secs(300)))
+            .await??;
+        pg.batch_execute("COMMIT").await?;
+        tracing::info!(rows = position, lsn = %self.consistent_point, "snapshot committed");
+        Ok(position)
+    }
+}
+
+pub fn marker_topic(changes_topic: &str) -> String {
+    format!("{changes_topic}.snapshots")
+}
+
+/// The newest committed snapshot marker for `slot`, if any.
+pub async fn find_marker(
+    kafka: &KafkaSettings,
+    changes_topic: &str,
+    slot: &str,
+    registry: &Registry,
+) -> Result<Option<SnapshotMarker>> {
+    let topic = marker_topic(changes_topic);
+    let kafka = kafka.clone();
+    let records: Vec<Vec<u8>> = tokio::task::spawn_blocking(move || -> Result<_> {
+        let consumer: BaseConsumer = client_config(&kafka)
+            .set("group.id", "reviewflow-cdc-marker-reader")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()?;
+        let (low, high) = consumer.fetch_watermarks(&topic, 0, Duration::from_secs(30))?;
+        if high <= low {
+            return Ok(Vec::new());
+        }
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(&topic, 0, Offset::Offset(low))?;
+        consumer.assign(&assignment)?;
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        // With transactions, the last offsets may be control records: stop at the high mark
+        // or once the read position has passed it.
+        while std::time::Instant::now() < deadline {
+            // Before the first fetch the position is "invalid" (negative): not yet at the end.
+            let position = consumer
+                .position()?
+                .find_partition(&topic, 0)
+                .and_then(|p| p.offset().to_raw())
+                .unwrap_or(low)
+                .max(low);
+            if position >= high {
+                break;
+            }
+            match consumer.poll(Duration::from_millis(500)) {
+                Some(Ok(m)) => {
+                    out.push(m.payload().unwrap_or_default().to_vec());
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None => {}
+            }
+        }
+        Ok(out)
+    })
+    .await??;
+    let mut newest = None;
+    // Markers of every slot share the topic; the value names its slot.
+    for payload in records {
+        let (id, body) = wire::unframe(&payload)?;
+        let schema = registry.schema(id).await?;
+        let value = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+            .build()?
+            .read_value(&mut &body[..])?;
+        if let Value::Record(fields) = value {
+            let get = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+            if let (Some(Value::String(s)), Some(Value::Long(lsn)), Some(Value::Long(rows))) =
+                (get("slot"), get("consistent_point"), get("rows"))
+            {
+                if s == slot {
+                    newest = Some(SnapshotMarker {
+                        slot: s,
+                        consistent_point: Lsn(lsn as u64),
+                        rows,
+                    });
+                }
+            }
+        }
+    }
+    Ok(newest)
+}
+
+/// (name, type OID, type modifier) of the table's live columns, in order: the same list the
+/// replication stream's Relation message carries.
+pub async fn table_columns(pg: &tokio_postgres::Client) -> Result<Vec<(String, u32, i32)>> {
+    let rows = pg
+        .query(
+            "SELECT attname::text, atttypid::oid, atttypmod FROM pg_attribute
+             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&format!("{TABLE_SCHEMA}.{TABLE}")],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+fn progress_bar(total: i64) -> ProgressBar {
+    let bar = ProgressBar::new(total.max(0) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("snapshot {bar:40} {pos}/{len} rows {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}

@@ -1,0 +1,521 @@
+//! The CDC reader against the real PostgreSQL and Kafka: what the table went through is what
+//! reviews.changes says, across the snapshot boundary, crashes and schema changes.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rdkafka::Message;
+use reviewflow::avro::{decode_change, wire};
+use reviewflow::change::{ChangeEvent, Op, ReviewRow};
+use reviewflow::config::Settings;
+use reviewflow::lsn::Lsn;
+use reviewflow::registry::Registry;
+
+struct Pipeline {
+    name: String,
+    url: String,
+    topic: String,
+    settings: Settings,
+    /// Where the reader's stderr goes, when a test reads it.
+    log: Option<std::path::PathBuf>,
+}
+
+impl Pipeline {
+    async fn new(name: &str) -> Pipeline {
+        let mut settings = common::settings().await;
+        let url = common::fresh_database(name).await;
+        settings.database_url = url.clone();
+        let topic = format!("test.{name}.{}.changes", common::unique());
+        Pipeline {
+            name: name.into(),
+            url,
+            topic,
+            settings,
+            log: None,
+        }
+    }
+
+    fn slot(&self) -> String {
+        format!("rf_{}", self.name)
+    }
+
+    /// `reviewflow cdc` as its own process, so it can be killed like a real one.
+    fn spawn_cdc(&self, failpoint: Option<&str>) -> common::Running {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_reviewflow"));
+        cmd.arg("cdc")
+            .env("DATABASE_URL", &self.url)
+            .env(
+                "KAFKA_BOOTSTRAP_SERVERS",
+                &self.settings.kafka.bootstrap_servers,
+            )
+            .env("REVIEWFLOW_CHANGES_TOPIC", &self.topic)
+            .env("REVIEWFLOW_SLOT", self.slot())
+            .env("REVIEWFLOW_STATUS_INTERVAL", "1")
+            .env("RUST_LOG", "reviewflow=info")
+            .env_remove("SCHEMA_REGISTRY_URL")
+            .env_remove("REVIEWFLOW_FAILPOINT")
+            .stdout(Stdio::null());
+        if let Some(fp) = failpoint {
+            cmd.env("REVIEWFLOW_FAILPOINT", fp);
+        }
+        if let Some(log) = &self.log {
+            cmd.stderr(std::fs::File::create(log).unwrap());
+        }
+        common::Running(Some(cmd.spawn().expect("reviewflow cdc starts")))
+    }
+
+    /// Until the reader's snapshot is committed (its marker is on the markers topic).
+    async fn wait_for_snapshot(&self) {
+        let markers = reviewflow::source::snapshot::marker_topic(&self.topic);
+        for _ in 0..600 {
+            if common::topic_exists(&self.settings.kafka, &markers).await
+                && !common::consume_all(&self.settings.kafka, &markers)
+                    .await
+                    .is_empty()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no snapshot within a minute");
+    }
+
+    async fn db(&self) -> tokio_postgres::Client {
+        reviewflow::db::connect(&self.url).await.unwrap()
+    }
+
+    /// Every change event on the topic, in partition order, decoded through the registry.
+    async fn events(&self) -> Vec<(i32, Option<i64>, ChangeEvent)> {
+        let registry = Registry::connect(&self.settings).await.unwrap();
+        let mut out = Vec::new();
+        for m in common::consume_all(&self.settings.kafka, &self.topic).await {
+            let (id, body) = wire::unframe(m.payload().unwrap()).unwrap();
+            let schema = registry.schema(id).await.unwrap();
+            let key = match m.key() {
+                Some(k) => {
+                    let (kid, kbody) = wire::unframe(k).unwrap();
+                    assert_eq!(
+                        registry.schema(kid).await.unwrap().canonical_form(),
+                        "\"long\""
+                    );
+                    Some(decode_long(kbody))
+                }
+                None => None,
+            };
+            out.push((m.partition(), key, decode_change(&schema, body).unwrap()));
+        }
+        out
+    }
+
+    async fn stop(&self, cdc: common::Running) {
+        let mut cdc = cdc.take();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(cdc.id() as i32, libc::SIGTERM) };
+        let status = tokio::task::spawn_blocking(move || cdc.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "cdc exits cleanly on SIGTERM: {status}");
+    }
+}
+
+fn decode_long(body: &[u8]) -> i64 {
+    let schema = apache_avro::Schema::Long;
+    let reader = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+        .build()
+        .unwrap();
+    match reader.read_value(&mut &body[..]).unwrap() {
+        apache_avro::types::Value::Long(v) => v,
+        other => panic!("key is not a long: {other:?}"),
+    }
+}
+
+/// course_id, user_id, rating, title, content, created_at (µs): what a row is compared by.
+type RowFigures = (i64, i64, String, Option<String>, Option<String>, i64);
+
+/// The table as the events describe it: replaying them from nothing.
+fn replay(events: &[(i32, Option<i64>, ChangeEvent)]) -> BTreeMap<i64, ReviewRow> {
+    let mut ordered: Vec<&ChangeEvent> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut all: Vec<&ChangeEvent> = events.iter().map(|(_, _, e)| e).collect();
+    all.sort_by_key(|e| e.source.id());
+    for e in all {
+        if seen.insert(e.source.id()) {
+            ordered.push(e);
+        }
+    }
+    let mut table = BTreeMap::new();
+    for e in ordered {
+        match e.op {
+            Op::Create | Op::Read | Op::Update => {
+                let row = e.after.clone().unwrap();
+                table.insert(row.id, row);
+            }
+            Op::Delete => {
+                table.remove(&e.before.as_ref().unwrap().id);
+            }
+            Op::Truncate => table.clear(),
+        }
+    }
+    table
+}
+
+async fn table(db: &tokio_postgres::Client) -> BTreeMap<i64, RowFigures> {
+    db.query("SELECT id, course_id, user_id, rating::text, title, content, (extract(epoch FROM created_at) * 1000000)::bigint FROM reviews", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6))))
+        .collect()
+}
+
+fn as_table(rows: &BTreeMap<i64, ReviewRow>) -> BTreeMap<i64, RowFigures> {
+    rows.iter()
+        .map(|(id, r)| {
+            (
+                *id,
+                (
+                    r.course_id,
+                    r.user_id,
+                    r.rating.to_string(),
+                    r.title.clone(),
+                    r.content.clone(),
+                    r.created_at.timestamp_micros(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_updates_deletes_and_truncates_round_trip() {
+    let p = Pipeline::new("cdc_roundtrip").await;
+    let db = p.db().await;
+    db.batch_execute(
+        "INSERT INTO reviews (id, course_id, user_id, rating, title, content) VALUES
+           (1, 100, 7, 4.5, 'before the slot', 'snapshot me'), (2, 200, 8, 1.0, NULL, NULL)",
+    )
+    .await
+    .unwrap();
+    let cdc = p.spawn_cdc(None);
+    p.wait_for_snapshot().await;
+
+    db.batch_execute("INSERT INTO reviews (id, course_id, user_id, rating, title) VALUES (3, 100, 9, 3.0, 'new')").await.unwrap();
+    db.batch_execute("UPDATE reviews SET rating = 2.5, title = 'edited' WHERE id = 3")
+        .await
+        .unwrap();
+    db.batch_execute("BEGIN; DELETE FROM reviews WHERE id = 1; INSERT INTO reviews (id, course_id, user_id, rating) VALUES (4, 300, 1, 5.0); COMMIT").await.unwrap();
+    db.batch_execute("TRUNCATE reviews").await.unwrap();
+    db.batch_execute(
+        "INSERT INTO reviews (id, course_id, user_id, rating) VALUES (5, 100, 2, 0.5)",
+    )
+    .await
+    .unwrap();
+    common::wait_until_slot_confirms_all(&p.url, &p.slot()).await;
+    p.stop(cdc).await;
+
+    let events = p.events().await;
+    // A truncate is in every partition; count it once.
+    let mut by_id: Vec<&(i32, Option<i64>, ChangeEvent)> = events
+        .iter()
+        .filter(|(partition, _, e)| e.op != Op::Truncate || *partition == 0)
+        .collect();
+    by_id.sort_by_key(|(_, _, e)| e.source.id());
+    let ops: Vec<(Op, Option<i64>)> = by_id
+        .iter()
+        .map(|(_, _, e)| (e.op, e.after.as_ref().or(e.before.as_ref()).map(|r| r.id)))
+        .collect();
+    assert_eq!(
+        ops,
+        vec![
+            (Op::Read, Some(1)),
+            (Op::Read, Some(2)),
+            (Op::Create, Some(3)),
+            (Op::Update, Some(3)),
+            (Op::Delete, Some(1)),
+            (Op::Create, Some(4)),
+            (Op::Truncate, None),
+            (Op::Create, Some(5)),
+        ]
+    );
+    let partitions: HashSet<i32> = events
+        .iter()
+        .filter(|(_, _, e)| e.op == Op::Truncate)
+        .map(|(p, _, _)| *p)
+        .collect();
+    assert_eq!(partitions.len(), 3, "a truncate reaches every partition");
+
+    // Keys are the course ids, and a course lives in one partition.
+    let mut course_partition = BTreeMap::new();
+    for (partition, key, e) in &events {
+        if let Some(course) = e.course_id() {
+            assert_eq!(*key, Some(course));
+            assert_eq!(
+                *course_partition.entry(course).or_insert(*partition),
+                *partition,
+                "course {course}"
+            );
+        }
+    }
+
+    let update = &by_id.iter().find(|(_, _, e)| e.op == Op::Update).unwrap().2;
+    let (before, after) = (
+        update.before.as_ref().unwrap(),
+        update.after.as_ref().unwrap(),
+    );
+    assert_eq!(
+        (before.rating.to_string(), before.title.as_deref()),
+        ("3.0".into(), Some("new"))
+    );
+    assert_eq!(
+        (after.rating.to_string(), after.title.as_deref()),
+        ("2.5".into(), Some("edited"))
+    );
+    let delete = &by_id.iter().find(|(_, _, e)| e.op == Op::Delete).unwrap().2;
+    assert_eq!(
+        delete.before.as_ref().unwrap().content.as_deref(),
+        Some("snapshot me"),
+        "the old row is whole"
+    );
+
+    // Snapshot reads carry the consistent point; streamed changes their commit LSN after it,
+    // with positions counting up inside a transaction.
+    let snapshot_lsn = by_id[0].2.source.lsn;
+    assert!(by_id[..2].iter().all(|(_, _, e)| e.source.snapshot
+        && e.source.lsn == snapshot_lsn
+        && e.source.txid.is_none()));
+    assert_eq!(
+        (by_id[0].2.source.position, by_id[1].2.source.position),
+        (0, 1)
+    );
+    let streamed: Vec<&ChangeEvent> = by_id[2..].iter().map(|(_, _, e)| e).collect();
+    assert!(streamed
+        .iter()
+        .all(|e| !e.source.snapshot && e.source.lsn > snapshot_lsn && e.source.txid.is_some()));
+    let (del, ins) = (streamed[2], streamed[3]);
+    assert_eq!(
+        del.source.lsn, ins.source.lsn,
+        "one transaction, one commit LSN"
+    );
+    assert_eq!((del.source.position, ins.source.position), (0, 1));
+    assert!(streamed
+        .windows(2)
+        .all(|w| w[0].source.id() < w[1].source.id()));
+
+    assert_eq!(as_table(&replay(&events)), table(&db).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_and_stream_meet_with_every_row_exactly_once_under_concurrent_writes() {
+    let p = Pipeline::new("cdc_boundary").await;
+    let db = p.db().await;
+    db.batch_execute(
+        "INSERT INTO reviews (course_id, user_id, rating, content)
+         SELECT 1 + g % 50, g, 0.5 + (g % 10) / 2.0, repeat('x', g % 300) FROM generate_series(1, 20000) g",
+    )
+    .await
+    .unwrap();
+    let writer = {
+        let url = p.url.clone();
+        tokio::spawn(async move {
+            let db = reviewflow::db::connect(&url).await.unwrap();
+            for i in 0..400 {
+                db.batch_execute(&format!(
+                    "INSERT INTO reviews (course_id, user_id, rating) VALUES ({c}, {i} + 1, 4.0);
+                     UPDATE reviews SET rating = 1.5 WHERE id = {u};
+                     DELETE FROM reviews WHERE id = {d};",
+                    c = 1 + i % 50,
+                    u = 1 + (i * 37) % 20000,
+                    d = 20000 - i
+                ))
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let cdc = p.spawn_cdc(None);
+    writer.await.unwrap();
+    common::wait_until_slot_exists(&p.url, &p.slot()).await;
+    common::wait_until_slot_confirms_all(&p.url, &p.slot()).await;
+    p.stop(cdc).await;
+
+    let events = p.events().await;
+    let ids: Vec<(Lsn, i64)> = events.iter().map(|(_, _, e)| e.source.id()).collect();
+    assert_eq!(
+        ids.len(),
+        ids.iter().collect::<HashSet<_>>().len(),
+        "no event twice in a clean run"
+    );
+    assert!(
+        events.iter().any(|(_, _, e)| e.op == Op::Read)
+            && events.iter().any(|(_, _, e)| e.op != Op::Read)
+    );
+    assert_eq!(
+        as_table(&replay(&events)),
+        table(&db).await,
+        "the events rebuild the table exactly"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_acknowledgement_and_confirm_loses_nothing_and_resends_known_positions() {
+    let p = Pipeline::new("cdc_crash").await;
+    let db = p.db().await;
+    db.batch_execute("INSERT INTO reviews (course_id, user_id, rating) SELECT g % 7 + 1, g, 3.5 FROM generate_series(1, 50) g")
+        .await
+        .unwrap();
+    // First run: snapshot, stream, then abort once Kafka acknowledged events the slot has not
+    // been told about (the second status update; the first is sent at start).
+    let crashing = p.spawn_cdc(Some("cdc.before_status:2"));
+    common::wait_until_slot_exists(&p.url, &p.slot()).await;
+    for i in 0..60 {
+        db.batch_execute(&format!(
+            "INSERT INTO reviews (course_id, user_id, rating) VALUES ({}, {i} + 1, 2.0)",
+            i % 7 + 1
+        ))
+        .await
+        .unwrap();
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let mut c = crashing.take();
+        c.wait()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!status.success(), "the failpoint aborted the reader");
+
+    // Changes made while it is down wait in the slot.
+    db.batch_execute(
+        "UPDATE reviews SET rating = 5.0 WHERE id % 3 = 0; DELETE FROM reviews WHERE id % 10 = 0",
+    )
+    .await
+    .unwrap();
+    let cdc = p.spawn_cdc(None);
+    common::wait_until_slot_confirms_all(&p.url, &p.slot()).await;
+    // And a hard kill at an arbitrary moment of a busy stream.
+    let writer = {
+        let url = p.url.clone();
+        tokio::spawn(async move {
+            let db = reviewflow::db::connect(&url).await.unwrap();
+            for i in 0..200 {
+                db.batch_execute(&format!(
+                    "UPDATE reviews SET rating = {}.5 WHERE id = {}",
+                    i % 5,
+                    1 + i % 100
+                ))
+                .await
+                .unwrap();
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(cdc); // SIGKILL
+    writer.await.unwrap();
+    let cdc = p.spawn_cdc(None);
+    common::wait_until_slot_confirms_all(&p.url, &p.slot()).await;
+    p.stop(cdc).await;
+
+    let events = p.events().await;
+    let mut first_seen: BTreeMap<(Lsn, i64), &ChangeEvent> = BTreeMap::new();
+    let mut duplicates = 0;
+    for (_, _, e) in &events {
+        if let Some(earlier) = first_seen.insert(e.source.id(), e) {
+            duplicates += 1;
+            assert_eq!(earlier, e, "a re-sent event is the same event");
+        }
+    }
+    assert!(
+        duplicates > 0,
+        "the crash after acknowledgement, before confirm, makes the restart re-send"
+    );
+    assert_eq!(
+        as_table(&replay(&events)),
+        table(&db).await,
+        "nothing lost across the crashes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_added_column_is_a_new_schema_version_and_an_incompatible_change_stops_the_reader() {
+    let mut p = Pipeline::new("cdc_schema").await;
+    p.log = Some(std::env::temp_dir().join(format!("rf-cdc-schema-{}.log", common::unique())));
+    let db = p.db().await;
+    let cdc = p.spawn_cdc(None);
+    common::wait_until_slot_exists(&p.url, &p.slot()).await;
+    db.batch_execute("INSERT INTO reviews (course_id, user_id, rating) VALUES (1, 1, 4.0)")
+        .await
+        .unwrap();
+    db.batch_execute("ALTER TABLE reviews ADD COLUMN language text")
+        .await
+        .unwrap();
+    db.batch_execute(
+        "INSERT INTO reviews (course_id, user_id, rating, language) VALUES (1, 2, 3.0, 'fr')",
+    )
+    .await
+    .unwrap();
+    common::wait_until_slot_confirms_all(&p.url, &p.slot()).await;
+
+    let records = common::consume_all(&p.settings.kafka, &p.topic).await;
+    let ids: Vec<u32> = records
+        .iter()
+        .map(|m| wire::unframe(m.payload().unwrap()).unwrap().0)
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_ne!(ids[0], ids[1], "the added column is a new schema version");
+    let registry = Registry::connect(&p.settings).await.unwrap();
+    let newer = registry.schema(ids[1]).await.unwrap();
+    assert!(newer.canonical_form().contains("language"));
+    let events = p.events().await;
+    assert_eq!(events.len(), 2);
+
+    let before_change: tokio_postgres::types::PgLsn = db
+        .query_one(
+            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = $1",
+            &[&p.slot()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    db.batch_execute("ALTER TABLE reviews ALTER COLUMN language TYPE integer USING 0")
+        .await
+        .unwrap();
+    db.batch_execute(
+        "INSERT INTO reviews (course_id, user_id, rating, language) VALUES (1, 3, 2.0, 7)",
+    )
+    .await
+    .unwrap();
+    let output = tokio::task::spawn_blocking(move || cdc.take().wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "the reader stops on an incompatible schema"
+    );
+    let stderr = std::fs::read_to_string(p.log.as_ref().unwrap()).unwrap();
+    assert!(stderr.contains("not compatible"), "and says why: {stderr}");
+    let after: tokio_postgres::types::PgLsn = db
+        .query_one(
+            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = $1",
+            &[&p.slot()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let pending: i64 = db
+        .query_one("SELECT count(*) FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL, 'proto_version', '1', 'publication_names', 'reviewflow')", &[&p.slot()])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        after >= before_change && pending > 0,
+        "the incompatible change still waits in the slot"
+    );
+    assert_eq!(p.events().await.len(), 2, "nothing of it reached Kafka");
+}
