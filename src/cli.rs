@@ -53,6 +53,8 @@ pub enum Command {
     Run {
         #[command(flatten)]
         api: ApiArgs,
+        #[command(flatten)]
+        cdc: CdcConfig,
     },
     /// The REST API: POST /reviews, GET /courses/{id}/stats, GET /healthz.
     Api {
@@ -133,12 +135,29 @@ impl Cli {
                 run_api(&settings, api.listen, shutdown.clone()).await?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Run { api } => {
+            Command::Run { api, cdc } => {
                 let settings = prepare(&self.connections, &self.stack).await?;
-                tracing::warn!(
-                    "not built yet, so not running: cdc, fraud, stats (open issues); running the api only"
+                tracing::warn!("not built yet, so not running: fraud, stats (open issues)");
+                let reader = crate::source::Cdc {
+                    settings: settings.clone(),
+                    config: cdc,
+                    topics: self.topics,
+                };
+                // One part failing stops the others: a half-running pipeline would look healthy.
+                let stop = shutdown.clone();
+                let (served, streamed) = tokio::join!(
+                    async {
+                        let r = run_api(&settings, api.listen, shutdown.clone()).await;
+                        stop.cancel();
+                        r
+                    },
+                    async {
+                        let r = reader.run(shutdown.clone()).await;
+                        shutdown.cancel();
+                        r
+                    },
                 );
-                run_api(&settings, api.listen, shutdown.clone()).await?;
+                served.and(streamed)?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Verify => {

@@ -519,3 +519,93 @@ async fn an_added_column_is_a_new_schema_version_and_an_incompatible_change_stop
     );
     assert_eq!(p.events().await.len(), 2, "nothing of it reached Kafka");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_outside_reviewflow_decodes_the_changes_with_the_registry() {
+    let p = Pipeline::new("cdc_python").await;
+    let db = p.db().await;
+    db.batch_execute("INSERT INTO reviews (id, course_id, user_id, rating) VALUES (1, 10, 1, 4.5), (2, 20, 2, 0.5)").await.unwrap();
+    let cdc = p.spawn_cdc(None);
+    p.wait_for_snapshot().await;
+    db.batch_execute(
+        "UPDATE reviews SET rating = 3.0 WHERE id = 1; DELETE FROM reviews WHERE id = 2",
+    )
+    .await
+    .unwrap();
+    common::wait_until_slot_confirms_all(&p.url, &p.slot()).await;
+    p.stop(cdc).await;
+
+    // The api serves the registry that the reader registered its schemas in.
+    let pool = reviewflow::db::pool(&p.url, 2).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let registry_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            reviewflow::api::router(reviewflow::api::AppState { pool }),
+        )
+        .await
+    });
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/read_changes.py");
+    let (bootstrap, topic) = (p.settings.kafka.bootstrap_servers.clone(), p.topic.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(script)
+            .args([&bootstrap, &topic, &registry_url])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("python3 runs (scripts/install-deps installs confluent-kafka)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut seen: Vec<(String, i64, String, i64, i64)> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(
+                v["key"],
+                serde_json::json!(if v["id"] == 1 { 10 } else { 20 }),
+                "{l}"
+            );
+            (
+                v["op"].as_str().unwrap().into(),
+                v["id"].as_i64().unwrap(),
+                v["rating"].as_str().unwrap().into(),
+                v["lsn"].as_i64().unwrap(),
+                v["position"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    seen.sort_by_key(|s| (s.3, s.4));
+    let ours: Vec<(String, i64, String, i64, i64)> = {
+        let mut events = p.events().await;
+        events.sort_by_key(|(_, _, e)| e.source.id());
+        events
+            .iter()
+            .map(|(_, _, e)| {
+                let row = e.after.as_ref().or(e.before.as_ref()).unwrap();
+                (
+                    e.op.code().to_string(),
+                    row.id,
+                    row.rating.to_string(),
+                    e.source.lsn.0 as i64,
+                    e.source.position,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        seen.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(),
+        ["r", "r", "u", "d"]
+    );
+    assert_eq!(
+        seen, ours,
+        "Confluent's Python client reads what reviewflow wrote"
+    );
+}
