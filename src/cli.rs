@@ -82,6 +82,12 @@ pub enum Command {
         /// The slot to report on.
         #[arg(long, env = "REVIEWFLOW_SLOT", default_value = "reviewflow")]
         slot: String,
+        /// The publication the slot streams.
+        #[arg(long, env = "REVIEWFLOW_PUBLICATION", default_value = "reviewflow")]
+        publication: String,
+        /// Also show up to this many pending changes (without consuming them).
+        #[arg(long, default_value_t = 0)]
+        peek: i32,
     },
     /// Compare course_stats with the from-scratch truth; exit 1 on any difference.
     Verify,
@@ -193,7 +199,11 @@ impl Cli {
             }
             Command::Fraud => Err(Error::NotBuilt("reviewflow fraud")),
             Command::Stats => Err(Error::NotBuilt("reviewflow stats")),
-            Command::Status { slot } => {
+            Command::Status {
+                slot,
+                publication,
+                peek,
+            } => {
                 let settings = prepare(&self.connections, &self.stack).await?;
                 let client = db::connect(&settings.database_url).await?;
                 match crate::source::status::slot_status(&client, &slot).await? {
@@ -223,6 +233,26 @@ impl Cli {
                             "  wal status:      {}",
                             s.wal_status.as_deref().unwrap_or("-")
                         );
+                        let waiting = crate::source::status::pending(
+                            &client,
+                            &slot,
+                            &publication,
+                            peek.max(1),
+                        )
+                        .await?;
+                        match waiting.oldest_commit {
+                            None => println!("  time lag:        0 s (no change waiting)"),
+                            Some(t) => println!(
+                                "  time lag:        {} s (oldest waiting change committed {t})",
+                                (chrono::Utc::now() - t).num_seconds()
+                            ),
+                        }
+                        if peek > 0 {
+                            println!("pending changes (first {peek}, not consumed):");
+                            for line in &waiting.changes {
+                                println!("  {line}");
+                            }
+                        }
                     }
                 }
                 Ok(ExitCode::SUCCESS)

@@ -609,3 +609,54 @@ async fn a_client_outside_reviewflow_decodes_the_changes_with_the_registry() {
         "Confluent's Python client reads what reviewflow wrote"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_lag_and_peeks_pending_changes_without_consuming_them() {
+    let p = Pipeline::new("cdc_status").await;
+    let db = p.db().await;
+    let cdc = p.spawn_cdc(None);
+    p.wait_for_snapshot().await;
+    common::wait_until_slot_confirms_all(&p.url, &p.slot()).await;
+    p.stop(cdc).await;
+    db.batch_execute(
+        "INSERT INTO reviews (course_id, user_id, rating, title) VALUES (3, 4, 2.5, 'waiting')",
+    )
+    .await
+    .unwrap();
+    let slot = p.slot();
+    let confirmed = || async {
+        let sql = "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1";
+        db.query_one(sql, &[&slot])
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+    };
+    let before = confirmed().await;
+    for _ in 0..2 {
+        let out = Command::new(env!("CARGO_BIN_EXE_reviewflow"))
+            .args(["status", "--peek", "5", "--slot", &p.slot()])
+            .env("DATABASE_URL", &p.url)
+            .env(
+                "KAFKA_BOOTSTRAP_SERVERS",
+                &p.settings.kafka.bootstrap_servers,
+            )
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("inactive") && text.contains("bytes of WAL held"),
+            "{text}"
+        );
+        assert!(text.contains("oldest waiting change committed"), "{text}");
+        assert!(
+            text.contains(" c id=") && text.contains("title=waiting"),
+            "the pending insert is shown: {text}"
+        );
+    }
+    assert_eq!(confirmed().await, before, "peeking consumed nothing");
+}
