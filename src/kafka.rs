@@ -1,13 +1,14 @@
 //! Kafka client settings shared by every producer and consumer: the bootstrap servers plus
 //! the pass-through `KAFKA_*` settings (TLS, SASL), logged without their secrets.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::ClientConfig;
+use rdkafka::message::OwnedMessage;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::{is_secret, KafkaSettings};
 use crate::error::{Error, Result};
@@ -71,4 +72,51 @@ pub fn partition_count(consumer: &impl Consumer, topic: &str) -> Result<i32> {
         )));
     }
     Ok(count as i32)
+}
+
+/// Every committed record of `topic`, partition by partition, up to the high watermarks as
+/// they were when it started. Blocking: call it from `spawn_blocking`.
+///
+/// With transactions the last offsets may be control records, which are never delivered, so
+/// a partition is done when the read position reaches the high watermark, not when the last
+/// record arrives.
+pub fn read_committed_to_end(
+    kafka: &KafkaSettings,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<OwnedMessage>> {
+    let consumer: BaseConsumer = client_config(kafka)
+        .set("group.id", "reviewflow-reader")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    for partition in 0..partition_count(&consumer, topic)? {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(30))?;
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
+        consumer.assign(&assignment)?;
+        loop {
+            // Before the first fetch the position is "invalid" (negative): not at the end yet.
+            let position = consumer
+                .position()?
+                .find_partition(topic, partition)
+                .and_then(|p| p.offset().to_raw())
+                .unwrap_or(low)
+                .max(low);
+            if position >= high {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Config(format!(
+                    "reading {topic}/{partition} to offset {high} took over {timeout:?} (stuck at {position})"
+                )));
+            }
+            if let Some(record) = consumer.poll(Duration::from_millis(200)) {
+                out.push(record?.detach());
+            }
+        }
+    }
+    Ok(out)
 }

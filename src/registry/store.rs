@@ -139,11 +139,7 @@ impl LocalRegistry {
         }
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-            &[&SUBJECT_LOCK_SPACE, &subject],
-        )
-        .await?;
+        lock_subject(&tx, subject).await?;
         if let Some(found) = find(&tx, subject, text, false).await? {
             return Ok(found);
         }
@@ -338,11 +334,7 @@ impl LocalRegistry {
     pub(crate) async fn delete_subject(&self, subject: &str, permanent: bool) -> Result<Deletion> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-            &[&SUBJECT_LOCK_SPACE, &subject],
-        )
-        .await?;
+        lock_subject(&tx, subject).await?;
         let counts = tx
             .query_one(
                 "SELECT count(*) FILTER (WHERE NOT deleted), count(*) \
@@ -501,4 +493,14 @@ fn to_db(n: u32) -> Result<i32> {
 /// The column value for an id or version a request names; `None` when no row can have it.
 fn db_key(n: u32) -> Option<i32> {
     i32::try_from(n).ok()
+}
+
+/// Serialises changes to one subject across processes, until the transaction ends.
+async fn lock_subject(tx: &tokio_postgres::Transaction<'_>, subject: &str) -> Result<()> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        &[&SUBJECT_LOCK_SPACE, &subject],
+    )
+    .await?;
+    Ok(())
 }

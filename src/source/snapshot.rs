@@ -20,17 +20,15 @@ use apache_avro::writer::datum::GenericDatumWriter;
 use chrono::Utc;
 use futures_util::{pin_mut, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
 
 use super::produce::{send_blocking, wire_key};
 use crate::avro::{wire, Cell, RowSchema};
 use crate::change::{Op, Source};
 use crate::config::KafkaSettings;
 use crate::error::{Error, Result};
-use crate::kafka::client_config;
+use crate::kafka::{client_config, read_committed_to_end};
 use crate::lsn::Lsn;
 use crate::registry::Registry;
 
@@ -261,49 +259,14 @@ pub async fn find_marker(
 ) -> Result<Option<SnapshotMarker>> {
     let topic = marker_topic(changes_topic);
     let kafka = kafka.clone();
-    let records: Vec<Vec<u8>> = tokio::task::spawn_blocking(move || -> Result<_> {
-        let consumer: BaseConsumer = client_config(&kafka)
-            .set("group.id", "reviewflow-cdc-marker-reader")
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .create()?;
-        let (low, high) = consumer.fetch_watermarks(&topic, 0, Duration::from_secs(30))?;
-        if high <= low {
-            return Ok(Vec::new());
-        }
-        let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(&topic, 0, Offset::Offset(low))?;
-        consumer.assign(&assignment)?;
-        let mut out = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        // With transactions, the last offsets may be control records: stop at the high mark
-        // or once the read position has passed it.
-        while std::time::Instant::now() < deadline {
-            // Before the first fetch the position is "invalid" (negative): not yet at the end.
-            let position = consumer
-                .position()?
-                .find_partition(&topic, 0)
-                .and_then(|p| p.offset().to_raw())
-                .unwrap_or(low)
-                .max(low);
-            if position >= high {
-                break;
-            }
-            match consumer.poll(Duration::from_millis(500)) {
-                Some(Ok(m)) => {
-                    out.push(m.payload().unwrap_or_default().to_vec());
-                }
-                Some(Err(e)) => return Err(e.into()),
-                None => {}
-            }
-        }
-        Ok(out)
+    let records = tokio::task::spawn_blocking(move || {
+        read_committed_to_end(&kafka, &topic, Duration::from_secs(60))
     })
     .await??;
     let mut newest = None;
     // Markers of every slot share the topic; the value names its slot.
-    for payload in records {
-        let (id, body) = wire::unframe(&payload)?;
+    for record in records {
+        let (id, body) = wire::unframe(record.payload().unwrap_or_default())?;
         let schema = registry.schema(id).await?;
         let value = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
             .build()?

@@ -69,56 +69,18 @@ pub fn unique() -> i64 {
     (nanos % 1_000_000_000_000) as i64 + i64::from(std::process::id())
 }
 
-/// Every committed record of `topic`, partition by partition, up to the high watermarks.
+/// Every committed record of `topic`, up to the high watermarks.
 pub async fn consume_all(
     kafka: &reviewflow::config::KafkaSettings,
     topic: &str,
 ) -> Vec<rdkafka::message::OwnedMessage> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let kafka = kafka.clone();
-    let topic = topic.to_string();
+    let (kafka, name) = (kafka.clone(), topic.to_string());
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = reviewflow::kafka::client_config(&kafka)
-            .set("group.id", "reviewflow-tests")
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .create()
-            .unwrap();
-        let partitions = reviewflow::kafka::partition_count(&consumer, &topic).unwrap();
-        let mut out = Vec::new();
-        for p in 0..partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(&topic, p, std::time::Duration::from_secs(10))
-                .unwrap();
-            let mut tpl = rdkafka::TopicPartitionList::new();
-            tpl.add_partition_offset(&topic, p, rdkafka::Offset::Offset(low))
-                .unwrap();
-            consumer.assign(&tpl).unwrap();
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-            loop {
-                let position = consumer
-                    .position()
-                    .unwrap()
-                    .find_partition(&topic, p)
-                    .and_then(|e| e.offset().to_raw())
-                    .unwrap_or(low)
-                    .max(low);
-                if position >= high {
-                    break;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "reading {topic}/{p} took over a minute"
-                );
-                if let Some(m) = consumer.poll(std::time::Duration::from_millis(200)) {
-                    out.push(m.unwrap().detach());
-                }
-            }
-        }
-        out
+        reviewflow::kafka::read_committed_to_end(&kafka, &name, std::time::Duration::from_secs(60))
     })
     .await
     .unwrap()
+    .unwrap_or_else(|e| panic!("reading {topic}: {e}"))
 }
 
 /// Waits until the slot has confirmed everything written so far (the reader caught up).
