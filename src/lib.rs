@@ -17,8 +17,10 @@ pub mod registry;
 pub mod retry;
 pub mod review;
 pub mod shutdown;
+pub mod sink;
 pub mod source;
 pub mod stack;
+pub mod transform;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -1,0 +1,1 @@
+//! Per-course figures: folding changes into deltas and applying them in PostgreSQL.

@@ -1,0 +1,3 @@
+//! Transforms between Kafka topics: fraud scoring of every review version.
+
+pub mod score;

@@ -1,0 +1,1 @@
+//! Fraud scorers: pure functions of a review row and a model version.
