@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{CdcConfig, Connections, Settings, TopicSettings};
+use crate::config::{CdcConfig, Connections, FraudConfig, Settings, TopicSettings, WorkerSettings};
 use crate::error::{Error, Result};
 use crate::stack::{self, StackConfig};
 use crate::{api, db, verify};
@@ -27,6 +27,9 @@ pub struct Cli {
 
     #[command(flatten)]
     pub topics: TopicSettings,
+
+    #[command(flatten)]
+    pub workers: WorkerSettings,
 
     /// Log format: text or json.
     #[arg(
@@ -55,6 +58,8 @@ pub enum Command {
         api: ApiArgs,
         #[command(flatten)]
         cdc: CdcConfig,
+        #[command(flatten)]
+        fraud: FraudConfig,
     },
     /// The REST API: POST /reviews, GET /courses/{id}/stats, GET /healthz.
     Api {
@@ -66,8 +71,13 @@ pub enum Command {
         #[command(flatten)]
         cdc: CdcConfig,
     },
-    /// Score every review version for fraud, exactly-once.
-    Fraud,
+    /// Score every review version for fraud, exactly-once (Kafka transactions).
+    Fraud {
+        #[command(flatten)]
+        fraud: FraudConfig,
+    },
+    /// Write reviews.verdicts into review_verdicts, exactly-once (offsets kept in PostgreSQL).
+    Verdicts,
     /// Keep course_stats and course_daily_stats, exactly-once.
     Stats,
     /// Apply the database migrations and exit.
@@ -141,29 +151,36 @@ impl Cli {
                 run_api(&settings, api.listen, shutdown.clone()).await?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Run { api, cdc } => {
+            Command::Run { api, cdc, fraud } => {
                 let settings = prepare(&self.connections, &self.stack).await?;
-                tracing::warn!("not built yet, so not running: fraud, stats (open issues)");
+                tracing::warn!("not built yet, so not running: stats (open issue)");
                 let reader = crate::source::Cdc {
                     settings: settings.clone(),
                     config: cdc,
-                    topics: self.topics,
+                    topics: self.topics.clone(),
                 };
-                // One part failing stops the others: a half-running pipeline would look healthy.
-                let stop = shutdown.clone();
-                let (served, streamed) = tokio::join!(
-                    async {
-                        let r = run_api(&settings, api.listen, shutdown.clone()).await;
-                        stop.cancel();
-                        r
-                    },
-                    async {
-                        let r = reader.run(shutdown.clone()).await;
-                        shutdown.cancel();
-                        r
-                    },
-                );
-                served.and(streamed)?;
+                let scorer = crate::transform::Fraud {
+                    settings: settings.clone(),
+                    topics: self.topics.clone(),
+                    config: fraud,
+                    worker: self.workers.clone(),
+                };
+                let verdicts = crate::sink::VerdictSink {
+                    settings: settings.clone(),
+                    topics: self.topics.clone(),
+                    worker: self.workers.clone(),
+                };
+                let s = &shutdown;
+                run_together(
+                    s,
+                    vec![
+                        ("api", Box::pin(run_api(&settings, api.listen, s.clone()))),
+                        ("cdc", Box::pin(reader.run(s.clone()))),
+                        ("fraud", Box::pin(scorer.run(s.clone()))),
+                        ("verdicts", Box::pin(verdicts.run(s.clone()))),
+                    ],
+                )
+                .await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Verify => {
@@ -197,7 +214,27 @@ impl Cli {
                 stage.run(shutdown.clone()).await?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Fraud => Err(Error::NotBuilt("reviewflow fraud")),
+            Command::Fraud { fraud } => {
+                let settings = prepare(&self.connections, &self.stack).await?;
+                let stage = crate::transform::Fraud {
+                    settings,
+                    topics: self.topics,
+                    config: fraud,
+                    worker: self.workers,
+                };
+                stage.run(shutdown.clone()).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Verdicts => {
+                let settings = prepare(&self.connections, &self.stack).await?;
+                let stage = crate::sink::VerdictSink {
+                    settings,
+                    topics: self.topics,
+                    worker: self.workers,
+                };
+                stage.run(shutdown.clone()).await?;
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Stats => Err(Error::NotBuilt("reviewflow stats")),
             Command::Status {
                 slot,
@@ -260,6 +297,23 @@ impl Cli {
             Command::Replay => Err(Error::NotBuilt("reviewflow replay")),
         }
     }
+}
+
+type Stage<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
+
+/// Runs the stages of `run` side by side. One stage ending (failing, or its work done) stops
+/// the others: a half-running pipeline would look healthy. The first failure is returned.
+async fn run_together(shutdown: &CancellationToken, stages: Vec<(&str, Stage<'_>)>) -> Result<()> {
+    let results = futures_util::future::join_all(stages.into_iter().map(|(name, stage)| async move {
+        let result = stage.await;
+        if let Err(e) = &result {
+            tracing::error!(stage = name, error = %e, "stage failed; stopping the others");
+        }
+        shutdown.cancel();
+        result
+    }))
+    .await;
+    results.into_iter().collect()
 }
 
 /// Every part starts by resolving its connections and applying the migrations.

@@ -44,6 +44,27 @@ pub struct TopicSettings {
         global = true
     )]
     pub replication_factor: i32,
+
+    /// Change events of `reviews`, written by cdc; snapshot completion is recorded in
+    /// `<topic>.snapshots`.
+    #[arg(long = "changes-topic", env = "REVIEWFLOW_CHANGES_TOPIC", default_value = "reviews.changes", global = true)]
+    pub changes: String,
+
+    /// The changelog of the set of valid reviews, written by fraud, read by stats.
+    #[arg(long = "valid-topic", env = "REVIEWFLOW_VALID_TOPIC", default_value = "reviews.valid", global = true)]
+    pub valid: String,
+
+    /// Review versions judged fraud, with score and reasons.
+    #[arg(long = "fraud-topic", env = "REVIEWFLOW_FRAUD_TOPIC", default_value = "reviews.fraud", global = true)]
+    pub fraud: String,
+
+    /// One verdict per review version, read by the verdict sink.
+    #[arg(long = "verdicts-topic", env = "REVIEWFLOW_VERDICTS_TOPIC", default_value = "reviews.verdicts", global = true)]
+    pub verdicts: String,
+
+    /// Records a stage could not read, with the reason in headers.
+    #[arg(long = "dead-letter-topic", env = "REVIEWFLOW_DEAD_LETTER_TOPIC", default_value = "reviewflow.dead-letters", global = true)]
+    pub dead_letters: String,
 }
 
 /// The CDC reader: which slot and publication it reads, and where the changes go.
@@ -57,14 +78,6 @@ pub struct CdcConfig {
     #[arg(long, env = "REVIEWFLOW_PUBLICATION", default_value = "reviewflow")]
     pub publication: String,
 
-    /// Topic of the change events; snapshot completion is recorded in `<topic>.snapshots`.
-    #[arg(
-        long,
-        env = "REVIEWFLOW_CHANGES_TOPIC",
-        default_value = "reviews.changes"
-    )]
-    pub topic: String,
-
     /// Seconds between standby status updates (the slot's confirmed position moves then).
     #[arg(long, env = "REVIEWFLOW_STATUS_INTERVAL", default_value_t = 10)]
     pub status_interval_secs: u64,
@@ -73,6 +86,54 @@ pub struct CdcConfig {
     /// derived tables must then be rebuilt (`reviewflow replay`), or rows are counted twice.
     #[arg(long)]
     pub new_snapshot: bool,
+}
+
+/// The fraud worker: which model judges, and how records are grouped into transactions.
+#[derive(clap::Args, Clone, Debug)]
+pub struct FraudConfig {
+    /// The fraud model: `heuristic` (explainable signals) or `seed` (the original's hash rule).
+    #[arg(long, env = "REVIEWFLOW_SCORER", value_enum, default_value = "heuristic")]
+    pub scorer: crate::transform::score::ScorerKind,
+
+    /// Score at or above which the heuristic model calls a review fraud, in (0, 1].
+    #[arg(long, env = "REVIEWFLOW_FRAUD_THRESHOLD", default_value_t = 0.5)]
+    pub fraud_threshold: f64,
+
+    /// Consumer group of the fraud workers; instances in one group split the partitions.
+    #[arg(long = "fraud-group", env = "REVIEWFLOW_FRAUD_GROUP", default_value = "reviewflow-fraud")]
+    pub group: String,
+}
+
+/// What every worker (fraud, stats, the verdict sink) shares: its instance name and how it
+/// groups records into transactions (one per batch, closed when either limit is hit).
+#[derive(clap::Args, Clone, Debug)]
+pub struct WorkerSettings {
+    /// This instance's name: unique among the instances of a stage, stable across its
+    /// restarts (default: the host name). A restarted fraud worker reuses its transactional
+    /// id, which fences its predecessor and aborts the transaction it left open at once,
+    /// instead of read_committed consumers waiting for that transaction to time out.
+    #[arg(long = "instance", env = "REVIEWFLOW_INSTANCE", global = true)]
+    pub instance: Option<String>,
+
+    /// Most records in one transaction.
+    #[arg(long = "batch-records", env = "REVIEWFLOW_BATCH_RECORDS", default_value_t = 5000, global = true)]
+    pub max_records: usize,
+
+    /// Longest a batch waits for more records, in milliseconds: the latency it may add.
+    #[arg(long = "batch-ms", env = "REVIEWFLOW_BATCH_MS", default_value_t = 50, global = true)]
+    pub max_wait_ms: u64,
+}
+
+impl WorkerSettings {
+    pub fn instance(&self) -> String {
+        self.instance.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".into())
+        })
+    }
 }
 
 /// Resolved connection settings, ready for the stages.

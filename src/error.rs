@@ -22,7 +22,7 @@ pub enum Error {
     #[error("replication: {0}")]
     Replication(String),
 
-    #[error("pgoutput: {0}")]
+    #[error("cannot decode: {0}")]
     Decode(String),
 
     #[error("avro: {0}")]
@@ -31,11 +31,24 @@ pub enum Error {
     #[error("schema registry: {0}")]
     Registry(String),
 
+    #[error("schema registry: schema id {id} is not registered at {registry}")]
+    UnknownSchema { id: u32, registry: String },
+
     #[error(
         "schema for {subject} is not compatible with the registered versions: {detail}. \
          Revert the table change, or relax the subject's compatibility in the registry, then restart"
     )]
     IncompatibleSchema { subject: String, detail: String },
+
+    #[error(
+        "{consumer} lost {topic}/{partition} to {owner} (a rebalance moved it): the batch was rolled back"
+    )]
+    Fenced {
+        consumer: String,
+        topic: String,
+        partition: i32,
+        owner: String,
+    },
 
     #[error("background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -60,6 +73,15 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Errors a new session cannot cure: they need a person (a fix to configuration, the
+    /// table or the registry), so the stage stops and says why.
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            Error::IncompatibleSchema { .. } | Error::Config(_) | Error::Decode(_) | Error::Avro(_)
+        )
+    }
+
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),

@@ -5,12 +5,12 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::config::{is_secret, KafkaSettings};
+use crate::config::{is_secret, KafkaSettings, TopicSettings, WorkerSettings};
 use crate::error::{Error, Result};
 
 pub fn client_config(kafka: &KafkaSettings) -> ClientConfig {
@@ -56,6 +56,97 @@ pub async fn ensure_topic(
         }
     }
     Ok(())
+}
+
+/// A topic of the pipeline's history (changes, the valid changelog, verdicts): kept forever,
+/// because `replay` rebuilds derived state from it.
+pub async fn ensure_history_topic(
+    kafka: &KafkaSettings,
+    topics: &TopicSettings,
+    name: &str,
+    partitions: i32,
+) -> Result<()> {
+    ensure_topic(
+        kafka,
+        name,
+        partitions,
+        topics.replication_factor,
+        &[("retention.ms", "-1")],
+    )
+    .await
+}
+
+/// Headers of a dead-letter record: why it could not be read, and where it came from. The
+/// record keeps its original key and value, so it can be inspected and re-sent as it was.
+pub fn dead_letter_headers(
+    stage: &str,
+    reason: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> OwnedHeaders {
+    let (partition, offset) = (partition.to_string(), offset.to_string());
+    [
+        ("reviewflow.dlq.reason", reason),
+        ("reviewflow.dlq.stage", stage),
+        ("reviewflow.dlq.topic", topic),
+        ("reviewflow.dlq.partition", partition.as_str()),
+        ("reviewflow.dlq.offset", offset.as_str()),
+    ]
+    .into_iter()
+    .fold(OwnedHeaders::new(), |headers, (key, value)| {
+        headers.insert(Header {
+            key,
+            value: Some(value),
+        })
+    })
+}
+
+/// The next batch: up to `max_records`, waiting at most `max_wait_ms` once the first one has
+/// arrived (and half a second for that one, so a shutdown is noticed). Blocking.
+pub fn poll_batch<C: ConsumerContext + 'static>(
+    consumer: &BaseConsumer<C>,
+    limits: &WorkerSettings,
+    stage: &str,
+) -> Vec<OwnedMessage> {
+    let mut batch = Vec::new();
+    let mut wait = Duration::from_millis(500);
+    let mut deadline = None;
+    while batch.len() < limits.max_records {
+        match consumer.poll(wait) {
+            None => break,
+            Some(Ok(m)) => batch.push(m.detach()),
+            // librdkafka retries broker failures itself; they are reported here for
+            // information and the consumer carries on.
+            Some(Err(e)) => tracing::warn!(stage, error = %e, "consumer error"),
+        }
+        let until = *deadline
+            .get_or_insert_with(|| Instant::now() + Duration::from_millis(limits.max_wait_ms));
+        wait = until.saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            break;
+        }
+    }
+    batch
+}
+
+/// Records waiting in a consumer's assigned partitions: the lag a stage reports. One
+/// watermark request per partition, so call it every few seconds, not per record.
+pub fn consumer_lag<C: ConsumerContext + 'static>(consumer: &BaseConsumer<C>) -> i64 {
+    let Ok(positions) = consumer.position() else {
+        return 0;
+    };
+    positions
+        .elements()
+        .iter()
+        .filter_map(|p| {
+            let position = p.offset().to_raw()?;
+            let (_, high) = consumer
+                .fetch_watermarks(p.topic(), p.partition(), Duration::from_secs(1))
+                .ok()?;
+            Some((high - position).max(0))
+        })
+        .sum()
 }
 
 /// How many partitions a topic has, from the broker's metadata.

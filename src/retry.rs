@@ -3,7 +3,12 @@
 
 use std::time::Duration;
 
+use std::future::Future;
+use std::time::Instant;
+
 use tokio_util::sync::CancellationToken;
+
+use crate::error::Result;
 
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -38,6 +43,33 @@ impl Backoff {
         tokio::select! {
             _ = tokio::time::sleep(delay) => true,
             _ = shutdown.cancelled() => false,
+        }
+    }
+}
+
+/// Runs a stage's sessions until one ends cleanly (shutdown) or fails in a way a restart
+/// cannot cure; other failures (a broker or database that went away, a fenced transaction)
+/// start a new session after a backoff, reset once a session has lived a minute.
+pub async fn sessions<F, Fut>(stage: &str, shutdown: &CancellationToken, mut session: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        let started = Instant::now();
+        match session().await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.needs_operator() => return Err(e),
+            Err(e) => {
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff.reset();
+                }
+                tracing::warn!(stage, error = %e, "session failed; starting a new one");
+                if !backoff.wait(shutdown).await {
+                    return Ok(());
+                }
+            }
         }
     }
 }

@@ -3,135 +3,17 @@
 
 mod common;
 
+use common::pipeline::Pipeline;
+
 use std::collections::{BTreeMap, HashSet};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use rdkafka::Message;
-use reviewflow::avro::{decode_change, wire};
+use reviewflow::avro::wire;
 use reviewflow::change::{ChangeEvent, Op, ReviewRow};
-use reviewflow::config::Settings;
 use reviewflow::lsn::Lsn;
 use reviewflow::registry::Registry;
-
-struct Pipeline {
-    name: String,
-    url: String,
-    topic: String,
-    settings: Settings,
-    /// Where the reader's stderr goes, when a test reads it.
-    log: Option<std::path::PathBuf>,
-}
-
-impl Pipeline {
-    async fn new(name: &str) -> Pipeline {
-        let mut settings = common::settings().await;
-        let url = common::fresh_database(name).await;
-        settings.database_url = url.clone();
-        let topic = format!("test.{name}.{}.changes", common::unique());
-        Pipeline {
-            name: name.into(),
-            url,
-            topic,
-            settings,
-            log: None,
-        }
-    }
-
-    fn slot(&self) -> String {
-        format!("rf_{}", self.name)
-    }
-
-    /// `reviewflow cdc` as its own process, so it can be killed like a real one.
-    fn spawn_cdc(&self, failpoint: Option<&str>) -> common::Running {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_reviewflow"));
-        cmd.arg("cdc")
-            .env("DATABASE_URL", &self.url)
-            .env(
-                "KAFKA_BOOTSTRAP_SERVERS",
-                &self.settings.kafka.bootstrap_servers,
-            )
-            .env("REVIEWFLOW_CHANGES_TOPIC", &self.topic)
-            .env("REVIEWFLOW_SLOT", self.slot())
-            .env("REVIEWFLOW_STATUS_INTERVAL", "1")
-            .env("RUST_LOG", "reviewflow=info")
-            .env_remove("SCHEMA_REGISTRY_URL")
-            .env_remove("REVIEWFLOW_FAILPOINT")
-            .stdout(Stdio::null());
-        if let Some(fp) = failpoint {
-            cmd.env("REVIEWFLOW_FAILPOINT", fp);
-        }
-        if let Some(log) = &self.log {
-            cmd.stderr(std::fs::File::create(log).unwrap());
-        }
-        common::Running(Some(cmd.spawn().expect("reviewflow cdc starts")))
-    }
-
-    /// Until the reader's snapshot is committed (its marker is on the markers topic).
-    async fn wait_for_snapshot(&self) {
-        let markers = reviewflow::source::snapshot::marker_topic(&self.topic);
-        for _ in 0..600 {
-            if common::topic_exists(&self.settings.kafka, &markers).await
-                && !common::consume_all(&self.settings.kafka, &markers)
-                    .await
-                    .is_empty()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("no snapshot within a minute");
-    }
-
-    async fn db(&self) -> tokio_postgres::Client {
-        reviewflow::db::connect(&self.url).await.unwrap()
-    }
-
-    /// Every change event on the topic, in partition order, decoded through the registry.
-    async fn events(&self) -> Vec<(i32, Option<i64>, ChangeEvent)> {
-        let registry = Registry::connect(&self.settings).await.unwrap();
-        let mut out = Vec::new();
-        for m in common::consume_all(&self.settings.kafka, &self.topic).await {
-            let (id, body) = wire::unframe(m.payload().unwrap()).unwrap();
-            let schema = registry.schema(id).await.unwrap();
-            let key = match m.key() {
-                Some(k) => {
-                    let (kid, kbody) = wire::unframe(k).unwrap();
-                    assert_eq!(
-                        registry.schema(kid).await.unwrap().canonical_form(),
-                        "\"long\""
-                    );
-                    Some(decode_long(kbody))
-                }
-                None => None,
-            };
-            out.push((m.partition(), key, decode_change(&schema, body).unwrap()));
-        }
-        out
-    }
-
-    async fn stop(&self, cdc: common::Running) {
-        let mut cdc = cdc.take();
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(cdc.id() as i32, libc::SIGTERM) };
-        let status = tokio::task::spawn_blocking(move || cdc.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(status.success(), "cdc exits cleanly on SIGTERM: {status}");
-    }
-}
-
-fn decode_long(body: &[u8]) -> i64 {
-    let schema = apache_avro::Schema::Long;
-    let reader = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
-        .build()
-        .unwrap();
-    match reader.read_value(&mut &body[..]).unwrap() {
-        apache_avro::types::Value::Long(v) => v,
-        other => panic!("key is not a long: {other:?}"),
-    }
-}
 
 /// course_id, user_id, rating, title, content, created_at (µs): what a row is compared by.
 type RowFigures = (i64, i64, String, Option<String>, Option<String>, i64);

@@ -193,6 +193,36 @@ pub fn decode_change(writer: &Schema, body: &[u8]) -> Result<ChangeEvent> {
     })
 }
 
+/// The change written with `writer`, re-encoded with the same schema, a new `op` and only
+/// the images kept: how the valid-set changelog says a review entered (c) or left (d) the
+/// set when an edit flipped its verdict. Everything else, `source` included, is unchanged.
+pub fn restate(
+    writer: &Schema,
+    body: &[u8],
+    op: Op,
+    keep_before: bool,
+    keep_after: bool,
+) -> Result<Vec<u8>> {
+    let value = GenericDatumReader::builder(writer)
+        .build()?
+        .read_value(&mut &body[..])?;
+    let fields = record(value, "envelope")?
+        .into_iter()
+        .map(|(name, value)| {
+            let value = match name.as_str() {
+                "op" => Value::String(op.code().into()),
+                "before" if !keep_before => Value::Union(0, Box::new(Value::Null)),
+                "after" if !keep_after => Value::Union(0, Box::new(Value::Null)),
+                _ => value,
+            };
+            (name, value)
+        })
+        .collect();
+    Ok(GenericDatumWriter::builder(writer)
+        .build()?
+        .write_value_to_vec(Value::Record(fields))?)
+}
+
 fn source_of(value: Value) -> Result<Source> {
     let mut s = Source {
         schema: String::new(),
@@ -381,6 +411,27 @@ mod tests {
         );
         assert_eq!(before.content.as_deref(), Some(""));
         assert_eq!(after.created_at.timestamp_micros(), 1_795_581_617_993_809);
+    }
+
+    #[test]
+    fn restating_a_flip_keeps_the_source_and_drops_one_image() {
+        let schema = RowSchema::new("public", "reviews", review_columns()).unwrap();
+        let t = b"2026-11-25 04:40:17.993809+00";
+        let old = [b"7".as_slice(), b"42", b"9", b"4.5", b"Good", b"", t, t].map(Cell::Text);
+        let mut new = old;
+        new[5] = Cell::Text(b"buy now at http://x");
+        let body = schema
+            .encode(Op::Update, Some(&old), Some(&new), &source())
+            .unwrap();
+        let left = restate(schema.envelope(), &body, Op::Delete, true, false).unwrap();
+        let left = decode_change(schema.envelope(), &left).unwrap();
+        assert_eq!((left.op, left.after), (Op::Delete, None));
+        assert_eq!(left.before.unwrap().content.as_deref(), Some(""));
+        assert_eq!(left.source, source());
+        let entered = restate(schema.envelope(), &body, Op::Create, false, true).unwrap();
+        let entered = decode_change(schema.envelope(), &entered).unwrap();
+        assert_eq!((entered.op, entered.before), (Op::Create, None));
+        assert_eq!(entered.after.unwrap().content.as_deref(), Some("buy now at http://x"));
     }
 
     #[test]

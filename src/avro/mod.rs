@@ -4,6 +4,7 @@
 
 pub mod envelope;
 mod pgtext;
+pub mod verdict;
 pub mod wire;
 
-pub use envelope::{decode_change, Cell, RowSchema};
+pub use envelope::{decode_change, restate, Cell, RowSchema};

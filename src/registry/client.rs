@@ -135,10 +135,10 @@ impl RemoteRegistry {
         match status {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND => {
-                return Err(Error::Registry(format!(
-                    "schema id {id} is not registered at {}",
-                    self.url()
-                )))
+                return Err(Error::UnknownSchema {
+                    id,
+                    registry: self.url().to_string(),
+                })
             }
             _ => {
                 return Err(Error::Registry(format!(

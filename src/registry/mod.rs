@@ -75,6 +75,34 @@ impl Registry {
             Registry::Local(r) => r.schema(id).await,
         }
     }
+
+    /// The writer schema, its id and the Avro body of a wire-format record value; or why
+    /// the record cannot be read, which makes it a dead letter. An `Err` is only registry
+    /// trouble that trying again may cure.
+    pub async fn resolve<'a>(
+        &self,
+        value: Option<&'a [u8]>,
+    ) -> Result<Result<Framed<'a>, String>> {
+        let Some(value) = value else {
+            return Ok(Err("no value (a tombstone)".into()));
+        };
+        let (id, body) = match crate::avro::wire::unframe(value) {
+            Ok(framed) => framed,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        match self.schema(id).await {
+            Ok(schema) => Ok(Ok(Framed { schema, id, body })),
+            Err(e @ Error::UnknownSchema { .. }) => Ok(Err(e.to_string())),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A record value in the wire format, with the schema it was written with.
+pub struct Framed<'a> {
+    pub schema: Arc<Schema>,
+    pub id: u32,
+    pub body: &'a [u8],
 }
 
 /// The text a schema is registered and identified by: apache-avro's JSON serialisation of the

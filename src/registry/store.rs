@@ -102,7 +102,10 @@ impl LocalRegistry {
         let text = self
             .schema_text(id)
             .await?
-            .ok_or_else(|| Error::Registry(format!("schema id {id} is not registered")))?;
+            .ok_or_else(|| Error::UnknownSchema {
+                id,
+                registry: "reviewflow's own registry".into(),
+            })?;
         Ok(self
             .inner
             .memo

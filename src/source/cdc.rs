@@ -34,7 +34,6 @@ use crate::error::{Error, Result};
 use crate::kafka::{client_config, ensure_topic, partition_count};
 use crate::lsn::Lsn;
 use crate::registry::Registry;
-use crate::retry::Backoff;
 
 pub struct Cdc {
     pub settings: Settings,
@@ -50,13 +49,13 @@ impl Cdc {
         // Kept forever: `replay` rebuilds derived state from this history.
         ensure_topic(
             kafka,
-            &self.config.topic,
+            &self.topics.changes,
             partitions,
             replication,
             &[("retention.ms", "-1")],
         )
         .await?;
-        let markers = snapshot::marker_topic(&self.config.topic);
+        let markers = snapshot::marker_topic(&self.topics.changes);
         ensure_topic(
             kafka,
             &markers,
@@ -66,23 +65,7 @@ impl Cdc {
         )
         .await?;
         let registry = Registry::connect(&self.settings).await?;
-        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        loop {
-            let started = Instant::now();
-            match self.session(&registry, &shutdown).await {
-                Ok(()) => return Ok(()),
-                Err(e) if is_fatal(&e) => return Err(e),
-                Err(e) => {
-                    if started.elapsed() > Duration::from_secs(60) {
-                        backoff.reset();
-                    }
-                    tracing::warn!(error = %e, "cdc session failed; reconnecting");
-                    if !backoff.wait(&shutdown).await {
-                        return Ok(());
-                    }
-                }
-            }
-        }
+        crate::retry::sessions("cdc", &shutdown, || self.session(&registry, &shutdown)).await
     }
 
     async fn session(&self, registry: &Registry, shutdown: &CancellationToken) -> Result<()> {
@@ -98,7 +81,7 @@ impl Cdc {
             .await?
             .is_some();
         let marker =
-            snapshot::find_marker(&self.settings.kafka, &cfg.topic, &cfg.slot, registry).await?;
+            snapshot::find_marker(&self.settings.kafka, &self.topics.changes, &cfg.slot, registry).await?;
         let start = match (slot_exists, &marker) {
             (true, Some(m)) => {
                 tracing::info!(slot = %cfg.slot, snapshot_lsn = %m.consistent_point, "resuming from the slot");
@@ -126,7 +109,7 @@ impl Cdc {
                     snapshot_name: &created.snapshot_name,
                     consistent_point: created.consistent_point,
                     slot: &cfg.slot,
-                    topic: &cfg.topic,
+                    topic: &self.topics.changes,
                     kafka: &self.settings.kafka,
                     registry,
                     filenode_before,
@@ -141,14 +124,6 @@ impl Cdc {
             .run(stream, start, shutdown)
             .await
     }
-}
-
-/// Errors a reconnect cannot cure: they need a person.
-fn is_fatal(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::IncompatibleSchema { .. } | Error::Config(_) | Error::Decode(_) | Error::Avro(_)
-    )
 }
 
 struct AckContext {
@@ -213,7 +188,7 @@ impl<'a> Streamer<'a> {
                 ledger: ledger.clone(),
             })?;
         let metadata: BaseConsumer = client_config(&cdc.settings.kafka).create()?;
-        let partitions = partition_count(&metadata, &cdc.config.topic)?;
+        let partitions = partition_count(&metadata, &cdc.topics.changes)?;
         Ok(Streamer {
             cdc,
             registry,
@@ -232,7 +207,7 @@ impl<'a> Streamer<'a> {
         start: Lsn,
         shutdown: &CancellationToken,
     ) -> Result<()> {
-        let topic = &self.cdc.config.topic;
+        let topic = &self.cdc.topics.changes;
         self.key_schema_id = self
             .registry
             .register(&format!("{topic}-key"), &crate::avro::envelope::KEY_SCHEMA)
@@ -337,7 +312,7 @@ impl<'a> Streamer<'a> {
                         r.name
                     ))
                 })?;
-                let subject = format!("{}-value", self.cdc.config.topic);
+                let subject = format!("{}-value", self.cdc.topics.changes);
                 let schema_id = self.registry.register(&subject, schema.envelope()).await?;
                 tracing::info!(table = %r.name, schema_id, columns = r.columns.len(), "table schema registered");
                 self.tables.insert(
@@ -440,7 +415,7 @@ impl<'a> Streamer<'a> {
         let value = wire::frame(table.schema_id, &body);
         let key = wire_key(self.key_schema_id, course_id)?;
         self.ledger().produced(seq);
-        let record = BaseRecord::with_opaque_to(&self.cdc.config.topic, Box::new(seq))
+        let record = BaseRecord::with_opaque_to(&self.cdc.topics.changes, Box::new(seq))
             .key(&key[..])
             .payload(&value[..]);
         send_blocking(&self.producer, record).await?;
@@ -461,7 +436,7 @@ impl<'a> Streamer<'a> {
             for partition in 0..self.partitions {
                 self.ledger().produced(seq);
                 let record = BaseRecord::<[u8], [u8], _>::with_opaque_to(
-                    &self.cdc.config.topic,
+                    &self.cdc.topics.changes,
                     Box::new(seq),
                 )
                 .partition(partition)

@@ -1,3 +1,6 @@
 //! Transforms between Kafka topics: fraud scoring of every review version.
 
+pub mod fraud;
 pub mod score;
+
+pub use fraud::Fraud;

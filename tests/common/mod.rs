@@ -3,6 +3,8 @@
 //! test so tests that check global invariants do not see each other's rows.
 #![allow(dead_code)]
 
+pub mod pipeline;
+
 use reviewflow::config::{Connections, Settings};
 use reviewflow::stack::StackConfig;
 use tokio::sync::OnceCell;
@@ -166,4 +168,20 @@ pub async fn topic_exists(kafka: &reviewflow::config::KafkaSettings, topic: &str
     })
     .await
     .unwrap()
+}
+
+/// Polls `check` until it holds, failing the test with `what` after `secs` seconds.
+pub async fn eventually<F, Fut>(what: &str, secs: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {secs} s: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }

@@ -1,0 +1,191 @@
+//! The Kafka side of a PostgreSQL sink: a consumer in a group that resumes each partition it
+//! is assigned at the offset kept in PostgreSQL (not Kafka's committed offset), and hands
+//! batches, tagged with the epochs they were read under, to the sink's transaction.
+//!
+//! The consumer runs on a blocking thread; the claim of an assignment happens inside the
+//! rebalance callback, so no record of a partition is read before it is claimed and sought.
+//! A batch collected across a rebalance is dropped: its partitions were re-sought.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use deadpool_postgres::Pool;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::offsets;
+use crate::config::{KafkaSettings, WorkerSettings};
+use crate::error::{Error, Result};
+use crate::kafka::{self, client_config};
+
+/// Records of one or more partitions, with the epoch each partition was claimed under.
+pub struct Batch {
+    pub records: Vec<OwnedMessage>,
+    pub epochs: HashMap<i32, i64>,
+}
+
+/// Who consumes what: `consumer` names the sink's rows in sink_offsets.
+#[derive(Clone)]
+pub struct FeedConfig {
+    pub kafka: KafkaSettings,
+    pub group: String,
+    pub topic: String,
+    pub consumer: String,
+    pub owner: String,
+    pub limits: WorkerSettings,
+}
+
+/// Starts the consumer thread; batches arrive on the receiver until `stop` or a failure
+/// (sent as the last item).
+pub fn start(
+    config: FeedConfig,
+    pool: Pool,
+    stop: CancellationToken,
+) -> mpsc::Receiver<Result<Batch>> {
+    let (tx, rx) = mpsc::channel(1);
+    let runtime = Handle::current();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = consume(&config, pool, runtime, &tx, &stop) {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    rx
+}
+
+fn consume(
+    config: &FeedConfig,
+    pool: Pool,
+    runtime: Handle,
+    out: &mpsc::Sender<Result<Batch>>,
+    stop: &CancellationToken,
+) -> Result<()> {
+    let context = Claims {
+        config: config.clone(),
+        pool,
+        runtime,
+        epochs: Mutex::default(),
+        generation: AtomicU64::new(0),
+        failure: Mutex::default(),
+    };
+    let consumer: BaseConsumer<Claims> = client_config(&config.kafka)
+        .set("group.id", &config.group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .create_with_context(context)?;
+    consumer.subscribe(&[&config.topic])?;
+    let mut report = std::time::Instant::now();
+    while !stop.is_cancelled() && !out.is_closed() {
+        let generation = consumer.context().generation.load(Ordering::SeqCst);
+        let records = kafka::poll_batch(&consumer, &config.limits, &config.consumer);
+        if let Some(e) = consumer.context().take_failure() {
+            return Err(e);
+        }
+        if consumer.context().generation.load(Ordering::SeqCst) != generation || records.is_empty() {
+            continue;
+        }
+        let epochs = {
+            let held = consumer.context().epochs();
+            records
+                .iter()
+                .filter_map(|m| held.get(&m.partition()).map(|e| (m.partition(), *e)))
+                .collect()
+        };
+        if out.blocking_send(Ok(Batch { records, epochs })).is_err() {
+            break;
+        }
+        if report.elapsed() > std::time::Duration::from_secs(10) {
+            report = std::time::Instant::now();
+            tracing::info!(sink = %config.consumer, lag = kafka::consumer_lag(&consumer), "sink lag");
+        }
+    }
+    Ok(())
+}
+
+/// The consumer's context: claims partitions in PostgreSQL as they are assigned.
+struct Claims {
+    config: FeedConfig,
+    pool: Pool,
+    runtime: Handle,
+    epochs: Mutex<HashMap<i32, i64>>,
+    /// Bumped by every assignment and revocation.
+    generation: AtomicU64,
+    failure: Mutex<Option<Error>>,
+}
+
+impl Claims {
+    fn epochs(&self) -> HashMap<i32, i64> {
+        self.epochs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn take_failure(&self) -> Option<Error> {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    fn claim(&self, tpl: &mut TopicPartitionList) -> Result<HashMap<i32, i64>> {
+        let c = &self.config;
+        let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        let claims = self.runtime.block_on(async {
+            let client = self.pool.get().await?;
+            offsets::claim(&**client, &c.consumer, &c.topic, &partitions, &c.owner).await
+        })?;
+        let mut epochs = HashMap::new();
+        for (partition, claim) in &claims {
+            tpl.set_partition_offset(&c.topic, *partition, Offset::Offset(claim.next_offset))?;
+            epochs.insert(*partition, claim.epoch);
+        }
+        tracing::info!(sink = %c.consumer, claims = ?claims, "partitions assigned and claimed");
+        Ok(epochs)
+    }
+}
+
+impl ClientContext for Claims {}
+
+impl ConsumerContext for Claims {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.epochs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        let assigned = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.claim(tpl).and_then(|epochs| {
+                consumer.assign(tpl)?;
+                Ok(epochs)
+            }),
+            _ => {
+                if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+                    tracing::warn!(sink = %self.config.consumer, ?err, "rebalance failed");
+                }
+                consumer.unassign().map(|()| HashMap::new()).map_err(Into::into)
+            }
+        };
+        match assigned {
+            Ok(epochs) => {
+                *self.epochs.lock().unwrap_or_else(PoisonError::into_inner) = epochs;
+            }
+            Err(e) => {
+                // Reading unclaimed partitions would apply records twice: stop this session.
+                let _ = consumer.unassign();
+                *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+            }
+        }
+    }
+}

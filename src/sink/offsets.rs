@@ -1,0 +1,136 @@
+//! Input offsets of the PostgreSQL sinks, kept in `sink_offsets` beside the tables they feed,
+//! and the fencing that keeps a worker that lost a partition from committing over its new
+//! owner.
+//!
+//! A claim (on assignment) bumps the partition's epoch; every batch transaction first locks
+//! its partitions' rows and checks the epoch it claimed is still current. The lock makes a
+//! new owner's claim wait for an old owner's batch in flight, so the claim reads the offset
+//! that batch committed; after the claim, the old owner's check fails and its batch rolls back.
+
+use std::collections::HashMap;
+
+use tokio_postgres::{GenericClient, Transaction};
+
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+
+/// A partition taken over: where to resume, and the epoch this owner holds it under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub next_offset: i64,
+    pub epoch: i64,
+}
+
+/// The source position (commit LSN, position) of the last change applied from a partition.
+pub type Applied = Option<(Lsn, i64)>;
+
+/// Takes `partitions` of `topic` over for `owner`, fencing whoever held them.
+pub async fn claim(
+    client: &impl GenericClient,
+    consumer: &str,
+    topic: &str,
+    partitions: &[i32],
+    owner: &str,
+) -> Result<HashMap<i32, Claim>> {
+    let rows = client
+        .query(
+            "INSERT INTO sink_offsets (consumer, topic, partition, next_offset, owner_epoch, owner)
+             SELECT $1, $2, p, 0, 1, $4 FROM unnest($3::int[]) AS p
+             ON CONFLICT (consumer, topic, partition) DO UPDATE
+                SET owner_epoch = sink_offsets.owner_epoch + 1,
+                    owner = EXCLUDED.owner, updated_at = now()
+             RETURNING partition, next_offset, owner_epoch",
+            &[&consumer, &topic, &partitions, &owner],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                Claim {
+                    next_offset: r.get(1),
+                    epoch: r.get(2),
+                },
+            )
+        })
+        .collect())
+}
+
+/// Locks the partitions of a batch for the rest of `tx` and checks they are still held
+/// under `epochs`; returns the last applied source position of each.
+pub async fn hold(
+    tx: &Transaction<'_>,
+    consumer: &str,
+    topic: &str,
+    epochs: &HashMap<i32, i64>,
+) -> Result<HashMap<i32, Applied>> {
+    let partitions: Vec<i32> = epochs.keys().copied().collect();
+    let rows = tx
+        .query(
+            "SELECT partition, owner_epoch, owner, last_lsn, last_position FROM sink_offsets
+             WHERE consumer = $1 AND topic = $2 AND partition = ANY($3)
+             ORDER BY partition FOR UPDATE",
+            &[&consumer, &topic, &partitions],
+        )
+        .await?;
+    let mut applied = HashMap::new();
+    for r in &rows {
+        let (partition, epoch): (i32, i64) = (r.get(0), r.get(1));
+        if epochs.get(&partition) != Some(&epoch) {
+            return Err(Error::Fenced {
+                consumer: consumer.into(),
+                topic: topic.into(),
+                partition,
+                owner: r.get::<_, Option<String>>(2).unwrap_or_default(),
+            });
+        }
+        let position = match (r.get::<_, Option<i64>>(3), r.get::<_, Option<i64>>(4)) {
+            (Some(lsn), Some(pos)) => Some((Lsn(lsn as u64), pos)),
+            _ => None,
+        };
+        applied.insert(partition, position);
+    }
+    if let Some(missing) = partitions.iter().find(|p| !applied.contains_key(p)) {
+        return Err(Error::Fenced {
+            consumer: consumer.into(),
+            topic: topic.into(),
+            partition: *missing,
+            owner: "nobody (the row is gone)".into(),
+        });
+    }
+    Ok(applied)
+}
+
+/// Where each partition of a batch resumes, and the last source position applied from it.
+pub struct Advance {
+    pub partition: i32,
+    pub next_offset: i64,
+    pub applied: Applied,
+}
+
+/// Records the batch's progress, in the transaction that applied it.
+pub async fn advance(
+    tx: &Transaction<'_>,
+    consumer: &str,
+    topic: &str,
+    progress: &[Advance],
+) -> Result<()> {
+    let partitions: Vec<i32> = progress.iter().map(|a| a.partition).collect();
+    let next: Vec<i64> = progress.iter().map(|a| a.next_offset).collect();
+    let lsns: Vec<Option<i64>> = progress
+        .iter()
+        .map(|a| a.applied.map(|(l, _)| l.0 as i64))
+        .collect();
+    let positions: Vec<Option<i64>> = progress.iter().map(|a| a.applied.map(|(_, p)| p)).collect();
+    tx.execute(
+        "UPDATE sink_offsets s
+         SET next_offset = u.next, last_lsn = coalesce(u.lsn, s.last_lsn),
+             last_position = coalesce(u.pos, s.last_position), updated_at = now()
+         FROM unnest($3::int[], $4::bigint[], $5::bigint[], $6::bigint[]) AS u(partition, next, lsn, pos)
+         WHERE s.consumer = $1 AND s.topic = $2 AND s.partition = u.partition",
+        &[&consumer, &topic, &partitions, &next, &lsns, &positions],
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! The verdict sink: reviews.verdicts into review_verdicts.
+//!
+//! Guarantee: exactly-once. Each batch's rows and its input offsets commit in one PostgreSQL
+//! transaction, under the partition epochs it was read with (see `offsets`). Rows are upserted
+//! by (review id, version), and within a version the change with the highest position wins,
+//! so the table holds the final verdict of every version whatever the delivery order.
+//! Records it cannot read go to the dead-letter topic; they never stop it.
+
+use std::collections::HashMap;
+
+use rdkafka::message::{Message, OwnedMessage};
+use tokio_util::sync::CancellationToken;
+
+use super::dead_letters::DeadLetters;
+use super::feed::{self, Batch, FeedConfig};
+use super::offsets::{self, Advance};
+use crate::avro::verdict::{self, Verdict};
+use crate::config::{Settings, TopicSettings, WorkerSettings};
+use crate::error::Result;
+use crate::registry::Registry;
+
+/// Its rows in sink_offsets.
+pub const CONSUMER: &str = "verdicts";
+
+pub struct VerdictSink {
+    pub settings: Settings,
+    pub topics: TopicSettings,
+    pub worker: WorkerSettings,
+}
+
+impl VerdictSink {
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let topics = &self.topics;
+        crate::kafka::ensure_history_topic(&self.settings.kafka, topics, &topics.verdicts, topics.partitions)
+            .await?;
+        let registry = Registry::connect(&self.settings).await?;
+        let pool = crate::db::pool(&self.settings.database_url, 4)?;
+        let dead_letters = DeadLetters::new(&self.settings.kafka, &topics.dead_letters, "verdicts")?;
+        let config = FeedConfig {
+            kafka: self.settings.kafka.clone(),
+            group: "reviewflow-verdicts".into(),
+            topic: topics.verdicts.clone(),
+            consumer: CONSUMER.into(),
+            owner: self.worker.instance(),
+            limits: self.worker.clone(),
+        };
+        crate::retry::sessions("verdicts", &shutdown, || async {
+            let stop = shutdown.child_token();
+            let _stop_feed = stop.clone().drop_guard();
+            let mut batches = feed::start(config.clone(), pool.clone(), stop);
+            loop {
+                let batch = tokio::select! {
+                    b = batches.recv() => b,
+                    _ = shutdown.cancelled() => None,
+                };
+                let Some(batch) = batch else { return Ok(()) };
+                self.apply(&pool, &registry, &dead_letters, batch?).await?;
+            }
+        })
+        .await
+    }
+
+    async fn apply(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        registry: &Registry,
+        dead_letters: &DeadLetters,
+        batch: Batch,
+    ) -> Result<()> {
+        let mut verdicts = Vec::with_capacity(batch.records.len());
+        let mut dead = Vec::new();
+        for m in &batch.records {
+            match read(registry, m).await? {
+                Ok(v) => verdicts.push(v),
+                Err(reason) => dead.push((m, reason)),
+            }
+        }
+        dead_letters.send(&dead).await?;
+        let mut client = pool.get().await?;
+        let tx = client.transaction().await?;
+        offsets::hold(&tx, CONSUMER, &self.topics.verdicts, &batch.epochs).await?;
+        upsert(&tx, &verdicts).await?;
+        offsets::advance(&tx, CONSUMER, &self.topics.verdicts, &progress(&batch.records)).await?;
+        crate::failpoint::hit("verdicts.before_commit");
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Where each partition of the records resumes.
+pub fn progress(records: &[OwnedMessage]) -> Vec<Advance> {
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    for m in records {
+        let n = next.entry(m.partition()).or_default();
+        *n = (*n).max(m.offset() + 1);
+    }
+    next.into_iter()
+        .map(|(partition, next_offset)| Advance {
+            partition,
+            next_offset,
+            applied: None,
+        })
+        .collect()
+}
+
+async fn read(registry: &Registry, m: &OwnedMessage) -> Result<Result<Verdict, String>> {
+    Ok(match registry.resolve(m.payload()).await? {
+        Err(reason) => Err(reason),
+        Ok(framed) => verdict::decode(&framed.schema, framed.body)
+            .map_err(|e| format!("not a verdict: {e}")),
+    })
+}
+
+async fn upsert(tx: &tokio_postgres::Transaction<'_>, verdicts: &[Verdict]) -> Result<()> {
+    // One row per (review, version) in a statement: the change with the highest position.
+    let mut last: HashMap<(i64, crate::lsn::Lsn), &Verdict> = HashMap::new();
+    for v in verdicts {
+        let slot = last.entry((v.review_id, v.version)).or_insert(v);
+        if v.position >= slot.position {
+            *slot = v;
+        }
+    }
+    let rows: Vec<&Verdict> = last.into_values().collect();
+    let ids: Vec<i64> = rows.iter().map(|v| v.review_id).collect();
+    let versions: Vec<String> = rows.iter().map(|v| v.version.to_string()).collect();
+    let positions: Vec<i64> = rows.iter().map(|v| v.position).collect();
+    let kinds: Vec<&str> = rows.iter().map(|v| if v.fraud { "fraud" } else { "valid" }).collect();
+    let scores: Vec<f64> = rows.iter().map(|v| v.score).collect();
+    let reasons: Vec<serde_json::Value> = rows.iter().map(|v| serde_json::json!(v.reasons)).collect();
+    let models: Vec<&str> = rows.iter().map(|v| v.model.as_str()).collect();
+    tx.execute(
+        "INSERT INTO review_verdicts (review_id, version, position, verdict, score, reasons, model)
+         SELECT id, version::pg_lsn, position, verdict, score,
+                ARRAY(SELECT jsonb_array_elements_text(reasons)), model
+         FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::float8[], $6::jsonb[], $7::text[])
+              AS u(id, version, position, verdict, score, reasons, model)
+         ON CONFLICT (review_id, version) DO UPDATE
+            SET position = EXCLUDED.position, verdict = EXCLUDED.verdict, score = EXCLUDED.score,
+                reasons = EXCLUDED.reasons, model = EXCLUDED.model, judged_at = now()
+            WHERE review_verdicts.position <= EXCLUDED.position",
+        &[&ids, &versions, &positions, &kinds, &scores, &reasons, &models],
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,484 @@
+//! The fraud worker: reviews.changes in; reviews.valid (the changelog of the set of valid
+//! reviews), reviews.fraud (flagged versions) and reviews.verdicts (one verdict per version)
+//! out; undecodable records to the dead-letter topic.
+//!
+//! Guarantee: exactly-once. A batch's outputs and its input offsets commit in one Kafka
+//! transaction, so read_committed consumers see every input's outputs once, or not at all.
+//! The transaction is committed with the consumer group's metadata, so an instance that lost
+//! its partitions in a rebalance is fenced by the broker rather than committing over the new
+//! owner. A crash leaves an open transaction that the restarted instance (same transactional
+//! id) aborts; its records are re-read from the committed offsets.
+//!
+//! Ordering: the valid changelog keeps the input's partition, so a course's changes stay in
+//! order and a TRUNCATE (sent to every partition) stays in place.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use crate::avro::{envelope, verdict, wire};
+use crate::change::{ChangeEvent, Op};
+use crate::config::{FraudConfig, Settings, TopicSettings, WorkerSettings};
+use crate::error::{Error, Result};
+use crate::kafka::{self, client_config};
+use crate::registry::Registry;
+use crate::transform::score::{self, Judgement, Scorer};
+
+pub struct Fraud {
+    pub settings: Settings,
+    pub topics: TopicSettings,
+    pub config: FraudConfig,
+    pub worker: WorkerSettings,
+}
+
+/// What the worker has done since it started; logged with the lag every few seconds.
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub consumed: AtomicU64,
+    pub valid: AtomicU64,
+    pub fraud: AtomicU64,
+    pub verdicts: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub transactions: AtomicU64,
+    /// Batches dropped because a rebalance took partitions while they were collected.
+    pub discarded: AtomicU64,
+}
+
+/// Registry ids of the output schemas that do not depend on the input's.
+#[derive(Clone, Copy)]
+struct OutputIds {
+    valid_key: u32,
+    review_key: u32,
+    verdict_value: u32,
+    fraud_value: u32,
+}
+
+impl Fraud {
+    /// Runs until `shutdown`; a failed session (broker gone, fenced) starts over from the
+    /// committed offsets after a backoff.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let scorer: Arc<dyn Scorer> = score::scorer(self.config.scorer, self.config.fraud_threshold)?.into();
+        let registry = Registry::connect(&self.settings).await?;
+        let (kafka, topics) = (&self.settings.kafka, &self.topics);
+        kafka::ensure_history_topic(kafka, topics, &topics.changes, topics.partitions).await?;
+        let partitions = {
+            let probe: BaseConsumer = client_config(kafka).create()?;
+            kafka::partition_count(&probe, &topics.changes)?
+        };
+        // The valid changelog keeps each change in its input partition.
+        kafka::ensure_history_topic(kafka, topics, &topics.valid, partitions).await?;
+        for t in [&topics.fraud, &topics.verdicts] {
+            kafka::ensure_history_topic(kafka, topics, t, topics.partitions).await?;
+        }
+        kafka::ensure_topic(kafka, &topics.dead_letters, topics.partitions, topics.replication_factor, &[]).await?;
+        let valid_partitions = {
+            let probe: BaseConsumer = client_config(kafka).create()?;
+            kafka::partition_count(&probe, &topics.valid)?
+        };
+        if valid_partitions < partitions {
+            return Err(Error::Config(format!(
+                "{} has {valid_partitions} partitions but {} has {partitions}: the valid changelog \
+                 needs at least as many (add partitions to it, or recreate it)",
+                topics.valid, topics.changes
+            )));
+        }
+        let key = &envelope::KEY_SCHEMA;
+        let ids = OutputIds {
+            valid_key: registry.register(&format!("{}-key", topics.valid), key).await?,
+            review_key: registry.register(&format!("{}-key", topics.verdicts), key).await?,
+            verdict_value: registry.register(&format!("{}-value", topics.verdicts), &verdict::SCHEMA).await?,
+            fraud_value: registry.register(&format!("{}-value", topics.fraud), &verdict::SCHEMA).await?,
+        };
+        registry.register(&format!("{}-key", topics.fraud), key).await?;
+        let counters = Arc::new(Counters::default());
+        let this = Arc::new(self);
+        tracing::info!(model = scorer.model(), input = %this.topics.changes, "fraud worker starting");
+        crate::retry::sessions("fraud", &shutdown, || {
+            let session = Session {
+                fraud: this.clone(),
+                scorer: scorer.clone(),
+                registry: registry.clone(),
+                runtime: Handle::current(),
+                ids,
+                valid_ids: HashMap::new(),
+                counters: counters.clone(),
+            };
+            let shutdown = shutdown.clone();
+            async move { tokio::task::spawn_blocking(move || session.run(&shutdown)).await? }
+        })
+        .await
+    }
+
+    fn transactional_id(&self) -> String {
+        format!("{}-{}", self.config.group, self.worker.instance())
+    }
+}
+
+/// Counts revocations, so a batch collected across a rebalance is recognised and dropped.
+#[derive(Default)]
+struct RebalanceWatch {
+    revocations: AtomicU64,
+}
+
+impl ClientContext for RebalanceWatch {}
+
+impl ConsumerContext for RebalanceWatch {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                self.revocations.fetch_add(1, Ordering::SeqCst);
+                tracing::info!(partitions = tpl.count(), "fraud: partitions revoked");
+            }
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = ?partition_numbers(tpl), "fraud: partitions assigned")
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "fraud: rebalance failed"),
+        }
+    }
+}
+
+fn partition_numbers(tpl: &TopicPartitionList) -> Vec<i32> {
+    tpl.elements().iter().map(|e| e.partition()).collect()
+}
+
+/// One consumer and one transactional producer, on a blocking thread: a batch is collected,
+/// then produced and committed, before the consumer is polled again, so no transaction is
+/// ever open while a rebalance runs.
+struct Session {
+    fraud: Arc<Fraud>,
+    scorer: Arc<dyn Scorer>,
+    registry: Registry,
+    runtime: Handle,
+    ids: OutputIds,
+    /// reviews.valid reuses the input's envelope schema, registered under its own subject.
+    valid_ids: HashMap<u32, u32>,
+    counters: Arc<Counters>,
+}
+
+/// A record's way out: to a topic, keyed, in a given partition or by key.
+struct Output {
+    kind: Kind,
+    topic: String,
+    partition: Option<i32>,
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    headers: Option<OwnedHeaders>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Kind {
+    Valid,
+    Fraud,
+    Verdict,
+    DeadLetter,
+}
+
+/// Why a record cannot be read: it goes to the dead-letter topic with this reason.
+struct Poison(String);
+
+impl Session {
+    fn run(mut self, shutdown: &CancellationToken) -> Result<()> {
+        let f = self.fraud.clone();
+        let consumer: BaseConsumer<RebalanceWatch> = client_config(&f.settings.kafka)
+            .set("group.id", &f.config.group)
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest")
+            .create_with_context(RebalanceWatch::default())?;
+        let producer: BaseProducer = client_config(&f.settings.kafka)
+            .set("transactional.id", f.transactional_id())
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .set("queue.buffering.max.messages", "500000")
+            // Java clients' partitioner, so every client agrees where a key lives.
+            .set("partitioner", "murmur2_random")
+            // Bounds how long a crashed instance that never comes back holds up read_committed
+            // readers; a restarted one aborts its predecessor's transaction at once.
+            .set("transaction.timeout.ms", "30000")
+            .create()?;
+        producer.init_transactions(Duration::from_secs(60))?;
+        consumer.subscribe(&[&f.topics.changes])?;
+        tracing::info!(transactional_id = %f.transactional_id(), "fraud session started");
+        let mut last_report = Instant::now();
+        while !shutdown.is_cancelled() {
+            let generation = consumer.context().revocations.load(Ordering::SeqCst);
+            let batch = kafka::poll_batch(&consumer, &f.worker, "fraud");
+            if consumer.context().revocations.load(Ordering::SeqCst) != generation {
+                // The partitions were reassigned from their committed offsets: whatever of
+                // this batch is still ours will be read again.
+                self.counters.discarded.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if !batch.is_empty() {
+                self.transact(&consumer, &producer, &batch)?;
+            }
+            if last_report.elapsed() > Duration::from_secs(10) {
+                last_report = Instant::now();
+                self.report(&consumer);
+            }
+        }
+        self.report(&consumer);
+        Ok(())
+    }
+
+    fn transact(
+        &mut self,
+        consumer: &BaseConsumer<RebalanceWatch>,
+        producer: &BaseProducer,
+        batch: &[OwnedMessage],
+    ) -> Result<()> {
+        producer.begin_transaction()?;
+        let produced = match self.produce_batch(consumer, producer, batch) {
+            Ok(produced) => produced,
+            Err(e) => {
+            tracing::warn!(error = %e, "fraud: aborting the transaction");
+            if let Err(abort) = producer.abort_transaction(Duration::from_secs(30)) {
+                tracing::warn!(error = %abort, "fraud: abort failed; the broker times it out");
+            }
+            return Err(e);
+            }
+        };
+        let c = &self.counters;
+        for (kind, n) in produced {
+            let counter = match kind {
+                Kind::Valid => &c.valid,
+                Kind::Fraud => &c.fraud,
+                Kind::Verdict => &c.verdicts,
+                Kind::DeadLetter => &c.dead_letters,
+            };
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+        c.consumed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        c.transactions.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn produce_batch(
+        &mut self,
+        consumer: &BaseConsumer<RebalanceWatch>,
+        producer: &BaseProducer,
+        batch: &[OwnedMessage],
+    ) -> Result<HashMap<Kind, u64>> {
+        let mut produced = HashMap::new();
+        let mut next_offsets = BTreeMap::new();
+        for m in batch {
+            for out in self.outputs(m)? {
+                send(producer, &out)?;
+                *produced.entry(out.kind).or_default() += 1;
+            }
+            next_offsets.insert(m.partition(), m.offset() + 1);
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (partition, next) in next_offsets {
+            offsets.add_partition_offset(&self.fraud.topics.changes, partition, Offset::Offset(next))?;
+        }
+        let group = consumer
+            .group_metadata()
+            .ok_or_else(|| Error::Config("the fraud consumer has no group metadata".into()))?;
+        producer.send_offsets_to_transaction(&offsets, &group, Duration::from_secs(30))?;
+        // The crash that hurts most: everything produced, nothing committed.
+        crate::failpoint::hit("fraud.before_commit");
+        producer.commit_transaction(Duration::from_secs(60))?;
+        crate::failpoint::hit("fraud.after_commit");
+        Ok(produced)
+    }
+
+    /// Everything one input record becomes; a record that cannot be read becomes a
+    /// dead letter. Errors are only what a new session may cure (registry, broker).
+    fn outputs(&mut self, m: &OwnedMessage) -> Result<Vec<Output>> {
+        let read = match self.read(m)? {
+            Ok(read) => read,
+            Err(Poison(reason)) => {
+                tracing::warn!(partition = m.partition(), offset = m.offset(), %reason, "fraud: dead letter");
+                let topics = &self.fraud.topics;
+                return Ok(vec![Output {
+                    kind: Kind::DeadLetter,
+                    topic: topics.dead_letters.clone(),
+                    partition: None,
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    headers: Some(kafka::dead_letter_headers("fraud", &reason, &topics.changes, m.partition(), m.offset())),
+                }]);
+            }
+        };
+        let Read { event, schema_id, body, key } = read;
+        let mut out = Vec::new();
+        let judge = |row: &Option<crate::change::ReviewRow>| row.as_ref().map(|r| self.scorer.judge(r));
+        let (before, after) = (judge(&event.before), judge(&event.after));
+        if let (Some(row), Some(j)) = (&event.after, &after) {
+            out.extend(self.verdict_records(&event, row, j)?);
+        }
+        if let Some(value) = self.valid_change(&event, schema_id, body, &before, &after)? {
+            out.push(Output {
+                kind: Kind::Valid,
+                topic: self.fraud.topics.valid.clone(),
+                partition: Some(m.partition()),
+                key: key.map(|k| wire::frame(self.ids.valid_key, k)),
+                value,
+                headers: None,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The change as the valid changelog states it, when it changes the valid set.
+    fn valid_change(
+        &mut self,
+        event: &ChangeEvent,
+        schema_id: u32,
+        body: &[u8],
+        before: &Option<Judgement>,
+        after: &Option<Judgement>,
+    ) -> Result<Option<Vec<u8>>> {
+        let keep_before = before.as_ref().is_some_and(|j| !j.fraud);
+        let keep_after = after.as_ref().is_some_and(|j| !j.fraud);
+        let writer = self.writer(schema_id)?;
+        let valid_id = self.valid_schema_id(schema_id, &writer)?;
+        let restated = |op| envelope::restate(&writer, body, op, keep_before, keep_after);
+        let value = match (event.op, keep_before, keep_after) {
+            (Op::Truncate, _, _) => body.to_vec(),
+            (_, false, false) => return Ok(None),
+            // Both images valid, or the only image valid: the change as it came.
+            (_, true, true) => body.to_vec(),
+            (_, false, true) if before.is_none() => body.to_vec(),
+            (_, true, false) if after.is_none() => body.to_vec(),
+            // An edit flipped the verdict: the review enters or leaves the set.
+            (_, false, true) => restated(Op::Create)?,
+            (_, true, false) => restated(Op::Delete)?,
+        };
+        Ok(Some(wire::frame(valid_id, &value)))
+    }
+
+    fn verdict_records(
+        &self,
+        event: &ChangeEvent,
+        row: &crate::change::ReviewRow,
+        j: &Judgement,
+    ) -> Result<Vec<Output>> {
+        let mut v = verdict::Verdict {
+            review_id: row.id,
+            course_id: row.course_id,
+            version: event.source.lsn,
+            position: event.source.position,
+            fraud: j.fraud,
+            score: j.score,
+            reasons: j.reasons.clone(),
+            model: self.scorer.model().to_string(),
+            review: None,
+        };
+        let key = wire::frame(self.ids.review_key, &envelope::encode_key(row.id)?);
+        let topics = &self.fraud.topics;
+        let mut out = vec![Output {
+            kind: Kind::Verdict,
+            topic: topics.verdicts.clone(),
+            partition: None,
+            key: Some(key.clone()),
+            value: wire::frame(self.ids.verdict_value, &verdict::encode(&v)?),
+            headers: None,
+        }];
+        if j.fraud {
+            v.review = Some(row.clone());
+            out.push(Output {
+                kind: Kind::Fraud,
+                topic: topics.fraud.clone(),
+                partition: None,
+                key: Some(key),
+                value: wire::frame(self.ids.fraud_value, &verdict::encode(&v)?),
+                headers: None,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The record decoded, or why it is poison. Only registry or broker trouble is an error.
+    fn read<'m>(&self, m: &'m OwnedMessage) -> Result<Result<Read<'m>, Poison>> {
+        let framed = match self.runtime.block_on(self.registry.resolve(m.payload()))? {
+            Ok(framed) => framed,
+            Err(reason) => return Ok(Err(Poison(format!("value: {reason}")))),
+        };
+        let key = match m.key().map(wire::unframe).transpose() {
+            Ok(key) => key.map(|(_, k)| k),
+            Err(e) => return Ok(Err(Poison(format!("key: {e}")))),
+        };
+        match envelope::decode_change(&framed.schema, framed.body) {
+            Ok(event) => Ok(Ok(Read {
+                event,
+                schema_id: framed.id,
+                body: framed.body,
+                key,
+            })),
+            Err(e) => Ok(Err(Poison(format!("not a change event of reviews: {e}")))),
+        }
+    }
+
+    fn writer(&self, schema_id: u32) -> Result<Arc<apache_avro::Schema>> {
+        self.runtime.block_on(self.registry.schema(schema_id))
+    }
+
+    fn valid_schema_id(&mut self, input_id: u32, writer: &apache_avro::Schema) -> Result<u32> {
+        if let Some(id) = self.valid_ids.get(&input_id) {
+            return Ok(*id);
+        }
+        let subject = format!("{}-value", self.fraud.topics.valid);
+        let id = self.runtime.block_on(self.registry.register(&subject, writer))?;
+        self.valid_ids.insert(input_id, id);
+        Ok(id)
+    }
+
+    fn report(&self, consumer: &BaseConsumer<RebalanceWatch>) {
+        let c = &self.counters;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        tracing::info!(
+            consumed = n(&c.consumed),
+            valid = n(&c.valid),
+            fraud = n(&c.fraud),
+            verdicts = n(&c.verdicts),
+            dead_letters = n(&c.dead_letters),
+            transactions = n(&c.transactions),
+            discarded_batches = n(&c.discarded),
+            lag = kafka::consumer_lag(consumer),
+            "fraud progress"
+        );
+    }
+}
+
+struct Read<'m> {
+    event: ChangeEvent,
+    schema_id: u32,
+    body: &'m [u8],
+    key: Option<&'m [u8]>,
+}
+
+/// Produces one record, waiting while the producer's queue is full.
+fn send(producer: &BaseProducer, out: &Output) -> Result<()> {
+    let mut record = BaseRecord::<[u8], [u8]>::to(&out.topic).payload(&out.value[..]);
+    if let Some(key) = &out.key {
+        record = record.key(&key[..]);
+    }
+    if let Some(p) = out.partition {
+        record = record.partition(p);
+    }
+    if let Some(h) = &out.headers {
+        record = record.headers(h.clone());
+    }
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! A pipeline under test: a private database, private topics, and the stages as their own
+//! processes (`reviewflow cdc|fraud|verdicts|stats`), so they can be killed like real ones.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rdkafka::Message;
+use reviewflow::avro::{decode_change, wire};
+use reviewflow::change::ChangeEvent;
+use reviewflow::config::Settings;
+use reviewflow::registry::Registry;
+
+use super::Running;
+
+pub struct Pipeline {
+    pub name: String,
+    pub url: String,
+    /// The changes topic; the others are named after it.
+    pub topic: String,
+    pub settings: Settings,
+    /// Where the stages' stderr goes, when a test reads it.
+    pub log: Option<PathBuf>,
+}
+
+impl Pipeline {
+    pub async fn new(name: &str) -> Pipeline {
+        let mut settings = super::settings().await;
+        let url = super::fresh_database(name).await;
+        settings.database_url = url.clone();
+        let topic = format!("test.{name}.{}.changes", super::unique());
+        Pipeline {
+            name: name.into(),
+            url,
+            topic,
+            settings,
+            log: None,
+        }
+    }
+
+    pub fn slot(&self) -> String {
+        format!("rf_{}", self.name)
+    }
+
+    /// The topic of another stage's output: `valid`, `fraud`, `verdicts`, `dead-letters`.
+    pub fn output(&self, which: &str) -> String {
+        format!("{}.{which}", self.topic.trim_end_matches(".changes"))
+    }
+
+    pub fn spawn_cdc(&self, failpoint: Option<&str>) -> Running {
+        self.spawn("cdc", failpoint, &[])
+    }
+
+    /// `reviewflow <stage>` on this pipeline's database and topics.
+    pub fn spawn(&self, stage: &str, failpoint: Option<&str>, env: &[(&str, &str)]) -> Running {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_reviewflow"));
+        cmd.arg(stage)
+            .env("DATABASE_URL", &self.url)
+            .env("KAFKA_BOOTSTRAP_SERVERS", &self.settings.kafka.bootstrap_servers)
+            .env("REVIEWFLOW_CHANGES_TOPIC", &self.topic)
+            .env("REVIEWFLOW_VALID_TOPIC", self.output("valid"))
+            .env("REVIEWFLOW_FRAUD_TOPIC", self.output("fraud"))
+            .env("REVIEWFLOW_VERDICTS_TOPIC", self.output("verdicts"))
+            .env("REVIEWFLOW_DEAD_LETTER_TOPIC", self.output("dead-letters"))
+            .env("REVIEWFLOW_FRAUD_GROUP", format!("{}.fraud", self.topic))
+            .env("REVIEWFLOW_SLOT", self.slot())
+            .env("REVIEWFLOW_STATUS_INTERVAL", "1")
+            .env("REVIEWFLOW_BATCH_MS", "20")
+            .env("RUST_LOG", "reviewflow=info")
+            .env_remove("SCHEMA_REGISTRY_URL")
+            .env_remove("REVIEWFLOW_FAILPOINT")
+            .env_remove("REVIEWFLOW_INSTANCE")
+            .stdout(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if let Some(fp) = failpoint {
+            cmd.env("REVIEWFLOW_FAILPOINT", fp);
+        }
+        if let Some(log) = &self.log {
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+            cmd.stderr(file);
+        }
+        Running(Some(cmd.spawn().unwrap_or_else(|e| panic!("reviewflow {stage} starts: {e}"))))
+    }
+
+    /// Until the reader's snapshot is committed (its marker is on the markers topic).
+    pub async fn wait_for_snapshot(&self) {
+        let markers = reviewflow::source::snapshot::marker_topic(&self.topic);
+        for _ in 0..600 {
+            if super::topic_exists(&self.settings.kafka, &markers).await
+                && !super::consume_all(&self.settings.kafka, &markers)
+                    .await
+                    .is_empty()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no snapshot within a minute");
+    }
+
+    pub async fn db(&self) -> tokio_postgres::Client {
+        reviewflow::db::connect(&self.url).await.unwrap()
+    }
+
+    /// Every change event on the changes topic, in partition order.
+    pub async fn events(&self) -> Vec<(i32, Option<i64>, ChangeEvent)> {
+        self.events_of(&self.topic).await
+    }
+
+    /// Every change event on `topic` (changes or valid): partition, key, event.
+    pub async fn events_of(&self, topic: &str) -> Vec<(i32, Option<i64>, ChangeEvent)> {
+        let registry = Registry::connect(&self.settings).await.unwrap();
+        let mut out = Vec::new();
+        for m in super::consume_all(&self.settings.kafka, topic).await {
+            let (id, body) = wire::unframe(m.payload().unwrap()).unwrap();
+            let schema = registry.schema(id).await.unwrap();
+            let key = match m.key() {
+                Some(k) => {
+                    let (kid, kbody) = wire::unframe(k).unwrap();
+                    assert_eq!(
+                        registry.schema(kid).await.unwrap().canonical_form(),
+                        "\"long\""
+                    );
+                    Some(decode_long(kbody))
+                }
+                None => None,
+            };
+            out.push((m.partition(), key, decode_change(&schema, body).unwrap()));
+        }
+        out
+    }
+
+    /// SIGTERM, and the stage must exit cleanly.
+    pub async fn stop(&self, stage: Running) {
+        let mut child = stage.take();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "the stage exits cleanly on SIGTERM: {status}");
+    }
+}
+
+pub fn decode_long(body: &[u8]) -> i64 {
+    let schema = apache_avro::Schema::Long;
+    let reader = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+        .build()
+        .unwrap();
+    match reader.read_value(&mut &body[..]).unwrap() {
+        apache_avro::types::Value::Long(v) => v,
+        other => panic!("key is not a long: {other:?}"),
+    }
+}
