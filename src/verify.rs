@@ -2,11 +2,21 @@
 //! query (sql/truth.sql) and compares it, figure by figure, with what the stats sink wrote.
 //! A course missing on one side counts as a course with no review on that side.
 
+use chrono::NaiveDate;
 use tokio_postgres::Client;
 
 use crate::error::Result;
 
 pub const TRUTH_SQL: &str = include_str!("../sql/truth.sql");
+
+/// How truth.sql names "today", kept so the file stays runnable by hand in psql; `verify_at`
+/// swaps it for a parameter to compute the truth as of any day.
+const TODAY: &str = "(now() AT TIME ZONE 'UTC')::date";
+
+/// truth.sql with every mention of today replaced by the date parameter `$1`.
+fn truth_sql_at() -> String {
+    TRUTH_SQL.replace(TODAY, "$1::date")
+}
 
 /// One figure of one course that differs from the truth; values as JSON text.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,9 +33,23 @@ pub struct Report {
     pub differences: Vec<Difference>,
 }
 
+/// Compares course_stats with the truth as of the server's current UTC day.
 pub async fn verify(client: &Client) -> Result<Report> {
+    verify_at(client, None).await
+}
+
+/// Compares course_stats with the truth as of the UTC day `today` (None: the server's).
+pub async fn verify_at(client: &Client, today: Option<NaiveDate>) -> Result<Report> {
+    let today: NaiveDate = match today {
+        Some(day) => day,
+        None => client
+            .query_one(&format!("SELECT {TODAY}"), &[])
+            .await?
+            .get(0),
+    };
+    let truth = truth_sql_at();
     let query = format!(
-        "WITH truth AS ({TRUTH_SQL}),
+        "WITH truth AS ({truth}),
          expected AS (SELECT course_id, to_jsonb(t) - 'course_id' AS f FROM truth t),
          actual AS (SELECT course_id, to_jsonb(s) - 'course_id' - 'updated_at' AS f FROM course_stats s),
          pairs AS (
@@ -36,7 +60,7 @@ pub async fn verify(client: &Client) -> Result<Report> {
          WHERE ev IS DISTINCT FROM af -> key
          ORDER BY course_id, key"
     );
-    let rows = client.query(&query, &[]).await?;
+    let rows = client.query(&query, &[&today]).await?;
     let differences = rows
         .iter()
         .map(|r| Difference {
@@ -50,8 +74,8 @@ pub async fn verify(client: &Client) -> Result<Report> {
         .collect();
     let courses: i64 = client
         .query_one(
-            &format!("SELECT count(*) FROM (SELECT course_id FROM ({TRUTH_SQL}) t UNION SELECT course_id FROM course_stats) c"),
-            &[],
+            &format!("SELECT count(*) FROM (SELECT course_id FROM ({truth}) t UNION SELECT course_id FROM course_stats) c"),
+            &[&today],
         )
         .await?
         .get(0);
@@ -69,3 +93,23 @@ const ZERO: &str = "jsonb_build_object(
     'recent_review_count', 0, 'recent_rating_sum', 0, 'recent_rating_avg', null,
     'recent_stars_0', 0, 'recent_stars_1', 0, 'recent_stars_2', 0, 'recent_stars_3', 0,
     'recent_stars_4', 0, 'recent_stars_5', 0)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_truth_at_a_day_no_longer_reads_the_clock() {
+        assert!(
+            TRUTH_SQL.contains(TODAY),
+            "truth.sql no longer names today as {TODAY}: update verify.rs with it"
+        );
+        let at = truth_sql_at();
+        assert!(
+            !at.contains("now()"),
+            "truth.sql reads the clock elsewhere:\n{at}"
+        );
+        assert!(!at.contains("CURRENT_DATE") && !at.contains("current_date"));
+        assert!(at.contains("> $1::date - 90"), "{at}");
+    }
+}

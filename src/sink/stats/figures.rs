@@ -1,1 +1,442 @@
-//! Per-course figures: folding changes into deltas and applying them in PostgreSQL.
+//! Per-course figures: the arithmetic of the stats worker, done in PostgreSQL.
+//!
+//! A batch of reviews.valid events is folded into [`Deltas`] (each `after` image added, each
+//! `before` image retracted) and applied to three tables: the per-day buckets
+//! (course_daily_stats), the multiset of creation times (course_review_times) and the figures
+//! websites read (course_stats). All-time figures move by the deltas; the 90-day figures and
+//! `last_review_at` of every touched course are recomputed from the buckets and the multiset,
+//! so they are exact rather than accumulated, and days leaving the window are handled by
+//! [`roll_days`] even when no review arrives.
+//!
+//! Guarantee: after `apply` (and `roll_days` for the same day) the touched courses hold exactly
+//! what sql/truth.sql computes for that day. That rests on one rule the caller keeps: every
+//! writer of these tables first takes the `stats_state` row lock ([`lock_state`]) in the same
+//! transaction, so the read-then-write recomputations here never race another writer.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Days, NaiveDate, Timelike, Utc};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Transaction;
+
+use crate::change::ReviewRow;
+use crate::error::Result;
+use crate::lsn::Lsn;
+
+/// The table-wide state of the stats worker, read under a row lock that serializes all stats
+/// writers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StatsState {
+    pub rolled_through: Option<NaiveDate>,
+    pub truncated_lsn: Lsn,
+}
+
+/// Takes the lock every stats writer holds until it commits, and reads the state under it.
+pub async fn lock_state(tx: &Transaction<'_>) -> Result<StatsState> {
+    let row = tx
+        .query_one(
+            "SELECT rolled_through, truncated_lsn FROM stats_state FOR UPDATE",
+            &[],
+        )
+        .await?;
+    Ok(StatsState {
+        rolled_through: row.get(0),
+        // bigint holds any real WAL position: 2^63 bytes of WAL will never be written.
+        truncated_lsn: Lsn(row.get::<_, i64>(1) as u64),
+    })
+}
+
+/// The figures of one bucket, or their change: review count, rating sum in half stars (so
+/// sums stay integers until PostgreSQL divides them into numeric) and the star histogram.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Figures {
+    count: i64,
+    halves: i64,
+    stars: [i64; 6],
+}
+
+impl Figures {
+    fn add(&mut self, other: &Figures) {
+        self.count += other.count;
+        self.halves += other.halves;
+        for (s, o) in self.stars.iter_mut().zip(other.stars) {
+            *s += o;
+        }
+    }
+
+    fn is_zero(&self) -> bool {
+        *self == Figures::default()
+    }
+}
+
+/// What one batch changes, per course: additions (the `after` image, sign +1) and retractions
+/// (`before`, sign -1). Keys are ordered so rows are always written in one order.
+#[derive(Debug, Default)]
+pub struct Deltas {
+    days: BTreeMap<(i64, NaiveDate), Figures>,
+    times: BTreeMap<(i64, DateTime<Utc>), i64>,
+    touched: BTreeSet<i64>,
+}
+
+impl Deltas {
+    /// Adds (`sign` = +1) or retracts (`sign` = -1) one review image.
+    pub fn add(&mut self, row: &ReviewRow, sign: i64) {
+        debug_assert!(sign == 1 || sign == -1, "sign is +1 or -1, got {sign}");
+        let rating = row.rating;
+        let mut one = Figures {
+            count: sign,
+            halves: sign * i64::from(rating.halves()),
+            ..Figures::default()
+        };
+        one.stars[rating.star_bucket()] = sign;
+        // The day as PostgreSQL computes it: (created_at AT TIME ZONE 'UTC')::date.
+        let day = row.created_at.date_naive();
+        self.days.entry((row.course_id, day)).or_default().add(&one);
+        // timestamptz keeps microseconds; two instants PostgreSQL cannot tell apart must
+        // share one key, or one MERGE would hit the same row twice.
+        let created = row.created_at;
+        let created =
+            created - chrono::TimeDelta::nanoseconds(i64::from(created.nanosecond() % 1000));
+        *self.times.entry((row.course_id, created)).or_default() += sign;
+        self.touched.insert(row.course_id);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.touched.is_empty()
+    }
+
+    /// Distinct courses touched, including those whose changes cancelled out.
+    pub fn courses(&self) -> usize {
+        self.touched.len()
+    }
+
+    /// All-time change per touched course, zero for courses whose changes cancelled.
+    fn per_course(&self) -> BTreeMap<i64, Figures> {
+        let mut courses: BTreeMap<i64, Figures> = self
+            .touched
+            .iter()
+            .map(|&c| (c, Figures::default()))
+            .collect();
+        for ((course, _), f) in &self.days {
+            courses.entry(*course).or_default().add(f);
+        }
+        courses
+    }
+}
+
+/// Figures as parallel arrays, the shape `unnest` takes them in.
+#[derive(Default)]
+struct Columns {
+    count: Vec<i64>,
+    halves: Vec<i64>,
+    stars: [Vec<i64>; 6],
+}
+
+impl Columns {
+    fn push(&mut self, f: &Figures) {
+        self.count.push(f.count);
+        self.halves.push(f.halves);
+        for (column, s) in self.stars.iter_mut().zip(f.stars) {
+            column.push(s);
+        }
+    }
+
+    /// Count, halves, stars 0..5: eight parameters, in the order the statements number them.
+    fn params(&self) -> impl Iterator<Item = &(dyn ToSql + Sync)> {
+        [&self.count, &self.halves]
+            .into_iter()
+            .chain(&self.stars)
+            .map(|c| c as &(dyn ToSql + Sync))
+    }
+}
+
+/// Applies the deltas of one batch, in three statements whatever its size: buckets, creation
+/// times, then course_stats (all-time figures moved, 90-day figures and last_review_at
+/// recomputed for every touched course as of `today`).
+///
+/// `today` should not be before the state's `rolled_through`, or the recomputed 90-day
+/// figures would include days the rollover already retired; pass the later of the two.
+pub async fn apply(tx: &Transaction<'_>, deltas: &Deltas, today: NaiveDate) -> Result<()> {
+    if deltas.is_empty() {
+        return Ok(());
+    }
+
+    // Cancelled buckets are left out: a zero delta would insert an all-zero row.
+    let (mut day_courses, mut days, mut day_figures) = (vec![], vec![], Columns::default());
+    for ((course, day), f) in deltas.days.iter().filter(|(_, f)| !f.is_zero()) {
+        day_courses.push(*course);
+        days.push(*day);
+        day_figures.push(f);
+    }
+    if !days.is_empty() {
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&day_courses, &days];
+        params.extend(day_figures.params());
+        tx.execute(MERGE_DAYS, &params).await?;
+    }
+
+    let (mut time_courses, mut times, mut time_counts) = (vec![], vec![], vec![]);
+    for ((course, at), n) in deltas.times.iter().filter(|(_, n)| **n != 0) {
+        time_courses.push(*course);
+        times.push(*at);
+        time_counts.push(*n);
+    }
+    if !times.is_empty() {
+        tx.execute(MERGE_TIMES, &[&time_courses, &times, &time_counts])
+            .await?;
+    }
+
+    let (mut courses, mut course_figures) = (vec![], Columns::default());
+    for (course, f) in deltas.per_course() {
+        courses.push(course);
+        course_figures.push(&f);
+    }
+    let floor = window_floor(today);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&courses];
+    params.extend(course_figures.params());
+    params.push(&floor);
+    tx.execute(UPSERT_COURSES, &params).await?;
+    Ok(())
+}
+
+/// Day rollover: refreshes the 90-day figures of exactly the courses that have a bucket
+/// which left the window since `state.rolled_through` (every course with an expired bucket
+/// when it is unset), then records `today`. Returns the number of courses refreshed; 0 and
+/// no write when `today` was already rolled.
+pub async fn roll_days(
+    tx: &Transaction<'_>,
+    state: &mut StatsState,
+    today: NaiveDate,
+) -> Result<u64> {
+    if state.rolled_through.is_some_and(|r| r >= today) {
+        return Ok(0);
+    }
+    let expired_after = state.rolled_through.map(window_floor);
+    let floor = window_floor(today);
+    let refreshed = tx.execute(ROLL_DAYS, &[&expired_after, &floor]).await?;
+    tx.execute("UPDATE stats_state SET rolled_through = $1", &[&today])
+        .await?;
+    state.rolled_through = Some(today);
+    Ok(refreshed)
+}
+
+/// TRUNCATE of reviews committed at `lsn`: empties the derived tables unless a truncate at or
+/// after `lsn` was already applied (a re-sent event, or the same truncate seen on another
+/// partition). Returns whether it emptied them.
+pub async fn reset(tx: &Transaction<'_>, state: &mut StatsState, lsn: Lsn) -> Result<bool> {
+    if lsn <= state.truncated_lsn {
+        return Ok(false);
+    }
+    // TRUNCATE rather than DELETE: it is the mirror of the source's own TRUNCATE, costs the
+    // same at any size and leaves no dead rows; readers wait only until this batch commits.
+    tx.batch_execute("TRUNCATE course_stats, course_daily_stats, course_review_times")
+        .await?;
+    tx.execute(
+        "UPDATE stats_state SET truncated_lsn = $1",
+        &[&(lsn.0 as i64)],
+    )
+    .await?;
+    state.truncated_lsn = lsn;
+    Ok(true)
+}
+
+/// The last day outside the 90-day window ending `today`: a review is recent when its day is
+/// after this one (DESIGN.md: day > today - 90).
+fn window_floor(today: NaiveDate) -> NaiveDate {
+    today - Days::new(90)
+}
+
+/// Buckets += deltas; a bucket that reaches all zeros is deleted so the table only holds days
+/// that have reviews (and the rollover only visits courses that lose something).
+const MERGE_DAYS: &str = "
+MERGE INTO course_daily_stats t
+USING (SELECT * FROM unnest($1::int8[], $2::date[], $3::int8[], $4::int8[], $5::int8[],
+                            $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[])
+                  AS u(course_id, day, n, halves, s0, s1, s2, s3, s4, s5)) d
+ON t.course_id = d.course_id AND t.day = d.day
+WHEN MATCHED AND t.review_count + d.n = 0 AND t.rating_sum * 2 + d.halves = 0
+             AND t.stars_0 + d.s0 = 0 AND t.stars_1 + d.s1 = 0 AND t.stars_2 + d.s2 = 0
+             AND t.stars_3 + d.s3 = 0 AND t.stars_4 + d.s4 = 0 AND t.stars_5 + d.s5 = 0 THEN
+    DELETE
+WHEN MATCHED THEN
+    UPDATE SET review_count = t.review_count + d.n,
+               rating_sum = t.rating_sum + d.halves / 2.0,
+               stars_0 = t.stars_0 + d.s0, stars_1 = t.stars_1 + d.s1,
+               stars_2 = t.stars_2 + d.s2, stars_3 = t.stars_3 + d.s3,
+               stars_4 = t.stars_4 + d.s4, stars_5 = t.stars_5 + d.s5
+WHEN NOT MATCHED THEN
+    INSERT (course_id, day, review_count, rating_sum,
+            stars_0, stars_1, stars_2, stars_3, stars_4, stars_5)
+    VALUES (d.course_id, d.day, d.n, d.halves / 2.0, d.s0, d.s1, d.s2, d.s3, d.s4, d.s5)";
+
+/// The multiset of creation times += deltas, an entry reaching zero deleted, so max() over a
+/// course's entries is the newest valid review.
+const MERGE_TIMES: &str = "
+MERGE INTO course_review_times t
+USING (SELECT * FROM unnest($1::int8[], $2::timestamptz[], $3::int8[])
+                  AS u(course_id, created_at, n)) d
+ON t.course_id = d.course_id AND t.created_at = d.created_at
+WHEN MATCHED AND t.review_count + d.n = 0 THEN
+    DELETE
+WHEN MATCHED THEN
+    UPDATE SET review_count = t.review_count + d.n
+WHEN NOT MATCHED THEN
+    INSERT (course_id, created_at, review_count) VALUES (d.course_id, d.created_at, d.n)";
+
+/// The 90-day figures of the courses in `c` from their buckets `w` after the window floor;
+/// the caller groups by `c.course_id`. Shared so that apply and the rollover agree.
+macro_rules! recent_figures {
+    () => {
+        "coalesce(sum(w.review_count), 0)::int8 AS review_count,
+         coalesce(sum(w.rating_sum), 0) AS rating_sum,
+         coalesce(sum(w.stars_0), 0)::int8 AS stars_0,
+         coalesce(sum(w.stars_1), 0)::int8 AS stars_1,
+         coalesce(sum(w.stars_2), 0)::int8 AS stars_2,
+         coalesce(sum(w.stars_3), 0)::int8 AS stars_3,
+         coalesce(sum(w.stars_4), 0)::int8 AS stars_4,
+         coalesce(sum(w.stars_5), 0)::int8 AS stars_5"
+    };
+}
+
+/// All-time figures += deltas (the row created when missing); the 90-day figures and
+/// last_review_at replaced by their recomputation, which sees the buckets and times the two
+/// statements before this one wrote.
+const UPSERT_COURSES: &str = concat!(
+    "
+WITH c AS (
+    SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[],
+                         $6::int8[], $7::int8[], $8::int8[], $9::int8[])
+           AS u(course_id, n, halves, s0, s1, s2, s3, s4, s5)
+),
+recent AS (
+    SELECT c.course_id, ",
+    recent_figures!(),
+    "
+    FROM c LEFT JOIN course_daily_stats w ON w.course_id = c.course_id AND w.day > $10::date
+    GROUP BY c.course_id
+)
+INSERT INTO course_stats AS s (
+    course_id, review_count, rating_sum,
+    stars_0, stars_1, stars_2, stars_3, stars_4, stars_5,
+    last_review_at,
+    recent_review_count, recent_rating_sum,
+    recent_stars_0, recent_stars_1, recent_stars_2,
+    recent_stars_3, recent_stars_4, recent_stars_5,
+    updated_at)
+SELECT c.course_id, c.n, c.halves / 2.0,
+       c.s0, c.s1, c.s2, c.s3, c.s4, c.s5,
+       (SELECT max(t.created_at) FROM course_review_times t WHERE t.course_id = c.course_id),
+       r.review_count, r.rating_sum,
+       r.stars_0, r.stars_1, r.stars_2, r.stars_3, r.stars_4, r.stars_5,
+       now()
+FROM c JOIN recent r ON r.course_id = c.course_id
+ON CONFLICT (course_id) DO UPDATE SET
+    review_count = s.review_count + excluded.review_count,
+    rating_sum = s.rating_sum + excluded.rating_sum,
+    stars_0 = s.stars_0 + excluded.stars_0, stars_1 = s.stars_1 + excluded.stars_1,
+    stars_2 = s.stars_2 + excluded.stars_2, stars_3 = s.stars_3 + excluded.stars_3,
+    stars_4 = s.stars_4 + excluded.stars_4, stars_5 = s.stars_5 + excluded.stars_5,
+    last_review_at = excluded.last_review_at,
+    recent_review_count = excluded.recent_review_count,
+    recent_rating_sum = excluded.recent_rating_sum,
+    recent_stars_0 = excluded.recent_stars_0, recent_stars_1 = excluded.recent_stars_1,
+    recent_stars_2 = excluded.recent_stars_2, recent_stars_3 = excluded.recent_stars_3,
+    recent_stars_4 = excluded.recent_stars_4, recent_stars_5 = excluded.recent_stars_5,
+    updated_at = excluded.updated_at"
+);
+
+/// The courses with a bucket in (previous floor, new floor] (found through
+/// course_daily_stats_day_idx, so a day where nothing expires costs one index probe), their
+/// 90-day figures recomputed from the buckets still inside the window.
+const ROLL_DAYS: &str = concat!(
+    "
+WITH c AS (
+    SELECT DISTINCT course_id FROM course_daily_stats
+    WHERE day > coalesce($1::date, '-infinity'::date) AND day <= $2::date
+),
+recent AS (
+    SELECT c.course_id, ",
+    recent_figures!(),
+    "
+    FROM c LEFT JOIN course_daily_stats w ON w.course_id = c.course_id AND w.day > $2::date
+    GROUP BY c.course_id
+)
+UPDATE course_stats s SET
+    recent_review_count = r.review_count,
+    recent_rating_sum = r.rating_sum,
+    recent_stars_0 = r.stars_0, recent_stars_1 = r.stars_1, recent_stars_2 = r.stars_2,
+    recent_stars_3 = r.stars_3, recent_stars_4 = r.stars_4, recent_stars_5 = r.stars_5,
+    updated_at = now()
+FROM recent r
+WHERE s.course_id = r.course_id"
+);
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::review::Rating;
+
+    fn row(id: i64, course_id: i64, halves: u8, created_at: DateTime<Utc>) -> ReviewRow {
+        ReviewRow {
+            id,
+            course_id,
+            user_id: 1,
+            rating: Rating::from_halves(halves).unwrap(),
+            title: None,
+            content: None,
+            created_at,
+            updated_at: created_at,
+        }
+    }
+
+    #[test]
+    fn an_add_and_its_retraction_cancel_but_keep_the_course_touched() {
+        let at = Utc.with_ymd_and_hms(2024, 5, 1, 23, 59, 59).unwrap();
+        let mut d = Deltas::default();
+        assert!(d.is_empty());
+        d.add(&row(1, 7, 9, at), 1);
+        d.add(&row(2, 8, 1, at), 1);
+        d.add(&row(1, 7, 9, at), -1);
+        assert_eq!(d.courses(), 2);
+        assert!(d.days[&(7, at.date_naive())].is_zero());
+        assert_eq!(d.times[&(7, at)], 0);
+        let per_course = d.per_course();
+        assert!(per_course[&7].is_zero());
+        assert_eq!(
+            per_course[&8],
+            Figures {
+                count: 1,
+                halves: 1,
+                stars: [1, 0, 0, 0, 0, 0]
+            }
+        );
+    }
+
+    #[test]
+    fn instants_are_keyed_at_the_microsecond_postgres_keeps() {
+        let at = Utc.with_ymd_and_hms(2024, 5, 1, 0, 0, 0).unwrap();
+        let mut d = Deltas::default();
+        d.add(
+            &row(1, 7, 4, at + chrono::TimeDelta::nanoseconds(1_000_400)),
+            1,
+        );
+        d.add(
+            &row(2, 7, 4, at + chrono::TimeDelta::nanoseconds(1_000_900)),
+            1,
+        );
+        assert_eq!(
+            d.times.into_iter().collect::<Vec<_>>(),
+            [((7, at + chrono::TimeDelta::microseconds(1000)), 2)]
+        );
+    }
+
+    #[test]
+    fn the_window_is_the_90_days_ending_today() {
+        let today = NaiveDate::from_ymd_opt(2024, 3, 1).unwrap();
+        assert_eq!(
+            window_floor(today),
+            NaiveDate::from_ymd_opt(2023, 12, 2).unwrap()
+        );
+    }
+}
