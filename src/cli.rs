@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{CdcConfig, Connections, FraudConfig, Settings, TopicSettings, WorkerSettings};
+use crate::config::{
+    CdcConfig, Connections, FraudConfig, Settings, StatsConfig, TopicSettings, WorkerSettings,
+};
 use crate::error::{Error, Result};
 use crate::stack::{self, StackConfig};
 use crate::{api, db, verify};
@@ -60,6 +62,8 @@ pub enum Command {
         cdc: CdcConfig,
         #[command(flatten)]
         fraud: FraudConfig,
+        #[command(flatten)]
+        stats: StatsConfig,
     },
     /// The REST API: POST /reviews, GET /courses/{id}/stats, GET /healthz.
     Api {
@@ -78,8 +82,11 @@ pub enum Command {
     },
     /// Write reviews.verdicts into review_verdicts, exactly-once (offsets kept in PostgreSQL).
     Verdicts,
-    /// Keep course_stats and course_daily_stats, exactly-once.
-    Stats,
+    /// Keep course_stats and course_daily_stats, exactly-once (offsets kept in PostgreSQL).
+    Stats {
+        #[command(flatten)]
+        stats: StatsConfig,
+    },
     /// Apply the database migrations and exit.
     Migrate,
     /// The self-managed local PostgreSQL and Kafka.
@@ -151,9 +158,13 @@ impl Cli {
                 run_api(&settings, api.listen, shutdown.clone()).await?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Run { api, cdc, fraud } => {
+            Command::Run {
+                api,
+                cdc,
+                fraud,
+                stats,
+            } => {
                 let settings = prepare(&self.connections, &self.stack).await?;
-                tracing::warn!("not built yet, so not running: stats (open issue)");
                 let reader = crate::source::Cdc {
                     settings: settings.clone(),
                     config: cdc,
@@ -170,6 +181,12 @@ impl Cli {
                     topics: self.topics.clone(),
                     worker: self.workers.clone(),
                 };
+                let aggregator = crate::sink::stats::StatsWorker {
+                    settings: settings.clone(),
+                    topics: self.topics.clone(),
+                    worker: self.workers.clone(),
+                    config: stats,
+                };
                 let s = &shutdown;
                 run_together(
                     s,
@@ -178,6 +195,7 @@ impl Cli {
                         ("cdc", Box::pin(reader.run(s.clone()))),
                         ("fraud", Box::pin(scorer.run(s.clone()))),
                         ("verdicts", Box::pin(verdicts.run(s.clone()))),
+                        ("stats", Box::pin(aggregator.run(s.clone()))),
                     ],
                 )
                 .await?;
@@ -235,7 +253,17 @@ impl Cli {
                 stage.run(shutdown.clone()).await?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Stats => Err(Error::NotBuilt("reviewflow stats")),
+            Command::Stats { stats } => {
+                let settings = prepare(&self.connections, &self.stack).await?;
+                let stage = crate::sink::stats::StatsWorker {
+                    settings,
+                    topics: self.topics,
+                    worker: self.workers,
+                    config: stats,
+                };
+                stage.run(shutdown.clone()).await?;
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Status {
                 slot,
                 publication,
@@ -304,15 +332,16 @@ type Stage<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> 
 /// Runs the stages of `run` side by side. One stage ending (failing, or its work done) stops
 /// the others: a half-running pipeline would look healthy. The first failure is returned.
 async fn run_together(shutdown: &CancellationToken, stages: Vec<(&str, Stage<'_>)>) -> Result<()> {
-    let results = futures_util::future::join_all(stages.into_iter().map(|(name, stage)| async move {
-        let result = stage.await;
-        if let Err(e) = &result {
-            tracing::error!(stage = name, error = %e, "stage failed; stopping the others");
-        }
-        shutdown.cancel();
-        result
-    }))
-    .await;
+    let results =
+        futures_util::future::join_all(stages.into_iter().map(|(name, stage)| async move {
+            let result = stage.await;
+            if let Err(e) = &result {
+                tracing::error!(stage = name, error = %e, "stage failed; stopping the others");
+            }
+            shutdown.cancel();
+            result
+        }))
+        .await;
     results.into_iter().collect()
 }
 

@@ -47,23 +47,48 @@ pub struct TopicSettings {
 
     /// Change events of `reviews`, written by cdc; snapshot completion is recorded in
     /// `<topic>.snapshots`.
-    #[arg(long = "changes-topic", env = "REVIEWFLOW_CHANGES_TOPIC", default_value = "reviews.changes", global = true)]
+    #[arg(
+        long = "changes-topic",
+        env = "REVIEWFLOW_CHANGES_TOPIC",
+        default_value = "reviews.changes",
+        global = true
+    )]
     pub changes: String,
 
     /// The changelog of the set of valid reviews, written by fraud, read by stats.
-    #[arg(long = "valid-topic", env = "REVIEWFLOW_VALID_TOPIC", default_value = "reviews.valid", global = true)]
+    #[arg(
+        long = "valid-topic",
+        env = "REVIEWFLOW_VALID_TOPIC",
+        default_value = "reviews.valid",
+        global = true
+    )]
     pub valid: String,
 
     /// Review versions judged fraud, with score and reasons.
-    #[arg(long = "fraud-topic", env = "REVIEWFLOW_FRAUD_TOPIC", default_value = "reviews.fraud", global = true)]
+    #[arg(
+        long = "fraud-topic",
+        env = "REVIEWFLOW_FRAUD_TOPIC",
+        default_value = "reviews.fraud",
+        global = true
+    )]
     pub fraud: String,
 
     /// One verdict per review version, read by the verdict sink.
-    #[arg(long = "verdicts-topic", env = "REVIEWFLOW_VERDICTS_TOPIC", default_value = "reviews.verdicts", global = true)]
+    #[arg(
+        long = "verdicts-topic",
+        env = "REVIEWFLOW_VERDICTS_TOPIC",
+        default_value = "reviews.verdicts",
+        global = true
+    )]
     pub verdicts: String,
 
     /// Records a stage could not read, with the reason in headers.
-    #[arg(long = "dead-letter-topic", env = "REVIEWFLOW_DEAD_LETTER_TOPIC", default_value = "reviewflow.dead-letters", global = true)]
+    #[arg(
+        long = "dead-letter-topic",
+        env = "REVIEWFLOW_DEAD_LETTER_TOPIC",
+        default_value = "reviewflow.dead-letters",
+        global = true
+    )]
     pub dead_letters: String,
 }
 
@@ -92,7 +117,12 @@ pub struct CdcConfig {
 #[derive(clap::Args, Clone, Debug)]
 pub struct FraudConfig {
     /// The fraud model: `heuristic` (explainable signals) or `seed` (the original's hash rule).
-    #[arg(long, env = "REVIEWFLOW_SCORER", value_enum, default_value = "heuristic")]
+    #[arg(
+        long,
+        env = "REVIEWFLOW_SCORER",
+        value_enum,
+        default_value = "heuristic"
+    )]
     pub scorer: crate::transform::score::ScorerKind,
 
     /// Score at or above which the heuristic model calls a review fraud, in (0, 1].
@@ -100,8 +130,33 @@ pub struct FraudConfig {
     pub fraud_threshold: f64,
 
     /// Consumer group of the fraud workers; instances in one group split the partitions.
-    #[arg(long = "fraud-group", env = "REVIEWFLOW_FRAUD_GROUP", default_value = "reviewflow-fraud")]
+    #[arg(
+        long = "fraud-group",
+        env = "REVIEWFLOW_FRAUD_GROUP",
+        default_value = "reviewflow-fraud"
+    )]
     pub group: String,
+}
+
+/// The stats worker.
+#[derive(clap::Args, Clone, Debug)]
+pub struct StatsConfig {
+    /// Consumer group of the stats workers; instances in one group split the partitions.
+    #[arg(
+        long = "stats-group",
+        env = "REVIEWFLOW_STATS_GROUP",
+        default_value = "reviewflow-stats"
+    )]
+    pub group: String,
+
+    /// Moves the worker's "today" by this many days: for tests of the 90-day window.
+    #[arg(
+        long,
+        env = "REVIEWFLOW_CLOCK_SHIFT_DAYS",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub clock_shift_days: i64,
 }
 
 /// What every worker (fraud, stats, the verdict sink) shares: its instance name and how it
@@ -116,23 +171,36 @@ pub struct WorkerSettings {
     pub instance: Option<String>,
 
     /// Most records in one transaction.
-    #[arg(long = "batch-records", env = "REVIEWFLOW_BATCH_RECORDS", default_value_t = 5000, global = true)]
+    #[arg(
+        long = "batch-records",
+        env = "REVIEWFLOW_BATCH_RECORDS",
+        default_value_t = 5000,
+        global = true
+    )]
     pub max_records: usize,
 
     /// Longest a batch waits for more records, in milliseconds: the latency it may add.
-    #[arg(long = "batch-ms", env = "REVIEWFLOW_BATCH_MS", default_value_t = 50, global = true)]
+    #[arg(
+        long = "batch-ms",
+        env = "REVIEWFLOW_BATCH_MS",
+        default_value_t = 50,
+        global = true
+    )]
     pub max_wait_ms: u64,
 }
 
 impl WorkerSettings {
     pub fn instance(&self) -> String {
-        self.instance.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .ok()
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "localhost".into())
-        })
+        self.instance
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .ok()
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "localhost".into())
+            })
     }
 }
 

@@ -50,7 +50,11 @@ impl Backoff {
 /// Runs a stage's sessions until one ends cleanly (shutdown) or fails in a way a restart
 /// cannot cure; other failures (a broker or database that went away, a fenced transaction)
 /// start a new session after a backoff, reset once a session has lived a minute.
-pub async fn sessions<F, Fut>(stage: &str, shutdown: &CancellationToken, mut session: F) -> Result<()>
+pub async fn sessions<F, Fut>(
+    stage: &str,
+    shutdown: &CancellationToken,
+    mut session: F,
+) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<()>>,

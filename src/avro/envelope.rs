@@ -431,7 +431,10 @@ mod tests {
         let entered = restate(schema.envelope(), &body, Op::Create, false, true).unwrap();
         let entered = decode_change(schema.envelope(), &entered).unwrap();
         assert_eq!((entered.op, entered.before), (Op::Create, None));
-        assert_eq!(entered.after.unwrap().content.as_deref(), Some("buy now at http://x"));
+        assert_eq!(
+            entered.after.unwrap().content.as_deref(),
+            Some("buy now at http://x")
+        );
     }
 
     #[test]

@@ -63,7 +63,10 @@ pub fn encode(v: &Verdict) -> Result<Vec<u8>> {
             1,
             Box::new(Value::Record(vec![
                 ("user_id".into(), Value::Long(r.user_id)),
-                ("rating".into(), Value::String(format!("{:.1}", r.rating.stars()))),
+                (
+                    "rating".into(),
+                    Value::String(format!("{:.1}", r.rating.stars())),
+                ),
                 ("title".into(), optional_string(&r.title)),
                 ("content".into(), optional_string(&r.content)),
                 (

@@ -79,10 +79,7 @@ impl Registry {
     /// The writer schema, its id and the Avro body of a wire-format record value; or why
     /// the record cannot be read, which makes it a dead letter. An `Err` is only registry
     /// trouble that trying again may cure.
-    pub async fn resolve<'a>(
-        &self,
-        value: Option<&'a [u8]>,
-    ) -> Result<Result<Framed<'a>, String>> {
+    pub async fn resolve<'a>(&self, value: Option<&'a [u8]>) -> Result<Result<Framed<'a>, String>> {
         let Some(value) = value else {
             return Ok(Err("no value (a tombstone)".into()));
         };

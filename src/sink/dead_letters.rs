@@ -35,8 +35,13 @@ impl DeadLetters {
         for (m, reason) in letters {
             tracing::warn!(stage = self.stage, topic = m.topic(), partition = m.partition(),
                 offset = m.offset(), %reason, "dead letter");
-            let headers =
-                kafka::dead_letter_headers(self.stage, reason, m.topic(), m.partition(), m.offset());
+            let headers = kafka::dead_letter_headers(
+                self.stage,
+                reason,
+                m.topic(),
+                m.partition(),
+                m.offset(),
+            );
             let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
                 .payload(m.payload().unwrap_or_default())
                 .headers(headers);

@@ -87,7 +87,8 @@ fn consume(
         if let Some(e) = consumer.context().take_failure() {
             return Err(e);
         }
-        if consumer.context().generation.load(Ordering::SeqCst) != generation || records.is_empty() {
+        if consumer.context().generation.load(Ordering::SeqCst) != generation || records.is_empty()
+        {
             continue;
         }
         let epochs = {
@@ -166,15 +167,20 @@ impl ConsumerContext for Claims {
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
         let assigned = match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.claim(tpl).and_then(|epochs| {
-                consumer.assign(tpl)?;
-                Ok(epochs)
-            }),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.claim(tpl).and_then(|epochs| {
+                    consumer.assign(tpl)?;
+                    Ok(epochs)
+                })
+            }
             _ => {
                 if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
                     tracing::warn!(sink = %self.config.consumer, ?err, "rebalance failed");
                 }
-                consumer.unassign().map(|()| HashMap::new()).map_err(Into::into)
+                consumer
+                    .unassign()
+                    .map(|()| HashMap::new())
+                    .map_err(Into::into)
             }
         };
         match assigned {

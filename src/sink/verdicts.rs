@@ -31,11 +31,17 @@ pub struct VerdictSink {
 impl VerdictSink {
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let topics = &self.topics;
-        crate::kafka::ensure_history_topic(&self.settings.kafka, topics, &topics.verdicts, topics.partitions)
-            .await?;
+        crate::kafka::ensure_history_topic(
+            &self.settings.kafka,
+            topics,
+            &topics.verdicts,
+            topics.partitions,
+        )
+        .await?;
         let registry = Registry::connect(&self.settings).await?;
         let pool = crate::db::pool(&self.settings.database_url, 4)?;
-        let dead_letters = DeadLetters::new(&self.settings.kafka, &topics.dead_letters, "verdicts")?;
+        let dead_letters =
+            DeadLetters::new(&self.settings.kafka, &topics.dead_letters, "verdicts")?;
         let config = FeedConfig {
             kafka: self.settings.kafka.clone(),
             group: "reviewflow-verdicts".into(),
@@ -80,7 +86,13 @@ impl VerdictSink {
         let tx = client.transaction().await?;
         offsets::hold(&tx, CONSUMER, &self.topics.verdicts, &batch.epochs).await?;
         upsert(&tx, &verdicts).await?;
-        offsets::advance(&tx, CONSUMER, &self.topics.verdicts, &progress(&batch.records)).await?;
+        offsets::advance(
+            &tx,
+            CONSUMER,
+            &self.topics.verdicts,
+            &progress(&batch.records),
+        )
+        .await?;
         crate::failpoint::hit("verdicts.before_commit");
         tx.commit().await?;
         Ok(())
@@ -106,8 +118,9 @@ pub fn progress(records: &[OwnedMessage]) -> Vec<Advance> {
 async fn read(registry: &Registry, m: &OwnedMessage) -> Result<Result<Verdict, String>> {
     Ok(match registry.resolve(m.payload()).await? {
         Err(reason) => Err(reason),
-        Ok(framed) => verdict::decode(&framed.schema, framed.body)
-            .map_err(|e| format!("not a verdict: {e}")),
+        Ok(framed) => {
+            verdict::decode(&framed.schema, framed.body).map_err(|e| format!("not a verdict: {e}"))
+        }
     })
 }
 
@@ -124,9 +137,13 @@ async fn upsert(tx: &tokio_postgres::Transaction<'_>, verdicts: &[Verdict]) -> R
     let ids: Vec<i64> = rows.iter().map(|v| v.review_id).collect();
     let versions: Vec<String> = rows.iter().map(|v| v.version.to_string()).collect();
     let positions: Vec<i64> = rows.iter().map(|v| v.position).collect();
-    let kinds: Vec<&str> = rows.iter().map(|v| if v.fraud { "fraud" } else { "valid" }).collect();
+    let kinds: Vec<&str> = rows
+        .iter()
+        .map(|v| if v.fraud { "fraud" } else { "valid" })
+        .collect();
     let scores: Vec<f64> = rows.iter().map(|v| v.score).collect();
-    let reasons: Vec<serde_json::Value> = rows.iter().map(|v| serde_json::json!(v.reasons)).collect();
+    let reasons: Vec<serde_json::Value> =
+        rows.iter().map(|v| serde_json::json!(v.reasons)).collect();
     let models: Vec<&str> = rows.iter().map(|v| v.model.as_str()).collect();
     tx.execute(
         "INSERT INTO review_verdicts (review_id, version, position, verdict, score, reasons, model)

@@ -80,8 +80,13 @@ impl Cdc {
             )
             .await?
             .is_some();
-        let marker =
-            snapshot::find_marker(&self.settings.kafka, &self.topics.changes, &cfg.slot, registry).await?;
+        let marker = snapshot::find_marker(
+            &self.settings.kafka,
+            &self.topics.changes,
+            &cfg.slot,
+            registry,
+        )
+        .await?;
         let start = match (slot_exists, &marker) {
             (true, Some(m)) => {
                 tracing::info!(slot = %cfg.slot, snapshot_lsn = %m.consistent_point, "resuming from the slot");

@@ -199,8 +199,8 @@ fn settings(port: u16) -> String {
          port = {port}\n\
          unix_socket_directories = ''\n\
          wal_level = logical\n\
-         max_wal_senders = 10\n\
-         max_replication_slots = 10\n\
+         max_wal_senders = 32\n\
+         max_replication_slots = 32\n\
          timezone = 'UTC'\n\
          log_timezone = 'UTC'\n"
     )

@@ -66,7 +66,8 @@ impl Fraud {
     /// Runs until `shutdown`; a failed session (broker gone, fenced) starts over from the
     /// committed offsets after a backoff.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        let scorer: Arc<dyn Scorer> = score::scorer(self.config.scorer, self.config.fraud_threshold)?.into();
+        let scorer: Arc<dyn Scorer> =
+            score::scorer(self.config.scorer, self.config.fraud_threshold)?.into();
         let registry = Registry::connect(&self.settings).await?;
         let (kafka, topics) = (&self.settings.kafka, &self.topics);
         kafka::ensure_history_topic(kafka, topics, &topics.changes, topics.partitions).await?;
@@ -79,7 +80,14 @@ impl Fraud {
         for t in [&topics.fraud, &topics.verdicts] {
             kafka::ensure_history_topic(kafka, topics, t, topics.partitions).await?;
         }
-        kafka::ensure_topic(kafka, &topics.dead_letters, topics.partitions, topics.replication_factor, &[]).await?;
+        kafka::ensure_topic(
+            kafka,
+            &topics.dead_letters,
+            topics.partitions,
+            topics.replication_factor,
+            &[],
+        )
+        .await?;
         let valid_partitions = {
             let probe: BaseConsumer = client_config(kafka).create()?;
             kafka::partition_count(&probe, &topics.valid)?
@@ -93,12 +101,22 @@ impl Fraud {
         }
         let key = &envelope::KEY_SCHEMA;
         let ids = OutputIds {
-            valid_key: registry.register(&format!("{}-key", topics.valid), key).await?,
-            review_key: registry.register(&format!("{}-key", topics.verdicts), key).await?,
-            verdict_value: registry.register(&format!("{}-value", topics.verdicts), &verdict::SCHEMA).await?,
-            fraud_value: registry.register(&format!("{}-value", topics.fraud), &verdict::SCHEMA).await?,
+            valid_key: registry
+                .register(&format!("{}-key", topics.valid), key)
+                .await?,
+            review_key: registry
+                .register(&format!("{}-key", topics.verdicts), key)
+                .await?,
+            verdict_value: registry
+                .register(&format!("{}-value", topics.verdicts), &verdict::SCHEMA)
+                .await?,
+            fraud_value: registry
+                .register(&format!("{}-value", topics.fraud), &verdict::SCHEMA)
+                .await?,
         };
-        registry.register(&format!("{}-key", topics.fraud), key).await?;
+        registry
+            .register(&format!("{}-key", topics.fraud), key)
+            .await?;
         let counters = Arc::new(Counters::default());
         let this = Arc::new(self);
         tracing::info!(model = scorer.model(), input = %this.topics.changes, "fraud worker starting");
@@ -241,11 +259,11 @@ impl Session {
         let produced = match self.produce_batch(consumer, producer, batch) {
             Ok(produced) => produced,
             Err(e) => {
-            tracing::warn!(error = %e, "fraud: aborting the transaction");
-            if let Err(abort) = producer.abort_transaction(Duration::from_secs(30)) {
-                tracing::warn!(error = %abort, "fraud: abort failed; the broker times it out");
-            }
-            return Err(e);
+                tracing::warn!(error = %e, "fraud: aborting the transaction");
+                if let Err(abort) = producer.abort_transaction(Duration::from_secs(30)) {
+                    tracing::warn!(error = %abort, "fraud: abort failed; the broker times it out");
+                }
+                return Err(e);
             }
         };
         let c = &self.counters;
@@ -280,7 +298,11 @@ impl Session {
         }
         let mut offsets = TopicPartitionList::new();
         for (partition, next) in next_offsets {
-            offsets.add_partition_offset(&self.fraud.topics.changes, partition, Offset::Offset(next))?;
+            offsets.add_partition_offset(
+                &self.fraud.topics.changes,
+                partition,
+                Offset::Offset(next),
+            )?;
         }
         let group = consumer
             .group_metadata()
@@ -307,13 +329,25 @@ impl Session {
                     partition: None,
                     key: m.key().map(<[u8]>::to_vec),
                     value: m.payload().unwrap_or_default().to_vec(),
-                    headers: Some(kafka::dead_letter_headers("fraud", &reason, &topics.changes, m.partition(), m.offset())),
+                    headers: Some(kafka::dead_letter_headers(
+                        "fraud",
+                        &reason,
+                        &topics.changes,
+                        m.partition(),
+                        m.offset(),
+                    )),
                 }]);
             }
         };
-        let Read { event, schema_id, body, key } = read;
+        let Read {
+            event,
+            schema_id,
+            body,
+            key,
+        } = read;
         let mut out = Vec::new();
-        let judge = |row: &Option<crate::change::ReviewRow>| row.as_ref().map(|r| self.scorer.judge(r));
+        let judge =
+            |row: &Option<crate::change::ReviewRow>| row.as_ref().map(|r| self.scorer.judge(r));
         let (before, after) = (judge(&event.before), judge(&event.after));
         if let (Some(row), Some(j)) = (&event.after, &after) {
             out.extend(self.verdict_records(&event, row, j)?);
@@ -430,7 +464,9 @@ impl Session {
             return Ok(*id);
         }
         let subject = format!("{}-value", self.fraud.topics.valid);
-        let id = self.runtime.block_on(self.registry.register(&subject, writer))?;
+        let id = self
+            .runtime
+            .block_on(self.registry.register(&subject, writer))?;
         self.valid_ids.insert(input_id, id);
         Ok(id)
     }

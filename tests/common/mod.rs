@@ -20,13 +20,29 @@ pub async fn settings() -> Settings {
                 kafka_bootstrap_servers: std::env::var("KAFKA_BOOTSTRAP_SERVERS").ok(),
                 schema_registry_url: std::env::var("SCHEMA_REGISTRY_URL").ok(),
             };
-            connections
+            let settings = connections
                 .resolve(&stack_config())
                 .await
-                .expect("the local stack starts (see reviewflow stack up)")
+                .expect("the local stack starts (see reviewflow stack up)");
+            drop_stale_test_slots(&settings.database_url).await;
+            settings
         })
         .await
         .clone()
+}
+
+/// Inactive slots of earlier runs' test databases hold WAL and use up max_replication_slots.
+/// Test binaries run one after another, so when one starts, no test of another is streaming.
+async fn drop_stale_test_slots(database_url: &str) {
+    let db = reviewflow::db::connect(database_url)
+        .await
+        .expect("connect");
+    db.batch_execute(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+         WHERE NOT active AND database LIKE 'rf\\_test\\_%'",
+    )
+    .await
+    .expect("drop stale test slots");
 }
 
 pub fn stack_config() -> StackConfig {

@@ -56,7 +56,10 @@ impl Pipeline {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_reviewflow"));
         cmd.arg(stage)
             .env("DATABASE_URL", &self.url)
-            .env("KAFKA_BOOTSTRAP_SERVERS", &self.settings.kafka.bootstrap_servers)
+            .env(
+                "KAFKA_BOOTSTRAP_SERVERS",
+                &self.settings.kafka.bootstrap_servers,
+            )
             .env("REVIEWFLOW_CHANGES_TOPIC", &self.topic)
             .env("REVIEWFLOW_VALID_TOPIC", self.output("valid"))
             .env("REVIEWFLOW_FRAUD_TOPIC", self.output("fraud"))
@@ -78,10 +81,17 @@ impl Pipeline {
             cmd.env("REVIEWFLOW_FAILPOINT", fp);
         }
         if let Some(log) = &self.log {
-            let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap();
             cmd.stderr(file);
         }
-        Running(Some(cmd.spawn().unwrap_or_else(|e| panic!("reviewflow {stage} starts: {e}"))))
+        Running(Some(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("reviewflow {stage} starts: {e}")),
+        ))
     }
 
     /// Until the reader's snapshot is committed (its marker is on the markers topic).
@@ -141,7 +151,10 @@ impl Pipeline {
             .await
             .unwrap()
             .unwrap();
-        assert!(status.success(), "the stage exits cleanly on SIGTERM: {status}");
+        assert!(
+            status.success(),
+            "the stage exits cleanly on SIGTERM: {status}"
+        );
     }
 }
 

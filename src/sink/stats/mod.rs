@@ -1,3 +1,215 @@
 //! The stats worker: reviews.valid folded into course_stats and course_daily_stats.
+//!
+//! Guarantee: exactly-once. A batch's figures and its input offsets (with the source position
+//! of the last change applied from each partition) commit in one PostgreSQL transaction,
+//! under the partition epochs it was read with, so a worker that lost its partitions cannot
+//! commit over the new owner. A change the CDC reader sent twice (same commit LSN and
+//! position) is applied once; a TRUNCATE voids every change committed before it, whichever
+//! partition still carries one. Days leave the 90-day window at each UTC midnight even when
+//! no review arrives.
+//!
+//! All stats writers serialize on the `stats_state` row (see `figures`): scaling out adds
+//! consumers and decoding, not concurrent writes.
 
 pub mod figures;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use rdkafka::message::{Message, OwnedMessage};
+use tokio_postgres::Transaction;
+use tokio_util::sync::CancellationToken;
+
+use super::dead_letters::DeadLetters;
+use super::feed::{self, Batch, FeedConfig};
+use super::offsets::{self, Advance, Applied};
+use crate::avro::decode_change;
+use crate::change::{ChangeEvent, Op};
+use crate::config::{Settings, StatsConfig, TopicSettings, WorkerSettings};
+use crate::error::Result;
+use crate::registry::Registry;
+use figures::{Deltas, StatsState};
+
+/// Its rows in sink_offsets.
+pub const CONSUMER: &str = "stats";
+
+pub struct StatsWorker {
+    pub settings: Settings,
+    pub topics: TopicSettings,
+    pub worker: WorkerSettings,
+    pub config: StatsConfig,
+}
+
+impl StatsWorker {
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let topics = &self.topics;
+        crate::kafka::ensure_history_topic(
+            &self.settings.kafka,
+            topics,
+            &topics.valid,
+            topics.partitions,
+        )
+        .await?;
+        let registry = Registry::connect(&self.settings).await?;
+        let pool = crate::db::pool(&self.settings.database_url, 4)?;
+        let dead_letters = DeadLetters::new(&self.settings.kafka, &topics.dead_letters, "stats")?;
+        let config = FeedConfig {
+            kafka: self.settings.kafka.clone(),
+            group: self.config.group.clone(),
+            topic: topics.valid.clone(),
+            consumer: CONSUMER.into(),
+            owner: self.worker.instance(),
+            limits: self.worker.clone(),
+        };
+        crate::retry::sessions("stats", &shutdown, || async {
+            let stop = shutdown.child_token();
+            let _stop_feed = stop.clone().drop_guard();
+            let mut batches = feed::start(config.clone(), pool.clone(), stop);
+            // Midnight passes whether or not reviews arrive.
+            let mut clock = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tokio::select! {
+                    batch = batches.recv() => match batch {
+                        Some(batch) => self.apply(&pool, &registry, &dead_letters, batch?).await?,
+                        None => return Ok(()),
+                    },
+                    _ = clock.tick() => self.roll(&pool).await?,
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Today as the 90-day window sees it (UTC), shifted when a test asks.
+    fn today(&self) -> NaiveDate {
+        (chrono::Utc::now() + chrono::TimeDelta::days(self.config.clock_shift_days)).date_naive()
+    }
+
+    async fn roll(&self, pool: &deadpool_postgres::Pool) -> Result<()> {
+        let mut client = pool.get().await?;
+        let tx = client.transaction().await?;
+        let mut state = figures::lock_state(&tx).await?;
+        let refreshed = figures::roll_days(&tx, &mut state, self.today()).await?;
+        tx.commit().await?;
+        if refreshed > 0 {
+            tracing::info!(courses = refreshed, today = %self.today(), "day rollover");
+        }
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        registry: &Registry,
+        dead_letters: &DeadLetters,
+        batch: Batch,
+    ) -> Result<()> {
+        let mut events = Vec::with_capacity(batch.records.len());
+        let mut dead = Vec::new();
+        for m in &batch.records {
+            match read(registry, m).await? {
+                Ok(event) => events.push((m, event)),
+                Err(reason) => dead.push((m, reason)),
+            }
+        }
+        dead_letters.send(&dead).await?;
+        let topic = &self.topics.valid;
+        let mut client = pool.get().await?;
+        let tx = client.transaction().await?;
+        let applied = offsets::hold(&tx, CONSUMER, topic, &batch.epochs).await?;
+        let mut state = figures::lock_state(&tx).await?;
+        let today = self
+            .today()
+            .max(state.rolled_through.unwrap_or(NaiveDate::MIN));
+        figures::roll_days(&tx, &mut state, today).await?;
+        let mut fold = Fold::new(applied);
+        for (m, event) in &events {
+            fold.push(&tx, &mut state, today, m.partition(), event)
+                .await?;
+        }
+        let applied = fold.finish(&tx, today).await?;
+        let progress: Vec<Advance> = super::verdicts::progress(&batch.records)
+            .into_iter()
+            .map(|a| Advance {
+                applied: applied.get(&a.partition).copied().flatten(),
+                ..a
+            })
+            .collect();
+        offsets::advance(&tx, CONSUMER, topic, &progress).await?;
+        // The crash that hurts most: figures written, offsets written, nothing committed.
+        crate::failpoint::hit("stats.before_commit");
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Changes folded into deltas in stream order, skipping what was applied before (per
+/// partition, by source position) and what a TRUNCATE voided. Shared with `replay`.
+pub struct Fold {
+    applied: HashMap<i32, Applied>,
+    deltas: Deltas,
+    pub changes: u64,
+    pub skipped: u64,
+}
+
+impl Fold {
+    pub fn new(applied: HashMap<i32, Applied>) -> Self {
+        Fold {
+            applied,
+            deltas: Deltas::default(),
+            changes: 0,
+            skipped: 0,
+        }
+    }
+
+    pub async fn push(
+        &mut self,
+        tx: &Transaction<'_>,
+        state: &mut StatsState,
+        today: NaiveDate,
+        partition: i32,
+        event: &ChangeEvent,
+    ) -> Result<()> {
+        let id = event.source.id();
+        let last = self.applied.entry(partition).or_default();
+        if last.is_some_and(|l| id <= l) || event.source.lsn < state.truncated_lsn {
+            self.skipped += 1;
+            return Ok(());
+        }
+        *last = Some(id);
+        self.changes += 1;
+        if event.op == Op::Truncate {
+            // What came before it is void: apply it first, then start from nothing.
+            figures::apply(tx, &std::mem::take(&mut self.deltas), today).await?;
+            figures::reset(tx, state, event.source.lsn).await?;
+            return Ok(());
+        }
+        if let Some(before) = &event.before {
+            self.deltas.add(before, -1);
+        }
+        if let Some(after) = &event.after {
+            self.deltas.add(after, 1);
+        }
+        Ok(())
+    }
+
+    /// Applies what is left; returns the last source position applied per partition.
+    pub async fn finish(
+        self,
+        tx: &Transaction<'_>,
+        today: NaiveDate,
+    ) -> Result<HashMap<i32, Applied>> {
+        figures::apply(tx, &self.deltas, today).await?;
+        Ok(self.applied)
+    }
+}
+
+async fn read(registry: &Registry, m: &OwnedMessage) -> Result<Result<ChangeEvent, String>> {
+    Ok(match registry.resolve(m.payload()).await? {
+        Err(reason) => Err(reason),
+        Ok(framed) => decode_change(&framed.schema, framed.body)
+            .map_err(|e| format!("not a change event of reviews: {e}")),
+    })
+}
