@@ -140,7 +140,8 @@ pub fn consumer_lag<C: ConsumerContext + 'static>(consumer: &BaseConsumer<C>) ->
         .elements()
         .iter()
         .filter_map(|p| {
-            let position = p.offset().to_raw()?;
+            // Before the first fetch of a partition its position is a negative sentinel.
+            let position = p.offset().to_raw().filter(|o| *o >= 0)?;
             let (_, high) = consumer
                 .fetch_watermarks(p.topic(), p.partition(), Duration::from_secs(1))
                 .ok()?;

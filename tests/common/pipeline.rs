@@ -1,6 +1,7 @@
 //! A pipeline under test: a private database, private topics, and the stages as their own
 //! processes (`reviewflow cdc|fraud|verdicts|stats`), so they can be killed like real ones.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -110,6 +111,56 @@ impl Pipeline {
         panic!("no snapshot within a minute");
     }
 
+    /// Until every stage has processed everything written so far: the slot confirmed the
+    /// WAL, the fraud group committed past the last change, and each sink stored offsets past
+    /// the last record of its topic. After that the invariant must hold exactly.
+    pub async fn wait_until_caught_up(&self) {
+        super::wait_until_slot_confirms_all(&self.url, &self.slot()).await;
+        let fraud_group = format!("{}.fraud", self.topic);
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            let changes = next_offsets(&self.settings, &self.topic).await;
+            let fraud = committed(&self.settings, &fraud_group, &self.topic, &changes).await;
+            let mut behind = Vec::new();
+            if fraud != changes {
+                behind.push(format!("fraud at {fraud:?} of {changes:?}"));
+            } else {
+                for (consumer, topic) in [
+                    ("verdicts", self.output("verdicts")),
+                    ("stats", self.output("valid")),
+                ] {
+                    let end = next_offsets(&self.settings, &topic).await;
+                    let stored = self.sink_offsets(consumer, &topic).await;
+                    if end.iter().any(|(p, o)| stored.get(p) != Some(o)) {
+                        behind.push(format!("{consumer} at {stored:?} of {end:?}"));
+                    }
+                }
+            }
+            if behind.is_empty() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pipeline did not catch up within 180 s: {behind:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn sink_offsets(&self, consumer: &str, topic: &str) -> BTreeMap<i32, i64> {
+        self.db()
+            .await
+            .query(
+                "SELECT partition, next_offset FROM sink_offsets WHERE consumer = $1 AND topic = $2",
+                &[&consumer, &topic],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+
     pub async fn db(&self) -> tokio_postgres::Client {
         reviewflow::db::connect(&self.url).await.unwrap()
     }
@@ -156,6 +207,51 @@ impl Pipeline {
             "the stage exits cleanly on SIGTERM: {status}"
         );
     }
+}
+
+/// Per partition with data, the offset just past its last committed record.
+async fn next_offsets(settings: &Settings, topic: &str) -> BTreeMap<i32, i64> {
+    let mut out = BTreeMap::new();
+    if !super::topic_exists(&settings.kafka, topic).await {
+        return out;
+    }
+    for m in super::consume_all(&settings.kafka, topic).await {
+        let next = out.entry(m.partition()).or_insert(0);
+        *next = (*next).max(m.offset() + 1);
+    }
+    out
+}
+
+/// The offsets `group` committed for the partitions of `like`.
+async fn committed(
+    settings: &Settings,
+    group: &str,
+    topic: &str,
+    like: &BTreeMap<i32, i64>,
+) -> BTreeMap<i32, i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let (kafka, group, topic) = (settings.kafka.clone(), group.to_string(), topic.to_string());
+    let partitions: Vec<i32> = like.keys().copied().collect();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = reviewflow::kafka::client_config(&kafka)
+            .set("group.id", &group)
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in &partitions {
+            tpl.add_partition(&topic, *p);
+        }
+        let Ok(committed) = consumer.committed_offsets(tpl, Duration::from_secs(10)) else {
+            return BTreeMap::new();
+        };
+        committed
+            .elements()
+            .iter()
+            .filter_map(|e| Some((e.partition(), e.offset().to_raw().filter(|o| *o >= 0)?)))
+            .collect()
+    })
+    .await
+    .unwrap()
 }
 
 pub fn decode_long(body: &[u8]) -> i64 {

@@ -1,0 +1,196 @@
+//! The whole pipeline against the invariant of DESIGN.md: after a seeded random workload,
+//! crashes, re-sent changes and days passing, course_stats equals the from-scratch truth.
+
+mod common;
+
+use chrono::{NaiveDate, Utc};
+use common::pipeline::Pipeline;
+use reviewflow::verify;
+
+/// Once the pipeline caught up, `verify` (as of `today`; None: the server's today) must
+/// report no difference at all.
+async fn assert_truth(p: &Pipeline, today: Option<NaiveDate>) {
+    p.wait_until_caught_up().await;
+    let report = verify::verify_at(&p.db().await, today).await.unwrap();
+    assert!(report.courses > 0, "the workload touched some course");
+    assert!(
+        report.differences.is_empty(),
+        "{} differences from the truth; the first: {:?}",
+        report.differences.len(),
+        &report.differences[..report.differences.len().min(10)]
+    );
+}
+
+/// A small deterministic generator, so a failing workload can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// One random statement against `reviews`: inserts (some backdated past the window), edits
+/// of rating, created_at or course, edits that flip the fraud verdict, deletes.
+fn statement(rng: &mut Rng, next_id: &mut i64) -> String {
+    let id = 1 + rng.next((*next_id).max(1) as u64) as i64;
+    let course = 1 + rng.next(12);
+    let rating = (1 + rng.next(10)) as f64 / 2.0;
+    let days_ago = [0, 1, 5, 45, 88, 89, 90, 91, 200][rng.next(9) as usize];
+    match rng.next(10) {
+        0..=3 => {
+            *next_id += 1;
+            format!(
+                "INSERT INTO reviews (id, course_id, user_id, rating, content, created_at)
+                 VALUES ({next_id}, {course}, {}, {rating}, 'honest review {next_id}',
+                         now() - interval '{days_ago} days' - interval '{} minutes')",
+                1 + rng.next(50),
+                rng.next(600)
+            )
+        }
+        4 => format!("UPDATE reviews SET rating = {rating} WHERE id = {id}"),
+        5 => format!("UPDATE reviews SET created_at = now() - interval '{days_ago} days' WHERE id = {id}"),
+        6 => format!("UPDATE reviews SET course_id = {course} WHERE id = {id}"),
+        7 => format!("UPDATE reviews SET content = 'cheaper at http://spam.example.com/{id}' WHERE id = {id}"),
+        8 => format!("UPDATE reviews SET content = 'honest again {id}' WHERE id = {id}"),
+        _ => format!("DELETE FROM reviews WHERE id = {id}"),
+    }
+}
+
+async fn run_workload(p: &Pipeline, seed: u64, statements: usize, next_id: &mut i64) {
+    let mut rng = Rng(seed);
+    let db = p.db().await;
+    let mut done = 0;
+    while done < statements {
+        // A few statements per transaction, so changes share commit LSNs.
+        let n = 1 + rng.next(4) as usize;
+        let sql: Vec<String> = (0..n).map(|_| statement(&mut rng, next_id)).collect();
+        db.batch_execute(&format!("BEGIN; {}; COMMIT", sql.join("; ")))
+            .await
+            .unwrap();
+        done += n;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_random_workload_with_crashes_and_a_truncate_matches_the_truth() {
+    let p = Pipeline::new("stats_random").await;
+    let mut next_id = 0;
+    run_workload(&p, 0x5eed_0001, 300, &mut next_id).await;
+    // The reader dies after producing, before confirming: its changes come again.
+    let crashing = p.spawn_cdc(Some("cdc.before_status:3"));
+    let _fraud = p.spawn("fraud", None, &[]);
+    let _verdicts = p.spawn("verdicts", None, &[]);
+    let _stats = p.spawn("stats", None, &[("REVIEWFLOW_BATCH_RECORDS", "100")]);
+    run_workload(&p, 0x5eed_0002, 300, &mut next_id).await;
+    let status = tokio::task::spawn_blocking(move || crashing.take().wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!status.success(), "the failpoint killed the reader");
+    let _cdc = p.spawn_cdc(None);
+    run_workload(&p, 0x5eed_0003, 300, &mut next_id).await;
+    assert_truth(&p, None).await;
+
+    // TRUNCATE resets everything; what comes after counts from zero.
+    p.db()
+        .await
+        .batch_execute("TRUNCATE reviews")
+        .await
+        .unwrap();
+    run_workload(&p, 0x5eed_0004, 200, &mut next_id).await;
+    assert_truth(&p, None).await;
+    let recent: i64 = p
+        .db()
+        .await
+        .query_one(
+            "SELECT coalesce(sum(recent_review_count), 0)::bigint FROM course_stats",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(recent > 0, "the 90-day figures are exercised, not all zero");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_batch_the_stats_worker_counts_nothing_twice() {
+    let p = Pipeline::new("stats_kill").await;
+    let mut next_id = 0;
+    let _cdc = p.spawn_cdc(None);
+    let _fraud = p.spawn("fraud", None, &[]);
+    let _verdicts = p.spawn("verdicts", None, &[]);
+    run_workload(&p, 0x5eed_0005, 600, &mut next_id).await;
+    common::wait_until_slot_confirms_all(&p.url, &p.slot()).await;
+    let small = [("REVIEWFLOW_BATCH_RECORDS", "40")];
+    let crashing = p.spawn("stats", Some("stats.before_commit:4"), &small);
+    let status = tokio::task::spawn_blocking(move || crashing.take().wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !status.success(),
+        "the failpoint killed the worker mid-batch"
+    );
+    let _stats = p.spawn("stats", None, &small);
+    assert_truth(&p, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_90_day_figures_drop_reviews_as_days_pass_without_new_ones() {
+    let p = Pipeline::new("stats_clock").await;
+    p.db()
+        .await
+        .batch_execute(
+            "INSERT INTO reviews (course_id, user_id, rating, content, created_at) VALUES
+               (1, 1, 5.0, 'fine', now() - interval '80 days'),
+               (1, 2, 3.0, 'fine', now() - interval '10 days'),
+               (2, 3, 4.0, 'fine', now() - interval '85 days')",
+        )
+        .await
+        .unwrap();
+    let _cdc = p.spawn_cdc(None);
+    let _fraud = p.spawn("fraud", None, &[]);
+    let _verdicts = p.spawn("verdicts", None, &[]);
+    let stats = p.spawn("stats", None, &[]);
+    assert_truth(&p, None).await;
+    let recent = |db: tokio_postgres::Client| async move {
+        db.query(
+            "SELECT recent_review_count, recent_rating_avg::text FROM course_stats ORDER BY course_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<_, i64>(0), r.get::<_, Option<String>>(1)))
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        recent(p.db().await).await,
+        vec![(2, Some("4.0000".into())), (1, Some("4.0000".into()))]
+    );
+    p.stop(stats).await;
+
+    // Fifteen days later, with no new review: the 80- and 85-day-old ones left the window.
+    let later = Utc::now().date_naive() + chrono::Days::new(15);
+    let _stats = p.spawn("stats", None, &[("REVIEWFLOW_CLOCK_SHIFT_DAYS", "15")]);
+    common::eventually("the worker rolled its clock forward", 60, || async {
+        let rolled: Option<NaiveDate> = p
+            .db()
+            .await
+            .query_one("SELECT rolled_through FROM stats_state", &[])
+            .await
+            .unwrap()
+            .get(0);
+        rolled == Some(later)
+    })
+    .await;
+    assert_truth(&p, Some(later)).await;
+    assert_eq!(
+        recent(p.db().await).await,
+        vec![(1, Some("3.0000".into())), (0, None)]
+    );
+}
