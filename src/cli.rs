@@ -165,11 +165,6 @@ impl Cli {
                 stats,
             } => {
                 let settings = prepare(&self.connections, &self.stack).await?;
-                let reader = crate::source::Cdc {
-                    settings: settings.clone(),
-                    config: cdc,
-                    topics: self.topics.clone(),
-                };
                 let scorer = crate::transform::Fraud {
                     settings: settings.clone(),
                     topics: self.topics.clone(),
@@ -181,6 +176,19 @@ impl Cli {
                     topics: self.topics.clone(),
                     worker: self.workers.clone(),
                 };
+                let figures = (!stats.topic.is_empty()).then(|| crate::source::Cdc {
+                    settings: settings.clone(),
+                    config: cdc.for_course_stats(),
+                    topics: TopicSettings {
+                        changes: stats.topic.clone(),
+                        ..self.topics.clone()
+                    },
+                });
+                let reader = crate::source::Cdc {
+                    settings: settings.clone(),
+                    config: cdc,
+                    topics: self.topics.clone(),
+                };
                 let aggregator = crate::sink::stats::StatsWorker {
                     settings: settings.clone(),
                     topics: self.topics.clone(),
@@ -188,17 +196,17 @@ impl Cli {
                     config: stats,
                 };
                 let s = &shutdown;
-                run_together(
-                    s,
-                    vec![
-                        ("api", Box::pin(run_api(&settings, api.listen, s.clone()))),
-                        ("cdc", Box::pin(reader.run(s.clone()))),
-                        ("fraud", Box::pin(scorer.run(s.clone()))),
-                        ("verdicts", Box::pin(verdicts.run(s.clone()))),
-                        ("stats", Box::pin(aggregator.run(s.clone()))),
-                    ],
-                )
-                .await?;
+                let mut stages: Vec<(&str, Stage<'_>)> = vec![
+                    ("api", Box::pin(run_api(&settings, api.listen, s.clone()))),
+                    ("cdc", Box::pin(reader.run(s.clone()))),
+                    ("fraud", Box::pin(scorer.run(s.clone()))),
+                    ("verdicts", Box::pin(verdicts.run(s.clone()))),
+                    ("stats", Box::pin(aggregator.run(s.clone()))),
+                ];
+                if let Some(figures) = figures {
+                    stages.push(("course-stats", Box::pin(figures.run(s.clone()))));
+                }
+                run_together(s, stages).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Verify => {

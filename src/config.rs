@@ -103,6 +103,16 @@ pub struct CdcConfig {
     #[arg(long, env = "REVIEWFLOW_PUBLICATION", default_value = "reviewflow")]
     pub publication: String,
 
+    /// The publication's table (in schema public), read by the initial snapshot. It must have
+    /// a course_id column: the record key.
+    #[arg(long, env = "REVIEWFLOW_TABLE", default_value = "reviews")]
+    pub table: String,
+
+    /// Make the topic compacted (the latest change per course kept) instead of kept whole:
+    /// for a table of current state, such as course_stats.
+    #[arg(long, env = "REVIEWFLOW_COMPACTED_TOPIC")]
+    pub compacted: bool,
+
     /// Seconds between standby status updates (the slot's confirmed position moves then).
     #[arg(long, env = "REVIEWFLOW_STATUS_INTERVAL", default_value_t = 10)]
     pub status_interval_secs: u64,
@@ -149,6 +159,15 @@ pub struct StatsConfig {
     )]
     pub group: String,
 
+    /// Compacted topic the figures are offered on to other consumers (`run` streams
+    /// course_stats into it with a second CDC reader, slot `<slot>_stats`); empty: none.
+    #[arg(
+        long = "stats-topic",
+        env = "REVIEWFLOW_STATS_TOPIC",
+        default_value = "course-stats"
+    )]
+    pub topic: String,
+
     /// Moves the worker's "today" by this many days: for tests of the 90-day window.
     #[arg(
         long,
@@ -187,6 +206,20 @@ pub struct WorkerSettings {
         global = true
     )]
     pub max_wait_ms: u64,
+}
+
+impl CdcConfig {
+    /// The reader that streams course_stats into the compacted figures topic.
+    pub fn for_course_stats(&self) -> CdcConfig {
+        CdcConfig {
+            slot: format!("{}_stats", self.slot),
+            publication: "reviewflow_stats".into(),
+            table: "course_stats".into(),
+            compacted: true,
+            new_snapshot: false,
+            ..self.clone()
+        }
+    }
 }
 
 impl WorkerSettings {

@@ -329,7 +329,9 @@ async fn an_added_column_is_a_new_schema_version_and_an_incompatible_change_stop
     p.log = Some(std::env::temp_dir().join(format!("rf-cdc-schema-{}.log", common::unique())));
     let db = p.db().await;
     let cdc = p.spawn_cdc(None);
-    common::wait_until_slot_exists(&p.url, &p.slot()).await;
+    // Not merely the slot: its creation waits for running transactions, and what commits
+    // before its consistent point is snapshot, not streamed.
+    p.wait_for_snapshot().await;
     db.batch_execute("INSERT INTO reviews (course_id, user_id, rating) VALUES (1, 1, 4.0)")
         .await
         .unwrap();

@@ -85,6 +85,19 @@ async fn a_random_workload_with_crashes_and_a_truncate_matches_the_truth() {
     let _fraud = p.spawn("fraud", None, &[]);
     let _verdicts = p.spawn("verdicts", None, &[]);
     let _stats = p.spawn("stats", None, &[("REVIEWFLOW_BATCH_RECORDS", "100")]);
+    let figures_topic = p.output("course-stats");
+    let figures_slot = format!("{}_stats", p.slot());
+    let _figures = p.spawn(
+        "cdc",
+        None,
+        &[
+            ("REVIEWFLOW_TABLE", "course_stats"),
+            ("REVIEWFLOW_PUBLICATION", "reviewflow_stats"),
+            ("REVIEWFLOW_SLOT", &figures_slot),
+            ("REVIEWFLOW_CHANGES_TOPIC", &figures_topic),
+            ("REVIEWFLOW_COMPACTED_TOPIC", "true"),
+        ],
+    );
     run_workload(&p, 0x5eed_0002, 300, &mut next_id).await;
     let status = tokio::task::spawn_blocking(move || crashing.take().wait())
         .await
@@ -114,6 +127,78 @@ async fn a_random_workload_with_crashes_and_a_truncate_matches_the_truth() {
         .unwrap()
         .get(0);
     assert!(recent > 0, "the 90-day figures are exercised, not all zero");
+
+    // Other consumers read the same figures from the compacted topic: the latest record per
+    // course says what course_stats says, courses emptied by the TRUNCATE included.
+    common::wait_until_slot_confirms_all(&p.url, &figures_slot).await;
+    let table: std::collections::BTreeMap<i64, i64> = p
+        .db()
+        .await
+        .query("SELECT course_id, review_count FROM course_stats", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(latest_counts(&p, &figures_topic).await, table);
+}
+
+/// course_id -> review_count of the latest record per course on the figures topic (a delete
+/// removes the course).
+async fn latest_counts(p: &Pipeline, topic: &str) -> std::collections::BTreeMap<i64, i64> {
+    use apache_avro::types::Value;
+    use rdkafka::Message;
+    let registry = reviewflow::registry::Registry::connect(&p.settings)
+        .await
+        .unwrap();
+    let mut latest = std::collections::BTreeMap::new();
+    for m in common::consume_all(&p.settings.kafka, topic).await {
+        let (id, body) = reviewflow::avro::wire::unframe(m.payload().unwrap()).unwrap();
+        let schema = registry.schema(id).await.unwrap();
+        let value = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+            .build()
+            .unwrap()
+            .read_value(&mut &body[..])
+            .unwrap();
+        let Value::Record(fields) = value else {
+            panic!("not a record")
+        };
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        let image = |v: Option<Value>| match v {
+            Some(Value::Union(_, inner)) => match *inner {
+                Value::Record(row) => Some(row),
+                _ => None,
+            },
+            _ => None,
+        };
+        let long = |row: &[(String, Value)], name: &str| {
+            row.iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, v)| match v {
+                    Value::Union(_, inner) => match **inner {
+                        Value::Long(x) => Some(x),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .unwrap()
+        };
+        match (image(field("before")), image(field("after"))) {
+            (_, Some(after)) => {
+                latest.insert(long(&after, "course_id"), long(&after, "review_count"));
+            }
+            (Some(before), None) => {
+                latest.remove(&long(&before, "course_id"));
+            }
+            (None, None) => panic!("a figures record without an image"),
+        }
+    }
+    latest
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,13 +46,19 @@ impl Cdc {
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let kafka = &self.settings.kafka;
         let (partitions, replication) = (self.topics.partitions, self.topics.replication_factor);
-        // Kept forever: `replay` rebuilds derived state from this history.
+        // Kept forever: `replay` rebuilds derived state from this history. A table of current
+        // state keeps only the latest change per course.
+        let settings: &[(&str, &str)] = if self.config.compacted {
+            &[("cleanup.policy", "compact")]
+        } else {
+            &[("retention.ms", "-1")]
+        };
         ensure_topic(
             kafka,
             &self.topics.changes,
             partitions,
             replication,
-            &[("retention.ms", "-1")],
+            settings,
         )
         .await?;
         let markers = snapshot::marker_topic(&self.topics.changes);
@@ -106,10 +112,11 @@ impl Cdc {
                     pg.execute("SELECT pg_drop_replication_slot($1)", &[&cfg.slot])
                         .await?;
                 }
-                let filenode_before = snapshot::table_filenode(&pg).await?;
+                let filenode_before = snapshot::table_filenode(&pg, &cfg.table).await?;
                 let created = conn.create_slot(&cfg.slot).await?;
                 tracing::info!(slot = %cfg.slot, lsn = %created.consistent_point, "created replication slot");
                 Snapshot {
+                    table: &cfg.table,
                     database_url: &self.settings.database_url,
                     snapshot_name: &created.snapshot_name,
                     consistent_point: created.consistent_point,
@@ -348,6 +355,14 @@ impl<'a> Streamer<'a> {
                     .await?
             }
             PgOutput::Truncate { relation_ids, .. } => {
+                if self.cdc.config.compacted {
+                    return Err(Error::Config(format!(
+                        "a TRUNCATE cannot be written to the compacted topic {} (its records need a key): \
+                         publish only insert, update and delete for this table \
+                         (CREATE PUBLICATION ... WITH (publish = 'insert, update, delete'))",
+                        self.cdc.topics.changes
+                    )));
+                }
                 for relation_id in relation_ids {
                     self.truncate(relation_id).await?;
                 }

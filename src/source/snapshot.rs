@@ -33,7 +33,6 @@ use crate::lsn::Lsn;
 use crate::registry::Registry;
 
 pub const TABLE_SCHEMA: &str = "public";
-pub const TABLE: &str = "reviews";
 
 /// What the marker of a completed snapshot records.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +55,8 @@ fn marker_schema() -> Schema {
 
 pub struct Snapshot<'a> {
     pub database_url: &'a str,
+    /// The table of the publication, in schema `public`.
+    pub table: &'a str,
     pub snapshot_name: &'a str,
     pub consistent_point: Lsn,
     pub slot: &'a str,
@@ -67,10 +68,13 @@ pub struct Snapshot<'a> {
 }
 
 /// The table's current file node: TRUNCATE and rewriting ALTERs give it a new one.
-pub async fn table_filenode(pg: &tokio_postgres::Client) -> Result<u32> {
+pub async fn table_filenode(pg: &tokio_postgres::Client, table: &str) -> Result<u32> {
     let row = pg
         .query_one(
-            &format!("SELECT pg_relation_filenode('{TABLE_SCHEMA}.{TABLE}')::oid"),
+            &format!(
+                "SELECT pg_relation_filenode('{TABLE_SCHEMA}.{}')::oid",
+                quote(table)
+            ),
             &[],
         )
         .await?;
@@ -80,22 +84,23 @@ pub async fn table_filenode(pg: &tokio_postgres::Client) -> Result<u32> {
 impl Snapshot<'_> {
     /// Reads the table in the exported snapshot and commits it, with its marker, to Kafka.
     pub async fn run(self) -> Result<i64> {
+        let table = quote(self.table);
         let pg = crate::db::connect(self.database_url).await?;
         pg.batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
              SET TRANSACTION SNAPSHOT '{}';
              SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO';
-             LOCK TABLE {TABLE_SCHEMA}.{TABLE} IN ACCESS SHARE MODE;",
+             LOCK TABLE {TABLE_SCHEMA}.{table} IN ACCESS SHARE MODE;",
             self.snapshot_name.replace('\'', "''")
         ))
         .await?;
-        if table_filenode(&pg).await? != self.filenode_before {
+        if table_filenode(&pg, self.table).await? != self.filenode_before {
             return Err(Error::Replication(
                 "the table was truncated or rewritten while the snapshot was starting; taking it again".into(),
             ));
         }
-        let columns = table_columns(&pg).await?;
-        let schema = RowSchema::new(TABLE_SCHEMA, TABLE, columns.clone())?;
+        let columns = table_columns(&pg, self.table).await?;
+        let schema = RowSchema::new(TABLE_SCHEMA, self.table, columns.clone())?;
         let value_id = self
             .registry
             .register(&format!("{}-value", self.topic), schema.envelope())
@@ -111,7 +116,7 @@ impl Snapshot<'_> {
             .column_index("course_id")
             .ok_or_else(|| Error::Config("reviews has no course_id column".into()))?;
         let total: i64 = pg
-            .query_one(&format!("SELECT count(*) FROM {TABLE_SCHEMA}.{TABLE}"), &[])
+            .query_one(&format!("SELECT count(*) FROM {TABLE_SCHEMA}.{table}"), &[])
             .await?
             .get(0);
         tracing::info!(rows = total, lsn = %self.consistent_point, "snapshot started");
@@ -142,7 +147,7 @@ impl Snapshot<'_> {
             .join(", ");
         let rows = pg
             .query_raw(
-                &format!("SELECT {select} FROM {TABLE_SCHEMA}.{TABLE}"),
+                &format!("SELECT {select} FROM {TABLE_SCHEMA}.{table}"),
                 std::iter::empty::<i32>(),
             )
             .await?;
@@ -157,7 +162,7 @@ impl Snapshot<'_> {
                 .collect();
             let source = Source {
                 schema: TABLE_SCHEMA.into(),
-                table: TABLE.into(),
+                table: self.table.into(),
                 lsn: self.consistent_point,
                 position,
                 txid: None,
@@ -291,12 +296,15 @@ pub async fn find_marker(
 
 /// (name, type OID, type modifier) of the table's live columns, in order: the same list the
 /// replication stream's Relation message carries.
-pub async fn table_columns(pg: &tokio_postgres::Client) -> Result<Vec<(String, u32, i32)>> {
+pub async fn table_columns(
+    pg: &tokio_postgres::Client,
+    table: &str,
+) -> Result<Vec<(String, u32, i32)>> {
     let rows = pg
         .query(
             "SELECT attname::text, atttypid::oid, atttypmod FROM pg_attribute
              WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            &[&format!("{TABLE_SCHEMA}.{TABLE}")],
+            &[&format!("{TABLE_SCHEMA}.{}", quote(table))],
         )
         .await?;
     Ok(rows

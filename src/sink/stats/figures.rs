@@ -226,9 +226,10 @@ pub async fn reset(tx: &Transaction<'_>, state: &mut StatsState, lsn: Lsn) -> Re
     if lsn <= state.truncated_lsn {
         return Ok(false);
     }
-    // TRUNCATE rather than DELETE: it is the mirror of the source's own TRUNCATE, costs the
-    // same at any size and leaves no dead rows; readers wait only until this batch commits.
-    tx.batch_execute("TRUNCATE course_stats, course_daily_stats, course_review_times")
+    // course_stats is streamed to the compacted topic course-stats, where only row deletes
+    // (which carry the key) can say a course's figures are gone; the helper tables are not
+    // streamed, so TRUNCATE, whose cost does not grow with their size, empties them.
+    tx.batch_execute("DELETE FROM course_stats; TRUNCATE course_daily_stats, course_review_times")
         .await?;
     tx.execute(
         "UPDATE stats_state SET truncated_lsn = $1",
