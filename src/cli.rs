@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{
     CdcConfig, Connections, FraudConfig, Settings, StatsConfig, TopicSettings, WorkerSettings,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::stack::{self, StackConfig};
 use crate::{api, db, verify};
 
@@ -108,8 +108,17 @@ pub enum Command {
     },
     /// Compare course_stats with the from-scratch truth; exit 1 on any difference.
     Verify,
-    /// Rebuild the derived tables from history.
-    Replay,
+    /// Rebuild the derived tables (course_stats, course_daily_stats, course_review_times)
+    /// from history, atomically for readers; running stats workers resume after it.
+    Replay {
+        /// `kafka`: the retained valid changelog; `snapshot`: a fresh consistent snapshot of
+        /// `reviews`, judged by the fraud model configured below (also rewrites
+        /// review_verdicts: how a new model version is rolled out).
+        #[arg(long, value_enum, default_value = "kafka")]
+        from: crate::replay::ReplayFrom,
+        #[command(flatten)]
+        fraud: FraudConfig,
+    },
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -330,7 +339,22 @@ impl Cli {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Replay => Err(Error::NotBuilt("reviewflow replay")),
+            Command::Replay { from, fraud } => {
+                if from == crate::replay::ReplayFrom::Snapshot {
+                    // A bad model setting fails before anything is touched.
+                    crate::transform::score::scorer(fraud.scorer, fraud.fraud_threshold)?;
+                }
+                let settings = prepare(&self.connections, &self.stack).await?;
+                let replay = crate::replay::Replay {
+                    settings,
+                    topics: self.topics,
+                    fraud,
+                    owner: format!("replay@{}", self.workers.instance()),
+                };
+                let summary = replay.run(from, &shutdown).await?;
+                println!("{summary}");
+                Ok(ExitCode::SUCCESS)
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod failpoint;
 pub mod kafka;
 pub mod lsn;
 pub mod registry;
+pub mod replay;
 pub mod retry;
 pub mod review;
 pub mod shutdown;

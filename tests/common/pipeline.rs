@@ -52,8 +52,9 @@ impl Pipeline {
         self.spawn("cdc", failpoint, &[])
     }
 
-    /// `reviewflow <stage>` on this pipeline's database and topics.
-    pub fn spawn(&self, stage: &str, failpoint: Option<&str>, env: &[(&str, &str)]) -> Running {
+    /// `reviewflow <stage>` on this pipeline's database and topics, not started yet: the
+    /// environment every stage of the pipeline runs with.
+    pub fn command(&self, stage: &str) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_reviewflow"));
         cmd.arg(stage)
             .env("DATABASE_URL", &self.url)
@@ -73,8 +74,14 @@ impl Pipeline {
             .env("RUST_LOG", "reviewflow=info")
             .env_remove("SCHEMA_REGISTRY_URL")
             .env_remove("REVIEWFLOW_FAILPOINT")
-            .env_remove("REVIEWFLOW_INSTANCE")
-            .stdout(Stdio::null());
+            .env_remove("REVIEWFLOW_INSTANCE");
+        cmd
+    }
+
+    /// `reviewflow <stage>` on this pipeline's database and topics.
+    pub fn spawn(&self, stage: &str, failpoint: Option<&str>, env: &[(&str, &str)]) -> Running {
+        let mut cmd = self.command(stage);
+        cmd.stdout(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
         }
