@@ -22,11 +22,13 @@ CREATE TABLE course_review_times (
 
 -- The stats worker's own clock-dependent and table-wide state (one row).
 --   rolled_through: the last UTC day whose expiring window day was applied to the 90-day figures.
---   truncated_lsn:  commit LSN of the last TRUNCATE of reviews; changes committed before it
---                   are void, whichever partition still carries them.
+--   truncated_lsn, truncated_position: source position (commit LSN, position in the
+--                   transaction) of the last TRUNCATE of reviews; changes at or before it are
+--                   void, whichever partition still carries them.
 CREATE TABLE stats_state (
-    singleton       boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    rolled_through  date,
-    truncated_lsn   bigint NOT NULL DEFAULT 0
+    singleton          boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    rolled_through     date,
+    truncated_lsn      bigint NOT NULL DEFAULT 0,
+    truncated_position bigint NOT NULL DEFAULT 0
 );
 INSERT INTO stats_state DEFAULT VALUES;

@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    CdcConfig, Connections, FraudConfig, Settings, StatsConfig, TopicSettings, WorkerSettings,
+    CdcConfig, Connections, FraudConfig, Settings, StatsConfig, TopicSettings, VerdictsConfig,
+    WorkerSettings,
 };
 use crate::error::Result;
 use crate::stack::{self, StackConfig};
@@ -64,6 +65,8 @@ pub enum Command {
         fraud: FraudConfig,
         #[command(flatten)]
         stats: StatsConfig,
+        #[command(flatten)]
+        verdicts: VerdictsConfig,
     },
     /// The REST API: POST /reviews, GET /courses/{id}/stats, GET /healthz.
     Api {
@@ -81,7 +84,10 @@ pub enum Command {
         fraud: FraudConfig,
     },
     /// Write reviews.verdicts into review_verdicts, exactly-once (offsets kept in PostgreSQL).
-    Verdicts,
+    Verdicts {
+        #[command(flatten)]
+        verdicts: VerdictsConfig,
+    },
     /// Keep course_stats and course_daily_stats, exactly-once (offsets kept in PostgreSQL).
     Stats {
         #[command(flatten)]
@@ -172,6 +178,7 @@ impl Cli {
                 cdc,
                 fraud,
                 stats,
+                verdicts,
             } => {
                 let settings = prepare(&self.connections, &self.stack).await?;
                 let scorer = crate::transform::Fraud {
@@ -184,6 +191,7 @@ impl Cli {
                     settings: settings.clone(),
                     topics: self.topics.clone(),
                     worker: self.workers.clone(),
+                    config: verdicts,
                 };
                 let figures = (!stats.topic.is_empty()).then(|| crate::source::Cdc {
                     settings: settings.clone(),
@@ -260,12 +268,13 @@ impl Cli {
                 stage.run(shutdown.clone()).await?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Verdicts => {
+            Command::Verdicts { verdicts } => {
                 let settings = prepare(&self.connections, &self.stack).await?;
                 let stage = crate::sink::VerdictSink {
                     settings,
                     topics: self.topics,
                     worker: self.workers,
+                    config: verdicts,
                 };
                 stage.run(shutdown.clone()).await?;
                 Ok(ExitCode::SUCCESS)

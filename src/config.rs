@@ -148,6 +148,18 @@ pub struct FraudConfig {
     pub group: String,
 }
 
+/// The verdict sink.
+#[derive(clap::Args, Clone, Debug)]
+pub struct VerdictsConfig {
+    /// Consumer group of the verdict sinks; instances in one group split the partitions.
+    #[arg(
+        long = "verdicts-group",
+        env = "REVIEWFLOW_VERDICTS_GROUP",
+        default_value = "reviewflow-verdicts"
+    )]
+    pub group: String,
+}
+
 /// The stats worker.
 #[derive(clap::Args, Clone, Debug)]
 pub struct StatsConfig {

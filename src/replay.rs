@@ -82,7 +82,10 @@ use crate::sink::offsets::{self, Advance, Applied};
 use crate::sink::stats::figures::{self, Deltas};
 use crate::sink::stats::CONSUMER;
 use crate::source::replication::ReplicationConnection;
-use crate::source::snapshot::{table_filenode, TABLE, TABLE_SCHEMA};
+use crate::source::snapshot::{table_filenode, TABLE_SCHEMA};
+
+/// The table whose derived state is rebuilt.
+const TABLE: &str = "reviews";
 use crate::transform::score::{self, Scorer};
 
 /// Where the history is read from.
@@ -203,8 +206,7 @@ impl Replay {
         offsets::claim(&tx, CONSUMER, &topic, &partitions, &self.owner).await?;
         let state = figures::lock_state(&tx).await?;
         let today = today().max(state.rolled_through.unwrap_or(NaiveDate::MIN));
-        let truncated = cut.map_or(Lsn::ZERO, |c| c.0);
-        rebuild_start(&tx, truncated, today).await?;
+        rebuild_start(&tx, cut.unwrap_or((Lsn::ZERO, 0)), today).await?;
         for fold in read.folds.values() {
             figures::apply(&tx, &fold.deltas, today).await?;
         }
@@ -281,7 +283,7 @@ impl Replay {
         };
         let state = figures::lock_state(&tx).await?;
         let today = today().max(state.rolled_through.unwrap_or(NaiveDate::MIN));
-        rebuild_start(&tx, cp, today).await?;
+        rebuild_start(&tx, before_snapshot, today).await?;
         figures::apply(&tx, &read.deltas, today).await?;
         let progress: Vec<Advance> = partitions
             .iter()
@@ -317,7 +319,7 @@ impl Replay {
         let reader = crate::db::connect(url).await?;
         // TRUNCATE is not MVCC-safe: a snapshot taken before one that commits before our
         // lock would read an empty table. Such a TRUNCATE gives the table a new file node.
-        let filenode = table_filenode(&reader).await?;
+        let filenode = table_filenode(&reader, TABLE).await?;
         let mut replication = ReplicationConnection::connect(url).await?;
         let slot = format!(
             "reviewflow_replay_{}_{}",
@@ -348,7 +350,7 @@ impl Replay {
                 snapshot.replace('\'', "''")
             ))
             .await?;
-        if table_filenode(&reader).await? != filenode {
+        if table_filenode(&reader, TABLE).await? != filenode {
             return Err(Error::Replication(format!(
                 "{TABLE_SCHEMA}.{TABLE} was truncated or rewritten while the snapshot was starting"
             )));
@@ -759,13 +761,19 @@ struct SnapshotRead {
 
 /// The derived tables emptied and the state reset, in the rebuild transaction (which holds
 /// the state lock).
-async fn rebuild_start(tx: &Transaction<'_>, truncated: Lsn, today: NaiveDate) -> Result<()> {
-    tx.batch_execute("TRUNCATE course_stats, course_daily_stats, course_review_times")
+async fn rebuild_start(
+    tx: &Transaction<'_>,
+    truncated: (Lsn, i64),
+    today: NaiveDate,
+) -> Result<()> {
+    // Row deletes for course_stats, so the compacted course-stats topic hears of courses that
+    // are gone (see figures::reset).
+    tx.batch_execute("DELETE FROM course_stats; TRUNCATE course_daily_stats, course_review_times")
         .await?;
     // bigint holds any real WAL position, as in figures::lock_state.
     tx.execute(
-        "UPDATE stats_state SET truncated_lsn = $1, rolled_through = $2",
-        &[&(truncated.0 as i64), &today],
+        "UPDATE stats_state SET truncated_lsn = $1, truncated_position = $2, rolled_through = $3",
+        &[&(truncated.0 .0 as i64), &truncated.1, &today],
     )
     .await?;
     Ok(())

@@ -163,15 +163,16 @@ async fn inserts_updates_deletes_and_truncates_round_trip() {
         "the old row is whole"
     );
 
-    // Snapshot reads carry the consistent point; streamed changes their commit LSN after it,
-    // with positions counting up inside a transaction.
+    // Snapshot reads carry the consistent point and positions up to -1; streamed changes their
+    // commit LSN (from the consistent point on), with positions counting up from 0 inside a
+    // transaction.
     let snapshot_lsn = by_id[0].2.source.lsn;
     assert!(by_id[..2].iter().all(|(_, _, e)| e.source.snapshot
         && e.source.lsn == snapshot_lsn
         && e.source.txid.is_none()));
     assert_eq!(
         (by_id[0].2.source.position, by_id[1].2.source.position),
-        (0, 1)
+        (-2, -1)
     );
     let streamed: Vec<&ChangeEvent> = by_id[2..].iter().map(|(_, _, e)| e).collect();
     assert!(streamed

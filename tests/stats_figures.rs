@@ -499,8 +499,13 @@ async fn a_truncate_empties_the_figures_once() {
     let tx = sim.db.transaction().await.unwrap();
     let mut state = lock_state(&tx).await.unwrap();
     assert_eq!(state.truncated_lsn, Lsn::ZERO);
-    assert!(reset(&tx, &mut state, Lsn(0x1_0000_0100)).await.unwrap());
-    assert_eq!(state.truncated_lsn, Lsn(0x1_0000_0100));
+    assert!(reset(&tx, &mut state, (Lsn(0x1_0000_0100), 3))
+        .await
+        .unwrap());
+    assert_eq!(
+        (state.truncated_lsn, state.truncated_position),
+        (Lsn(0x1_0000_0100), 3)
+    );
     tx.commit().await.unwrap();
     sim.db.batch_execute("TRUNCATE reviews").await.unwrap();
     sim.reviews.clear();
@@ -514,13 +519,20 @@ async fn a_truncate_empties_the_figures_once() {
     let tx = sim.db.transaction().await.unwrap();
     let mut state = lock_state(&tx).await.unwrap();
     assert_eq!(
-        state.truncated_lsn,
-        Lsn(0x1_0000_0100),
-        "the truncate LSN is stored"
+        (state.truncated_lsn, state.truncated_position),
+        (Lsn(0x1_0000_0100), 3),
+        "the truncate's source position is stored"
     );
-    for older_or_same in [Lsn(0x50), Lsn(0x1_0000_0100)] {
+    for older_or_same in [
+        (Lsn(0x50), 9),
+        (Lsn(0x1_0000_0100), 2),
+        (Lsn(0x1_0000_0100), 3),
+    ] {
         assert!(!reset(&tx, &mut state, older_or_same).await.unwrap());
     }
+    // A change later in the truncating transaction counts; an earlier one is void.
+    assert!(!state.voids((Lsn(0x1_0000_0100), 4)));
+    assert!(state.voids((Lsn(0x1_0000_0100), 2)));
     tx.commit().await.unwrap();
     assert_eq!(sim.count("course_stats").await, 1);
     sim.assert_true_at(today).await;

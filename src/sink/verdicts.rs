@@ -15,7 +15,7 @@ use super::dead_letters::DeadLetters;
 use super::feed::{self, Batch, FeedConfig};
 use super::offsets::{self, Advance};
 use crate::avro::verdict::{self, Verdict};
-use crate::config::{Settings, TopicSettings, WorkerSettings};
+use crate::config::{Settings, TopicSettings, VerdictsConfig, WorkerSettings};
 use crate::error::Result;
 use crate::registry::Registry;
 
@@ -26,6 +26,7 @@ pub struct VerdictSink {
     pub settings: Settings,
     pub topics: TopicSettings,
     pub worker: WorkerSettings,
+    pub config: VerdictsConfig,
 }
 
 impl VerdictSink {
@@ -44,7 +45,7 @@ impl VerdictSink {
             DeadLetters::new(&self.settings.kafka, &topics.dead_letters, "verdicts")?;
         let config = FeedConfig {
             kafka: self.settings.kafka.clone(),
-            group: "reviewflow-verdicts".into(),
+            group: self.config.group.clone(),
             topic: topics.verdicts.clone(),
             consumer: CONSUMER.into(),
             owner: self.worker.instance(),

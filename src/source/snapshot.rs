@@ -164,7 +164,10 @@ impl Snapshot<'_> {
                 schema: TABLE_SCHEMA.into(),
                 table: self.table.into(),
                 lsn: self.consistent_point,
-                position,
+                // Negative, counting up to -1: a transaction streamed right after the snapshot
+                // can commit at exactly the consistent point, with positions from 0, and the
+                // pair (lsn, position) must stay unique and increasing.
+                position: position - total,
                 txid: None,
                 commit_time: started,
                 snapshot: true,

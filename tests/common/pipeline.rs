@@ -68,6 +68,11 @@ impl Pipeline {
             .env("REVIEWFLOW_VERDICTS_TOPIC", self.output("verdicts"))
             .env("REVIEWFLOW_DEAD_LETTER_TOPIC", self.output("dead-letters"))
             .env("REVIEWFLOW_FRAUD_GROUP", format!("{}.fraud", self.topic))
+            .env(
+                "REVIEWFLOW_VERDICTS_GROUP",
+                format!("{}.verdicts", self.topic),
+            )
+            .env("REVIEWFLOW_STATS_GROUP", format!("{}.stats", self.topic))
             .env("REVIEWFLOW_SLOT", self.slot())
             .env("REVIEWFLOW_STATUS_INTERVAL", "1")
             .env("REVIEWFLOW_BATCH_MS", "20")

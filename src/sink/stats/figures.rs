@@ -29,13 +29,22 @@ use crate::lsn::Lsn;
 pub struct StatsState {
     pub rolled_through: Option<NaiveDate>,
     pub truncated_lsn: Lsn,
+    pub truncated_position: i64,
+}
+
+impl StatsState {
+    /// Whether the change at `id` (commit LSN, position) is void: at or before the last
+    /// TRUNCATE applied.
+    pub fn voids(&self, id: (Lsn, i64)) -> bool {
+        self.truncated_lsn > Lsn::ZERO && id <= (self.truncated_lsn, self.truncated_position)
+    }
 }
 
 /// Takes the lock every stats writer holds until it commits, and reads the state under it.
 pub async fn lock_state(tx: &Transaction<'_>) -> Result<StatsState> {
     let row = tx
         .query_one(
-            "SELECT rolled_through, truncated_lsn FROM stats_state FOR UPDATE",
+            "SELECT rolled_through, truncated_lsn, truncated_position FROM stats_state FOR UPDATE",
             &[],
         )
         .await?;
@@ -43,6 +52,7 @@ pub async fn lock_state(tx: &Transaction<'_>) -> Result<StatsState> {
         rolled_through: row.get(0),
         // bigint holds any real WAL position: 2^63 bytes of WAL will never be written.
         truncated_lsn: Lsn(row.get::<_, i64>(1) as u64),
+        truncated_position: row.get(2),
     })
 }
 
@@ -219,24 +229,26 @@ pub async fn roll_days(
     Ok(refreshed)
 }
 
-/// TRUNCATE of reviews committed at `lsn`: empties the derived tables unless a truncate at or
-/// after `lsn` was already applied (a re-sent event, or the same truncate seen on another
-/// partition). Returns whether it emptied them.
-pub async fn reset(tx: &Transaction<'_>, state: &mut StatsState, lsn: Lsn) -> Result<bool> {
-    if lsn <= state.truncated_lsn {
+/// TRUNCATE of reviews at source position `id` (commit LSN, position): empties the derived
+/// tables unless a truncate at or after it was already applied (a re-sent event, or the same
+/// truncate seen on another partition). Returns whether it emptied them.
+pub async fn reset(tx: &Transaction<'_>, state: &mut StatsState, id: (Lsn, i64)) -> Result<bool> {
+    if state.voids(id) {
         return Ok(false);
     }
+    let (lsn, position) = id;
     // course_stats is streamed to the compacted topic course-stats, where only row deletes
     // (which carry the key) can say a course's figures are gone; the helper tables are not
     // streamed, so TRUNCATE, whose cost does not grow with their size, empties them.
     tx.batch_execute("DELETE FROM course_stats; TRUNCATE course_daily_stats, course_review_times")
         .await?;
     tx.execute(
-        "UPDATE stats_state SET truncated_lsn = $1",
-        &[&(lsn.0 as i64)],
+        "UPDATE stats_state SET truncated_lsn = $1, truncated_position = $2",
+        &[&(lsn.0 as i64), &position],
     )
     .await?;
     state.truncated_lsn = lsn;
+    state.truncated_position = position;
     Ok(true)
 }
 

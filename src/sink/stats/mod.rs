@@ -174,7 +174,7 @@ impl Fold {
     ) -> Result<()> {
         let id = event.source.id();
         let last = self.applied.entry(partition).or_default();
-        if last.is_some_and(|l| id <= l) || event.source.lsn < state.truncated_lsn {
+        if last.is_some_and(|l| id <= l) || state.voids(id) {
             self.skipped += 1;
             return Ok(());
         }
@@ -183,7 +183,7 @@ impl Fold {
         if event.op == Op::Truncate {
             // What came before it is void: apply it first, then start from nothing.
             figures::apply(tx, &std::mem::take(&mut self.deltas), today).await?;
-            figures::reset(tx, state, event.source.lsn).await?;
+            figures::reset(tx, state, id).await?;
             return Ok(());
         }
         if let Some(before) = &event.before {
