@@ -25,9 +25,10 @@
 //! Guarantees:
 //!
 //! - Atomic for readers. Everything is read and folded first, with no lock held; the tables
-//!   are then replaced in one short PostgreSQL transaction (TRUNCATE, apply the folded
-//!   figures, record the stats worker's positions), so a reader sees either the old tables or
-//!   the rebuilt ones. Readers wait on the TRUNCATE lock only until that transaction commits.
+//!   are then replaced in one short PostgreSQL transaction (delete course_stats' rows,
+//!   truncate the helper tables, apply the folded figures, record the stats worker's
+//!   positions), so a reader of course_stats sees either the old figures or the rebuilt ones
+//!   (the deletes also reach the compacted course-stats topic).
 //!   Nothing is written when the replay fails or is interrupted before it.
 //! - Exact, and running workers carry on exactly. The transaction first claims every
 //!   partition of the valid topic for the stats consumer in sink_offsets, as a rebalance
