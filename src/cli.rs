@@ -111,6 +111,13 @@ pub enum Command {
         /// Also show up to this many pending changes (without consuming them).
         #[arg(long, default_value_t = 0)]
         peek: i32,
+        /// The fraud workers' consumer group, whose committed offsets are its position.
+        #[arg(
+            long = "fraud-group",
+            env = "REVIEWFLOW_FRAUD_GROUP",
+            default_value = "reviewflow-fraud"
+        )]
+        fraud_group: String,
     },
     /// Compare course_stats with the from-scratch truth; exit 1 on any difference.
     Verify,
@@ -148,6 +155,11 @@ pub enum StackAction {
     Status,
     /// Print the connection settings as shell `export` lines: eval "$(reviewflow stack env)".
     Env,
+    /// Fault injection: kill one part with SIGKILL and start it again.
+    Crash {
+        #[arg(value_enum)]
+        part: stack::Part,
+    },
 }
 
 impl Cli {
@@ -294,58 +306,16 @@ impl Cli {
                 slot,
                 publication,
                 peek,
+                fraud_group,
             } => {
                 let settings = prepare(&self.connections, &self.stack).await?;
-                let client = db::connect(&settings.database_url).await?;
-                match crate::source::status::slot_status(&client, &slot).await? {
-                    None => {
-                        println!("slot {slot}: not created yet (cdc creates it on first start)")
-                    }
-                    Some(s) => {
-                        println!(
-                            "slot {}: {}",
-                            s.slot,
-                            if s.active {
-                                "active (cdc connected)"
-                            } else {
-                                "inactive"
-                            }
-                        );
-                        println!(
-                            "  confirmed flush: {}",
-                            s.confirmed_flush.as_deref().unwrap_or("-")
-                        );
-                        println!("  restart:         {}", s.restart.as_deref().unwrap_or("-"));
-                        println!(
-                            "  lag:             {} bytes of WAL held",
-                            s.lag_bytes.map_or("-".into(), |b| b.to_string())
-                        );
-                        println!(
-                            "  wal status:      {}",
-                            s.wal_status.as_deref().unwrap_or("-")
-                        );
-                        let waiting = crate::source::status::pending(
-                            &client,
-                            &slot,
-                            &publication,
-                            peek.max(1),
-                        )
-                        .await?;
-                        match waiting.oldest_commit {
-                            None => println!("  time lag:        0 s (no change waiting)"),
-                            Some(t) => println!(
-                                "  time lag:        {} s (oldest waiting change committed {t})",
-                                (chrono::Utc::now() - t).num_seconds()
-                            ),
-                        }
-                        if peek > 0 {
-                            println!("pending changes (first {peek}, not consumed):");
-                            for line in &waiting.changes {
-                                println!("  {line}");
-                            }
-                        }
-                    }
-                }
+                let place = crate::status::Place {
+                    topics: &self.topics,
+                    slot: &slot,
+                    publication: &publication,
+                    fraud_group: &fraud_group,
+                };
+                crate::status::report(&settings, &place, peek).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Replay { from, fraud } => {
@@ -444,6 +414,10 @@ async fn stack_command(action: StackAction, cfg: &StackConfig) -> Result<ExitCod
             });
         }
         StackAction::Env => print!("{}", stack::info(cfg).await?.exports()),
+        StackAction::Crash { part } => {
+            stack::crash(cfg, part).await?;
+            println!("{part:?} was killed and is running again");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -21,6 +21,7 @@ pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod stack;
+pub mod status;
 pub mod transform;
 pub mod verify;
 

@@ -222,6 +222,28 @@ async fn killed_mid_batch_the_stats_worker_counts_nothing_twice() {
     );
     let _stats = p.spawn("stats", None, &small);
     assert_truth(&p, None).await;
+
+    // `status` names every worker partition with its position; caught up, none is further
+    // behind than a transaction's commit marker.
+    let out = p.command("status").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for who in ["fraud", "verdicts", "stats"] {
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with(who))
+            .collect();
+        assert!(!lines.is_empty(), "{who} in:\n{text}");
+        for l in lines {
+            let behind: i64 = l
+                .split(", ")
+                .nth(1)
+                .and_then(|b| b.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no lag in {l:?}"));
+            assert!(behind <= 1, "{l}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -118,7 +118,7 @@ pub fn running_address(cfg: &StackConfig) -> Result<String> {
 }
 
 /// Our broker is the live java process whose command line names our server.properties.
-fn running_pid(cfg: &StackConfig) -> Option<i32> {
+pub(super) fn running_pid(cfg: &StackConfig) -> Option<i32> {
     let dir = cfg.home().join("kafka");
     let pid: i32 = std::fs::read_to_string(dir.join("kafka.pid"))
         .ok()?

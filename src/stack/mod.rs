@@ -105,6 +105,37 @@ pub async fn down(cfg: &StackConfig) -> Result<()> {
     kafka.and(pg)
 }
 
+/// A part of the stack, for fault injection.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Postgres,
+    Kafka,
+}
+
+/// Kills one part with SIGKILL, as a crash would (PostgreSQL then recovers from its WAL; Kafka
+/// from its log), and starts it again. For fault-injection runs: the pipeline must ride it out.
+pub async fn crash(cfg: &StackConfig, part: Part) -> Result<()> {
+    let pid = match part {
+        Part::Postgres => postgres::running_pid(cfg),
+        Part::Kafka => kafka::running_pid(cfg),
+    };
+    if let Some(pid) = pid {
+        tracing::warn!(?part, pid, "killing with SIGKILL");
+        // SAFETY: a plain signal to a process of this stack.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        for _ in 0..600 {
+            if !process::alive(pid) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    match part {
+        Part::Postgres => postgres::up(cfg).await.map(drop),
+        Part::Kafka => kafka::up(cfg).await.map(drop),
+    }
+}
+
 /// Deletes the data of a stopped stack: the PostgreSQL cluster wherever it lives, and Kafka's.
 pub fn purge(cfg: &StackConfig) -> Result<()> {
     let home = cfg.home();

@@ -115,6 +115,10 @@ pub fn running_url(cfg: &StackConfig) -> Result<String> {
 }
 
 /// (postmaster pid, port) when our cluster's postmaster is alive.
+pub(super) fn running_pid(cfg: &StackConfig) -> Option<i32> {
+    running(cfg).map(|(pid, _)| pid)
+}
+
 fn running(cfg: &StackConfig) -> Option<(i32, u16)> {
     let data = location(&cfg.home()).join("data");
     let pidfile = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;

@@ -1,0 +1,141 @@
+//! `reviewflow status`: where every stage is. The slot (state, WAL held, time lag, pending
+//! changes peeked from a copy), then each worker's position and lag per partition: the fraud
+//! group's committed offsets on the changes topic, and the sinks' offsets kept in PostgreSQL.
+//! Read-only: nothing is consumed, committed or claimed.
+
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::TopicPartitionList;
+
+use crate::config::{KafkaSettings, Settings, TopicSettings};
+use crate::error::Result;
+use crate::source::status::{pending, slot_status};
+
+/// What to report on.
+pub struct Place<'a> {
+    pub topics: &'a TopicSettings,
+    pub slot: &'a str,
+    pub publication: &'a str,
+    pub fraud_group: &'a str,
+}
+
+pub async fn report(settings: &Settings, place: &Place<'_>, peek: i32) -> Result<()> {
+    let (slot, publication) = (place.slot, place.publication);
+    let client = crate::db::connect(&settings.database_url).await?;
+    match slot_status(&client, slot).await? {
+        None => println!("slot {slot}: not created yet (cdc creates it on first start)"),
+        Some(s) => {
+            let state = if s.active {
+                "active (cdc connected)"
+            } else {
+                "inactive"
+            };
+            println!("slot {}: {state}", s.slot);
+            println!(
+                "  confirmed flush: {}",
+                s.confirmed_flush.as_deref().unwrap_or("-")
+            );
+            println!("  restart:         {}", s.restart.as_deref().unwrap_or("-"));
+            let held = s.lag_bytes.map_or("-".into(), |b| b.to_string());
+            println!("  lag:             {held} bytes of WAL held");
+            println!(
+                "  wal status:      {}",
+                s.wal_status.as_deref().unwrap_or("-")
+            );
+            let waiting = pending(&client, slot, publication, peek.max(1)).await?;
+            match waiting.oldest_commit {
+                None => println!("  time lag:        0 s (no change waiting)"),
+                Some(t) => println!(
+                    "  time lag:        {} s (oldest waiting change committed {t})",
+                    (chrono::Utc::now() - t).num_seconds()
+                ),
+            }
+            if peek > 0 {
+                println!("pending changes (first {peek}, not consumed):");
+                for line in &waiting.changes {
+                    println!("  {line}");
+                }
+            }
+        }
+    }
+    let sinks = client
+        .query(
+            "SELECT consumer, topic, partition, next_offset, owner FROM sink_offsets
+             ORDER BY consumer, topic, partition",
+            &[],
+        )
+        .await?;
+    let kafka = settings.kafka.clone();
+    let (changes, fraud_group) = (place.topics.changes.clone(), place.fraud_group.to_string());
+    let sink_rows: Vec<(String, String, i32, i64, Option<String>)> = sinks
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    let lines = tokio::task::spawn_blocking(move || {
+        worker_lines(&kafka, &changes, &fraud_group, &sink_rows)
+    })
+    .await??;
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// One line per worker partition: position, end of the topic, records behind. Blocking.
+fn worker_lines(
+    kafka: &KafkaSettings,
+    changes: &str,
+    fraud_group: &str,
+    sinks: &[(String, String, i32, i64, Option<String>)],
+) -> Result<Vec<String>> {
+    let probe: BaseConsumer = crate::kafka::client_config(kafka)
+        .set("group.id", fraud_group)
+        // Committed offsets of a group in the middle of a transaction are still readable.
+        .set("isolation.level", "read_uncommitted")
+        .create()?;
+    let end = |topic: &str, partition: i32| {
+        probe
+            .fetch_watermarks(topic, partition, Duration::from_secs(5))
+            .map(|(_, high)| high)
+            .ok()
+    };
+    let line = |who: &str, topic: &str, partition: i32, at: i64, owner: &str| match end(
+        topic, partition,
+    ) {
+        Some(high) => format!(
+            "  {who:<9} {topic}/{partition}: at {at} of {high}, {} behind{owner}",
+            (high - at).max(0)
+        ),
+        None => format!("  {who:<9} {topic}/{partition}: at {at} (topic end unknown){owner}"),
+    };
+    let mut out = vec!["workers (position, topic end, records behind; a transaction's commit marker takes an offset):".to_string()];
+    if let Ok(count) = crate::kafka::partition_count(&probe, changes) {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..count {
+            tpl.add_partition(changes, p);
+        }
+        if let Ok(committed) = probe.committed_offsets(tpl, Duration::from_secs(10)) {
+            for e in committed.elements() {
+                match e.offset().to_raw().filter(|o| *o >= 0) {
+                    Some(at) => out.push(line("fraud", changes, e.partition(), at, "")),
+                    None => out.push(format!(
+                        "  fraud     {changes}/{}: nothing committed yet",
+                        e.partition()
+                    )),
+                }
+            }
+        }
+    }
+    for (consumer, topic, partition, next, owner) in sinks {
+        let owner = owner
+            .as_deref()
+            .map(|o| format!(" (owner {o})"))
+            .unwrap_or_default();
+        out.push(line(consumer, topic, *partition, *next, &owner));
+    }
+    if out.len() == 1 {
+        out.push("  none has started yet".into());
+    }
+    Ok(out)
+}

@@ -1,0 +1,200 @@
+//! Fault injection: a workload of inserts, edits and deletes runs while, at random instants,
+//! a stage (cdc, fraud, verdicts, stats) is killed with SIGKILL and restarted, the Kafka
+//! broker is killed and restarted, or PostgreSQL is. At the end the pipeline must catch up,
+//! `verify` must find no difference, and every review's current version must have its
+//! verdict. The short form runs in CI; the long form by hand:
+//!   REVIEWFLOW_CHAOS_SECONDS=900 cargo test --release --test chaos -- --nocapture
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::pipeline::Pipeline;
+use common::Running;
+use reviewflow::lsn::Lsn;
+use reviewflow::stack::{self, Part};
+
+/// A small deterministic generator, so a failing run can be repeated with its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn statement(rng: &mut Rng) -> String {
+    let id = 1 + rng.next(400);
+    let course = 1 + rng.next(20);
+    let rating = (1 + rng.next(10)) as f64 / 2.0;
+    let days = [0, 3, 60, 89, 90, 120][rng.next(6) as usize];
+    match rng.next(8) {
+        0..=3 => format!(
+            "INSERT INTO reviews (id, course_id, user_id, rating, content, created_at)
+             VALUES ({id}, {course}, {id}, {rating}, 'review {id}', now() - interval '{days} days')
+             ON CONFLICT (id) DO UPDATE SET rating = EXCLUDED.rating"
+        ),
+        4 => format!("UPDATE reviews SET rating = {rating}, course_id = {course} WHERE id = {id}"),
+        5 => format!("UPDATE reviews SET content = 'see http://spam.example.com/{id}' WHERE id = {id}"),
+        6 => format!("UPDATE reviews SET content = 'fine {id}', created_at = now() - interval '{days} days' WHERE id = {id}"),
+        _ => format!("DELETE FROM reviews WHERE id = {id}"),
+    }
+}
+
+/// Writes transactions of one to three statements until `stop`, riding out PostgreSQL
+/// restarts; returns how many transactions committed.
+async fn workload(url: String, seed: u64, stop: Arc<AtomicBool>, committed: Arc<AtomicU64>) {
+    let mut rng = Rng(seed);
+    let mut db = None;
+    while !stop.load(Ordering::Relaxed) {
+        if db.is_none() {
+            db = reviewflow::db::connect(&url).await.ok();
+            if db.is_none() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        }
+        let n = 1 + rng.next(3);
+        let sql: Vec<String> = (0..n).map(|_| statement(&mut rng)).collect();
+        let client = db.as_ref().unwrap();
+        match client
+            .batch_execute(&format!("BEGIN; {}; COMMIT", sql.join("; ")))
+            .await
+        {
+            Ok(()) => {
+                committed.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => db = None,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_doubled() {
+    let seconds: u64 = std::env::var("REVIEWFLOW_CHAOS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let seed: u64 = std::env::var("REVIEWFLOW_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0xc4a0_5eed);
+    let p = Pipeline::new("chaos").await;
+    let stages = ["cdc", "fraud", "verdicts", "stats"];
+    let small = [("REVIEWFLOW_BATCH_RECORDS", "200")];
+    let mut running: HashMap<&str, Running> = stages
+        .iter()
+        .map(|s| (*s, p.spawn(s, None, &small)))
+        .collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicU64::new(0));
+    let writer = tokio::spawn(workload(
+        p.url.clone(),
+        seed,
+        stop.clone(),
+        committed.clone(),
+    ));
+
+    let mut rng = Rng(seed ^ 0x9e37_79b9);
+    let mut faults: BTreeMap<String, u32> = BTreeMap::new();
+    let (started, mut trials) = (Instant::now(), 0);
+    while started.elapsed() < Duration::from_secs(seconds) {
+        tokio::time::sleep(Duration::from_millis(1500 + rng.next(3000))).await;
+        trials += 1;
+        for (name, stage) in running.iter_mut() {
+            let exited = stage.0.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            assert!(exited.is_none(), "{name} exited on its own: {exited:?}");
+        }
+        let fault = match rng.next(8) {
+            n @ 0..=5 => {
+                let victim = stages[(n % 4) as usize];
+                // Running's drop kills with SIGKILL and reaps; then a fresh process.
+                drop(running.remove(victim));
+                running.insert(victim, p.spawn(victim, None, &small));
+                format!("kill -9 {victim}")
+            }
+            6 => {
+                stack::crash(&common::stack_config(), Part::Kafka)
+                    .await
+                    .unwrap();
+                "kill -9 kafka".to_string()
+            }
+            _ => {
+                stack::crash(&common::stack_config(), Part::Postgres)
+                    .await
+                    .unwrap();
+                "kill -9 postgres".to_string()
+            }
+        };
+        *faults.entry(fault).or_default() += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+
+    p.wait_until_caught_up().await;
+    let db = p.db().await;
+    let report = reviewflow::verify::verify(&db).await.unwrap();
+    // Every review's current version (its last change on the topic) has its verdict.
+    let mut current: BTreeMap<i64, Lsn> = BTreeMap::new();
+    let mut events = p.events().await;
+    events.sort_by_key(|(_, _, e)| e.source.id());
+    for (_, _, e) in &events {
+        match (&e.before, &e.after) {
+            (_, Some(after)) => {
+                if let Some(b) = &e.before {
+                    current.remove(&b.id);
+                }
+                current.insert(after.id, e.source.lsn);
+            }
+            (Some(before), None) => {
+                current.remove(&before.id);
+            }
+            (None, None) => current.clear(),
+        }
+    }
+    let mut unjudged = Vec::new();
+    for (id, version) in &current {
+        let n: i64 = db
+            .query_one(
+                "SELECT count(*) FROM review_verdicts WHERE review_id = $1 AND version = $2::text::pg_lsn",
+                &[id, &version.to_string()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n != 1 {
+            unjudged.push((*id, *version, n));
+        }
+    }
+    println!(
+        "chaos: {trials} trials over {seconds} s, faults {faults:?}, {} transactions committed, \
+         {} reviews, {} differences, {} current versions without exactly one verdict",
+        committed.load(Ordering::Relaxed),
+        current.len(),
+        report.differences.len(),
+        unjudged.len()
+    );
+    assert!(committed.load(Ordering::Relaxed) > 100, "the workload ran");
+    assert!(
+        faults.len() >= 3,
+        "several kinds of fault were injected: {faults:?}"
+    );
+    assert!(
+        report.differences.is_empty(),
+        "{:?}",
+        &report.differences[..report.differences.len().min(10)]
+    );
+    assert!(
+        unjudged.is_empty(),
+        "{:?}",
+        &unjudged[..unjudged.len().min(10)]
+    );
+}
