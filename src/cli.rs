@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    CdcConfig, Connections, FraudConfig, Settings, StatsConfig, TopicSettings, VerdictsConfig,
-    WorkerSettings,
+    CdcConfig, Connections, DemoConfig, FraudConfig, ImportConfig, Settings, StatsConfig,
+    TopicSettings, VerdictsConfig, WorkerSettings,
 };
 use crate::error::Result;
 use crate::stack::{self, StackConfig};
@@ -131,6 +131,16 @@ pub enum Command {
         from: crate::replay::ReplayFrom,
         #[command(flatten)]
         fraud: FraudConfig,
+    },
+    /// Import a course's reviews from an API shaped like Udemy's API 2.0 (idempotent).
+    Import {
+        #[command(flatten)]
+        import: ImportConfig,
+    },
+    /// Write realistic reviews at a steady rate, so the figures move.
+    Demo {
+        #[command(flatten)]
+        demo: DemoConfig,
     },
 }
 
@@ -332,6 +342,31 @@ impl Cli {
                 };
                 let summary = replay.run(from, &shutdown).await?;
                 println!("{summary}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Import { import } => {
+                let settings = prepare(&self.connections, &self.stack).await?;
+                let mut client = db::connect(&settings.database_url).await?;
+                let mut summary = crate::import::Summary::default();
+                let outcome =
+                    crate::import::import(&import, &mut client, &mut summary, &shutdown).await;
+                // Partial work is reported too: what was stored stays stored.
+                println!("{summary}");
+                outcome?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Demo { demo } => {
+                let settings = prepare(&self.connections, &self.stack).await?;
+                let mut client = db::connect(&settings.database_url).await?;
+                let wrote = crate::demo::run(&demo, &mut client, &shutdown).await?;
+                println!(
+                    "demo wrote {} changes: {} inserts, {} edits, {} deletes ({} spammy)",
+                    wrote.total(),
+                    wrote.inserts,
+                    wrote.edits,
+                    wrote.deletes,
+                    wrote.spam
+                );
                 Ok(ExitCode::SUCCESS)
             }
         }

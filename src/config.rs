@@ -190,6 +190,59 @@ pub struct StatsConfig {
     pub clock_shift_days: i64,
 }
 
+/// `reviewflow import`: which course, from where, in pages of what size.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ImportConfig {
+    /// The course whose reviews are imported; it becomes their course_id.
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    pub course: i64,
+
+    /// Base URL of an API shaped like Udemy's API 2.0 (reviews are read from
+    /// `<url>/courses/<course>/reviews/`); http only, `user:password@` for basic authentication.
+    #[arg(long, env = "REVIEWFLOW_IMPORT_URL", hide_env_values = true)]
+    pub url: String,
+
+    /// Reviews asked for per page.
+    #[arg(
+        long,
+        env = "REVIEWFLOW_IMPORT_PAGE_SIZE",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u64).range(1..=1000)
+    )]
+    pub page_size: u64,
+
+    /// Tries per page before giving up, when the server throttles (429), fails (5xx) or
+    /// cannot be reached; pauses between them grow from 0.5 s to 30 s (or as Retry-After says).
+    #[arg(
+        long,
+        env = "REVIEWFLOW_IMPORT_ATTEMPTS",
+        default_value_t = 6,
+        value_parser = clap::value_parser!(u32).range(1..=100)
+    )]
+    pub attempts: u32,
+}
+
+/// `reviewflow demo`: how much load, over how many courses, for how long.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DemoConfig {
+    /// Changes written per second (inserts, edits and deletes together).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub rate: u32,
+
+    /// Courses the reviews are spread over: course ids 1 to this.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..))]
+    pub courses: i64,
+
+    /// Stop after this many seconds; without it, run until Ctrl-C or SIGTERM.
+    #[arg(long)]
+    pub duration: Option<u64>,
+
+    /// Seed of the generator: a seed always writes the same sequence of changes (default:
+    /// taken from the clock, and logged so a run can be repeated).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
 /// What every worker (fraud, stats, the verdict sink) shares: its instance name and how it
 /// groups records into transactions (one per batch, closed when either limit is hit).
 #[derive(clap::Args, Clone, Debug)]
@@ -330,6 +383,16 @@ pub fn is_secret(key: &str) -> bool {
     ["password", "secret", "token", "key.pem", "private"]
         .iter()
         .any(|s| key.contains(s))
+}
+
+/// A URL as logs and errors show it: without its password, and without a trailing slash.
+pub fn shown_url(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        // Only fails for URLs that cannot have credentials, which this one has.
+        let _ = shown.set_password(Some("***"));
+    }
+    shown.as_str().trim_end_matches('/').to_owned()
 }
 
 pub fn default_home() -> PathBuf {

@@ -66,6 +66,9 @@ pub enum Error {
     #[error("{what} failed: {detail}")]
     Command { what: String, detail: String },
 
+    #[error("import: {0}")]
+    Import(String),
+
     #[error("{0} is not built yet: it is tracked as an open issue; nothing was done")]
     NotBuilt(&'static str),
 }
@@ -95,4 +98,16 @@ impl Error {
             source,
         )
     }
+}
+
+/// An error with its causes: reqwest's own message rarely says what went wrong.
+pub fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
 }

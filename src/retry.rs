@@ -39,11 +39,15 @@ impl Backoff {
 
     /// Sleeps the next delay; false when shutdown came first.
     pub async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
-        let delay = self.next_delay();
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => true,
-            _ = shutdown.cancelled() => false,
-        }
+        sleep(self.next_delay(), shutdown).await
+    }
+}
+
+/// Sleeps `delay` (one a server asked for, say); false when shutdown came first.
+pub async fn sleep(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = shutdown.cancelled() => false,
     }
 }
 

@@ -3,6 +3,17 @@
 
 use std::fmt;
 
+use chrono::{DateTime, Duration, Utc};
+
+/// Longest title and content, in characters. Every way in (the API, the importer) applies
+/// the same limits, so a stored review never depends on how it arrived.
+pub const MAX_TITLE_CHARS: usize = 200;
+pub const MAX_CONTENT_CHARS: usize = 10_000;
+/// What a rating must be, as told to whoever supplied a bad one.
+pub const RATING_RULE: &str = "rating must be one of 0.5, 1.0, 1.5, ... 5.0 (half stars)";
+/// Clock skew tolerated for a supplied created_at.
+pub const MAX_FUTURE: Duration = Duration::minutes(5);
+
 /// A rating of 0.5 to 5.0 stars in half-star steps, kept as the number of half stars (1..=10).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Rating(u8);
@@ -42,6 +53,23 @@ impl fmt::Display for Rating {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.0 / 2, if self.0 % 2 == 1 { 5 } else { 0 })
     }
+}
+
+/// Why a title or content (`field`) cannot be stored, or None when it can.
+pub fn text_fault(field: &str, text: &str, max_chars: usize) -> Option<String> {
+    if text.chars().count() > max_chars {
+        return Some(format!("{field} must be at most {max_chars} characters"));
+    }
+    // PostgreSQL's text cannot hold NUL: the insert would fail for the whole batch.
+    if text.contains('\0') {
+        return Some(format!("{field} must not contain NUL characters"));
+    }
+    None
+}
+
+/// A created_at later than `now` (beyond clock skew) would count in figures before it happens.
+pub fn created_at_is_future(created_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    created_at > now + MAX_FUTURE
 }
 
 #[cfg(test)]

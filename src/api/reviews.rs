@@ -5,16 +5,11 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
-use crate::review::Rating;
-
-pub const MAX_TITLE_CHARS: usize = 200;
-pub const MAX_CONTENT_CHARS: usize = 10_000;
-/// Clock skew tolerated for a client-supplied created_at.
-const MAX_FUTURE: Duration = Duration::minutes(5);
+use crate::review::{self, Rating, MAX_CONTENT_CHARS, MAX_TITLE_CHARS};
 
 /// The body of POST /reviews, before validation.
 #[derive(Debug, Deserialize)]
@@ -158,33 +153,21 @@ pub fn validate(new: &NewReview, now: DateTime<Utc>) -> Result<Rating, ApiError>
             "user_id must be a positive integer",
         ));
     }
-    let rating = Rating::from_stars(new.rating).ok_or_else(|| {
-        ApiError::field(
-            "rating",
-            "rating must be one of 0.5, 1.0, 1.5, ... 5.0 (half stars)",
-        )
-    })?;
+    let rating = Rating::from_stars(new.rating)
+        .ok_or_else(|| ApiError::field("rating", review::RATING_RULE))?;
     for (field, value, max) in [
         ("title", &new.title, MAX_TITLE_CHARS),
         ("content", &new.content, MAX_CONTENT_CHARS),
     ] {
-        if let Some(text) = value {
-            if text.chars().count() > max {
-                return Err(ApiError::field(
-                    field,
-                    format!("{field} must be at most {max} characters"),
-                ));
-            }
-            if text.contains('\0') {
-                return Err(ApiError::field(
-                    field,
-                    format!("{field} must not contain NUL characters"),
-                ));
-            }
+        if let Some(fault) = value
+            .as_deref()
+            .and_then(|text| review::text_fault(field, text, max))
+        {
+            return Err(ApiError::field(field, fault));
         }
     }
     if let Some(created_at) = new.created_at {
-        if created_at > now + MAX_FUTURE {
+        if review::created_at_is_future(created_at, now) {
             return Err(ApiError::field(
                 "created_at",
                 "created_at must not be in the future",

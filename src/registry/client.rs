@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 
 use super::http::MEDIA_TYPE;
 use super::{normalised, parse_stored, Memo};
-use crate::error::{Error, Result};
+use crate::config::shown_url as shown;
+use crate::error::{causes, Error, Result};
 
 /// Tries per call; with the pauses below a registry that stays down costs about 1.4 s.
 const ATTEMPTS: u32 = 4;
@@ -252,27 +253,6 @@ fn message(answer: &Value) -> String {
         (Value::String(m), code) => format!("{m} (error code {code})"),
         _ => answer.to_string(),
     }
-}
-
-/// An error with its causes: reqwest's own message rarely says what went wrong.
-fn causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
-}
-
-fn shown(url: &Url) -> String {
-    let mut shown = url.clone();
-    if shown.password().is_some() {
-        // Only fails for URLs that cannot have credentials, which this one has.
-        let _ = shown.set_password(Some("***"));
-    }
-    shown.as_str().trim_end_matches('/').to_owned()
 }
 
 #[cfg(test)]

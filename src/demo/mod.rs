@@ -1,0 +1,170 @@
+//! `reviewflow demo`: a load generator, so that someone new to the project sees the figures
+//! move. It writes reviews by plain SQL, as any application would, at a steady rate across
+//! a set of courses: mostly inserts, some edits of rating or content, a few deletes, and a
+//! little spam for the fraud model.
+//!
+//! Guarantee: it only touches reviews it inserted itself in this run, and the sequence of
+//! changes is a function of the seed (see `generate`).
+
+mod generate;
+mod words;
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DemoConfig;
+use crate::error::Result;
+
+pub use generate::{Change, Generator, NewReview, Rng};
+
+/// How often changes are written: small enough that the rate looks steady.
+const TICK: Duration = Duration::from_millis(100);
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Changes written, by kind.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub inserts: u64,
+    pub edits: u64,
+    pub deletes: u64,
+    pub spam: u64,
+}
+
+impl Counts {
+    pub fn total(&self) -> u64 {
+        self.inserts + self.edits + self.deletes
+    }
+}
+
+/// Writes changes until shutdown or the configured duration; returns what it wrote.
+pub async fn run(
+    config: &DemoConfig,
+    db: &mut Client,
+    shutdown: &CancellationToken,
+) -> Result<Counts> {
+    let seed = config.seed.unwrap_or_else(clock_seed);
+    tracing::info!(
+        seed,
+        rate = config.rate,
+        courses = config.courses,
+        "demo writing reviews (repeat this run with --seed {seed})"
+    );
+    let mut generator = Generator::new(seed, config.courses);
+    let mut live: Vec<i64> = Vec::new();
+    let (mut all, mut since_report) = (Counts::default(), Counts::default());
+    let started = Instant::now();
+    let deadline = config.duration.map(|s| started + Duration::from_secs(s));
+    let mut last_report = started;
+    let mut ticks = tokio::time::interval(TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.cancelled() => break,
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            break;
+        }
+        // Aim at rate × elapsed changes in all, so a slow write is made up for; but never
+        // more than a second's worth at once, so a stall does not end in a burst.
+        let target = (started.elapsed().as_secs_f64() * f64::from(config.rate)) as u64;
+        let due = target
+            .saturating_sub(all.total())
+            .min(u64::from(config.rate));
+        if due > 0 {
+            let wrote = write(db, &mut generator, &mut live, due).await?;
+            add(&mut all, wrote);
+            add(&mut since_report, wrote);
+        }
+        if now.duration_since(last_report) >= REPORT_EVERY {
+            tracing::info!(
+                wrote = since_report.total(),
+                inserts = since_report.inserts,
+                edits = since_report.edits,
+                deletes = since_report.deletes,
+                spam = since_report.spam,
+                total = all.total(),
+                "demo: changes in the last {} s",
+                REPORT_EVERY.as_secs()
+            );
+            since_report = Counts::default();
+            last_report = now;
+        }
+    }
+    Ok(all)
+}
+
+/// `count` changes in one transaction.
+async fn write(
+    db: &mut Client,
+    generator: &mut Generator,
+    live: &mut Vec<i64>,
+    count: u64,
+) -> Result<Counts> {
+    let tx = db.transaction().await?;
+    let mut counts = Counts::default();
+    let now = Utc::now();
+    for _ in 0..count {
+        match generator.next(live.len()) {
+            Change::Insert(r) => {
+                let row = tx
+                    .query_one(
+                        "INSERT INTO reviews (course_id, user_id, rating, title, content, created_at)
+                         VALUES ($1, $2, $3::float8::numeric(2,1), $4, $5, $6) RETURNING id",
+                        &[&r.course_id, &r.user_id, &r.rating.stars(), &r.title, &r.content, &(now - r.age)],
+                    )
+                    .await?;
+                live.push(row.get(0));
+                counts.inserts += 1;
+                counts.spam += u64::from(r.spam);
+            }
+            Change::Rating { pick, rating } => {
+                tx.execute(
+                    "UPDATE reviews SET rating = $2::float8::numeric(2,1) WHERE id = $1",
+                    &[&live[pick], &rating.stars()],
+                )
+                .await?;
+                counts.edits += 1;
+            }
+            Change::Content {
+                pick,
+                content,
+                spam,
+            } => {
+                tx.execute(
+                    "UPDATE reviews SET content = $2 WHERE id = $1",
+                    &[&live[pick], &content],
+                )
+                .await?;
+                counts.edits += 1;
+                counts.spam += u64::from(spam);
+            }
+            Change::Delete { pick } => {
+                tx.execute("DELETE FROM reviews WHERE id = $1", &[&live[pick]])
+                    .await?;
+                // swap_remove reorders, but the same way on every run: picks stay seeded.
+                live.swap_remove(pick);
+                counts.deletes += 1;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(counts)
+}
+
+fn add(to: &mut Counts, more: Counts) {
+    to.inserts += more.inserts;
+    to.edits += more.edits;
+    to.deletes += more.deletes;
+    to.spam += more.spam;
+}
+
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
