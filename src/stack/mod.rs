@@ -130,9 +130,33 @@ pub async fn crash(cfg: &StackConfig, part: Part) -> Result<()> {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
-    match part {
-        Part::Postgres => postgres::up(cfg).await.map(drop),
-        Part::Kafka => kafka::up(cfg).await.map(drop),
+    // The kernel lets go of a killed process's listening ports a moment after it is gone.
+    let ports = match part {
+        Part::Postgres => vec![cfg.pg_port],
+        Part::Kafka => vec![cfg.kafka_port, cfg.kafka_port + 1],
+    };
+    for _ in 0..600 {
+        if ports.iter().all(|p| process::port_free(*p)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // PostgreSQL refuses to start while backends of the killed postmaster still hold its
+    // shared memory; they notice their postmaster's death and exit within moments.
+    let mut attempts = 0;
+    loop {
+        let started = match part {
+            Part::Postgres => postgres::up(cfg).await.map(drop),
+            Part::Kafka => kafka::up(cfg).await.map(drop),
+        };
+        attempts += 1;
+        match started {
+            Err(e) if attempts < 20 => {
+                tracing::warn!(?part, error = %e, "not started yet; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
     }
 }
 
