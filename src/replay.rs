@@ -67,11 +67,11 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
-use tokio_postgres::types::PgLsn;
 use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
 
 use crate::avro::decode_change;
+use crate::avro::verdict::Verdict;
 use crate::change::{ChangeEvent, Op, ReviewRow};
 use crate::config::{FraudConfig, KafkaSettings, Settings, TopicSettings};
 use crate::error::{Error, Result};
@@ -269,7 +269,7 @@ impl Replay {
         tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
             .await?;
         for chunk in read.verdicts.chunks(VERDICT_CHUNK) {
-            upsert_verdicts(&tx, chunk, cp, scorer.model()).await?;
+            crate::sink::verdicts::upsert(&tx, chunk).await?;
         }
         // Every partition a worker may hold: those Kafka knew before the slot, and those
         // claimed in sink_offsets (a topic created since). A partition Kafka did not report
@@ -408,11 +408,17 @@ impl Replay {
                 read.deltas.add(&review, 1);
                 read.valid += 1;
             }
-            read.verdicts.push(Judged {
+            // Position -1: a streamed change committed at the consistent point wins.
+            read.verdicts.push(Verdict {
                 review_id: id,
+                course_id: review.course_id,
+                version: consistent_point,
+                position: -1,
                 fraud: judgement.fraud,
                 score: judgement.score,
                 reasons: judgement.reasons,
+                model: scorer.model().to_string(),
+                review: None,
             });
             read.rows += 1;
             bar.inc(1);
@@ -744,20 +750,12 @@ impl PartitionFold {
     }
 }
 
-/// One review's verdict in a snapshot replay.
-struct Judged {
-    review_id: i64,
-    fraud: bool,
-    score: f64,
-    reasons: Vec<String>,
-}
-
 struct SnapshotRead {
     consistent_point: Lsn,
     rows: u64,
     valid: u64,
     deltas: Deltas,
-    verdicts: Vec<Judged>,
+    verdicts: Vec<Verdict>,
 }
 
 /// The derived tables emptied and the state reset, in the rebuild transaction (which holds
@@ -803,49 +801,6 @@ async fn claimed_partitions(tx: &Transaction<'_>, topic: &str) -> Result<Vec<i32
         .iter()
         .map(|r| r.get(0))
         .collect())
-}
-
-/// The verdicts of a snapshot, at version `version` (the consistent point, as the CDC
-/// reader's snapshot reads carry theirs), position -1. The verdict sink's rule holds (a
-/// version's change with the higher position wins), so a streamed change that committed
-/// exactly at the consistent point (which the snapshot does not contain) keeps its verdict
-/// whichever of the two is written first.
-async fn upsert_verdicts(
-    tx: &Transaction<'_>,
-    verdicts: &[Judged],
-    version: Lsn,
-    model: &str,
-) -> Result<()> {
-    let ids: Vec<i64> = verdicts.iter().map(|v| v.review_id).collect();
-    let kinds: Vec<&str> = verdicts
-        .iter()
-        .map(|v| if v.fraud { "fraud" } else { "valid" })
-        .collect();
-    let scores: Vec<f64> = verdicts.iter().map(|v| v.score).collect();
-    let reasons: Vec<serde_json::Value> = verdicts
-        .iter()
-        .map(|v| serde_json::json!(v.reasons))
-        .collect();
-    tx.execute(
-        "INSERT INTO review_verdicts (review_id, version, position, verdict, score, reasons, model)
-         SELECT id, $2, -1, verdict, score, ARRAY(SELECT jsonb_array_elements_text(reasons)), $6
-         FROM unnest($1::bigint[], $3::text[], $4::float8[], $5::jsonb[])
-              AS u(id, verdict, score, reasons)
-         ON CONFLICT (review_id, version) DO UPDATE
-            SET position = EXCLUDED.position, verdict = EXCLUDED.verdict, score = EXCLUDED.score,
-                reasons = EXCLUDED.reasons, model = EXCLUDED.model, judged_at = now()
-            WHERE review_verdicts.position <= EXCLUDED.position",
-        &[
-            &ids,
-            &PgLsn::from(version),
-            &kinds,
-            &scores,
-            &reasons,
-            &model,
-        ],
-    )
-    .await?;
-    Ok(())
 }
 
 async fn course_count(tx: &Transaction<'_>) -> Result<i64> {

@@ -17,19 +17,7 @@ use common::Running;
 use reviewflow::lsn::Lsn;
 use reviewflow::stack::{self, Part};
 
-/// A small deterministic generator, so a failing run can be repeated with its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
-fn statement(rng: &mut Rng) -> String {
+fn statement(rng: &mut common::Rng) -> String {
     let id = 1 + rng.next(400);
     let course = 1 + rng.next(20);
     let rating = (1 + rng.next(10)) as f64 / 2.0;
@@ -50,7 +38,7 @@ fn statement(rng: &mut Rng) -> String {
 /// Writes transactions of one to three statements until `stop`, riding out PostgreSQL
 /// restarts; returns how many transactions committed.
 async fn workload(url: String, seed: u64, stop: Arc<AtomicBool>, committed: Arc<AtomicU64>) {
-    let mut rng = Rng(seed);
+    let mut rng = common::Rng(seed);
     let mut db = None;
     while !stop.load(Ordering::Relaxed) {
         if db.is_none() {
@@ -103,7 +91,7 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
         committed.clone(),
     ));
 
-    let mut rng = Rng(seed ^ 0x9e37_79b9);
+    let mut rng = common::Rng(seed ^ 0x9e37_79b9);
     let mut faults: BTreeMap<String, u32> = BTreeMap::new();
     let (started, mut trials) = (Instant::now(), 0);
     while started.elapsed() < Duration::from_secs(seconds) {

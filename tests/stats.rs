@@ -21,21 +21,9 @@ async fn assert_truth(p: &Pipeline, today: Option<NaiveDate>) {
     );
 }
 
-/// A small deterministic generator, so a failing workload can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// One random statement against `reviews`: inserts (some backdated past the window), edits
 /// of rating, created_at or course, edits that flip the fraud verdict, deletes.
-fn statement(rng: &mut Rng, next_id: &mut i64) -> String {
+fn statement(rng: &mut common::Rng, next_id: &mut i64) -> String {
     let id = 1 + rng.next((*next_id).max(1) as u64) as i64;
     let course = 1 + rng.next(12);
     let rating = (1 + rng.next(10)) as f64 / 2.0;
@@ -61,7 +49,7 @@ fn statement(rng: &mut Rng, next_id: &mut i64) -> String {
 }
 
 async fn run_workload(p: &Pipeline, seed: u64, statements: usize, next_id: &mut i64) {
-    let mut rng = Rng(seed);
+    let mut rng = common::Rng(seed);
     let db = p.db().await;
     let mut done = 0;
     while done < statements {

@@ -160,10 +160,17 @@ fn valid_avro_name(name: &str) -> bool {
 /// The key of every change record: the course id as an Avro long.
 pub static KEY_SCHEMA: Schema = Schema::Long;
 
+/// Built once: a writer resolves its schema's names when it is built, which costs more than
+/// writing a key.
+static KEY_WRITER: std::sync::LazyLock<GenericDatumWriter<'static>> =
+    std::sync::LazyLock::new(|| {
+        GenericDatumWriter::builder(&KEY_SCHEMA)
+            .build()
+            .expect("a long schema needs no name resolution")
+    });
+
 pub fn encode_key(course_id: i64) -> Result<Vec<u8>> {
-    Ok(GenericDatumWriter::builder(&KEY_SCHEMA)
-        .build()?
-        .write_value_to_vec(Value::Long(course_id))?)
+    Ok(KEY_WRITER.write_value_to_vec(Value::Long(course_id))?)
 }
 
 /// Reads a change written with `writer` (whichever version of the columns it had).
@@ -171,10 +178,35 @@ pub fn decode_change(writer: &Schema, body: &[u8]) -> Result<ChangeEvent> {
     let value = GenericDatumReader::builder(writer)
         .build()?
         .read_value(&mut &body[..])?;
+    change_of(value, rating_scale(writer).unwrap_or(1))
+}
+
+/// Readers of change events by writer schema id, each built once: building one resolves the
+/// schema's names, which costs more than reading an event. A stage sees a handful of schema
+/// versions in its life, so each schema is kept for the life of the process.
+#[derive(Default)]
+pub struct ChangeReaders {
+    readers: std::collections::HashMap<u32, (GenericDatumReader<'static>, u32)>,
+}
+
+impl ChangeReaders {
+    pub fn read(&mut self, id: u32, writer: &Schema, body: &[u8]) -> Result<ChangeEvent> {
+        let (reader, scale) = match self.readers.entry(id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let schema: &'static Schema = Box::leak(Box::new(writer.clone()));
+                let reader = GenericDatumReader::builder(schema).build()?;
+                e.insert((reader, rating_scale(schema).unwrap_or(1)))
+            }
+        };
+        change_of(reader.read_value(&mut &body[..])?, *scale)
+    }
+}
+
+fn change_of(value: Value, rating_scale: u32) -> Result<ChangeEvent> {
     let fields = record(value, "envelope")?;
     let mut op = None;
     let (mut before, mut after, mut source) = (None, None, None);
-    let rating_scale = rating_scale(writer).unwrap_or(1);
     for (name, value) in fields {
         match name.as_str() {
             "op" => op = Some(string(value, "op")?),

@@ -55,6 +55,13 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
     .expect("the verdict schema is valid Avro")
 });
 
+/// Built once, like the schema: building resolves the schema's names.
+static WRITER: LazyLock<GenericDatumWriter<'static>> = LazyLock::new(|| {
+    GenericDatumWriter::builder(&SCHEMA)
+        .build()
+        .expect("the verdict schema resolves")
+});
+
 /// The Avro body of a verdict.
 pub fn encode(v: &Verdict) -> Result<Vec<u8>> {
     let review = match &v.review {
@@ -97,9 +104,7 @@ pub fn encode(v: &Verdict) -> Result<Vec<u8>> {
         ("model".into(), Value::String(v.model.clone())),
         ("review".into(), review),
     ]);
-    Ok(GenericDatumWriter::builder(&SCHEMA)
-        .build()?
-        .write_value_to_vec(record)?)
+    Ok(WRITER.write_value_to_vec(record)?)
 }
 
 /// What the verdict sink needs of a verdict written with `writer` (any compatible version).

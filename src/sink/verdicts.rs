@@ -12,7 +12,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use tokio_util::sync::CancellationToken;
 
 use super::dead_letters::DeadLetters;
-use super::feed::{self, Batch, FeedConfig};
+use super::feed::{self, Batch};
 use super::offsets::{self, Advance};
 use crate::avro::verdict::{self, Verdict};
 use crate::config::{Settings, TopicSettings, VerdictsConfig, WorkerSettings};
@@ -31,37 +31,20 @@ pub struct VerdictSink {
 
 impl VerdictSink {
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        let topics = &self.topics;
-        crate::kafka::ensure_history_topic(
-            &self.settings.kafka,
-            topics,
-            &topics.verdicts,
-            topics.partitions,
-        )
-        .await?;
-        let registry = Registry::connect(&self.settings).await?;
-        let pool = crate::db::pool(&self.settings.database_url, 4)?;
-        let dead_letters =
-            DeadLetters::new(&self.settings.kafka, &topics.dead_letters, "verdicts")?;
-        let config = FeedConfig {
-            kafka: self.settings.kafka.clone(),
-            group: self.config.group.clone(),
-            topic: topics.verdicts.clone(),
-            consumer: CONSUMER.into(),
-            owner: self.worker.instance(),
-            limits: self.worker.clone(),
-        };
+        let topic = (&*self.topics.verdicts, &*self.config.group, CONSUMER);
+        let parts = super::Parts::new(&self.settings, &self.topics, &self.worker, topic).await?;
+        let (registry, pool, dead_letters) = (&parts.registry, &parts.pool, &parts.dead_letters);
         crate::retry::sessions("verdicts", &shutdown, || async {
             let stop = shutdown.child_token();
             let _stop_feed = stop.clone().drop_guard();
-            let mut batches = feed::start(config.clone(), pool.clone(), stop);
+            let mut batches = feed::start(parts.feed.clone(), pool.clone(), stop);
             loop {
                 let batch = tokio::select! {
                     b = batches.recv() => b,
                     _ = shutdown.cancelled() => None,
                 };
                 let Some(batch) = batch else { return Ok(()) };
-                self.apply(&pool, &registry, &dead_letters, batch?).await?;
+                self.apply(pool, registry, dead_letters, batch?).await?;
             }
         })
         .await
@@ -125,7 +108,8 @@ async fn read(registry: &Registry, m: &OwnedMessage) -> Result<Result<Verdict, S
     })
 }
 
-async fn upsert(tx: &tokio_postgres::Transaction<'_>, verdicts: &[Verdict]) -> Result<()> {
+/// Upserts verdicts by (review id, version); within a version the higher position wins.
+pub async fn upsert(tx: &tokio_postgres::Transaction<'_>, verdicts: &[Verdict]) -> Result<()> {
     // One row per (review, version) in a statement: the change with the highest position.
     let mut last: HashMap<(i64, crate::lsn::Lsn), &Verdict> = HashMap::new();
     for v in verdicts {

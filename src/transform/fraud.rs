@@ -128,6 +128,7 @@ impl Fraud {
                 runtime: Handle::current(),
                 ids,
                 valid_ids: HashMap::new(),
+                readers: envelope::ChangeReaders::default(),
                 counters: counters.clone(),
             };
             let shutdown = shutdown.clone();
@@ -179,6 +180,7 @@ struct Session {
     ids: OutputIds,
     /// reviews.valid reuses the input's envelope schema, registered under its own subject.
     valid_ids: HashMap<u32, u32>,
+    readers: envelope::ChangeReaders,
     counters: Arc<Counters>,
 }
 
@@ -435,7 +437,7 @@ impl Session {
     }
 
     /// The record decoded, or why it is poison. Only registry or broker trouble is an error.
-    fn read<'m>(&self, m: &'m OwnedMessage) -> Result<Result<Read<'m>, Poison>> {
+    fn read<'m>(&mut self, m: &'m OwnedMessage) -> Result<Result<Read<'m>, Poison>> {
         let framed = match self.runtime.block_on(self.registry.resolve(m.payload()))? {
             Ok(framed) => framed,
             Err(reason) => return Ok(Err(Poison(format!("value: {reason}")))),
@@ -444,7 +446,7 @@ impl Session {
             Ok(key) => key.map(|(_, k)| k),
             Err(e) => return Ok(Err(Poison(format!("key: {e}")))),
         };
-        match envelope::decode_change(&framed.schema, framed.body) {
+        match self.readers.read(framed.id, &framed.schema, framed.body) {
             Ok(event) => Ok(Ok(Read {
                 event,
                 schema_id: framed.id,

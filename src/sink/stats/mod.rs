@@ -22,9 +22,9 @@ use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
 
 use super::dead_letters::DeadLetters;
-use super::feed::{self, Batch, FeedConfig};
+use super::feed::{self, Batch};
 use super::offsets::{self, Advance, Applied};
-use crate::avro::decode_change;
+use crate::avro::envelope::ChangeReaders;
 use crate::change::{ChangeEvent, Op};
 use crate::config::{Settings, StatsConfig, TopicSettings, WorkerSettings};
 use crate::error::Result;
@@ -43,38 +43,26 @@ pub struct StatsWorker {
 
 impl StatsWorker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        let topics = &self.topics;
-        crate::kafka::ensure_history_topic(
-            &self.settings.kafka,
-            topics,
-            &topics.valid,
-            topics.partitions,
-        )
-        .await?;
-        let registry = Registry::connect(&self.settings).await?;
-        let pool = crate::db::pool(&self.settings.database_url, 4)?;
-        let dead_letters = DeadLetters::new(&self.settings.kafka, &topics.dead_letters, "stats")?;
-        let config = FeedConfig {
-            kafka: self.settings.kafka.clone(),
-            group: self.config.group.clone(),
-            topic: topics.valid.clone(),
-            consumer: CONSUMER.into(),
-            owner: self.worker.instance(),
-            limits: self.worker.clone(),
-        };
+        let topic = (&*self.topics.valid, &*self.config.group, CONSUMER);
+        let parts = super::Parts::new(&self.settings, &self.topics, &self.worker, topic).await?;
+        let (registry, pool, dead_letters) = (&parts.registry, &parts.pool, &parts.dead_letters);
         crate::retry::sessions("stats", &shutdown, || async {
             let stop = shutdown.child_token();
             let _stop_feed = stop.clone().drop_guard();
-            let mut batches = feed::start(config.clone(), pool.clone(), stop);
+            let mut batches = feed::start(parts.feed.clone(), pool.clone(), stop);
+            let mut readers = ChangeReaders::default();
             // Midnight passes whether or not reviews arrive.
             let mut clock = tokio::time::interval(Duration::from_secs(30));
             loop {
                 tokio::select! {
                     batch = batches.recv() => match batch {
-                        Some(batch) => self.apply(&pool, &registry, &dead_letters, batch?).await?,
+                        Some(batch) => {
+                            let input = Input { registry, readers: &mut readers, dead_letters };
+                            self.apply(pool, input, batch?).await?
+                        }
                         None => return Ok(()),
                     },
-                    _ = clock.tick() => self.roll(&pool).await?,
+                    _ = clock.tick() => self.roll(pool).await?,
                     _ = shutdown.cancelled() => return Ok(()),
                 }
             }
@@ -102,19 +90,18 @@ impl StatsWorker {
     async fn apply(
         &self,
         pool: &deadpool_postgres::Pool,
-        registry: &Registry,
-        dead_letters: &DeadLetters,
+        input: Input<'_>,
         batch: Batch,
     ) -> Result<()> {
         let mut events = Vec::with_capacity(batch.records.len());
         let mut dead = Vec::new();
         for m in &batch.records {
-            match read(registry, m).await? {
+            match read(input.registry, input.readers, m).await? {
                 Ok(event) => events.push((m, event)),
                 Err(reason) => dead.push((m, reason)),
             }
         }
-        dead_letters.send(&dead).await?;
+        input.dead_letters.send(&dead).await?;
         let topic = &self.topics.valid;
         let mut client = pool.get().await?;
         let tx = client.transaction().await?;
@@ -206,10 +193,22 @@ impl Fold {
     }
 }
 
-async fn read(registry: &Registry, m: &OwnedMessage) -> Result<Result<ChangeEvent, String>> {
+/// How a batch's records are read, and where those that cannot be go.
+struct Input<'a> {
+    registry: &'a Registry,
+    readers: &'a mut ChangeReaders,
+    dead_letters: &'a DeadLetters,
+}
+
+async fn read(
+    registry: &Registry,
+    readers: &mut ChangeReaders,
+    m: &OwnedMessage,
+) -> Result<Result<ChangeEvent, String>> {
     Ok(match registry.resolve(m.payload()).await? {
         Err(reason) => Err(reason),
-        Ok(framed) => decode_change(&framed.schema, framed.body)
+        Ok(framed) => readers
+            .read(framed.id, &framed.schema, framed.body)
             .map_err(|e| format!("not a change event of reviews: {e}")),
     })
 }
