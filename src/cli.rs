@@ -149,6 +149,38 @@ pub struct ApiArgs {
     /// Address the HTTP server listens on.
     #[arg(long, env = "API_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// When set, every write (POST /reviews, and the schema registry's POST, PUT, DELETE)
+    /// needs `Authorization: Bearer <token>`; reads stay open. Never logged.
+    #[arg(long, env = "API_TOKEN", hide_env_values = true, value_parser = TokenParser)]
+    pub api_token: Option<api::ApiToken>,
+}
+
+/// Parses the API token without echoing it: clap's own error for a bad value would print it.
+#[derive(Clone)]
+struct TokenParser;
+
+impl clap::builder::TypedValueParser for TokenParser {
+    type Value = api::ApiToken;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> std::result::Result<api::ApiToken, clap::Error> {
+        value
+            .to_str()
+            .ok_or_else(|| "the API token must be visible ASCII characters without spaces".into())
+            .and_then(str::parse)
+            .map_err(|e: String| {
+                clap::Error::raw(
+                    clap::error::ErrorKind::InvalidValue,
+                    format!("invalid --api-token (API_TOKEN): {e}\n"),
+                )
+                .with_cmd(cmd)
+            })
+    }
 }
 
 #[derive(Subcommand, Debug, Clone, Copy)]
@@ -192,7 +224,7 @@ impl Cli {
             }
             Command::Api { api } => {
                 let settings = prepare(&self.connections, &self.stack).await?;
-                run_api(&settings, api.listen, shutdown.clone()).await?;
+                run_api(&settings, api, shutdown.clone()).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Run {
@@ -236,7 +268,7 @@ impl Cli {
                 };
                 let s = &shutdown;
                 let mut stages: Vec<(&str, Stage<'_>)> = vec![
-                    ("api", Box::pin(run_api(&settings, api.listen, s.clone()))),
+                    ("api", Box::pin(run_api(&settings, api, s.clone()))),
                     ("cdc", Box::pin(reader.run(s.clone()))),
                     ("fraud", Box::pin(scorer.run(s.clone()))),
                     ("verdicts", Box::pin(verdicts.run(s.clone()))),
@@ -401,13 +433,15 @@ async fn prepare(connections: &Connections, stack: &StackConfig) -> Result<Setti
     Ok(settings)
 }
 
-async fn run_api(
-    settings: &Settings,
-    listen: SocketAddr,
-    shutdown: CancellationToken,
-) -> Result<()> {
+async fn run_api(settings: &Settings, args: ApiArgs, shutdown: CancellationToken) -> Result<()> {
     let pool = db::pool(&settings.database_url, 16)?;
-    api::serve(listen, api::AppState { pool }, shutdown).await
+    api::serve(
+        args.listen,
+        api::AppState { pool },
+        args.api_token,
+        shutdown,
+    )
+    .await
 }
 
 async fn stack_command(action: StackAction, cfg: &StackConfig) -> Result<ExitCode> {
@@ -455,4 +489,34 @@ async fn stack_command(action: StackAction, cfg: &StackConfig) -> Result<ExitCod
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_api_token_is_not_printed_with_the_arguments() {
+        let cli =
+            Cli::try_parse_from(["reviewflow", "api", "--api-token", "hunter2-s3cret"]).unwrap();
+        let Command::Api { api } = &cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert!(api.api_token.is_some());
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("***"), "{shown}");
+    }
+
+    #[test]
+    fn a_bad_api_token_is_refused_without_being_echoed() {
+        let e = Cli::try_parse_from(["reviewflow", "api", "--api-token", "hunter2 s3cret"])
+            .unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
+        let shown = e.to_string();
+        assert!(
+            shown.contains("API_TOKEN") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+    }
 }

@@ -1,8 +1,10 @@
 //! The HTTP face of the pipeline, at the top of the flow: POST /reviews writes to the
 //! `reviews` table (the source), and the read endpoints serve what the sinks wrote.
 //! A write either stores the whole row and answers 201, or stores nothing and answers 4xx
-//! with the offending field named.
+//! with the offending field named. GET /openapi.json describes all of it (tests/openapi.rs
+//! checks the description against the running router).
 
+mod auth;
 mod error;
 mod reviews;
 mod stats;
@@ -10,11 +12,15 @@ mod stats;
 use std::net::SocketAddr;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::http::header;
+use axum::middleware;
+use axum::response::IntoResponse;
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
+pub use auth::ApiToken;
 pub use error::ApiError;
 
 use crate::error::{Error, Result};
@@ -22,36 +28,100 @@ use crate::error::{Error, Result};
 /// Requests larger than this get 413 before any parsing.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// The OpenAPI 3.1 document of our API (not of the registry's), served at GET /openapi.json.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Our routes as (method, path), the schema registry's excluded. The router is built from
+/// this list, and tests/openapi.rs checks it against [`OPENAPI`] both ways.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/reviews"),
+    ("GET", "/reviews/{id}"),
+    ("GET", "/courses/{id}/stats"),
+    ("GET", "/healthz"),
+    ("GET", "/openapi.json"),
+];
+
+fn handler(method: &str, path: &str) -> MethodRouter<AppState> {
+    match (method, path) {
+        ("POST", "/reviews") => post(reviews::create),
+        ("GET", "/reviews/{id}") => get(reviews::read),
+        ("GET", "/courses/{id}/stats") => get(stats::course_stats),
+        ("GET", "/healthz") => get(stats::healthz),
+        ("GET", "/openapi.json") => get(openapi),
+        _ => unreachable!("ROUTES lists {method} {path}, which has no handler"),
+    }
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
 #[derive(Clone)]
 pub struct AppState {
     pub pool: Pool,
 }
 
-/// The API, and the schema registry's REST subset at the root (/subjects, /schemas, ...), so
-/// any Confluent-compatible client can read the topics with SCHEMA_REGISTRY_URL set to this server.
+/// The API with writes open to anyone: [`router_with_token`] with no token.
 pub fn router(state: AppState) -> Router {
+    router_with_token(state, None)
+}
+
+/// The API, and the schema registry's REST subset at the root (/subjects, /schemas, ...), so
+/// any Confluent-compatible client can read the topics with SCHEMA_REGISTRY_URL set to this
+/// server. With a token, every write (any method but GET, HEAD, OPTIONS) of either needs
+/// `Authorization: Bearer <token>`; reads stay open.
+pub fn router_with_token(state: AppState, token: Option<ApiToken>) -> Router {
     let registry = crate::registry::LocalRegistry::new(state.pool.clone());
-    Router::new()
-        .route("/reviews", post(reviews::create))
-        .route("/reviews/{id}", get(reviews::read))
-        .route("/courses/{id}/stats", get(stats::course_stats))
-        .route("/healthz", get(stats::healthz))
+    let mut ours = Router::new();
+    for (method, path) in ROUTES {
+        ours = ours.route(path, handler(method, path));
+    }
+    let mut ours = ours
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
-        .merge(crate::registry::router(registry))
+        .with_state(state);
+    let mut registry = crate::registry::router(registry);
+    if let Some(token) = token {
+        // Outermost, so a refused write is answered before its body is read.
+        let guard = |dialect| auth::Guard {
+            token: token.clone(),
+            dialect,
+        };
+        ours = ours.layer(middleware::from_fn_with_state(
+            guard(auth::Dialect::Api),
+            auth::require_token,
+        ));
+        registry = registry.layer(middleware::from_fn_with_state(
+            guard(auth::Dialect::Registry),
+            auth::require_token,
+        ));
+    }
+    ours.merge(registry)
 }
 
 /// Serves until `shutdown` is cancelled, then finishes the requests in flight.
-pub async fn serve(listen: SocketAddr, state: AppState, shutdown: CancellationToken) -> Result<()> {
+pub async fn serve(
+    listen: SocketAddr,
+    state: AppState,
+    token: Option<ApiToken>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         Error::io(
             format!("listen on {listen} (choose another with --listen or API_LISTEN)"),
             e,
         )
     })?;
-    tracing::info!(address = %listener.local_addr().map_err(|e| Error::io("local address", e))?, "api listening");
-    axum::serve(listener, router(state))
+    let writes = if token.is_some() {
+        "need the bearer token"
+    } else {
+        "open (no API_TOKEN)"
+    };
+    tracing::info!(address = %listener.local_addr().map_err(|e| Error::io("local address", e))?, writes, "api listening");
+    if token.is_none() && !listen.ip().is_loopback() {
+        tracing::warn!(%listen, "anyone who reaches this address can write reviews and schemas: set API_TOKEN");
+    }
+    axum::serve(listener, router_with_token(state, token))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .map_err(|e| Error::io("serve http", e))

@@ -1,6 +1,7 @@
 //! POST /reviews and GET /reviews/{id}.
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
@@ -45,8 +46,11 @@ const COLUMNS: &str =
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
+    // Too large (413) or cut off: answered in our JSON, not axum's plain text.
+    let body =
+        body.map_err(|e| ApiError::bad_request(e.body_text(), None).with_status(e.status()))?;
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

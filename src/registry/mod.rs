@@ -25,6 +25,7 @@ use apache_avro::Schema;
 pub use client::RemoteRegistry;
 pub use compat::Level;
 pub use http::router;
+pub(crate) use http::MEDIA_TYPE;
 pub use store::LocalRegistry;
 
 use crate::config::Settings;
