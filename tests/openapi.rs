@@ -47,6 +47,8 @@ async fn the_document_describes_the_api_as_it_behaves() {
     documented_routes_are_the_served_routes(&s).await;
     every_operation_answers_as_documented(&mut s).await;
     the_request_schema_is_what_validation_enforces(&mut s).await;
+    writes_and_only_writes_need_the_token(&s);
+    without_a_database_the_answers_are_still_documented(&mut s).await;
 
     let documented: BTreeSet<String> = operations(&s.doc)
         .into_iter()
@@ -56,6 +58,62 @@ async fn the_document_describes_the_api_as_it_behaves() {
         s.succeeded, documented,
         "every documented operation was called with a valid request and answered 2xx"
     );
+}
+
+/// The security requirement and the 401 are documented on every write, and on nothing else
+/// (tests/auth.rs checks the behaviour).
+fn writes_and_only_writes_need_the_token(s: &Server) {
+    assert_eq!(
+        s.doc["components"]["securitySchemes"]["bearer"],
+        json!({"type": "http", "scheme": "bearer",
+               "description": s.doc["components"]["securitySchemes"]["bearer"]["description"]})
+    );
+    for (method, path) in operations(&s.doc) {
+        let operation = &s.doc["paths"][&path][method.to_lowercase()];
+        let write = !["GET", "HEAD", "OPTIONS"].contains(&method.as_str());
+        assert_eq!(
+            operation.get("security"),
+            write.then(|| json!([{"bearer": []}])).as_ref(),
+            "{method} {path}"
+        );
+        assert_eq!(
+            operation["responses"].get("401").is_some(),
+            write,
+            "{method} {path}"
+        );
+    }
+}
+
+/// With the database out of reach, every database-backed operation answers a documented 503.
+async fn without_a_database_the_answers_are_still_documented(s: &mut Server) {
+    let unused = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = unused.local_addr().unwrap().port();
+    drop(unused);
+    let pool =
+        reviewflow::db::pool(&format!("postgres://nobody@127.0.0.1:{port}/none"), 1).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = std::mem::replace(
+        &mut s.base,
+        format!("http://{}", listener.local_addr().unwrap()),
+    );
+    tokio::spawn(async move { axum::serve(listener, api::router(AppState { pool })).await });
+    let (status, health) = s.call(Method::GET, "/healthz", "/healthz", None).await;
+    assert_eq!(
+        (status, &health["status"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &json!("unavailable"))
+    );
+    for (template, path) in [
+        ("/reviews/{id}", "/reviews/1"),
+        ("/courses/{id}/stats", "/courses/1/stats"),
+    ] {
+        let (status, _) = s.call(Method::GET, template, path, None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+    }
+    let (status, _, _) = s
+        .post_review(&json!({"course_id": 1, "user_id": 1, "rating": 1}))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    s.base = base;
 }
 
 /// (method, path) of every operation in the document.
