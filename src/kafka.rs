@@ -118,7 +118,7 @@ pub fn poll_batch<C: ConsumerContext + 'static>(
             Some(Ok(m)) => batch.push(m.detach()),
             // librdkafka retries broker failures itself; they are reported here for
             // information and the consumer carries on.
-            Some(Err(e)) => tracing::warn!(stage, error = %e, "consumer error"),
+            Some(Err(e)) => report_consumer_error(stage, &e),
         }
         let until = *deadline
             .get_or_insert_with(|| Instant::now() + Duration::from_millis(limits.max_wait_ms));
@@ -128,6 +128,25 @@ pub fn poll_batch<C: ConsumerContext + 'static>(
         }
     }
     batch
+}
+
+/// Logs a consumer error, but the same one at most every ten seconds per thread: while a
+/// broker is down librdkafka reports it on every poll.
+fn report_consumer_error(stage: &str, error: &rdkafka::error::KafkaError) {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(String, Instant)>> = const { std::cell::RefCell::new(None) };
+    }
+    let text = error.to_string();
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        let repeated = last
+            .as_ref()
+            .is_some_and(|(t, at)| *t == text && at.elapsed() < Duration::from_secs(10));
+        if !repeated {
+            tracing::warn!(stage, error = %text, "consumer error (the same one is logged at most every 10 s)");
+            *last = Some((text, Instant::now()));
+        }
+    });
 }
 
 /// Records waiting in a consumer's assigned partitions: the lag a stage reports. One
