@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    CdcConfig, Connections, DemoConfig, FraudConfig, ImportConfig, Settings, StatsConfig,
-    TopicSettings, VerdictsConfig, WorkerSettings,
+    CdcConfig, Connections, DemoConfig, FraudConfig, ImportConfig, MetricsSettings, Settings,
+    StatsConfig, TopicSettings, VerdictsConfig, WorkerSettings,
 };
 use crate::error::Result;
 use crate::stack::{self, StackConfig};
@@ -33,6 +33,9 @@ pub struct Cli {
 
     #[command(flatten)]
     pub workers: WorkerSettings,
+
+    #[command(flatten)]
+    pub metrics: MetricsSettings,
 
     /// Log format: text or json.
     #[arg(
@@ -224,7 +227,8 @@ impl Cli {
             }
             Command::Api { api } => {
                 let settings = prepare(&self.connections, &self.stack).await?;
-                run_api(&settings, api, shutdown.clone()).await?;
+                let run = Box::pin(run_api(&settings, api, shutdown.clone()));
+                with_metrics(&self.metrics, &settings, &shutdown, "api", run).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Run {
@@ -277,6 +281,11 @@ impl Cli {
                 if let Some(figures) = figures {
                     stages.push(("course-stats", Box::pin(figures.run(s.clone()))));
                 }
+                if let Some(listen) = self.metrics.listen {
+                    let pool = db::pool(&settings.database_url, 1)?;
+                    let server = crate::metrics::serve(listen, Some(pool), s.clone());
+                    stages.push(("metrics", Box::pin(server)));
+                }
                 run_together(s, stages).await?;
                 Ok(ExitCode::SUCCESS)
             }
@@ -304,44 +313,48 @@ impl Cli {
             Command::Cdc { cdc } => {
                 let settings = prepare(&self.connections, &self.stack).await?;
                 let stage = crate::source::Cdc {
-                    settings,
+                    settings: settings.clone(),
                     config: cdc,
                     topics: self.topics,
                 };
-                stage.run(shutdown.clone()).await?;
+                let run = Box::pin(stage.run(shutdown.clone()));
+                with_metrics(&self.metrics, &settings, &shutdown, "cdc", run).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Fraud { fraud } => {
                 let settings = prepare(&self.connections, &self.stack).await?;
                 let stage = crate::transform::Fraud {
-                    settings,
+                    settings: settings.clone(),
                     topics: self.topics,
                     config: fraud,
                     worker: self.workers,
                 };
-                stage.run(shutdown.clone()).await?;
+                let run = Box::pin(stage.run(shutdown.clone()));
+                with_metrics(&self.metrics, &settings, &shutdown, "fraud", run).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Verdicts { verdicts } => {
                 let settings = prepare(&self.connections, &self.stack).await?;
                 let stage = crate::sink::VerdictSink {
-                    settings,
+                    settings: settings.clone(),
                     topics: self.topics,
                     worker: self.workers,
                     config: verdicts,
                 };
-                stage.run(shutdown.clone()).await?;
+                let run = Box::pin(stage.run(shutdown.clone()));
+                with_metrics(&self.metrics, &settings, &shutdown, "verdicts", run).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Stats { stats } => {
                 let settings = prepare(&self.connections, &self.stack).await?;
                 let stage = crate::sink::stats::StatsWorker {
-                    settings,
+                    settings: settings.clone(),
                     topics: self.topics,
                     worker: self.workers,
                     config: stats,
                 };
-                stage.run(shutdown.clone()).await?;
+                let run = Box::pin(stage.run(shutdown.clone()));
+                with_metrics(&self.metrics, &settings, &shutdown, "stats", run).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Status {
@@ -421,6 +434,24 @@ async fn run_together(shutdown: &CancellationToken, stages: Vec<(&str, Stage<'_>
         }))
         .await;
     results.into_iter().collect()
+}
+
+/// A stage run alone, beside its metrics server when `--metrics-listen` is set (the two
+/// stop together, like the stages of `run`).
+async fn with_metrics(
+    metrics: &MetricsSettings,
+    settings: &Settings,
+    shutdown: &CancellationToken,
+    name: &'static str,
+    stage: Stage<'_>,
+) -> Result<()> {
+    let Some(listen) = metrics.listen else {
+        return stage.await;
+    };
+    // One connection at most, opened by a scrape: for the slots' gauges.
+    let pool = db::pool(&settings.database_url, 1)?;
+    let server = crate::metrics::serve(listen, Some(pool), shutdown.clone());
+    run_together(shutdown, vec![(name, stage), ("metrics", Box::pin(server))]).await
 }
 
 /// Every part starts by resolving its connections and applying the migrations.

@@ -273,6 +273,20 @@ pub struct WorkerSettings {
     pub max_wait_ms: u64,
 }
 
+/// The standalone metrics server, for the workers (`cdc`, `fraud`, `verdicts`, `stats`),
+/// which have no HTTP server of their own; `api` and `run` serve GET /metrics on their API
+/// address anyway, and on this one too when it is set.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct MetricsSettings {
+    /// Serve GET /metrics (Prometheus, OpenMetrics text) on this address; off when unset.
+    #[arg(
+        long = "metrics-listen",
+        env = "REVIEWFLOW_METRICS_LISTEN",
+        global = true
+    )]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
 impl CdcConfig {
     /// The reader that streams course_stats into the compacted figures topic.
     pub fn for_course_stats(&self) -> CdcConfig {

@@ -152,8 +152,15 @@ fn report_consumer_error(stage: &str, error: &rdkafka::error::KafkaError) {
 /// Records waiting in a consumer's assigned partitions: the lag a stage reports. One
 /// watermark request per partition, so call it every few seconds, not per record.
 pub fn consumer_lag<C: ConsumerContext + 'static>(consumer: &BaseConsumer<C>) -> i64 {
+    partition_lags(consumer).iter().map(|(_, _, lag)| lag).sum()
+}
+
+/// (topic, partition, lag) of each assigned partition the consumer has fetched from.
+pub fn partition_lags<C: ConsumerContext + 'static>(
+    consumer: &BaseConsumer<C>,
+) -> Vec<(String, i32, i64)> {
     let Ok(positions) = consumer.position() else {
-        return 0;
+        return Vec::new();
     };
     positions
         .elements()
@@ -164,9 +171,13 @@ pub fn consumer_lag<C: ConsumerContext + 'static>(consumer: &BaseConsumer<C>) ->
             let (_, high) = consumer
                 .fetch_watermarks(p.topic(), p.partition(), Duration::from_secs(1))
                 .ok()?;
-            Some((high - position).max(0))
+            Some((
+                p.topic().to_string(),
+                p.partition(),
+                (high - position).max(0),
+            ))
         })
-        .sum()
+        .collect()
 }
 
 /// How many partitions a topic has, from the broker's metadata.

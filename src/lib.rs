@@ -15,6 +15,7 @@ pub mod failpoint;
 pub mod import;
 pub mod kafka;
 pub mod lsn;
+pub mod metrics;
 pub mod registry;
 pub mod replay;
 pub mod retry;

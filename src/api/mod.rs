@@ -11,10 +11,10 @@ mod stats;
 
 use std::net::SocketAddr;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header;
 use axum::middleware;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use deadpool_postgres::Pool;
@@ -39,6 +39,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/courses/{id}/stats"),
     ("GET", "/healthz"),
     ("GET", "/openapi.json"),
+    ("GET", "/metrics"),
 ];
 
 fn handler(method: &str, path: &str) -> MethodRouter<AppState> {
@@ -48,12 +49,18 @@ fn handler(method: &str, path: &str) -> MethodRouter<AppState> {
         ("GET", "/courses/{id}/stats") => get(stats::course_stats),
         ("GET", "/healthz") => get(stats::healthz),
         ("GET", "/openapi.json") => get(openapi),
+        ("GET", "/metrics") => get(metrics),
         _ => unreachable!("ROUTES lists {method} {path}, which has no handler"),
     }
 }
 
 async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+/// Every stage running in this process, and the replication slots' lag read now.
+async fn metrics(State(state): State<AppState>) -> Response {
+    crate::metrics::scrape(Some(&state.pool)).await
 }
 
 #[derive(Clone)]

@@ -103,7 +103,10 @@ fn consume(
         }
         if report.elapsed() > std::time::Duration::from_secs(10) {
             report = std::time::Instant::now();
-            tracing::info!(sink = %config.consumer, lag = kafka::consumer_lag(&consumer), "sink lag");
+            let lags = kafka::partition_lags(&consumer);
+            crate::metrics::set_consumer_lag(&config.consumer, &lags);
+            let lag: i64 = lags.iter().map(|(_, _, lag)| lag).sum();
+            tracing::info!(sink = %config.consumer, lag, "sink lag");
         }
     }
     Ok(())

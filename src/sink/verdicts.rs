@@ -17,6 +17,7 @@ use super::offsets::{self, Advance};
 use crate::avro::verdict::{self, Verdict};
 use crate::config::{Settings, TopicSettings, VerdictsConfig, WorkerSettings};
 use crate::error::Result;
+use crate::metrics;
 use crate::registry::Registry;
 
 /// Its rows in sink_offsets.
@@ -79,6 +80,10 @@ impl VerdictSink {
         .await?;
         crate::failpoint::hit("verdicts.before_commit");
         tx.commit().await?;
+        metrics::events_in(CONSUMER).inc_by(batch.records.len() as u64);
+        metrics::events_out(CONSUMER, "applied").inc_by(verdicts.len() as u64);
+        metrics::dead_letters(CONSUMER).inc_by(dead.len() as u64);
+        metrics::transactions(CONSUMER).inc();
         Ok(())
     }
 }

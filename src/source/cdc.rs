@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
@@ -33,6 +34,7 @@ use crate::config::{CdcConfig, Settings, TopicSettings};
 use crate::error::{Error, Result};
 use crate::kafka::{client_config, ensure_topic, partition_count};
 use crate::lsn::Lsn;
+use crate::metrics;
 use crate::registry::Registry;
 
 pub struct Cdc {
@@ -42,6 +44,16 @@ pub struct Cdc {
 }
 
 impl Cdc {
+    /// Its label in the metrics: `cdc` for the reader of `reviews`, `cdc-<table>` for another
+    /// table's (in `run`, course_stats's).
+    pub fn stage(&self) -> String {
+        if self.config.table == "reviews" {
+            "cdc".into()
+        } else {
+            format!("cdc-{}", self.config.table)
+        }
+    }
+
     /// Runs until `shutdown`; reconnects with backoff after PostgreSQL or Kafka failures.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let kafka = &self.settings.kafka;
@@ -140,6 +152,8 @@ impl Cdc {
 
 struct AckContext {
     ledger: Arc<Mutex<AckLedger>>,
+    /// Changes Kafka acknowledged.
+    acked: Counter,
 }
 
 impl ClientContext for AckContext {}
@@ -150,7 +164,10 @@ impl ProducerContext for AckContext {
     fn delivery(&self, result: &DeliveryResult<'_>, seq: Self::DeliveryOpaque) {
         let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         match result {
-            Ok(_) => ledger.acked(*seq),
+            Ok(_) => {
+                ledger.acked(*seq);
+                self.acked.inc();
+            }
             Err((e, _)) => ledger.failed(format!("kafka did not acknowledge a change: {e}")),
         }
     }
@@ -182,6 +199,9 @@ struct Streamer<'a> {
     txn: Option<OpenTransaction>,
     key_schema_id: u32,
     partitions: i32,
+    /// Changes read from the slot, and source transactions whose Commit was read.
+    changes_read: Counter,
+    transactions: Counter,
 }
 
 impl<'a> Streamer<'a> {
@@ -198,6 +218,7 @@ impl<'a> Streamer<'a> {
             .set("partitioner", "murmur2_random")
             .create_with_context(AckContext {
                 ledger: ledger.clone(),
+                acked: metrics::events_out(&cdc.stage(), "changes"),
             })?;
         let metadata: BaseConsumer = client_config(&cdc.settings.kafka).create()?;
         let partitions = partition_count(&metadata, &cdc.topics.changes)?;
@@ -210,6 +231,8 @@ impl<'a> Streamer<'a> {
             txn: None,
             key_schema_id: 0,
             partitions,
+            changes_read: metrics::events_in(&cdc.stage()),
+            transactions: metrics::transactions(&cdc.stage()),
         })
     }
 
@@ -306,6 +329,7 @@ impl<'a> Streamer<'a> {
                     .ok_or_else(|| Error::Decode("Commit without Begin".into()))?;
                 crate::failpoint::hit("cdc.before_commit_read");
                 self.ledger().committed(txn.seq, c.end_lsn);
+                self.transactions.inc();
             }
             PgOutput::Relation(r) => {
                 let columns = r
@@ -397,6 +421,7 @@ impl<'a> Streamer<'a> {
         old: Option<Tuple>,
         new: Option<Tuple>,
     ) -> Result<()> {
+        self.changes_read.inc();
         let table = self
             .tables
             .remove(&relation_id)
@@ -445,6 +470,7 @@ impl<'a> Streamer<'a> {
 
     /// A truncate concerns every course, so every partition gets it, in order with the rest.
     async fn truncate(&mut self, relation_id: u32) -> Result<()> {
+        self.changes_read.inc();
         let table = self
             .tables
             .remove(&relation_id)

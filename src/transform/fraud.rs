@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
@@ -30,6 +31,7 @@ use crate::change::{ChangeEvent, Op};
 use crate::config::{FraudConfig, Settings, TopicSettings, WorkerSettings};
 use crate::error::{Error, Result};
 use crate::kafka::{self, client_config};
+use crate::metrics;
 use crate::registry::Registry;
 use crate::transform::score::{self, Judgement, Scorer};
 
@@ -40,17 +42,34 @@ pub struct Fraud {
     pub worker: WorkerSettings,
 }
 
-/// What the worker has done since it started; logged with the lag every few seconds.
-#[derive(Default, Debug)]
-pub struct Counters {
-    pub consumed: AtomicU64,
-    pub valid: AtomicU64,
-    pub fraud: AtomicU64,
-    pub verdicts: AtomicU64,
-    pub dead_letters: AtomicU64,
-    pub transactions: AtomicU64,
+/// Its label in the metrics.
+const STAGE: &str = "fraud";
+
+/// What the workers of this process have done since it started: the process's metrics
+/// (see `metrics`), also logged with the lag every few seconds.
+struct Counters {
+    consumed: Counter,
+    valid: Counter,
+    fraud: Counter,
+    verdicts: Counter,
+    dead_letters: Counter,
+    transactions: Counter,
     /// Batches dropped because a rebalance took partitions while they were collected.
-    pub discarded: AtomicU64,
+    discarded: Counter,
+}
+
+impl Counters {
+    fn new() -> Self {
+        Counters {
+            consumed: metrics::events_in(STAGE),
+            valid: metrics::events_out(STAGE, "valid"),
+            fraud: metrics::events_out(STAGE, "fraud"),
+            verdicts: metrics::events_out(STAGE, "verdict"),
+            dead_letters: metrics::dead_letters(STAGE),
+            transactions: metrics::transactions(STAGE),
+            discarded: metrics::discarded_batches(STAGE),
+        }
+    }
 }
 
 /// Registry ids of the output schemas that do not depend on the input's.
@@ -117,7 +136,7 @@ impl Fraud {
         registry
             .register(&format!("{}-key", topics.fraud), key)
             .await?;
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new());
         let this = Arc::new(self);
         tracing::info!(model = scorer.model(), input = %this.topics.changes, "fraud worker starting");
         crate::retry::sessions("fraud", &shutdown, || {
@@ -236,7 +255,7 @@ impl Session {
             if consumer.context().revocations.load(Ordering::SeqCst) != generation {
                 // The partitions were reassigned from their committed offsets: whatever of
                 // this batch is still ours will be read again.
-                self.counters.discarded.fetch_add(1, Ordering::Relaxed);
+                self.counters.discarded.inc();
                 continue;
             }
             if !batch.is_empty() {
@@ -276,10 +295,10 @@ impl Session {
                 Kind::Verdict => &c.verdicts,
                 Kind::DeadLetter => &c.dead_letters,
             };
-            counter.fetch_add(n, Ordering::Relaxed);
+            counter.inc_by(n);
         }
-        c.consumed.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        c.transactions.fetch_add(1, Ordering::Relaxed);
+        c.consumed.inc_by(batch.len() as u64);
+        c.transactions.inc();
         Ok(())
     }
 
@@ -475,16 +494,17 @@ impl Session {
 
     fn report(&self, consumer: &BaseConsumer<RebalanceWatch>) {
         let c = &self.counters;
-        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let lags = kafka::partition_lags(consumer);
+        metrics::set_consumer_lag(STAGE, &lags);
         tracing::info!(
-            consumed = n(&c.consumed),
-            valid = n(&c.valid),
-            fraud = n(&c.fraud),
-            verdicts = n(&c.verdicts),
-            dead_letters = n(&c.dead_letters),
-            transactions = n(&c.transactions),
-            discarded_batches = n(&c.discarded),
-            lag = kafka::consumer_lag(consumer),
+            consumed = c.consumed.get(),
+            valid = c.valid.get(),
+            fraud = c.fraud.get(),
+            verdicts = c.verdicts.get(),
+            dead_letters = c.dead_letters.get(),
+            transactions = c.transactions.get(),
+            discarded_batches = c.discarded.get(),
+            lag = lags.iter().map(|(_, _, lag)| lag).sum::<i64>(),
             "fraud progress"
         );
     }

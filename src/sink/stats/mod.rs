@@ -28,6 +28,7 @@ use crate::avro::envelope::ChangeReaders;
 use crate::change::{ChangeEvent, Op};
 use crate::config::{Settings, StatsConfig, TopicSettings, WorkerSettings};
 use crate::error::Result;
+use crate::metrics;
 use crate::registry::Registry;
 use figures::{Deltas, StatsState};
 
@@ -112,9 +113,15 @@ impl StatsWorker {
             .max(state.rolled_through.unwrap_or(NaiveDate::MIN));
         figures::roll_days(&tx, &mut state, today).await?;
         let mut fold = Fold::new(applied);
+        // Source commit times of the changes applied (not skipped), for the latency histogram.
+        let mut committed = Vec::with_capacity(events.len());
         for (m, event) in &events {
+            let before = fold.changes;
             fold.push(&tx, &mut state, today, m.partition(), event)
                 .await?;
+            if fold.changes > before {
+                committed.push(event.source.commit_time);
+            }
         }
         let applied = fold.finish(&tx, today).await?;
         let progress: Vec<Advance> = super::verdicts::progress(&batch.records)
@@ -128,6 +135,17 @@ impl StatsWorker {
         // The crash that hurts most: figures written, offsets written, nothing committed.
         crate::failpoint::hit("stats.before_commit");
         tx.commit().await?;
+        let now = chrono::Utc::now();
+        for commit_time in &committed {
+            let latency = (now - *commit_time).to_std().unwrap_or_default();
+            metrics::metrics()
+                .commit_to_stats
+                .observe(latency.as_secs_f64());
+        }
+        metrics::events_in(CONSUMER).inc_by(batch.records.len() as u64);
+        metrics::events_out(CONSUMER, "applied").inc_by(committed.len() as u64);
+        metrics::dead_letters(CONSUMER).inc_by(dead.len() as u64);
+        metrics::transactions(CONSUMER).inc();
         Ok(())
     }
 }
