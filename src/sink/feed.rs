@@ -87,6 +87,14 @@ fn consume(
         if let Some(e) = consumer.context().take_failure() {
             return Err(e);
         }
+        // Idle or not, so the lag gauge does not keep a value from before it caught up.
+        if report.elapsed() > std::time::Duration::from_secs(10) {
+            report = std::time::Instant::now();
+            let lags = kafka::partition_lags(&consumer);
+            crate::metrics::set_consumer_lag(&config.consumer, &lags);
+            let lag: i64 = lags.iter().map(|(_, _, lag)| lag).sum();
+            tracing::info!(sink = %config.consumer, lag, "sink lag");
+        }
         if consumer.context().generation.load(Ordering::SeqCst) != generation || records.is_empty()
         {
             continue;
@@ -100,13 +108,6 @@ fn consume(
         };
         if out.blocking_send(Ok(Batch { records, epochs })).is_err() {
             break;
-        }
-        if report.elapsed() > std::time::Duration::from_secs(10) {
-            report = std::time::Instant::now();
-            let lags = kafka::partition_lags(&consumer);
-            crate::metrics::set_consumer_lag(&config.consumer, &lags);
-            let lag: i64 = lags.iter().map(|(_, _, lag)| lag).sum();
-            tracing::info!(sink = %config.consumer, lag, "sink lag");
         }
     }
     Ok(())
