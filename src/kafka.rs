@@ -149,13 +149,9 @@ fn report_consumer_error(stage: &str, error: &rdkafka::error::KafkaError) {
     });
 }
 
-/// Records waiting in a consumer's assigned partitions: the lag a stage reports. One
-/// watermark request per partition, so call it every few seconds, not per record.
-pub fn consumer_lag<C: ConsumerContext + 'static>(consumer: &BaseConsumer<C>) -> i64 {
-    partition_lags(consumer).iter().map(|(_, _, lag)| lag).sum()
-}
-
-/// (topic, partition, lag) of each assigned partition the consumer has fetched from.
+/// (topic, partition, lag) of each assigned partition the consumer has fetched from: the lag
+/// a stage reports. One watermark request per partition, so call it every few seconds, not
+/// per record.
 pub fn partition_lags<C: ConsumerContext + 'static>(
     consumer: &BaseConsumer<C>,
 ) -> Vec<(String, i32, i64)> {
