@@ -205,6 +205,7 @@ fn settings(port: u16) -> String {
          wal_level = logical\n\
          max_wal_senders = 32\n\
          max_replication_slots = 32\n\
+         max_slot_wal_keep_size = 16GB\n\
          timezone = 'UTC'\n\
          log_timezone = 'UTC'\n"
     )
