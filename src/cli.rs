@@ -468,7 +468,7 @@ async fn run_api(settings: &Settings, args: ApiArgs, shutdown: CancellationToken
     let pool = db::pool(&settings.database_url, 16)?;
     api::serve(
         args.listen,
-        api::AppState { pool },
+        api::AppState::new(pool, &settings.database_url),
         args.api_token,
         shutdown,
     )

@@ -17,7 +17,8 @@ async fn server() -> Server {
     let pool = reviewflow::db::pool(&url, 4).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, api::router(AppState { pool })).await });
+    let state = AppState::new(pool, &url);
+    tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
     Server {
         base,
         db: reviewflow::db::connect(&url).await.unwrap(),

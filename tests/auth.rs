@@ -18,13 +18,10 @@ async fn writes_need_the_token_and_reads_do_not() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let token: ApiToken = TOKEN.parse().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            api::router_with_token(AppState { pool }, Some(token)),
-        )
-        .await
-    });
+    let state = AppState::new(pool, &url);
+    tokio::spawn(
+        async move { axum::serve(listener, api::router_with_token(state, Some(token))).await },
+    );
     let db = reviewflow::db::connect(&url).await.unwrap();
     let http = reqwest::Client::new();
     let review = json!({"course_id": COURSE, "user_id": 3, "rating": 4.5});

@@ -424,13 +424,8 @@ async fn a_client_outside_reviewflow_decodes_the_changes_with_the_registry() {
     let pool = reviewflow::db::pool(&p.url, 2).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let registry_url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            reviewflow::api::router(reviewflow::api::AppState { pool }),
-        )
-        .await
-    });
+    let state = reviewflow::api::AppState::new(pool, &p.url);
+    tokio::spawn(async move { axum::serve(listener, reviewflow::api::router(state)).await });
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/read_changes.py");
     let (bootstrap, topic) = (p.settings.kafka.bootstrap_servers.clone(), p.topic.clone());

@@ -183,7 +183,8 @@ async fn every_stage_counts_what_it_did() {
     let pool = reviewflow::db::pool(&p.url, 2).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api_address = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move { axum::serve(listener, api::router(AppState { pool })).await });
+    let state = AppState::new(pool, &p.url);
+    tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
     let text = scrape(&api_address).await.unwrap();
     let slot = p.slot();
     assert_eq!(

@@ -29,7 +29,8 @@ async fn the_document_describes_the_api_as_it_behaves() {
     let pool = reviewflow::db::pool(&url, 4).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, api::router(AppState { pool })).await });
+    let state = AppState::new(pool, &url);
+    tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
     let mut s = Server {
         base,
         db: reviewflow::db::connect(&url).await.unwrap(),
@@ -89,14 +90,15 @@ async fn without_a_database_the_answers_are_still_documented(s: &mut Server) {
     let unused = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = unused.local_addr().unwrap().port();
     drop(unused);
-    let pool =
-        reviewflow::db::pool(&format!("postgres://nobody@127.0.0.1:{port}/none"), 1).unwrap();
+    let nowhere = format!("postgres://nobody@127.0.0.1:{port}/none");
+    let pool = reviewflow::db::pool(&nowhere, 1).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = std::mem::replace(
         &mut s.base,
         format!("http://{}", listener.local_addr().unwrap()),
     );
-    tokio::spawn(async move { axum::serve(listener, api::router(AppState { pool })).await });
+    let state = AppState::new(pool, &nowhere);
+    tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
     let (status, health) = s.call(Method::GET, "/healthz", "/healthz", None).await;
     assert_eq!(
         (status, &health["status"]),
@@ -105,6 +107,9 @@ async fn without_a_database_the_answers_are_still_documented(s: &mut Server) {
     for (template, path) in [
         ("/reviews/{id}", "/reviews/1"),
         ("/courses/{id}/stats", "/courses/1/stats"),
+        ("/courses/{id}/events", "/courses/1/events"),
+        ("/courses/{id}", "/courses/1"),
+        ("/courses", "/courses"),
     ] {
         let (status, _) = s.call(Method::GET, template, path, None).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
@@ -287,6 +292,36 @@ async fn every_operation_answers_as_documented(s: &mut Server) {
         .call(Method::GET, "/courses/{id}/stats", "/courses/x/stats", None)
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // The live figures, the course page and the index (tests/page.rs checks them in a browser).
+    let (status, _) = s
+        .call(
+            Method::GET,
+            "/courses/{id}/events",
+            "/courses/41/events",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for (path, expected) in [
+        ("/courses/43/events", StatusCode::NOT_FOUND),
+        ("/courses/x/events", StatusCode::BAD_REQUEST),
+    ] {
+        let (status, _) = s
+            .call(Method::GET, "/courses/{id}/events", path, None)
+            .await;
+        assert_eq!(status, expected, "{path}");
+    }
+    for (path, expected) in [
+        ("/courses/41", StatusCode::OK),
+        ("/courses/43", StatusCode::NOT_FOUND),
+        ("/courses/x", StatusCode::BAD_REQUEST),
+    ] {
+        let (status, _) = s.call(Method::GET, "/courses/{id}", path, None).await;
+        assert_eq!(status, expected, "{path}");
+    }
+    let (status, _) = s.call(Method::GET, "/courses", "/courses", None).await;
+    assert_eq!(status, StatusCode::OK);
 
     let (status, health) = s.call(Method::GET, "/healthz", "/healthz", None).await;
     assert_eq!(
@@ -486,10 +521,23 @@ impl Server {
         template: &str,
         request: reqwest::RequestBuilder,
     ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
-        let response = request.send().await.expect("the api answers");
+        let mut response = request.send().await.expect("the api answers");
         let status = response.status();
         let headers = response.headers().clone();
-        let text = response.text().await.unwrap();
+        let text = if headers
+            .get("content-type")
+            .is_some_and(|t| t == "text/event-stream")
+        {
+            // An event stream does not end: its first event is the body checked here.
+            let first = tokio::time::timeout(std::time::Duration::from_secs(10), response.chunk())
+                .await
+                .expect("an event stream sends its first event at once")
+                .unwrap()
+                .unwrap_or_default();
+            String::from_utf8(first.to_vec()).unwrap()
+        } else {
+            response.text().await.unwrap()
+        };
         let operation = format!("{method} {template}");
         let documented =
             &self.doc["paths"][template][method.to_lowercase()]["responses"][status.as_str()];

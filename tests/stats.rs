@@ -5,6 +5,7 @@ mod common;
 
 use chrono::{NaiveDate, Utc};
 use common::pipeline::Pipeline;
+use reviewflow::sink::stats::notify::{self, Touched};
 use reviewflow::verify;
 
 /// Once the pipeline caught up, `verify` (as of `today`; None: the server's today) must
@@ -234,6 +235,47 @@ async fn killed_mid_batch_the_stats_worker_counts_nothing_twice() {
     }
 }
 
+/// The courses named on the `course_stats` channel since LISTEN (`*` as -1), and the client
+/// that keeps the listening connection open.
+type Heard = std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<i64>>>;
+
+async fn listen(url: &str) -> (tokio_postgres::Client, Heard) {
+    use futures_util::StreamExt;
+    let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let heard = Heard::default();
+    let into = heard.clone();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let mut heard = into.lock().unwrap();
+                match notify::parse(n.payload()) {
+                    Touched::All => {
+                        heard.insert(-1);
+                    }
+                    Touched::Courses(courses) => heard.extend(courses),
+                }
+            }
+        }
+    });
+    client.batch_execute("LISTEN course_stats").await.unwrap();
+    (client, heard)
+}
+
+async fn assert_heard(heard: &Heard, courses: &[i64]) {
+    common::eventually(
+        "the stats commits notified the courses they changed",
+        30,
+        || async {
+            let heard = heard.lock().unwrap();
+            courses.iter().all(|c| heard.contains(c))
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_90_day_figures_drop_reviews_as_days_pass_without_new_ones() {
     let p = Pipeline::new("stats_clock").await;
@@ -250,8 +292,11 @@ async fn the_90_day_figures_drop_reviews_as_days_pass_without_new_ones() {
     let _cdc = p.spawn_cdc(None);
     let _fraud = p.spawn("fraud", None, &[]);
     let _verdicts = p.spawn("verdicts", None, &[]);
+    let (_listening, heard) = listen(&p.url).await;
     let stats = p.spawn("stats", None, &[]);
     assert_truth(&p, None).await;
+    // Each batch's commit notified its courses (the api's event streams listen for this).
+    assert_heard(&heard, &[1, 2]).await;
     let recent = |db: tokio_postgres::Client| async move {
         db.query(
             "SELECT recent_review_count, recent_rating_avg::text FROM course_stats ORDER BY course_id",
@@ -268,6 +313,7 @@ async fn the_90_day_figures_drop_reviews_as_days_pass_without_new_ones() {
         vec![(2, Some("4.0000".into())), (1, Some("4.0000".into()))]
     );
     p.stop(stats).await;
+    heard.lock().unwrap().clear();
 
     // Fifteen days later, with no new review: the 80- and 85-day-old ones left the window.
     let later = Utc::now().date_naive() + chrono::Days::new(15);
@@ -284,6 +330,8 @@ async fn the_90_day_figures_drop_reviews_as_days_pass_without_new_ones() {
     })
     .await;
     assert_truth(&p, Some(later)).await;
+    // The rollover's commit notified both courses whose 90-day figures it refreshed.
+    assert_heard(&heard, &[1, 2]).await;
     assert_eq!(
         recent(p.db().await).await,
         vec![(1, Some("3.0000".into())), (0, None)]

@@ -6,6 +6,8 @@
 
 mod auth;
 mod error;
+mod events;
+mod page;
 mod reviews;
 mod stats;
 
@@ -22,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::ApiToken;
 pub use error::ApiError;
+pub use events::CourseEvents;
 
 use crate::error::{Error, Result};
 
@@ -40,6 +43,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/openapi.json"),
     ("GET", "/metrics"),
+    ("GET", "/courses/{id}/events"),
+    ("GET", "/courses/{id}"),
+    ("GET", "/courses"),
 ];
 
 fn handler(method: &str, path: &str) -> MethodRouter<AppState> {
@@ -50,6 +56,9 @@ fn handler(method: &str, path: &str) -> MethodRouter<AppState> {
         ("GET", "/healthz") => get(stats::healthz),
         ("GET", "/openapi.json") => get(openapi),
         ("GET", "/metrics") => get(metrics),
+        ("GET", "/courses/{id}/events") => get(events::course_events),
+        ("GET", "/courses/{id}") => get(page::course),
+        ("GET", "/courses") => get(page::index),
         _ => unreachable!("ROUTES lists {method} {path}, which has no handler"),
     }
 }
@@ -66,6 +75,18 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[derive(Clone)]
 pub struct AppState {
     pub pool: Pool,
+    /// The `course_stats` listener behind GET /courses/{id}/events.
+    pub events: CourseEvents,
+}
+
+impl AppState {
+    /// `pool` and the listener both on the database at `database_url`.
+    pub fn new(pool: Pool, database_url: &str) -> Self {
+        AppState {
+            pool,
+            events: CourseEvents::new(database_url),
+        }
+    }
 }
 
 /// The API with writes open to anyone: [`router_with_token`] with no token.
@@ -128,6 +149,13 @@ pub async fn serve(
     if token.is_none() && !listen.ip().is_loopback() {
         tracing::warn!(%listen, "anyone who reaches this address can write reviews and schemas: set API_TOKEN");
     }
+    // Event streams never end by themselves: they end with the server.
+    let events = state.events.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        events.stop();
+    });
     axum::serve(listener, router_with_token(state, token))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

@@ -1,4 +1,5 @@
 //! GET /courses/{id}/stats (what the stats sink wrote) and GET /healthz.
+//! The event stream and the course page read the same row through [`read_stats`].
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -12,18 +13,32 @@ pub async fn course_stats(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::bad_request("id must be an integer", Some("id".into())))?;
-    let client = state.pool.get().await?;
+    let id = course_id(&id)?;
+    read_stats(&state.pool, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no statistics for course {id} yet")))
+}
+
+/// The path's course id.
+pub fn course_id(id: &str) -> Result<i64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::bad_request("id must be an integer", Some("id".into())))
+}
+
+/// The course's course_stats row as JSON (the body of GET /courses/{id}/stats), if it has one.
+pub async fn read_stats(
+    pool: &deadpool_postgres::Pool,
+    id: i64,
+) -> Result<Option<Value>, ApiError> {
+    let client = pool.get().await?;
     let row = client
         .query_opt(
             "SELECT to_jsonb(s) FROM course_stats s WHERE course_id = $1",
             &[&id],
         )
         .await?;
-    row.map(|r| Json(r.get(0)))
-        .ok_or_else(|| ApiError::not_found(format!("no statistics for course {id} yet")))
+    Ok(row.map(|r| r.get(0)))
 }
 
 pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {

@@ -120,6 +120,11 @@ impl Deltas {
         self.touched.len()
     }
 
+    /// The distinct courses touched, in order.
+    pub fn touched(&self) -> impl Iterator<Item = i64> + '_ {
+        self.touched.iter().copied()
+    }
+
     /// All-time change per touched course, zero for courses whose changes cancelled.
     fn per_course(&self) -> BTreeMap<i64, Figures> {
         let mut courses: BTreeMap<i64, Figures> = self
@@ -210,8 +215,8 @@ pub async fn apply(tx: &Transaction<'_>, deltas: &Deltas, today: NaiveDate) -> R
 
 /// Day rollover: refreshes the 90-day figures of exactly the courses that have a bucket
 /// which left the window since `state.rolled_through` (every course with an expired bucket
-/// when it is unset), then records `today`. Returns the number of courses refreshed; 0 and
-/// no write when `today` was already rolled.
+/// when it is unset), then records `today` and notifies the refreshed courses (see `notify`).
+/// Returns the number of courses refreshed; 0 and no write when `today` was already rolled.
 pub async fn roll_days(
     tx: &Transaction<'_>,
     state: &mut StatsState,
@@ -222,11 +227,18 @@ pub async fn roll_days(
     }
     let expired_after = state.rolled_through.map(window_floor);
     let floor = window_floor(today);
-    let refreshed = tx.execute(ROLL_DAYS, &[&expired_after, &floor]).await?;
+    let refreshed: Vec<i64> = tx
+        .query(ROLL_DAYS, &[&expired_after, &floor])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // Delivered to the api's listeners only if the rollover commits.
+    super::notify::notify(tx, &super::notify::Touched::Courses(refreshed.clone())).await?;
     tx.execute("UPDATE stats_state SET rolled_through = $1", &[&today])
         .await?;
     state.rolled_through = Some(today);
-    Ok(refreshed)
+    Ok(refreshed.len() as u64)
 }
 
 /// TRUNCATE of reviews at source position `id` (commit LSN, position): empties the derived
@@ -380,7 +392,8 @@ UPDATE course_stats s SET
     recent_stars_3 = r.stars_3, recent_stars_4 = r.stars_4, recent_stars_5 = r.stars_5,
     updated_at = now()
 FROM recent r
-WHERE s.course_id = r.course_id"
+WHERE s.course_id = r.course_id
+RETURNING s.course_id"
 );
 
 #[cfg(test)]

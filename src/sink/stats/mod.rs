@@ -12,6 +12,7 @@
 //! consumers and decoding, not concurrent writes.
 
 pub mod figures;
+pub mod notify;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -31,6 +32,7 @@ use crate::error::Result;
 use crate::metrics;
 use crate::registry::Registry;
 use figures::{Deltas, StatsState};
+use notify::Touched;
 
 /// Its rows in sink_offsets.
 pub const CONSUMER: &str = "stats";
@@ -123,6 +125,8 @@ impl StatsWorker {
                 committed.push(event.source.commit_time);
             }
         }
+        // Delivered to the api's listeners only if this transaction commits.
+        notify::notify(&tx, &fold.touched()).await?;
         let applied = fold.finish(&tx, today).await?;
         let progress: Vec<Advance> = super::verdicts::progress(&batch.records)
             .into_iter()
@@ -155,6 +159,8 @@ impl StatsWorker {
 pub struct Fold {
     applied: HashMap<i32, Applied>,
     deltas: Deltas,
+    /// A TRUNCATE was applied: every course changed.
+    reset: bool,
     pub changes: u64,
     pub skipped: u64,
 }
@@ -164,6 +170,7 @@ impl Fold {
         Fold {
             applied,
             deltas: Deltas::default(),
+            reset: false,
             changes: 0,
             skipped: 0,
         }
@@ -188,7 +195,7 @@ impl Fold {
         if event.op == Op::Truncate {
             // What came before it is void: apply it first, then start from nothing.
             figures::apply(tx, &std::mem::take(&mut self.deltas), today).await?;
-            figures::reset(tx, state, id).await?;
+            self.reset |= figures::reset(tx, state, id).await?;
             return Ok(());
         }
         if let Some(before) = &event.before {
@@ -198,6 +205,15 @@ impl Fold {
             self.deltas.add(after, 1);
         }
         Ok(())
+    }
+
+    /// The courses whose figures this fold changes (so far), for the notification.
+    pub fn touched(&self) -> Touched {
+        if self.reset {
+            Touched::All
+        } else {
+            Touched::Courses(self.deltas.touched().collect())
+        }
     }
 
     /// Applies what is left; returns the last source position applied per partition.
