@@ -150,7 +150,13 @@ pub enum Command {
 #[derive(clap::Args, Debug, Clone)]
 pub struct ApiArgs {
     /// Address the HTTP server listens on.
-    #[arg(long, env = "API_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        id = "api_listen",
+        long = "listen",
+        value_name = "ADDR",
+        env = "API_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     pub listen: SocketAddr,
 
     /// When set, every write (POST /reviews, and the schema registry's POST, PUT, DELETE)
@@ -549,5 +555,33 @@ mod tests {
             shown.contains("API_TOKEN") && !shown.contains("hunter2"),
             "{shown}"
         );
+    }
+}
+
+#[cfg(test)]
+mod command_line_tests {
+    /// clap checks a command's arguments only when it is built: every subcommand, `run`
+    /// (which flattens every stage's settings) included, must build without a clash.
+    #[test]
+    fn every_subcommand_builds() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}
+
+#[cfg(test)]
+mod listen_tests {
+    use clap::Parser;
+
+    /// The api's address and the metrics server's are two settings: one must not fill the
+    /// other (they once shared an argument id, and `run` then bound the same port twice).
+    #[test]
+    fn the_api_address_does_not_become_the_metrics_address() {
+        let cli = super::Cli::parse_from(["reviewflow", "run", "--listen", "127.0.0.1:18555"]);
+        assert_eq!(cli.metrics.listen, None);
+        let super::Command::Run { api, .. } = cli.command else {
+            panic!("run parses as run")
+        };
+        assert_eq!(api.listen.to_string(), "127.0.0.1:18555");
     }
 }

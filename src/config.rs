@@ -141,6 +141,7 @@ pub struct FraudConfig {
 
     /// Consumer group of the fraud workers; instances in one group split the partitions.
     #[arg(
+        id = "fraud_group",
         long = "fraud-group",
         env = "REVIEWFLOW_FRAUD_GROUP",
         default_value = "reviewflow-fraud"
@@ -153,6 +154,7 @@ pub struct FraudConfig {
 pub struct VerdictsConfig {
     /// Consumer group of the verdict sinks; instances in one group split the partitions.
     #[arg(
+        id = "verdicts_group",
         long = "verdicts-group",
         env = "REVIEWFLOW_VERDICTS_GROUP",
         default_value = "reviewflow-verdicts"
@@ -165,6 +167,7 @@ pub struct VerdictsConfig {
 pub struct StatsConfig {
     /// Consumer group of the stats workers; instances in one group split the partitions.
     #[arg(
+        id = "stats_group",
         long = "stats-group",
         env = "REVIEWFLOW_STATS_GROUP",
         default_value = "reviewflow-stats"
@@ -174,6 +177,7 @@ pub struct StatsConfig {
     /// Compacted topic the figures are offered on to other consumers (`run` streams
     /// course_stats into it with a second CDC reader, slot `<slot>_stats`); empty: none.
     #[arg(
+        id = "stats_topic",
         long = "stats-topic",
         env = "REVIEWFLOW_STATS_TOPIC",
         default_value = "course-stats"
@@ -280,7 +284,9 @@ pub struct WorkerSettings {
 pub struct MetricsSettings {
     /// Serve GET /metrics (Prometheus, OpenMetrics text) on this address; off when unset.
     #[arg(
+        id = "metrics_listen",
         long = "metrics-listen",
+        value_name = "ADDR",
         env = "REVIEWFLOW_METRICS_LISTEN",
         global = true
     )]

@@ -210,10 +210,18 @@ impl Pipeline {
         let mut child = stage.take();
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let status = tokio::task::spawn_blocking(move || child.wait())
-            .await
-            .unwrap()
-            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the stage did not exit within 60 s of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         assert!(
             status.success(),
             "the stage exits cleanly on SIGTERM: {status}"
