@@ -1,5 +1,4 @@
 //! The command line: one binary whose subcommands are the pipeline's parts and tools.
-//! Parts that are not built yet say so and exit non-zero; nothing pretends to work.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

@@ -68,9 +68,6 @@ pub enum Error {
 
     #[error("import: {0}")]
     Import(String),
-
-    #[error("{0} is not built yet: it is tracked as an open issue; nothing was done")]
-    NotBuilt(&'static str),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -192,6 +192,24 @@ pub fn partition_count(consumer: &impl Consumer, topic: &str) -> Result<i32> {
     Ok(count as i32)
 }
 
+/// Where a consumer assigned to `topic/partition` from offset `low` stands. With transactions
+/// the last offsets may be control records, never delivered, so a reader is at the end when
+/// this reaches the high watermark, not when the last record arrives. Before the first fetch
+/// the position is "invalid" (negative): that counts as `low`, not at the end yet.
+pub fn read_position<C: ConsumerContext + 'static>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    low: i64,
+) -> Result<i64> {
+    Ok(consumer
+        .position()?
+        .find_partition(topic, partition)
+        .and_then(|p| p.offset().to_raw())
+        .unwrap_or(low)
+        .max(low))
+}
+
 /// Every committed record of `topic`, partition by partition, up to the high watermarks as
 /// they were when it started. Blocking: call it from `spawn_blocking`.
 ///
@@ -216,13 +234,7 @@ pub fn read_committed_to_end(
         assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
         consumer.assign(&assignment)?;
         loop {
-            // Before the first fetch the position is "invalid" (negative): not at the end yet.
-            let position = consumer
-                .position()?
-                .find_partition(topic, partition)
-                .and_then(|p| p.offset().to_raw())
-                .unwrap_or(low)
-                .max(low);
+            let position = read_position(&consumer, topic, partition, low)?;
             if position >= high {
                 break;
             }

@@ -70,7 +70,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
 
-use crate::avro::decode_change;
+use crate::avro::envelope::ChangeReaders;
 use crate::avro::verdict::Verdict;
 use crate::change::{ChangeEvent, Op, ReviewRow};
 use crate::config::{FraudConfig, KafkaSettings, Settings, TopicSettings};
@@ -592,6 +592,7 @@ async fn fold_ranges(
             }
         })
     };
+    let mut readers = ChangeReaders::default();
     let mut read = KafkaRead::default();
     for r in ranges {
         read.folds.insert(r.partition, PartitionFold::default());
@@ -604,7 +605,7 @@ async fn fold_ranges(
         let Some(m) = next else { break };
         let m = m?;
         read.records += 1;
-        match decode(registry, &m).await? {
+        match crate::sink::stats::read(registry, &mut readers, &m).await? {
             Ok(event) => read
                 .folds
                 .entry(m.partition())
@@ -645,15 +646,7 @@ fn read_ranges(
             if stop.is_cancelled() {
                 return Err(interrupted());
             }
-            // With transactions the last offsets may be control records, never delivered:
-            // a partition is done when the position reaches the high watermark. Before the
-            // first fetch the position is invalid (negative).
-            let position = consumer
-                .position()?
-                .find_partition(topic, partition)
-                .and_then(|p| p.offset().to_raw())
-                .unwrap_or(low)
-                .max(low);
+            let position = crate::kafka::read_position(&consumer, topic, partition, low)?;
             bar.set_position(base + (position.min(high) - low) as u64);
             if position >= high {
                 break;
@@ -686,14 +679,6 @@ fn read_ranges(
         }
     }
     Ok(())
-}
-
-async fn decode(registry: &Registry, m: &OwnedMessage) -> Result<Result<ChangeEvent, String>> {
-    Ok(match registry.resolve(m.payload()).await? {
-        Err(reason) => Err(reason),
-        Ok(framed) => decode_change(&framed.schema, framed.body)
-            .map_err(|e| format!("not a change event of reviews: {e}")),
-    })
 }
 
 /// One partition of the changelog folded in stream order: re-sends skipped, everything

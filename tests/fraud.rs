@@ -13,7 +13,6 @@ use reviewflow::avro::{verdict, wire};
 use reviewflow::change::{ChangeEvent, Op, ReviewRow};
 use reviewflow::lsn::Lsn;
 use reviewflow::registry::Registry;
-use reviewflow::review::Rating;
 use reviewflow::transform::score::{self, ScorerKind};
 
 /// Every verdict on the verdicts topic (read_committed).
@@ -106,29 +105,6 @@ async fn wait_for_verdicts(p: &Pipeline, n: i64) {
     assert_eq!(verdict_rows(p).await, n);
 }
 
-async fn rows(p: &Pipeline) -> Vec<ReviewRow> {
-    p.db()
-        .await
-        .query(
-            "SELECT id, course_id, user_id, rating::float8, title, content, created_at, updated_at FROM reviews",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| ReviewRow {
-            id: r.get(0),
-            course_id: r.get(1),
-            user_id: r.get(2),
-            rating: Rating::from_stars(r.get(3)).unwrap(),
-            title: r.get(4),
-            content: r.get(5),
-            created_at: r.get(6),
-            updated_at: r.get(7),
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_model_flags_about_five_percent_and_the_same_ones_every_time() {
     let p = Pipeline::new("fraud_seed").await;
@@ -168,7 +144,8 @@ async fn the_seed_model_flags_about_five_percent_and_the_same_ones_every_time() 
     // The verdict is a pure function of the row: recomputed here, in another process, from
     // the rows as PostgreSQL holds them, it flags exactly the same reviews.
     let model = score::scorer(ScorerKind::Seed, 0.5).unwrap();
-    let recomputed: BTreeSet<i64> = rows(&p)
+    let recomputed: BTreeSet<i64> = p
+        .reviews()
         .await
         .iter()
         .filter(|r| model.judge(r).fraud)

@@ -9,8 +9,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::pipeline::Pipeline;
-use reviewflow::change::ReviewRow;
-use reviewflow::review::Rating;
 use reviewflow::transform::score::{self, ScorerKind};
 
 async fn differences(p: &Pipeline) -> Vec<String> {
@@ -32,28 +30,8 @@ async fn differences(p: &Pipeline) -> Vec<String> {
 /// others: what course_stats must count once the pipeline has caught up.
 async fn valid_reviews(p: &Pipeline) -> (i64, Vec<i64>) {
     let scorer = score::scorer(ScorerKind::Heuristic, 0.5).unwrap();
-    let rows = p
-        .db()
-        .await
-        .query(
-            "SELECT id, course_id, user_id, rating::float8, title, content, created_at, updated_at
-             FROM reviews ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap();
     let (mut valid, mut fraud) = (0, vec![]);
-    for r in &rows {
-        let review = ReviewRow {
-            id: r.get(0),
-            course_id: r.get(1),
-            user_id: r.get(2),
-            rating: Rating::from_stars(r.get(3)).unwrap(),
-            title: r.get(4),
-            content: r.get(5),
-            created_at: r.get(6),
-            updated_at: r.get(7),
-        };
+    for review in p.reviews().await {
         if scorer.judge(&review).fraud {
             fraud.push(review.id);
         } else {

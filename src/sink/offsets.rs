@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 
+use rdkafka::message::{Message, OwnedMessage};
+
 use tokio_postgres::{GenericClient, Transaction};
 
 use crate::error::{Error, Result};
@@ -133,4 +135,20 @@ pub async fn advance(
     )
     .await?;
     Ok(())
+}
+
+/// Where each partition of the records resumes.
+pub fn progress(records: &[OwnedMessage]) -> Vec<Advance> {
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    for m in records {
+        let n = next.entry(m.partition()).or_default();
+        *n = (*n).max(m.offset() + 1);
+    }
+    next.into_iter()
+        .map(|(partition, next_offset)| Advance {
+            partition,
+            next_offset,
+            applied: None,
+        })
+        .collect()
 }

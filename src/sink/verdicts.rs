@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::dead_letters::DeadLetters;
 use super::feed::{self, Batch};
-use super::offsets::{self, Advance};
+use super::offsets;
 use crate::avro::verdict::{self, Verdict};
 use crate::config::{Settings, TopicSettings, VerdictsConfig, WorkerSettings};
 use crate::error::Result;
@@ -75,7 +75,7 @@ impl VerdictSink {
             &tx,
             CONSUMER,
             &self.topics.verdicts,
-            &progress(&batch.records),
+            &offsets::progress(&batch.records),
         )
         .await?;
         crate::failpoint::hit("verdicts.before_commit");
@@ -86,22 +86,6 @@ impl VerdictSink {
         metrics::transactions(CONSUMER).inc();
         Ok(())
     }
-}
-
-/// Where each partition of the records resumes.
-pub fn progress(records: &[OwnedMessage]) -> Vec<Advance> {
-    let mut next: HashMap<i32, i64> = HashMap::new();
-    for m in records {
-        let n = next.entry(m.partition()).or_default();
-        *n = (*n).max(m.offset() + 1);
-    }
-    next.into_iter()
-        .map(|(partition, next_offset)| Advance {
-            partition,
-            next_offset,
-            applied: None,
-        })
-        .collect()
 }
 
 async fn read(registry: &Registry, m: &OwnedMessage) -> Result<Result<Verdict, String>> {

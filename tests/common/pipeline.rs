@@ -173,6 +173,31 @@ impl Pipeline {
             .collect()
     }
 
+    /// The rows of `reviews` as the pipeline's stages see them, in id order.
+    pub async fn reviews(&self) -> Vec<reviewflow::change::ReviewRow> {
+        self.db()
+            .await
+            .query(
+                "SELECT id, course_id, user_id, rating::float8, title, content, created_at, updated_at
+                 FROM reviews ORDER BY id",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| reviewflow::change::ReviewRow {
+                id: r.get(0),
+                course_id: r.get(1),
+                user_id: r.get(2),
+                rating: reviewflow::review::Rating::from_stars(r.get(3)).unwrap(),
+                title: r.get(4),
+                content: r.get(5),
+                created_at: r.get(6),
+                updated_at: r.get(7),
+            })
+            .collect()
+    }
+
     pub async fn db(&self) -> tokio_postgres::Client {
         reviewflow::db::connect(&self.url).await.unwrap()
     }

@@ -128,7 +128,7 @@ impl StatsWorker {
         // Delivered to the api's listeners only if this transaction commits.
         notify::notify(&tx, &fold.touched()).await?;
         let applied = fold.finish(&tx, today).await?;
-        let progress: Vec<Advance> = super::verdicts::progress(&batch.records)
+        let progress: Vec<Advance> = offsets::progress(&batch.records)
             .into_iter()
             .map(|a| Advance {
                 applied: applied.get(&a.partition).copied().flatten(),
@@ -234,7 +234,9 @@ struct Input<'a> {
     dead_letters: &'a DeadLetters,
 }
 
-async fn read(
+/// A record of the valid changelog decoded, or why it cannot be (a dead letter); an `Err`
+/// is only registry trouble. Shared with `replay`.
+pub(crate) async fn read(
     registry: &Registry,
     readers: &mut ChangeReaders,
     m: &OwnedMessage,
