@@ -18,6 +18,7 @@ public final class Main {
             Result result = switch (argv[0]) {
                 case "debezium" -> DebeziumPeer.run(rest);
                 case "streams" -> StreamsPeer.run(rest);
+                case "check-streams" -> StreamsCheck.run(rest);
                 default -> throw new PeerException("unknown peer " + argv[0] + " (debezium or streams)");
             };
             System.out.println(result.json());
