@@ -48,6 +48,11 @@ pub struct StackConfig {
     #[arg(long, env = "REVIEWFLOW_KAFKA_VERSION", default_value = KAFKA_VERSION, global = true)]
     pub kafka_version: String,
 
+    /// Serve TLS from the local PostgreSQL (ssl=on, a self-signed certificate for localhost
+    /// and 127.0.0.1 made with `openssl req` on first use). Clients still choose with sslmode.
+    #[arg(long = "pg-ssl", env = "REVIEWFLOW_PG_SSL", global = true)]
+    pub pg_ssl: bool,
+
     /// Directory holding initdb, pg_ctl and postgres.
     #[arg(
         long,
@@ -98,6 +103,57 @@ pub async fn up(cfg: &StackConfig) -> Result<StackInfo> {
     })
 }
 
+/// Only the PostgreSQL part of the stack (for a second, private cluster in tests).
+pub async fn up_postgres(cfg: &StackConfig) -> Result<String> {
+    let home = cfg.home();
+    std::fs::create_dir_all(&home)
+        .map_err(|e| crate::Error::io_path("create the stack folder", &home, e))?;
+    postgres::up(cfg).await
+}
+
+pub async fn down_postgres(cfg: &StackConfig) -> Result<()> {
+    postgres::down(cfg).await
+}
+
+/// The local PostgreSQL's certificate (with `--pg-ssl`), the `sslrootcert` that verifies it.
+pub fn postgres_certificate(cfg: &StackConfig) -> PathBuf {
+    postgres::certificate_path(cfg)
+}
+
+/// The local broker's SASL_PLAINTEXT listener (mechanism PLAIN): address, user, password.
+pub fn kafka_sasl(cfg: &StackConfig) -> Result<(String, String, String)> {
+    kafka::sasl(cfg)
+}
+
+/// Login users of the least-privilege groups on the local stack (see `db::roles`), made or
+/// refreshed with new passwords: (role, its URL variable's value).
+pub async fn roles(cfg: &StackConfig) -> Result<Vec<(config::DbRole, String)>> {
+    use config::DbRole;
+    let owner = postgres::running_url(cfg)?;
+    // The groups come with the migrations.
+    crate::db::migrate(&owner).await?;
+    let admin = crate::db::connect(&owner).await?;
+    let (scheme_user, host_db) = owner
+        .split_once('@')
+        .ok_or_else(|| Error::Stack("the stack's URL has no user".into()))?;
+    let scheme = &scheme_user[..scheme_user.find("://").map_or(0, |i| i + 3)];
+    let mut out = Vec::new();
+    for role in [DbRole::Cdc, DbRole::Api, DbRole::Worker] {
+        let group = role.group().unwrap_or_default();
+        let user = format!("{group}_login");
+        let password = postgres::random_hex(18)?;
+        crate::db::roles::create_login(&admin, role, &user, &password).await?;
+        let url = format!("{scheme}{user}:{password}@{host_db}");
+        write_file(
+            &cfg.home().join(format!("postgres.{user}.url")),
+            url.as_bytes(),
+            0o600,
+        )?;
+        out.push((role, url));
+    }
+    Ok(out)
+}
+
 /// Stops the processes of this stack; their data stays for the next `up`.
 pub async fn down(cfg: &StackConfig) -> Result<()> {
     let kafka = kafka::down(cfg).await;
@@ -133,7 +189,7 @@ pub async fn crash(cfg: &StackConfig, part: Part) -> Result<()> {
     // The kernel lets go of a killed process's listening ports a moment after it is gone.
     let ports = match part {
         Part::Postgres => vec![cfg.pg_port],
-        Part::Kafka => vec![cfg.kafka_port, cfg.kafka_port + 1],
+        Part::Kafka => vec![cfg.kafka_port, cfg.kafka_port + 1, cfg.kafka_port + 2],
     };
     for _ in 0..600 {
         if ports.iter().all(|p| process::port_free(*p)) {
@@ -198,7 +254,7 @@ pub fn status(cfg: &StackConfig) -> Vec<(String, Result<String>)> {
     vec![
         (
             "postgres".to_string(),
-            postgres::running_url(cfg).map(|u| redact_url(&u)),
+            postgres::running_url(cfg).map(|u| config::redact_url(&u)),
         ),
         ("kafka".to_string(), kafka::running_address(cfg)),
     ]
@@ -219,24 +275,17 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .map_err(|e| Error::io_path("write", path, e))
 }
 
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => match url[s + 3..at].find(':') {
-            Some(c) => format!("{}:***{}", &url[..s + 3 + c], &url[at..]),
-            None => url.to_string(),
-        },
-        _ => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn urls_lose_their_password_for_display() {
         assert_eq!(
-            super::redact_url("postgres://reviewflow:s3cret@127.0.0.1:54329/reviewflow"),
+            crate::config::redact_url("postgres://reviewflow:s3cret@127.0.0.1:54329/reviewflow"),
             "postgres://reviewflow:***@127.0.0.1:54329/reviewflow"
         );
-        assert_eq!(super::redact_url("postgres://h/db"), "postgres://h/db");
+        assert_eq!(
+            crate::config::redact_url("postgres://h/db"),
+            "postgres://h/db"
+        );
     }
 }
