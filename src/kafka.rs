@@ -269,6 +269,8 @@ pub async fn check_access(kafka: &KafkaSettings) -> Result<()> {
             if consumer.fetch_metadata(None, Duration::from_secs(1)).is_ok() {
                 return Ok(());
             }
+            // librdkafka hands its errors to the context from the poll loop only.
+            let _ = consumer.poll(Duration::from_millis(100));
             let refused = consumer.context().refused.lock().ok().and_then(|r| r.clone());
             if let Some(reason) = refused {
                 return Err(Error::Config(format!(

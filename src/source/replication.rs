@@ -419,6 +419,11 @@ async fn open_tcp(config: &tokio_postgres::Config) -> Result<(TcpStream, String,
         };
         let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
         let address = format!("{host}:{port}");
+        // With hostaddr, the host name is still what a certificate is checked against.
+        let name = match hosts.get(i) {
+            Some(Host::Tcp(name)) => name.clone(),
+            _ => host.clone(),
+        };
         let connecting = TcpStream::connect((host.as_str(), port));
         let attempt = match config.get_connect_timeout() {
             Some(limit) => tokio::time::timeout(*limit, connecting)
@@ -432,7 +437,7 @@ async fn open_tcp(config: &tokio_postgres::Config) -> Result<(TcpStream, String,
                 stream
                     .set_nodelay(true)
                     .map_err(|e| Error::io(format!("replication connection to {address}"), e))?;
-                return Ok((stream, address, host));
+                return Ok((stream, address, name));
             }
             Err(e) => {
                 tracing::debug!(%address, error = %e, "replication connection attempt failed");
