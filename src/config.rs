@@ -106,13 +106,16 @@ impl clap::builder::TypedValueParser for ClientSettingParser {
         _arg: Option<&clap::Arg>,
         value: &std::ffi::OsStr,
     ) -> std::result::Result<ClientSetting, clap::Error> {
-        let parsed = value.to_str().and_then(|v| v.split_once('=')).and_then(|(k, v)| {
-            let key = k.trim();
-            (!key.is_empty() && !key.contains(char::is_whitespace)).then(|| ClientSetting {
-                key: key.to_owned(),
-                value: v.to_owned(),
-            })
-        });
+        let parsed = value
+            .to_str()
+            .and_then(|v| v.split_once('='))
+            .and_then(|(k, v)| {
+                let key = k.trim();
+                (!key.is_empty() && !key.contains(char::is_whitespace)).then(|| ClientSetting {
+                    key: key.to_owned(),
+                    value: v.to_owned(),
+                })
+            });
         parsed.ok_or_else(|| {
             clap::Error::raw(
                 clap::error::ErrorKind::InvalidValue,
@@ -564,7 +567,8 @@ impl Connections {
             api: non_empty(&self.api_database_url),
             worker: non_empty(&self.worker_database_url),
         };
-        let roles_only = role_urls.cdc.is_some() || role_urls.api.is_some() || role_urls.worker.is_some();
+        let roles_only =
+            role_urls.cdc.is_some() || role_urls.api.is_some() || role_urls.worker.is_some();
         let (owner_url, bootstrap_servers) =
             match (&self.database_url, &self.kafka_bootstrap_servers) {
                 (Some(db), Some(kafka)) => (Some(db.clone()), kafka.clone()),
@@ -577,7 +581,10 @@ impl Connections {
                         None if roles_only => None,
                         None => Some(local.database_url),
                     };
-                    (owner, kafka.clone().unwrap_or(local.kafka_bootstrap_servers))
+                    (
+                        owner,
+                        kafka.clone().unwrap_or(local.kafka_bootstrap_servers),
+                    )
                 }
             };
         if owner_url.as_deref().is_some_and(|u| u.trim().is_empty()) {
@@ -668,9 +675,17 @@ pub fn kafka_client_settings(
 /// ssl.key.pem, sasl.oauthbearer.client.secret, ...
 pub fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["password", "secret", "token", "key.pem", "private", "jaas", "credential"]
-        .iter()
-        .any(|s| key.contains(s))
+    [
+        "password",
+        "secret",
+        "token",
+        "key.pem",
+        "private",
+        "jaas",
+        "credential",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
 }
 
 /// A setting's value as logs show it.
@@ -797,7 +812,10 @@ mod tests {
                 "postgres://rf:***@127.0.0.1:5432/db?sslmode=require",
             ),
             ("postgres://h/db", "postgres://h/db"),
-            ("postgres://u@h/db?password=s3cr", "postgres://u@h/db?password=***"),
+            (
+                "postgres://u@h/db?password=s3cr",
+                "postgres://u@h/db?password=***",
+            ),
             ("host=h user=u password=s3cr", "host=h user=u password=***"),
         ] {
             assert_eq!(redact_url(url), shown);
@@ -874,14 +892,23 @@ mod tests {
             },
             schema_registry_url: None,
         };
-        assert_eq!(settings.for_role(DbRole::Cdc).unwrap().database_url, "postgres://cdc@h/db");
+        assert_eq!(
+            settings.for_role(DbRole::Cdc).unwrap().database_url,
+            "postgres://cdc@h/db"
+        );
         let e = settings.for_role(DbRole::Api).unwrap_err().to_string();
         assert!(e.contains("API_DATABASE_URL"), "{e}");
         let owned = Settings {
             owner_url: Some("postgres://o@h/db".into()),
             ..settings
         };
-        assert_eq!(owned.for_role(DbRole::Worker).unwrap().database_url, "postgres://o@h/db");
-        assert_eq!(owned.for_role(DbRole::Cdc).unwrap().database_url, "postgres://cdc@h/db");
+        assert_eq!(
+            owned.for_role(DbRole::Worker).unwrap().database_url,
+            "postgres://o@h/db"
+        );
+        assert_eq!(
+            owned.for_role(DbRole::Cdc).unwrap().database_url,
+            "postgres://cdc@h/db"
+        );
     }
 }

@@ -266,12 +266,20 @@ pub async fn check_access(kafka: &KafkaSettings) -> Result<()> {
             client_config(&kafka).create_with_context(AccessWatch::default())?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if consumer.fetch_metadata(None, Duration::from_secs(1)).is_ok() {
+            if consumer
+                .fetch_metadata(None, Duration::from_secs(1))
+                .is_ok()
+            {
                 return Ok(());
             }
             // librdkafka hands its errors to the context from the poll loop only.
             let _ = consumer.poll(Duration::from_millis(100));
-            let refused = consumer.context().refused.lock().ok().and_then(|r| r.clone());
+            let refused = consumer
+                .context()
+                .refused
+                .lock()
+                .ok()
+                .and_then(|r| r.clone());
             if let Some(reason) = refused {
                 return Err(Error::Config(format!(
                     "Kafka at {} refused the connection: {reason}. Check security.protocol, \

@@ -24,7 +24,10 @@ async fn logins(url: &str, prefix: &str) -> [(DbRole, String); 3] {
     let admin = reviewflow::db::connect(url).await.unwrap();
     let mut out = Vec::new();
     for role in [DbRole::Cdc, DbRole::Api, DbRole::Worker] {
-        let user = format!("{prefix}_{}", role.variable().to_lowercase().replace("_database_url", ""));
+        let user = format!(
+            "{prefix}_{}",
+            role.variable().to_lowercase().replace("_database_url", "")
+        );
         let password = format!("pw-{}", common::unique());
         reviewflow::db::roles::create_login(&admin, role, &user, &password)
             .await
@@ -43,7 +46,11 @@ fn free_address() -> String {
 async fn refusal(db: &tokio_postgres::Client, sql: &str) -> Option<String> {
     match db.batch_execute(sql).await {
         Ok(()) => None,
-        Err(e) => Some(e.code().map(|c| c.code().to_owned()).unwrap_or_else(|| e.to_string())),
+        Err(e) => Some(
+            e.code()
+                .map(|c| c.code().to_owned())
+                .unwrap_or_else(|| e.to_string()),
+        ),
     }
 }
 
@@ -92,7 +99,12 @@ async fn the_pipeline_runs_with_three_least_privilege_roles() {
             "rating": 0.5 * f64::from(1 + i % 10),
             "content": if i == 11 { "buy now at http://spam.example.com".to_string() } else { format!("solid course {i}") },
         });
-        let answer = http.post(format!("{base}/reviews")).json(&review).send().await.unwrap();
+        let answer = http
+            .post(format!("{base}/reviews"))
+            .json(&review)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(answer.status(), reqwest::StatusCode::CREATED);
     }
     // Edits and deletes by the application's role, as a website would make them.
@@ -179,7 +191,10 @@ async fn each_role_is_refused_what_it_must_not_do() {
     ] {
         assert_eq!(refusal(&cdc, sql).await, denied, "cdc: {sql}");
     }
-    assert_eq!(refusal(&cdc, "SELECT * FROM reviews, course_stats").await, None);
+    assert_eq!(
+        refusal(&cdc, "SELECT * FROM reviews, course_stats").await,
+        None
+    );
 
     let worker = reviewflow::db::connect(&worker).await.unwrap();
     for sql in [
@@ -190,7 +205,11 @@ async fn each_role_is_refused_what_it_must_not_do() {
         assert_eq!(refusal(&worker, sql).await, denied, "worker: {sql}");
     }
     assert_eq!(
-        refusal(&worker, "UPDATE course_stats SET review_count = review_count").await,
+        refusal(
+            &worker,
+            "UPDATE course_stats SET review_count = review_count"
+        )
+        .await,
         None
     );
 
@@ -203,7 +222,14 @@ async fn each_role_is_refused_what_it_must_not_do() {
         )
         .await
         .unwrap();
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2)), (1, 1, 2));
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2)
+        ),
+        (1, 1, 2)
+    );
 
     // A stage given only its role's URL checks the schema instead of migrating it: on a
     // database nobody migrated it stops and says what to run.
@@ -215,7 +241,10 @@ async fn each_role_is_refused_what_it_must_not_do() {
         owner.batch_execute(sql).await.unwrap();
     }
     let (_, worker_url) = logins(&p.url, "rf_test_sec_refusals").await[2].clone();
-    let worker_url = format!("{}/rf_test_sec_unmigrated", worker_url.rsplit_once('/').unwrap().0);
+    let worker_url = format!(
+        "{}/rf_test_sec_unmigrated",
+        worker_url.rsplit_once('/').unwrap().0
+    );
     let out = p
         .command("verdicts")
         .env_remove("DATABASE_URL")
@@ -225,7 +254,9 @@ async fn each_role_is_refused_what_it_must_not_do() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("reviewflow migrate"), "{text}");
-    let admin = reviewflow::db::connect(&format!("{base}/postgres")).await.unwrap();
+    let admin = reviewflow::db::connect(&format!("{base}/postgres"))
+        .await
+        .unwrap();
     admin
         .batch_execute("DROP DATABASE rf_test_sec_unmigrated WITH (FORCE)")
         .await
@@ -271,7 +302,9 @@ async fn postgres_tls_encrypts_pooled_and_replication_connections() {
         port,
     };
     let cfg = cluster.config();
-    let url = reviewflow::stack::up_postgres(&cfg).await.expect("a TLS cluster starts");
+    let url = reviewflow::stack::up_postgres(&cfg)
+        .await
+        .expect("a TLS cluster starts");
     let root = reviewflow::stack::postgres_certificate(&cfg);
     let require = format!("{url}?sslmode=require");
     reviewflow::db::migrate(&require).await.unwrap();
@@ -292,14 +325,22 @@ async fn postgres_tls_encrypts_pooled_and_replication_connections() {
     common::wait_until_slot_exists(&url, slot).await;
 
     // The observer itself connects in plain text, so it can tell the others apart.
-    let observer = reviewflow::db::connect(&format!("{url}?sslmode=disable")).await.unwrap();
+    let observer = reviewflow::db::connect(&format!("{url}?sslmode=disable"))
+        .await
+        .unwrap();
     observer
-        .batch_execute("INSERT INTO reviews (course_id, user_id, rating) VALUES (7, 1, 4.5), (7, 2, 3.0)")
+        .batch_execute(
+            "INSERT INTO reviews (course_id, user_id, rating) VALUES (7, 1, 4.5), (7, 2, 3.0)",
+        )
         .await
         .unwrap();
     common::wait_until_slot_confirms_all(&url, slot).await;
     let changes = common::consume_all(&shared.kafka, &topic).await;
-    assert!(changes.len() >= 2, "the changes reached Kafka: {}", changes.len());
+    assert!(
+        changes.len() >= 2,
+        "the changes reached Kafka: {}",
+        changes.len()
+    );
 
     let rows = observer
         .query(
@@ -311,12 +352,21 @@ async fn postgres_tls_encrypts_pooled_and_replication_connections() {
         )
         .await
         .unwrap();
-    let seen: Vec<(String, bool, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let seen: Vec<(String, bool, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
     assert!(seen.iter().any(|(t, ..)| t == "walsender"), "{seen:?}");
     assert!(seen.iter().any(|(t, ..)| t == "client backend"), "{seen:?}");
-    assert!(seen.iter().all(|(_, ssl, v)| *ssl && v.starts_with("TLS")), "{seen:?}");
+    assert!(
+        seen.iter().all(|(_, ssl, v)| *ssl && v.starts_with("TLS")),
+        "{seen:?}"
+    );
     let (plain,): (bool,) = observer
-        .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
         .await
         .map(|r| (r.get(0),))
         .unwrap();
@@ -327,25 +377,41 @@ async fn postgres_tls_encrypts_pooled_and_replication_connections() {
     let verified = format!("{url}?sslmode=verify-full&sslrootcert={}", root.display());
     let pg = reviewflow::db::connect(&verified).await.unwrap();
     let ssl: bool = pg
-        .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
     assert!(ssl);
-    let mut replication = reviewflow::source::replication::ReplicationConnection::connect(&verified)
-        .await
-        .unwrap();
+    let mut replication =
+        reviewflow::source::replication::ReplicationConnection::connect(&verified)
+            .await
+            .unwrap();
     let system = replication.simple_query("IDENTIFY_SYSTEM").await.unwrap();
     assert_eq!(system.len(), 1);
     // The server's certificate names localhost and 127.0.0.1, not db.example (reached here
     // at 127.0.0.1 through hostaddr).
-    let password = url.split_once("://").unwrap().1.split_once('@').unwrap().0.split_once(':').unwrap().1;
+    let password = url
+        .split_once("://")
+        .unwrap()
+        .1
+        .split_once('@')
+        .unwrap()
+        .0
+        .split_once(':')
+        .unwrap()
+        .1;
     let wrong_host = format!(
         "host=db.example hostaddr=127.0.0.1 port={port} user=reviewflow password={password} \
          dbname=reviewflow sslmode=verify-full sslrootcert={}",
         root.display()
     );
-    let e = reviewflow::db::connect(&wrong_host).await.err().expect("refused");
+    let e = reviewflow::db::connect(&wrong_host)
+        .await
+        .err()
+        .expect("refused");
     assert!(!e.to_string().contains("@"), "{e}");
     let e = reviewflow::source::replication::ReplicationConnection::connect(&wrong_host)
         .await
@@ -354,9 +420,11 @@ async fn postgres_tls_encrypts_pooled_and_replication_connections() {
     assert!(e.to_string().contains("TLS handshake"), "{e}");
     // Without the stack's root certificate, the self-signed certificate is not trusted.
     let untrusted = format!("{url}?sslmode=verify-ca");
-    assert!(reviewflow::source::replication::ReplicationConnection::connect(&untrusted)
-        .await
-        .is_err());
+    assert!(
+        reviewflow::source::replication::ReplicationConnection::connect(&untrusted)
+            .await
+            .is_err()
+    );
     assert!(reviewflow::db::connect(&untrusted).await.is_err());
 
     // sslmode=require never falls back to plain text: the shared stack serves no TLS.
@@ -368,9 +436,11 @@ async fn postgres_tls_encrypts_pooled_and_replication_connections() {
     .err()
     .expect("refused");
     assert!(e.to_string().contains("does not accept TLS"), "{e}");
-    assert!(reviewflow::db::connect(&format!("{}?sslmode=require", shared.database_url))
-        .await
-        .is_err());
+    assert!(
+        reviewflow::db::connect(&format!("{}?sslmode=require", shared.database_url))
+            .await
+            .is_err()
+    );
 
     observer
         .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
@@ -387,7 +457,10 @@ fn sasl_settings(cfg: &reviewflow::stack::StackConfig, password: Option<&str>) -
             ("security.protocol".into(), "SASL_PLAINTEXT".into()),
             ("sasl.mechanism".into(), "PLAIN".into()),
             ("sasl.username".into(), user),
-            ("sasl.password".into(), password.unwrap_or(&right).to_owned()),
+            (
+                "sasl.password".into(),
+                password.unwrap_or(&right).to_owned(),
+            ),
         ],
     }
 }
@@ -399,7 +472,8 @@ async fn kafka_over_sasl_round_trip_and_a_clear_error_for_a_wrong_password() {
     p.settings.kafka = sasl_settings(&cfg, None);
     let (_, _, password) = reviewflow::stack::kafka_sasl(&cfg).unwrap();
     // The settings from a properties file, the password from the environment.
-    let properties = std::env::temp_dir().join(format!("rf-sasl-{}.properties", std::process::id()));
+    let properties =
+        std::env::temp_dir().join(format!("rf-sasl-{}.properties", std::process::id()));
     std::fs::write(
         &properties,
         "# the stack's SASL listener\nsecurity.protocol=SASL_PLAINTEXT\nsasl.mechanism=PLAIN\nsasl.username=reviewflow\n",
@@ -407,19 +481,27 @@ async fn kafka_over_sasl_round_trip_and_a_clear_error_for_a_wrong_password() {
     .unwrap();
     let sasl_stage = |name: &str, password: &str| {
         let mut cmd = p.command(name);
-        cmd.env("KAFKA_BOOTSTRAP_SERVERS", &p.settings.kafka.bootstrap_servers)
-            .env("REVIEWFLOW_KAFKA_PROPERTIES", &properties)
-            .env("KAFKA_SASL_PASSWORD", password)
-            .stdout(Stdio::null());
+        cmd.env(
+            "KAFKA_BOOTSTRAP_SERVERS",
+            &p.settings.kafka.bootstrap_servers,
+        )
+        .env("REVIEWFLOW_KAFKA_PROPERTIES", &properties)
+        .env("KAFKA_SASL_PASSWORD", password)
+        .stdout(Stdio::null());
         cmd
     };
 
     let db = p.db().await;
-    db.batch_execute("INSERT INTO reviews (course_id, user_id, rating) VALUES (3, 1, 4.0), (3, 2, 2.5)")
-        .await
-        .unwrap();
+    db.batch_execute(
+        "INSERT INTO reviews (course_id, user_id, rating) VALUES (3, 1, 4.0), (3, 2, 2.5)",
+    )
+    .await
+    .unwrap();
     let cdc = common::Running(Some(
-        sasl_stage("cdc", &password).stderr(Stdio::null()).spawn().unwrap(),
+        sasl_stage("cdc", &password)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
     ));
     // Read back through the SASL listener too.
     p.wait_for_snapshot().await;
@@ -433,14 +515,22 @@ async fn kafka_over_sasl_round_trip_and_a_clear_error_for_a_wrong_password() {
 
     // A wrong password: a prompt error naming what to check, and no secret in it.
     let started = Instant::now();
-    let out = sasl_stage("cdc", "not-the-password-42")
-        .output()
-        .unwrap();
+    let out = sasl_stage("cdc", "not-the-password-42").output().unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{text}");
-    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
-    assert!(text.contains("Authentication failed") && text.contains("sasl.password"), "{text}");
-    assert!(!text.contains("not-the-password-42") && !text.contains(&password), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        text.contains("Authentication failed") && text.contains("sasl.password"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("not-the-password-42") && !text.contains(&password),
+        "{text}"
+    );
     let _ = std::fs::remove_file(&properties);
     db.execute("SELECT pg_drop_replication_slot($1)", &[&p.slot()])
         .await
@@ -460,7 +550,18 @@ async fn secrets_never_appear_in_a_stages_output() {
     let [(_, cdc), (_, api), (_, worker)] = logins(&p.url, "rf_test_sec_redact").await;
     let role_passwords: Vec<String> = [&cdc, &api, &worker]
         .iter()
-        .map(|u| u.split_once("://").unwrap().1.split_once('@').unwrap().0.split_once(':').unwrap().1.to_owned())
+        .map(|u| {
+            u.split_once("://")
+                .unwrap()
+                .1
+                .split_once('@')
+                .unwrap()
+                .0
+                .split_once(':')
+                .unwrap()
+                .1
+                .to_owned()
+        })
         .collect();
     let token = "api-token-7f3a9c1e";
     let (kafka_secret, key_secret) = ("sasl-secret-5d2b", "key-secret-8e4f");
@@ -524,12 +625,18 @@ async fn secrets_never_appear_in_a_stages_output() {
     assert!(report.differences.is_empty(), "{:?}", report.differences);
     p.stop(running).await;
     let output = format!("{}{}", out.join().unwrap(), err.join().unwrap());
-    assert!(output.contains("kafka client setting"), "debug logs were on");
+    assert!(
+        output.contains("kafka client setting"),
+        "debug logs were on"
+    );
 
     // A failing start shows the connection string's place, not its password.
     let bad = p
         .command("api")
-        .env("DATABASE_URL", as_user(&p.url, "reviewflow", "wrong-owner-pw-31"))
+        .env(
+            "DATABASE_URL",
+            as_user(&p.url, "reviewflow", "wrong-owner-pw-31"),
+        )
         .env("API_TOKEN", token)
         .env("RUST_LOG", "debug")
         .output()
@@ -540,12 +647,18 @@ async fn secrets_never_appear_in_a_stages_output() {
         String::from_utf8_lossy(&bad.stdout),
         String::from_utf8_lossy(&bad.stderr)
     );
-    assert!(failed.contains("password authentication failed"), "{failed}");
+    assert!(
+        failed.contains("password authentication failed"),
+        "{failed}"
+    );
 
     let mut secrets = vec![owner_password.as_str(), token, kafka_secret, key_secret];
     secrets.extend(role_passwords.iter().map(String::as_str));
     for secret in &secrets {
-        assert!(!output.contains(secret), "{secret} in the output of run:\n{output}");
+        assert!(
+            !output.contains(secret),
+            "{secret} in the output of run:\n{output}"
+        );
     }
     for secret in ["wrong-owner-pw-31", token] {
         assert!(!failed.contains(secret), "{secret} in:\n{failed}");

@@ -38,11 +38,9 @@ impl TlsMode {
             "require" => TlsMode::Require,
             "verify-ca" => TlsMode::VerifyCa,
             "verify-full" => TlsMode::VerifyFull,
-            other => {
-                return Err(Error::Config(format!(
-                    "sslmode {other:?} is not one of disable, prefer, require, verify-ca, verify-full"
-                )))
-            }
+            other => return Err(Error::Config(format!(
+                "sslmode {other:?} is not one of disable, prefer, require, verify-ca, verify-full"
+            ))),
         })
     }
 
@@ -73,9 +71,7 @@ impl Target {
     pub fn parse(url: &str, what: &str) -> Result<Self> {
         let (rest, tls) = split_tls_params(url);
         let mut config: tokio_postgres::Config = rest.parse().map_err(|e| {
-            Error::Config(format!(
-                "{what} is not a PostgreSQL connection string: {e}"
-            ))
+            Error::Config(format!("{what} is not a PostgreSQL connection string: {e}"))
         })?;
         let mut target = Target {
             config: tokio_postgres::Config::new(),
@@ -102,11 +98,36 @@ impl Target {
         Ok(target)
     }
 
-    /// The OpenSSL side of these settings.
+    /// The OpenSSL side of these settings, built once per process for each distinct set
+    /// (building one reads the system's root certificates).
     pub fn connector(&self) -> Result<SslConnector> {
-        let tls_error = |e: openssl::error::ErrorStack| {
-            Error::Config(format!("PostgreSQL TLS settings: {e}"))
-        };
+        type Key = (TlsMode, Option<PathBuf>, Option<PathBuf>, Option<PathBuf>);
+        static BUILT: std::sync::OnceLock<std::sync::Mutex<Vec<(Key, SslConnector)>>> =
+            std::sync::OnceLock::new();
+        let key: Key = (
+            self.mode,
+            self.root_cert.clone(),
+            self.client_cert.clone(),
+            self.client_key.clone(),
+        );
+        let built = BUILT.get_or_init(Default::default);
+        if let Some((_, c)) = built
+            .lock()
+            .ok()
+            .and_then(|b| b.iter().find(|(k, _)| *k == key).cloned())
+        {
+            return Ok(c);
+        }
+        let connector = self.build_connector()?;
+        if let Ok(mut b) = built.lock() {
+            b.push((key, connector.clone()));
+        }
+        Ok(connector)
+    }
+
+    fn build_connector(&self) -> Result<SslConnector> {
+        let tls_error =
+            |e: openssl::error::ErrorStack| Error::Config(format!("PostgreSQL TLS settings: {e}"));
         let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(tls_error)?;
         let verify = matches!(self.mode, TlsMode::VerifyCa | TlsMode::VerifyFull);
         builder.set_verify(if verify {
@@ -115,9 +136,9 @@ impl Target {
             SslVerifyMode::NONE
         });
         if let Some(root) = &self.root_cert {
-            builder.set_ca_file(root).map_err(|e| {
-                Error::Config(format!("sslrootcert {}: {e}", root.display()))
-            })?;
+            builder
+                .set_ca_file(root)
+                .map_err(|e| Error::Config(format!("sslrootcert {}: {e}", root.display())))?;
         }
         match (&self.client_cert, &self.client_key) {
             (Some(cert), Some(key)) => {
@@ -280,14 +301,20 @@ mod tests {
 
     #[test]
     fn bad_settings_are_named_without_the_password() {
-        let e = Target::parse("postgres://u:hunter2@h/db?sslmode=sometimes", "API_DATABASE_URL")
-            .unwrap_err()
-            .to_string();
+        let e = Target::parse(
+            "postgres://u:hunter2@h/db?sslmode=sometimes",
+            "API_DATABASE_URL",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("sometimes") && !e.contains("hunter2"), "{e}");
         let e = Target::parse("postgres://u:hunter2@h:notaport/db", "API_DATABASE_URL")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("API_DATABASE_URL") && !e.contains("hunter2"), "{e}");
+        assert!(
+            e.contains("API_DATABASE_URL") && !e.contains("hunter2"),
+            "{e}"
+        );
         let t = Target::parse("postgres://u@h/db?sslcert=/c", "X").unwrap();
         assert!(t.connector().is_err());
     }

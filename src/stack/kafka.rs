@@ -178,11 +178,7 @@ pub fn sasl(cfg: &StackConfig) -> Result<(String, String, String)> {
         )
     })?;
     let password = sasl_password(&cfg.home().join("kafka"))?;
-    Ok((
-        format!("127.0.0.1:{port}"),
-        SASL_USER.to_owned(),
-        password,
-    ))
+    Ok((format!("127.0.0.1:{port}"), SASL_USER.to_owned(), password))
 }
 
 /// Besides the plaintext listener every part uses, a SASL_PLAINTEXT one (PLAIN, one user)

@@ -212,8 +212,18 @@ async fn certificate(data: &Path, account: Option<&Account>) -> Result<()> {
     }
     let mut req = Command::new("openssl");
     req.args([
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj",
-        "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        "-keyout",
     ])
     .arg(&key)
     .arg("-out")
