@@ -314,7 +314,7 @@ pub struct StatsConfig {
 }
 
 /// `reviewflow import`: which course, from where, in pages of what size.
-#[derive(clap::Args, Clone, Debug)]
+#[derive(clap::Args, Clone)]
 pub struct ImportConfig {
     /// The course whose reviews are imported; it becomes their course_id.
     #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
@@ -343,6 +343,18 @@ pub struct ImportConfig {
         value_parser = clap::value_parser!(u32).range(1..=100)
     )]
     pub attempts: u32,
+}
+
+impl std::fmt::Debug for ImportConfig {
+    /// The URL may carry `user:password@` for basic authentication.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportConfig")
+            .field("course", &self.course)
+            .field("url", &redact_url(&self.url))
+            .field("page_size", &self.page_size)
+            .field("attempts", &self.attempts)
+            .finish()
+    }
 }
 
 /// `reviewflow demo`: how much load, over how many courses, for how long.

@@ -674,3 +674,51 @@ async fn secrets_never_appear_in_a_stages_output() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stack_roles_makes_one_login_per_group_and_keeps_it() {
+    common::settings().await;
+    let roles = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_reviewflow"))
+            .args(["stack", "roles"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = roles();
+    assert_eq!(
+        first,
+        roles(),
+        "a second call keeps the users and passwords"
+    );
+    let urls: std::collections::BTreeMap<String, String> = first
+        .lines()
+        .map(|l| {
+            let (name, value) = l.strip_prefix("export ").unwrap().split_once('=').unwrap();
+            (name.to_owned(), value.trim_matches('\'').to_owned())
+        })
+        .collect();
+    for (variable, group, replication) in [
+        ("CDC_DATABASE_URL", "reviewflow_cdc", true),
+        ("API_DATABASE_URL", "reviewflow_api", false),
+        ("WORKER_DATABASE_URL", "reviewflow_worker", false),
+    ] {
+        let db = reviewflow::db::connect(&urls[variable]).await.unwrap();
+        let row = db
+            .query_one(
+                "SELECT pg_has_role(current_user, $1, 'member'), rolreplication, rolsuper
+                 FROM pg_roles WHERE rolname = current_user",
+                &[&group],
+            )
+            .await
+            .unwrap();
+        let (member, repl, superuser): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
+        assert!(member && !superuser, "{variable}");
+        assert_eq!(repl, replication, "{variable}");
+    }
+}

@@ -409,10 +409,12 @@ async fn open_tcp(config: &tokio_postgres::Config) -> Result<(TcpStream, String,
             (Some(ip), _) => ip.to_string(),
             (None, Some(Host::Tcp(name))) => name.clone(),
             #[cfg(unix)]
-            (None, Some(Host::Unix(path))) => return Err(Error::Config(format!(
+            (None, Some(Host::Unix(path))) => {
+                return Err(Error::Config(format!(
                 "the database URL names the Unix socket {}; the replication client speaks TCP only",
                 path.display()
-            ))),
+            )))
+            }
             (None, None) => continue,
         };
         let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);

@@ -125,8 +125,8 @@ pub fn kafka_sasl(cfg: &StackConfig) -> Result<(String, String, String)> {
     kafka::sasl(cfg)
 }
 
-/// Login users of the least-privilege groups on the local stack (see `db::roles`), made or
-/// refreshed with new passwords: (role, its URL variable's value).
+/// Login users of the least-privilege groups on the local stack (see `db::roles`), made when
+/// missing, with passwords kept in the data folder: (role, its URL variable's value).
 pub async fn roles(cfg: &StackConfig) -> Result<Vec<(config::DbRole, String)>> {
     use config::DbRole;
     let owner = postgres::running_url(cfg)?;
@@ -141,15 +141,18 @@ pub async fn roles(cfg: &StackConfig) -> Result<Vec<(config::DbRole, String)>> {
     for role in [DbRole::Cdc, DbRole::Api, DbRole::Worker] {
         let group = role.group().unwrap_or_default();
         let user = format!("{group}_login");
-        let password = postgres::random_hex(18)?;
+        // Kept, so running parts that reconnect are not locked out by a second call.
+        let file = cfg.home().join(format!("postgres.{user}.password"));
+        let password = match std::fs::read_to_string(&file) {
+            Ok(p) if !p.trim().is_empty() => p.trim().to_owned(),
+            _ => {
+                let p = postgres::random_hex(18)?;
+                write_file(&file, p.as_bytes(), 0o600)?;
+                p
+            }
+        };
         crate::db::roles::create_login(&admin, role, &user, &password).await?;
-        let url = format!("{scheme}{user}:{password}@{host_db}");
-        write_file(
-            &cfg.home().join(format!("postgres.{user}.url")),
-            url.as_bytes(),
-            0o600,
-        )?;
-        out.push((role, url));
+        out.push((role, format!("{scheme}{user}:{password}@{host_db}")));
     }
     Ok(out)
 }
@@ -235,6 +238,10 @@ pub fn purge(cfg: &StackConfig) -> Result<()> {
     }
     for file in ["postgres.location", "postgres.password"] {
         let _ = std::fs::remove_file(home.join(file));
+    }
+    for role in ["cdc", "api", "worker"] {
+        let _ =
+            std::fs::remove_file(home.join(format!("postgres.reviewflow_{role}_login.password")));
     }
     Ok(())
 }
