@@ -513,6 +513,12 @@ async fn stack_command(action: StackAction, cfg: &StackConfig) -> Result<ExitCod
                     cfg.home().join("kafka/sasl.password").display()
                 );
             }
+            if let Ok((address, ca)) = stack::kafka_sasl_ssl(cfg) {
+                println!(
+                    "  kafka SASL_SSL (the same user; ssl.ca.location {}): {address}",
+                    ca.display()
+                );
+            }
             println!("use it from a shell with: eval \"$(reviewflow stack env)\"");
         }
         StackAction::Down { purge } => {

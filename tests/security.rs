@@ -722,3 +722,74 @@ async fn stack_roles_makes_one_login_per_group_and_keeps_it() {
         assert_eq!(repl, replication, "{variable}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_over_sasl_ssl_round_trip_and_an_untrusted_broker_refused() {
+    let cfg = common::stack_config();
+    let (address, ca) = reviewflow::stack::kafka_sasl_ssl(&cfg).expect("the SASL_SSL listener");
+    let mut p = Pipeline::new("sec_sasl_ssl").await;
+    let mut kafka = sasl_settings(&cfg, None);
+    kafka.bootstrap_servers = address;
+    kafka.client[0].1 = "SASL_SSL".into();
+    kafka
+        .client
+        .push(("ssl.ca.location".into(), ca.display().to_string()));
+    p.settings.kafka = kafka;
+    let password = p
+        .settings
+        .kafka
+        .setting("sasl.password")
+        .unwrap()
+        .to_owned();
+    // Everything by --kafka-option this time, the password from the environment.
+    let stage = |trust: bool| {
+        let mut cmd = p.command("cdc");
+        cmd.env(
+            "KAFKA_BOOTSTRAP_SERVERS",
+            &p.settings.kafka.bootstrap_servers,
+        )
+        .env("KAFKA_SASL_PASSWORD", &password)
+        .stdout(Stdio::null());
+        for (key, value) in &p.settings.kafka.client {
+            if key != "sasl.password" && (trust || key != "ssl.ca.location") {
+                cmd.args(["--kafka-option", &format!("{key}={value}")]);
+            }
+        }
+        cmd
+    };
+
+    let db = p.db().await;
+    db.batch_execute("INSERT INTO reviews (course_id, user_id, rating) VALUES (4, 1, 1.5)")
+        .await
+        .unwrap();
+    let cdc = common::Running(Some(stage(true).stderr(Stdio::null()).spawn().unwrap()));
+    p.wait_for_snapshot().await;
+    db.batch_execute("DELETE FROM reviews").await.unwrap();
+    common::wait_until_slot_confirms_all(&p.url, &p.slot()).await;
+    let events = p.events().await;
+    assert_eq!(
+        events.len(),
+        2,
+        "a snapshot read and a delete, read back over TLS"
+    );
+    p.stop(cdc).await;
+
+    // Without the root certificate the broker's self-signed one is not trusted.
+    let started = Instant::now();
+    let out = stage(false).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        text.contains("refused the connection") && text.contains("certificate"),
+        "{text}"
+    );
+    assert!(!text.contains(&password), "{text}");
+    db.execute("SELECT pg_drop_replication_slot($1)", &[&p.slot()])
+        .await
+        .unwrap();
+}

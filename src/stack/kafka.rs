@@ -21,11 +21,11 @@ pub async fn up(cfg: &StackConfig) -> Result<String> {
     if let Ok(address) = running_address(cfg) {
         return Ok(address);
     }
-    for port in [cfg.kafka_port, cfg.kafka_port + 1, cfg.kafka_port + 2] {
+    for port in (0..4).map(|i| cfg.kafka_port + i) {
         if !process::port_free(port) {
             return Err(Error::Stack(format!(
                 "port {port} is taken by another program; choose other Kafka ports with REVIEWFLOW_KAFKA_PORT \
-                 (the controller uses the next port, the SASL listener the one after)"
+                 (the controller uses the next port, the SASL_PLAINTEXT and SASL_SSL listeners the two after)"
             )));
         }
     }
@@ -36,9 +36,10 @@ pub async fn up(cfg: &StackConfig) -> Result<String> {
     let properties = dir.join("server.properties");
     // It holds the SASL users' passwords.
     let password = sasl_password(&dir)?;
+    let keystore = broker_certificate(&dir).await;
     write_file(
         &properties,
-        server_properties(cfg, &logs, &password).as_bytes(),
+        server_properties(cfg, &logs, &password, keystore.as_deref()).as_bytes(),
         0o600,
     )?;
     write_file(&dir.join("log4j2.properties"), LOG4J.as_bytes(), 0o644)?;
@@ -181,23 +182,92 @@ pub fn sasl(cfg: &StackConfig) -> Result<(String, String, String)> {
     Ok((format!("127.0.0.1:{port}"), SASL_USER.to_owned(), password))
 }
 
+/// (address, root certificate) of the running broker's SASL_SSL listener.
+pub fn sasl_ssl(cfg: &StackConfig) -> Result<(String, PathBuf)> {
+    running_address(cfg)?;
+    let port = configured_port(cfg, "SASL_SSL").ok_or_else(|| {
+        Error::Stack(
+            "the running broker has no SASL_SSL listener (started by an older reviewflow, or \
+             `openssl req` failed): restart it with `reviewflow stack down` and `reviewflow stack up`"
+                .into(),
+        )
+    })?;
+    Ok((
+        format!("127.0.0.1:{port}"),
+        cfg.home().join("kafka/tls/ca.pem"),
+    ))
+}
+
+/// The broker's TLS key and certificate in one PEM file (Kafka's PEM keystore), made once;
+/// the certificate alone is `tls/ca.pem`, the root clients verify with. None when it cannot
+/// be made: the broker then starts without its TLS listener.
+async fn broker_certificate(dir: &Path) -> Option<PathBuf> {
+    let tls = dir.join("tls");
+    let keystore = tls.join("broker.pem");
+    if keystore.exists() {
+        return Some(keystore);
+    }
+    let made = async {
+        std::fs::create_dir_all(&tls).map_err(|e| Error::io_path("create", &tls, e))?;
+        let (crt, key) = (tls.join("ca.pem"), tls.join("broker.key"));
+        super::self_signed(&crt, &key).await?;
+        let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io_path("read", p, e));
+        let mut pem = read(&key)?;
+        pem.extend(read(&crt)?);
+        write_file(&keystore, &pem, 0o600)?;
+        let _ = std::fs::remove_file(&key);
+        Ok::<_, Error>(())
+    };
+    match made.await {
+        Ok(()) => Some(keystore),
+        Err(e) => {
+            tracing::warn!(error = %e, "no TLS certificate for the local broker; starting it without its SASL_SSL listener");
+            None
+        }
+    }
+}
+
 /// Besides the plaintext listener every part uses, a SASL_PLAINTEXT one (PLAIN, one user)
-/// on the port after the controller's, to try client authentication against.
-fn server_properties(cfg: &StackConfig, logs: &Path, sasl_password: &str) -> String {
+/// on the port after the controller's and a SASL_SSL one (the same user, over TLS) on the
+/// next, to try client authentication and TLS against.
+fn server_properties(
+    cfg: &StackConfig,
+    logs: &Path,
+    sasl_password: &str,
+    keystore: Option<&Path>,
+) -> String {
     let (broker, controller, sasl) = (cfg.kafka_port, cfg.kafka_port + 1, cfg.kafka_port + 2);
+    let jaas = format!(
+        "org.apache.kafka.common.security.plain.PlainLoginModule required user_{SASL_USER}=\"{sasl_password}\";"
+    );
+    let (tls_listener, tls_map, tls_settings) = match keystore {
+        Some(keystore) => (
+            format!(",SASL_SSL://127.0.0.1:{}", cfg.kafka_port + 3),
+            ",SASL_SSL:SASL_SSL",
+            format!(
+                "listener.name.sasl_ssl.ssl.keystore.type=PEM\n\
+                 listener.name.sasl_ssl.ssl.keystore.location={}\n\
+                 listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN\n\
+                 listener.name.sasl_ssl.plain.sasl.jaas.config={jaas}\n",
+                keystore.display()
+            ),
+        ),
+        None => (String::new(), "", String::new()),
+    };
     format!(
         "# written by `reviewflow stack up`\n\
          process.roles=broker,controller\n\
          node.id=1\n\
          controller.quorum.bootstrap.servers=127.0.0.1:{controller}\n\
-         listeners=PLAINTEXT://127.0.0.1:{broker},CONTROLLER://127.0.0.1:{controller},SASL_PLAINTEXT://127.0.0.1:{sasl}\n\
-         advertised.listeners=PLAINTEXT://127.0.0.1:{broker},SASL_PLAINTEXT://127.0.0.1:{sasl}\n\
+         listeners=PLAINTEXT://127.0.0.1:{broker},CONTROLLER://127.0.0.1:{controller},SASL_PLAINTEXT://127.0.0.1:{sasl}{tls_listener}\n\
+         advertised.listeners=PLAINTEXT://127.0.0.1:{broker},SASL_PLAINTEXT://127.0.0.1:{sasl}{tls_listener}\n\
          controller.listener.names=CONTROLLER\n\
          inter.broker.listener.name=PLAINTEXT\n\
-         listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT\n\
+         listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT{tls_map}\n\
          sasl.enabled.mechanisms=PLAIN\n\
          listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN\n\
-         listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_{SASL_USER}=\"{sasl_password}\";\n\
+         listener.name.sasl_plaintext.plain.sasl.jaas.config={jaas}\n\
+         {tls_settings}\
          log.dirs={}\n\
          num.partitions=3\n\
          offsets.topic.replication.factor=1\n\

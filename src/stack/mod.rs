@@ -125,6 +125,12 @@ pub fn kafka_sasl(cfg: &StackConfig) -> Result<(String, String, String)> {
     kafka::sasl(cfg)
 }
 
+/// The local broker's SASL_SSL listener (PLAIN over TLS, the same user): address and the
+/// root certificate that verifies it (`ssl.ca.location`).
+pub fn kafka_sasl_ssl(cfg: &StackConfig) -> Result<(String, PathBuf)> {
+    kafka::sasl_ssl(cfg)
+}
+
 /// Login users of the least-privilege groups on the local stack (see `db::roles`), made when
 /// missing, with passwords kept in the data folder: (role, its URL variable's value).
 pub async fn roles(cfg: &StackConfig) -> Result<Vec<(config::DbRole, String)>> {
@@ -192,7 +198,7 @@ pub async fn crash(cfg: &StackConfig, part: Part) -> Result<()> {
     // The kernel lets go of a killed process's listening ports a moment after it is gone.
     let ports = match part {
         Part::Postgres => vec![cfg.pg_port],
-        Part::Kafka => vec![cfg.kafka_port, cfg.kafka_port + 1, cfg.kafka_port + 2],
+        Part::Kafka => (0..4).map(|i| cfg.kafka_port + i).collect(),
     };
     for _ in 0..600 {
         if ports.iter().all(|p| process::port_free(*p)) {
@@ -265,6 +271,32 @@ pub fn status(cfg: &StackConfig) -> Vec<(String, Result<String>)> {
         ),
         ("kafka".to_string(), kafka::running_address(cfg)),
     ]
+}
+
+/// A self-signed certificate for localhost and 127.0.0.1 (its own root: clients verify with
+/// it), made with `openssl req`; the key unencrypted (PKCS#8), mode 0600.
+pub(crate) async fn self_signed(crt: &Path, key: &Path) -> Result<()> {
+    let mut req = tokio::process::Command::new("openssl");
+    req.args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        "-keyout",
+    ])
+    .arg(key)
+    .arg("-out")
+    .arg(crt);
+    process::run("openssl req (is openssl installed?)", &mut req).await?;
+    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io_path("chmod", key, e))
 }
 
 /// Writes a whole file with exactly `mode`, whatever the umask.

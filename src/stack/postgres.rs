@@ -204,34 +204,13 @@ pub fn certificate_path(cfg: &StackConfig) -> PathBuf {
     location(&cfg.home()).join("data/server.crt")
 }
 
-/// A self-signed certificate for localhost and 127.0.0.1, made once with `openssl req`.
+/// The cluster's certificate, made once; PostgreSQL refuses a key others can read.
 async fn certificate(data: &Path, account: Option<&Account>) -> Result<()> {
     let (crt, key) = (data.join("server.crt"), data.join("server.key"));
     if crt.exists() && key.exists() {
         return Ok(());
     }
-    let mut req = Command::new("openssl");
-    req.args([
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "3650",
-        "-subj",
-        "/CN=localhost",
-        "-addext",
-        "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        "-keyout",
-    ])
-    .arg(&key)
-    .arg("-out")
-    .arg(&crt);
-    process::run("openssl req (is openssl installed?)", &mut req).await?;
-    // PostgreSQL refuses a key others can read.
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .map_err(|e| Error::io_path("chmod", &key, e))?;
+    super::self_signed(&crt, &key).await?;
     chown(&key, account)?;
     chown(&crt, account)
 }
