@@ -510,10 +510,13 @@ impl Settings {
             DbRole::Worker => self.role_urls.worker.clone(),
         };
         let url = own.or_else(|| self.owner_url.clone()).ok_or_else(|| {
-            Error::Config(format!(
-                "no PostgreSQL connection for this part: set {} (or DATABASE_URL)",
-                role.variable()
-            ))
+            Error::Config(match role {
+                DbRole::Owner => "this command runs as the tables' owner: set DATABASE_URL".into(),
+                _ => format!(
+                    "no PostgreSQL connection for this part: set {} (or DATABASE_URL)",
+                    role.variable()
+                ),
+            })
         })?;
         Ok(Settings {
             database_url: url,

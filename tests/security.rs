@@ -157,6 +157,7 @@ async fn each_role_is_refused_what_it_must_not_do() {
         .await
         .unwrap();
     let denied = Some("42501".to_string());
+    let api_url = api.clone();
 
     let api = reviewflow::db::connect(&api).await.unwrap();
     for sql in [
@@ -229,6 +230,38 @@ async fn each_role_is_refused_what_it_must_not_do() {
             row.get::<_, i64>(2)
         ),
         (1, 1, 2)
+    );
+
+    // `demo` (and `import`) write reviews with the api's role; the operator's tools need the
+    // owner.
+    let demo = p
+        .command("demo")
+        .env_remove("DATABASE_URL")
+        .env("API_DATABASE_URL", &api_url)
+        .args(["--duration", "1", "--rate", "20", "--seed", "7"])
+        .output()
+        .unwrap();
+    assert!(
+        demo.status.success(),
+        "{}",
+        String::from_utf8_lossy(&demo.stderr)
+    );
+    let reviews: i64 = owner
+        .query_one("SELECT count(*) FROM reviews", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(reviews > 2, "demo wrote reviews as the api's role");
+    let verify = p
+        .command("verify")
+        .env_remove("DATABASE_URL")
+        .env("API_DATABASE_URL", &api_url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        !verify.status.success() && text.contains("set DATABASE_URL"),
+        "{text}"
     );
 
     // A stage given only its role's URL checks the schema instead of migrating it: on a
