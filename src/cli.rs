@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    CdcConfig, Connections, DemoConfig, FraudConfig, ImportConfig, MetricsSettings, Settings,
-    StatsConfig, TopicSettings, VerdictsConfig, WorkerSettings,
+    CdcConfig, Connections, DbRole, DemoConfig, FraudConfig, ImportConfig, MetricsSettings,
+    Settings, StatsConfig, TopicSettings, VerdictsConfig, WorkerSettings,
 };
 use crate::error::Result;
 use crate::stack::{self, StackConfig};
@@ -205,6 +205,10 @@ pub enum StackAction {
     Status,
     /// Print the connection settings as shell `export` lines: eval "$(reviewflow stack env)".
     Env,
+    /// Create (or renew the passwords of) a login user in each least-privilege group and print
+    /// their connection strings as `export` lines (CDC_DATABASE_URL, API_DATABASE_URL,
+    /// WORKER_DATABASE_URL): eval "$(reviewflow stack roles)".
+    Roles,
     /// Fault injection: kill one part with SIGKILL and start it again.
     Crash {
         #[arg(value_enum)]
@@ -218,7 +222,11 @@ impl Cli {
         match self.command {
             Command::Stack { action } => stack_command(action, &self.stack).await,
             Command::Migrate => {
-                let settings = self.connections.resolve(&self.stack).await?;
+                let settings = self
+                    .connections
+                    .resolve(&self.stack)
+                    .await?
+                    .for_role(DbRole::Owner)?;
                 let applied = db::migrate(&settings.database_url).await?;
                 println!(
                     "migrations applied: {}",
@@ -231,7 +239,7 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Api { api } => {
-                let settings = prepare(&self.connections, &self.stack).await?;
+                let settings = prepare(&self.connections, &self.stack, DbRole::Api).await?;
                 let run = Box::pin(run_api(&settings, api, shutdown.clone()));
                 with_metrics(&self.metrics, &settings, &shutdown, "api", run).await?;
                 Ok(ExitCode::SUCCESS)
@@ -243,21 +251,24 @@ impl Cli {
                 stats,
                 verdicts,
             } => {
-                let settings = prepare(&self.connections, &self.stack).await?;
+                let base = prepare(&self.connections, &self.stack, DbRole::Api).await?;
+                let settings = base.for_role(DbRole::Api)?;
+                let worker = base.for_role(DbRole::Worker)?;
+                let cdc_settings = base.for_role(DbRole::Cdc)?;
                 let scorer = crate::transform::Fraud {
-                    settings: settings.clone(),
+                    settings: worker.clone(),
                     topics: self.topics.clone(),
                     config: fraud,
                     worker: self.workers.clone(),
                 };
                 let verdicts = crate::sink::VerdictSink {
-                    settings: settings.clone(),
+                    settings: worker.clone(),
                     topics: self.topics.clone(),
                     worker: self.workers.clone(),
                     config: verdicts,
                 };
                 let figures = (!stats.topic.is_empty()).then(|| crate::source::Cdc {
-                    settings: settings.clone(),
+                    settings: cdc_settings.clone(),
                     config: cdc.for_course_stats(),
                     topics: TopicSettings {
                         changes: stats.topic.clone(),
@@ -265,12 +276,12 @@ impl Cli {
                     },
                 });
                 let reader = crate::source::Cdc {
-                    settings: settings.clone(),
+                    settings: cdc_settings,
                     config: cdc,
                     topics: self.topics.clone(),
                 };
                 let aggregator = crate::sink::stats::StatsWorker {
-                    settings: settings.clone(),
+                    settings: worker,
                     topics: self.topics.clone(),
                     worker: self.workers.clone(),
                     config: stats,
@@ -295,7 +306,7 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Verify => {
-                let settings = prepare(&self.connections, &self.stack).await?;
+                let settings = prepare(&self.connections, &self.stack, DbRole::Owner).await?;
                 let client = db::connect(&settings.database_url).await?;
                 let report = verify::verify(&client).await?;
                 for d in &report.differences {
@@ -316,7 +327,7 @@ impl Cli {
                 })
             }
             Command::Cdc { cdc } => {
-                let settings = prepare(&self.connections, &self.stack).await?;
+                let settings = prepare(&self.connections, &self.stack, DbRole::Cdc).await?;
                 let stage = crate::source::Cdc {
                     settings: settings.clone(),
                     config: cdc,
@@ -327,7 +338,7 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Fraud { fraud } => {
-                let settings = prepare(&self.connections, &self.stack).await?;
+                let settings = prepare(&self.connections, &self.stack, DbRole::Worker).await?;
                 let stage = crate::transform::Fraud {
                     settings: settings.clone(),
                     topics: self.topics,
@@ -339,7 +350,7 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Verdicts { verdicts } => {
-                let settings = prepare(&self.connections, &self.stack).await?;
+                let settings = prepare(&self.connections, &self.stack, DbRole::Worker).await?;
                 let stage = crate::sink::VerdictSink {
                     settings: settings.clone(),
                     topics: self.topics,
@@ -351,7 +362,7 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Stats { stats } => {
-                let settings = prepare(&self.connections, &self.stack).await?;
+                let settings = prepare(&self.connections, &self.stack, DbRole::Worker).await?;
                 let stage = crate::sink::stats::StatsWorker {
                     settings: settings.clone(),
                     topics: self.topics,
@@ -368,7 +379,7 @@ impl Cli {
                 peek,
                 fraud_group,
             } => {
-                let settings = prepare(&self.connections, &self.stack).await?;
+                let settings = prepare(&self.connections, &self.stack, DbRole::Owner).await?;
                 let place = crate::status::Place {
                     topics: &self.topics,
                     slot: &slot,
@@ -383,7 +394,7 @@ impl Cli {
                     // A bad model setting fails before anything is touched.
                     crate::transform::score::scorer(fraud.scorer, fraud.fraud_threshold)?;
                 }
-                let settings = prepare(&self.connections, &self.stack).await?;
+                let settings = prepare(&self.connections, &self.stack, DbRole::Owner).await?;
                 let replay = crate::replay::Replay {
                     settings,
                     topics: self.topics,
@@ -395,7 +406,7 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Import { import } => {
-                let settings = prepare(&self.connections, &self.stack).await?;
+                let settings = prepare(&self.connections, &self.stack, DbRole::Api).await?;
                 let mut client = db::connect(&settings.database_url).await?;
                 let mut summary = crate::import::Summary::default();
                 let outcome =
@@ -406,7 +417,7 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Demo { demo } => {
-                let settings = prepare(&self.connections, &self.stack).await?;
+                let settings = prepare(&self.connections, &self.stack, DbRole::Api).await?;
                 let mut client = db::connect(&settings.database_url).await?;
                 let wrote = crate::demo::run(&demo, &mut client, &shutdown).await?;
                 println!(
@@ -459,14 +470,23 @@ async fn with_metrics(
     run_together(shutdown, vec![(name, stage), ("metrics", Box::pin(server))]).await
 }
 
-/// Every part starts by resolving its connections and applying the migrations.
-async fn prepare(connections: &Connections, stack: &StackConfig) -> Result<Settings> {
+/// Every part starts by resolving its connections and applying the migrations (as the
+/// owner; a part given only its own role's URL checks that they were applied instead), and,
+/// on a secured Kafka, by checking its credentials. Returns the settings as `role` connects.
+async fn prepare(connections: &Connections, stack: &StackConfig, role: DbRole) -> Result<Settings> {
     let settings = connections.resolve(stack).await?;
-    let applied = db::migrate(&settings.database_url).await?;
-    if !applied.is_empty() {
-        tracing::info!(?applied, "migrations applied");
+    let mine = settings.for_role(role)?;
+    match &settings.owner_url {
+        Some(owner) => {
+            let applied = db::migrate(owner).await?;
+            if !applied.is_empty() {
+                tracing::info!(?applied, "migrations applied");
+            }
+        }
+        None => db::check_migrated(&mine.database_url).await?,
     }
-    Ok(settings)
+    crate::kafka::check_access(&settings.kafka).await?;
+    Ok(mine)
 }
 
 async fn run_api(settings: &Settings, args: ApiArgs, shutdown: CancellationToken) -> Result<()> {
@@ -487,6 +507,18 @@ async fn stack_command(action: StackAction, cfg: &StackConfig) -> Result<ExitCod
             println!("local stack is up (data in {})", cfg.home().display());
             println!("  postgres: {}", info.database_url);
             println!("  kafka:    {}", info.kafka_bootstrap_servers);
+            if let Ok((address, user, _)) = stack::kafka_sasl(cfg) {
+                println!(
+                    "  kafka SASL_PLAINTEXT (PLAIN, user {user}, password in {}): {address}",
+                    cfg.home().join("kafka/sasl.password").display()
+                );
+            }
+            if let Ok((address, ca)) = stack::kafka_sasl_ssl(cfg) {
+                println!(
+                    "  kafka SASL_SSL (the same user; ssl.ca.location {}): {address}",
+                    ca.display()
+                );
+            }
             println!("use it from a shell with: eval \"$(reviewflow stack env)\"");
         }
         StackAction::Down { purge } => {
@@ -519,6 +551,11 @@ async fn stack_command(action: StackAction, cfg: &StackConfig) -> Result<ExitCod
             });
         }
         StackAction::Env => print!("{}", stack::info(cfg).await?.exports()),
+        StackAction::Roles => {
+            for (role, url) in stack::roles(cfg).await? {
+                println!("export {}='{url}'", role.variable());
+            }
+        }
         StackAction::Crash { part } => {
             stack::crash(cfg, part).await?;
             println!("{part:?} was killed and is running again");

@@ -7,21 +7,140 @@ use std::path::PathBuf;
 use crate::error::{Error, Result};
 use crate::stack::{self, StackConfig};
 
-/// Where the pipeline's dependencies live.
-#[derive(clap::Args, Clone, Debug, Default)]
+/// Where the pipeline's dependencies live, and as whom each stage connects.
+#[derive(clap::Args, Clone, Default)]
 pub struct Connections {
-    /// PostgreSQL connection string; unset means the local stack's.
+    /// PostgreSQL connection string of the database owner, who applies the migrations; the
+    /// stages use it too unless given their own below. Unset (with none of those either)
+    /// means the local stack's. TLS: `sslmode` (disable, prefer, require, verify-ca,
+    /// verify-full), `sslrootcert`, `sslcert`, `sslkey`, as in libpq.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
+
+    /// Connection string of `cdc`: a login in group reviewflow_cdc with REPLICATION.
+    #[arg(
+        id = "cdc_database_url",
+        long = "cdc-database-url",
+        env = "CDC_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub cdc_database_url: Option<String>,
+
+    /// Connection string of `api`, `import` and `demo`: a login in group reviewflow_api.
+    #[arg(
+        id = "api_database_url",
+        long = "api-database-url",
+        env = "API_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub api_database_url: Option<String>,
+
+    /// Connection string of `fraud`, `verdicts` and `stats`: a login in group reviewflow_worker.
+    #[arg(
+        id = "worker_database_url",
+        long = "worker-database-url",
+        env = "WORKER_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub worker_database_url: Option<String>,
 
     /// Kafka bootstrap servers; unset means the local stack's. Other `KAFKA_*` variables are
     /// passed to the Kafka clients as settings (KAFKA_SECURITY_PROTOCOL -> security.protocol).
     #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", global = true)]
     pub kafka_bootstrap_servers: Option<String>,
 
+    /// A librdkafka properties file (`key=value` lines, `#` comments) for every Kafka client:
+    /// security.protocol, sasl.*, ssl.*. KAFKA_* variables and --kafka-option win over it.
+    #[arg(
+        id = "kafka_properties",
+        long = "kafka-properties",
+        value_name = "FILE",
+        env = "REVIEWFLOW_KAFKA_PROPERTIES",
+        global = true
+    )]
+    pub kafka_properties: Option<PathBuf>,
+
+    /// One librdkafka setting for every Kafka client, as KEY=VALUE (repeatable); wins over
+    /// the properties file and KAFKA_* variables. Secret values are never logged.
+    #[arg(
+        id = "kafka_option",
+        long = "kafka-option",
+        value_name = "KEY=VALUE",
+        global = true,
+        value_parser = ClientSettingParser
+    )]
+    pub kafka_options: Vec<ClientSetting>,
+
     /// A Confluent-compatible schema registry; unset means reviewflow's own.
     #[arg(long, env = "SCHEMA_REGISTRY_URL", global = true)]
     pub schema_registry_url: Option<String>,
+}
+
+/// One Kafka client setting; its value is hidden from Debug output when it is secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientSetting {
+    pub key: String,
+    pub value: String,
+}
+
+impl std::fmt::Debug for ClientSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.key, shown_setting(&self.key, &self.value))
+    }
+}
+
+/// Parses KEY=VALUE without echoing a bad value: clap's own error would print it, and it may
+/// be a password.
+#[derive(Clone)]
+struct ClientSettingParser;
+
+impl clap::builder::TypedValueParser for ClientSettingParser {
+    type Value = ClientSetting;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> std::result::Result<ClientSetting, clap::Error> {
+        let parsed = value
+            .to_str()
+            .and_then(|v| v.split_once('='))
+            .and_then(|(k, v)| {
+                let key = k.trim();
+                (!key.is_empty() && !key.contains(char::is_whitespace)).then(|| ClientSetting {
+                    key: key.to_owned(),
+                    value: v.to_owned(),
+                })
+            });
+        parsed.ok_or_else(|| {
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidValue,
+                "invalid --kafka-option: write it as KEY=VALUE, such as \
+                 --kafka-option security.protocol=SASL_SSL\n",
+            )
+            .with_cmd(cmd)
+        })
+    }
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = |u: &Option<String>| u.as_deref().map(redact_url);
+        f.debug_struct("Connections")
+            .field("database_url", &url(&self.database_url))
+            .field("cdc_database_url", &url(&self.cdc_database_url))
+            .field("api_database_url", &url(&self.api_database_url))
+            .field("worker_database_url", &url(&self.worker_database_url))
+            .field("kafka_bootstrap_servers", &self.kafka_bootstrap_servers)
+            .field("kafka_properties", &self.kafka_properties)
+            .field("kafka_options", &self.kafka_options)
+            .field("schema_registry_url", &url(&self.schema_registry_url))
+            .finish()
+    }
 }
 
 /// How the pipeline's topics are created when missing.
@@ -195,7 +314,7 @@ pub struct StatsConfig {
 }
 
 /// `reviewflow import`: which course, from where, in pages of what size.
-#[derive(clap::Args, Clone, Debug)]
+#[derive(clap::Args, Clone)]
 pub struct ImportConfig {
     /// The course whose reviews are imported; it becomes their course_id.
     #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
@@ -224,6 +343,18 @@ pub struct ImportConfig {
         value_parser = clap::value_parser!(u32).range(1..=100)
     )]
     pub attempts: u32,
+}
+
+impl std::fmt::Debug for ImportConfig {
+    /// The URL may carry `user:password@` for basic authentication.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportConfig")
+            .field("course", &self.course)
+            .field("url", &redact_url(&self.url))
+            .field("page_size", &self.page_size)
+            .field("attempts", &self.attempts)
+            .finish()
+    }
 }
 
 /// `reviewflow demo`: how much load, over how many courses, for how long.
@@ -322,48 +453,206 @@ impl WorkerSettings {
     }
 }
 
+/// As whom a part connects to PostgreSQL: the owner (migrations and the operator's tools:
+/// migrate, verify, replay, status) or one of the least-privilege roles (see `db::roles`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DbRole {
+    Owner,
+    /// cdc: replication, and reads of the published tables.
+    Cdc,
+    /// api, import, demo: writes reviews, reads the figures.
+    Api,
+    /// fraud, verdicts, stats: writes the figures, verdicts and offsets.
+    Worker,
+}
+
+impl DbRole {
+    /// The variable that gives this role's connection string.
+    pub fn variable(self) -> &'static str {
+        match self {
+            DbRole::Owner => "DATABASE_URL",
+            DbRole::Cdc => "CDC_DATABASE_URL",
+            DbRole::Api => "API_DATABASE_URL",
+            DbRole::Worker => "WORKER_DATABASE_URL",
+        }
+    }
+}
+
 /// Resolved connection settings, ready for the stages.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Settings {
+    /// The connection string this part uses: after `for_role`, its role's (or the owner's
+    /// when the role has none); before, the owner's (empty when only roles are configured).
     pub database_url: String,
+    /// The owner's connection string (DATABASE_URL, or the local stack's): migrations run
+    /// with it. None when only the stages' own roles are configured.
+    pub owner_url: Option<String>,
+    pub role_urls: RoleUrls,
     pub kafka: KafkaSettings,
     pub schema_registry_url: Option<String>,
 }
 
-#[derive(Clone, Debug)]
+/// The stages' own connection strings (None: they use the owner's).
+#[derive(Clone, Default)]
+pub struct RoleUrls {
+    pub cdc: Option<String>,
+    pub api: Option<String>,
+    pub worker: Option<String>,
+}
+
+impl Settings {
+    /// These settings as the part of `role` uses them: `database_url` is its role's.
+    pub fn for_role(&self, role: DbRole) -> Result<Settings> {
+        let own = match role {
+            DbRole::Owner => None,
+            DbRole::Cdc => self.role_urls.cdc.clone(),
+            DbRole::Api => self.role_urls.api.clone(),
+            DbRole::Worker => self.role_urls.worker.clone(),
+        };
+        let url = own.or_else(|| self.owner_url.clone()).ok_or_else(|| {
+            Error::Config(match role {
+                DbRole::Owner => "this command runs as the tables' owner: set DATABASE_URL".into(),
+                _ => format!(
+                    "no PostgreSQL connection for this part: set {} (or DATABASE_URL)",
+                    role.variable()
+                ),
+            })
+        })?;
+        Ok(Settings {
+            database_url: url,
+            ..self.clone()
+        })
+    }
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = |u: &Option<String>| u.as_deref().map(redact_url);
+        f.debug_struct("Settings")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("owner_url", &url(&self.owner_url))
+            .field("cdc_url", &url(&self.role_urls.cdc))
+            .field("api_url", &url(&self.role_urls.api))
+            .field("worker_url", &url(&self.role_urls.worker))
+            .field("kafka", &self.kafka)
+            .field("schema_registry_url", &url(&self.schema_registry_url))
+            .finish()
+    }
+}
+
+#[derive(Clone)]
 pub struct KafkaSettings {
     pub bootstrap_servers: String,
-    /// librdkafka settings taken from `KAFKA_*` variables.
+    /// librdkafka settings: the properties file, then `KAFKA_*` variables, then
+    /// `--kafka-option`s (a later one of the same key wins).
     pub client: Vec<(String, String)>,
 }
 
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let client: Vec<String> = self
+            .client
+            .iter()
+            .map(|(k, v)| format!("{k}={}", shown_setting(k, v)))
+            .collect();
+        f.debug_struct("KafkaSettings")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("client", &client)
+            .finish()
+    }
+}
+
+impl KafkaSettings {
+    /// The value of a client setting, as the clients will see it.
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        self.client
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 impl Connections {
-    /// Fills what is missing from the local stack, starting it when it is not up.
+    /// Fills what is missing from the local stack, starting it when it is not up. The
+    /// database counts as configured when DATABASE_URL or any stage's own URL is set.
     pub async fn resolve(&self, stack: &StackConfig) -> Result<Settings> {
-        let (database_url, bootstrap_servers) =
+        let role_urls = RoleUrls {
+            cdc: non_empty(&self.cdc_database_url),
+            api: non_empty(&self.api_database_url),
+            worker: non_empty(&self.worker_database_url),
+        };
+        let roles_only =
+            role_urls.cdc.is_some() || role_urls.api.is_some() || role_urls.worker.is_some();
+        let (owner_url, bootstrap_servers) =
             match (&self.database_url, &self.kafka_bootstrap_servers) {
-                (Some(db), Some(kafka)) => (db.clone(), kafka.clone()),
+                (Some(db), Some(kafka)) => (Some(db.clone()), kafka.clone()),
+                (None, Some(kafka)) if roles_only => (None, kafka.clone()),
                 (db, kafka) => {
                     tracing::info!(home = %stack.home().display(), "using the local stack");
                     let local = stack::up(stack).await?;
+                    let owner = match db {
+                        Some(db) => Some(db.clone()),
+                        None if roles_only => None,
+                        None => Some(local.database_url),
+                    };
                     (
-                        db.clone().unwrap_or(local.database_url),
+                        owner,
                         kafka.clone().unwrap_or(local.kafka_bootstrap_servers),
                     )
                 }
             };
-        if database_url.trim().is_empty() {
+        if owner_url.as_deref().is_some_and(|u| u.trim().is_empty()) {
             return Err(Error::Config("DATABASE_URL is empty".into()));
         }
+        let mut client = match &self.kafka_properties {
+            Some(path) => read_properties(path)?,
+            None => Vec::new(),
+        };
+        client.extend(kafka_client_settings(std::env::vars()));
+        client.extend(
+            self.kafka_options
+                .iter()
+                .map(|o| (o.key.clone(), o.value.clone())),
+        );
         Ok(Settings {
-            database_url,
+            database_url: owner_url.clone().unwrap_or_default(),
+            owner_url,
+            role_urls,
             kafka: KafkaSettings {
                 bootstrap_servers,
-                client: kafka_client_settings(std::env::vars()),
+                client,
             },
             schema_registry_url: self.schema_registry_url.clone(),
         })
     }
+}
+
+fn non_empty(value: &Option<String>) -> Option<String> {
+    value.clone().filter(|v| !v.trim().is_empty())
+}
+
+/// A librdkafka properties file: `key=value` lines; blank lines and `#` or `!` comments
+/// are skipped. Errors name the line, never its value.
+pub fn read_properties(path: &std::path::Path) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io_path("read the Kafka properties file", path, e))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+            continue;
+        }
+        let (key, value) = line.split_once('=').ok_or_else(|| {
+            Error::Config(format!(
+                "{} line {}: expected key=value",
+                path.display(),
+                n + 1
+            ))
+        })?;
+        out.push((key.trim().to_owned(), value.trim().to_owned()));
+    }
+    Ok(out)
 }
 
 /// Variables of Kafka's own shell scripts and JVM, which are not client settings.
@@ -397,12 +686,78 @@ pub fn kafka_client_settings(
     out
 }
 
-/// Settings whose values must never reach a log line.
+/// Settings whose values must never reach a log line: sasl.password, ssl.key.password,
+/// ssl.key.pem, sasl.oauthbearer.client.secret, ...
 pub fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["password", "secret", "token", "key.pem", "private"]
-        .iter()
-        .any(|s| key.contains(s))
+    [
+        "password",
+        "secret",
+        "token",
+        "key.pem",
+        "private",
+        "jaas",
+        "credential",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
+}
+
+/// A setting's value as logs show it.
+pub fn shown_setting<'a>(key: &str, value: &'a str) -> &'a str {
+    if is_secret(key) {
+        "***"
+    } else {
+        value
+    }
+}
+
+/// A connection string as logs and errors show it: the password of a URL
+/// (`scheme://user:***@host`) or of a key=value string (`password=***`) hidden.
+pub fn redact_url(url: &str) -> String {
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        // The authority ends at the first '/', '?' or '#'; a password may contain '@'.
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let authority = &rest[..authority_end];
+        let mut shown = match authority.rfind('@') {
+            Some(at) => match authority[..at].find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &authority[..colon],
+                    &authority[at..]
+                ),
+                None => format!("{}{authority}", &url[..scheme_end + 3]),
+            },
+            None => format!("{}{authority}", &url[..scheme_end + 3]),
+        };
+        // A password may also be a query parameter.
+        let tail = &rest[authority_end..];
+        match tail.split_once('?') {
+            Some((path, query)) => {
+                let query: Vec<String> = query
+                    .split('&')
+                    .map(|p| match p.split_once('=') {
+                        Some((k, _)) if is_secret(k) || k == "sslpassword" => format!("{k}=***"),
+                        _ => p.to_owned(),
+                    })
+                    .collect();
+                shown.push_str(path);
+                shown.push('?');
+                shown.push_str(&query.join("&"));
+            }
+            None => shown.push_str(tail),
+        }
+        return shown;
+    }
+    url.split_whitespace()
+        .map(|token| match token.split_once('=') {
+            Some((k, _)) if is_secret(k) => format!("{k}=***"),
+            _ => token.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A URL as logs and errors show it: without its password, and without a trailing slash.
@@ -458,6 +813,117 @@ mod tests {
             ]
         );
         assert!(is_secret("sasl.password"));
+        assert!(is_secret("ssl.key.password"));
+        assert!(is_secret("sasl.oauthbearer.client.secret"));
         assert!(!is_secret("security.protocol"));
+        assert!(!is_secret("sasl.username"));
+    }
+
+    #[test]
+    fn connection_strings_lose_their_passwords() {
+        for (url, shown) in [
+            (
+                "postgres://rf:s3cr@t@127.0.0.1:5432/db?sslmode=require",
+                "postgres://rf:***@127.0.0.1:5432/db?sslmode=require",
+            ),
+            ("postgres://h/db", "postgres://h/db"),
+            (
+                "postgres://u@h/db?password=s3cr",
+                "postgres://u@h/db?password=***",
+            ),
+            ("host=h user=u password=s3cr", "host=h user=u password=***"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_every_secret() {
+        use clap::Parser;
+        #[derive(Parser, Debug)]
+        struct Only {
+            #[command(flatten)]
+            c: Connections,
+        }
+        let only = Only::parse_from([
+            "t",
+            "--database-url",
+            "postgres://o:owner-s3cret@h/db",
+            "--api-database-url",
+            "postgres://a:api-s3cret@h/db",
+            "--kafka-option",
+            "sasl.password=kafka-s3cret",
+            "--kafka-option",
+            "sasl.username=alice",
+        ]);
+        let shown = format!("{only:?}");
+        for secret in ["owner-s3cret", "api-s3cret", "kafka-s3cret"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("sasl.username=alice"), "{shown}");
+        let settings = Settings {
+            database_url: "postgres://o:owner-s3cret@h/db".into(),
+            owner_url: Some("postgres://o:owner-s3cret@h/db".into()),
+            role_urls: RoleUrls {
+                cdc: Some("host=h password=cdc-s3cret".into()),
+                ..RoleUrls::default()
+            },
+            kafka: KafkaSettings {
+                bootstrap_servers: "b:9092".into(),
+                client: vec![("ssl.key.password".into(), "key-s3cret".into())],
+            },
+            schema_registry_url: None,
+        };
+        let shown = format!("{settings:?}");
+        for secret in ["owner-s3cret", "cdc-s3cret", "key-s3cret"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_bad_kafka_option_is_refused_without_being_echoed() {
+        use clap::Parser;
+        #[derive(Parser, Debug)]
+        struct Only {
+            #[command(flatten)]
+            c: Connections,
+        }
+        let e = Only::try_parse_from(["t", "--kafka-option", "sasl.password:hunter2"]).unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn each_role_falls_back_to_the_owner() {
+        let settings = Settings {
+            database_url: String::new(),
+            owner_url: None,
+            role_urls: RoleUrls {
+                cdc: Some("postgres://cdc@h/db".into()),
+                ..RoleUrls::default()
+            },
+            kafka: KafkaSettings {
+                bootstrap_servers: "b".into(),
+                client: vec![],
+            },
+            schema_registry_url: None,
+        };
+        assert_eq!(
+            settings.for_role(DbRole::Cdc).unwrap().database_url,
+            "postgres://cdc@h/db"
+        );
+        let e = settings.for_role(DbRole::Api).unwrap_err().to_string();
+        assert!(e.contains("API_DATABASE_URL"), "{e}");
+        let owned = Settings {
+            owner_url: Some("postgres://o@h/db".into()),
+            ..settings
+        };
+        assert_eq!(
+            owned.for_role(DbRole::Worker).unwrap().database_url,
+            "postgres://o@h/db"
+        );
+        assert_eq!(
+            owned.for_role(DbRole::Cdc).unwrap().database_url,
+            "postgres://cdc@h/db"
+        );
     }
 }

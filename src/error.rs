@@ -16,8 +16,9 @@ pub enum Error {
     #[error("migrations: {0}")]
     Migration(#[from] refinery::Error),
 
+    /// Built through `From`, which keeps secret setting values out of configuration errors.
     #[error("kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
+    Kafka(rdkafka::error::KafkaError),
 
     #[error("replication: {0}")]
     Replication(String),
@@ -94,6 +95,25 @@ impl Error {
             format!("{action} {}", PathBuf::from(path).display()),
             source,
         )
+    }
+}
+
+impl From<rdkafka::error::KafkaError> for Error {
+    /// librdkafka's configuration errors quote the value they refused, which may be a
+    /// password: those become configuration errors with the value hidden.
+    fn from(e: rdkafka::error::KafkaError) -> Self {
+        match e {
+            rdkafka::error::KafkaError::ClientConfig(_, desc, key, value) => {
+                let shown = crate::config::shown_setting(&key, &value);
+                let desc = if shown != value && !value.is_empty() {
+                    desc.replace(&value, shown)
+                } else {
+                    desc
+                };
+                Error::Config(format!("Kafka client setting {key}={shown}: {desc}"))
+            }
+            other => Error::Kafka(other),
+        }
     }
 }
 

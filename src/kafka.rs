@@ -1,5 +1,7 @@
 //! Kafka client settings shared by every producer and consumer: the bootstrap servers plus
-//! the pass-through `KAFKA_*` settings (TLS, SASL), logged without their secrets.
+//! the librdkafka settings of the configuration (TLS, SASL: a properties file, `KAFKA_*`
+//! variables, `--kafka-option`s), logged without their secrets. Every client the pipeline
+//! builds starts from `client_config`.
 
 use std::time::{Duration, Instant};
 
@@ -10,19 +12,15 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::config::{is_secret, KafkaSettings, TopicSettings, WorkerSettings};
+use crate::config::{shown_setting, KafkaSettings, TopicSettings, WorkerSettings};
 use crate::error::{Error, Result};
 
 pub fn client_config(kafka: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.bootstrap_servers);
     for (key, value) in &kafka.client {
-        let shown = if is_secret(key) {
-            "***"
-        } else {
-            value.as_str()
-        };
-        tracing::debug!(%key, value = shown, "kafka client setting from the environment");
+        let shown = shown_setting(key, value);
+        tracing::debug!(%key, value = shown, "kafka client setting");
         config.set(key, value);
     }
     config
@@ -250,3 +248,81 @@ pub fn read_committed_to_end(
     }
     Ok(out)
 }
+
+/// Before a part starts on a broker reached over SASL or TLS: the credentials and
+/// certificates must work. librdkafka retries a refused login for ever, which would look
+/// like a hang; this turns it into an error that says what to check. A broker that does
+/// not answer at all is left to the stages, which wait for it.
+pub async fn check_access(kafka: &KafkaSettings) -> Result<()> {
+    let secured = kafka
+        .setting("security.protocol")
+        .is_some_and(|p| !p.eq_ignore_ascii_case("plaintext"));
+    if !secured {
+        return Ok(());
+    }
+    let kafka = kafka.clone();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer<AccessWatch> =
+            client_config(&kafka).create_with_context(AccessWatch::default())?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if consumer
+                .fetch_metadata(None, Duration::from_secs(1))
+                .is_ok()
+            {
+                return Ok(());
+            }
+            // librdkafka hands its errors to the context from the poll loop only.
+            let _ = consumer.poll(Duration::from_millis(100));
+            let refused = consumer
+                .context()
+                .refused
+                .lock()
+                .ok()
+                .and_then(|r| r.clone());
+            if let Some(reason) = refused {
+                return Err(Error::Config(format!(
+                    "Kafka at {} refused the connection: {reason}. Check security.protocol, \
+                     sasl.mechanism, sasl.username and sasl.password (or the ssl.* settings)",
+                    kafka.bootstrap_servers
+                )));
+            }
+        }
+        tracing::warn!(
+            servers = %kafka.bootstrap_servers,
+            "Kafka does not answer yet; starting anyway (the stages wait for it)"
+        );
+        Ok(())
+    })
+    .await?
+}
+
+/// Keeps the first authentication or TLS failure librdkafka reports.
+#[derive(Default)]
+struct AccessWatch {
+    refused: std::sync::Mutex<Option<String>>,
+}
+
+impl rdkafka::ClientContext for AccessWatch {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
+        let refused = matches!(
+            code,
+            Some(
+                RDKafkaErrorCode::Authentication
+                    | RDKafkaErrorCode::SaslAuthenticationFailed
+                    | RDKafkaErrorCode::SSL
+            )
+        ) || reason.contains("SASL authentication")
+            || reason.contains("SSL handshake");
+        if refused {
+            if let Ok(mut slot) = self.refused.lock() {
+                slot.get_or_insert_with(|| reason.to_owned());
+            }
+        } else {
+            tracing::debug!(error = %error, reason, "kafka client error while checking access");
+        }
+    }
+}
+
+impl ConsumerContext for AccessWatch {}

@@ -99,7 +99,15 @@ async fn listen_once(
     sender: &broadcast::Sender<Changed>,
     backoff: &mut Backoff,
 ) -> crate::error::Error {
-    let (client, mut connection) = match tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+    let target = match crate::db::target(url) {
+        Ok(t) => t,
+        Err(e) => return e,
+    };
+    let tls = match target.make_tls() {
+        Ok(t) => t,
+        Err(e) => return e,
+    };
+    let (client, mut connection) = match target.config.connect(tls).await {
         Ok(c) => c,
         Err(e) => return e.into(),
     };

@@ -15,8 +15,11 @@
 //! - The session decodes with `client_encoding=UTF8`, `DateStyle=ISO`, `TimeZone=UTC` and
 //!   `extra_float_digits=3`, so text values do not depend on the server's defaults.
 //!
-//! Limits: TCP only (no Unix sockets), no TLS (`sslmode=prefer` connects in plain text,
-//! `require` is refused), authentication by trust, password, md5 or SCRAM-SHA-256.
+//! - TLS as the connection string's `sslmode` says, with the same settings and guarantees
+//!   as every other connection (`db::tls`): `require` and stronger never fall back to plain.
+//!
+//! Limits: TCP only (no Unix sockets); authentication by trust, password, md5 or
+//! SCRAM-SHA-256 (without channel binding).
 
 use std::io;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,8 +32,9 @@ use postgres_protocol::message::backend::{
     DataRowBody, ErrorFields, ErrorResponseBody, Header, Message,
 };
 use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 use tokio_postgres::fallible_iterator::FallibleIterator;
 use tokio_util::codec::{Decoder, Encoder, Framed};
 
@@ -87,26 +91,20 @@ pub enum ReplicationMessage {
 impl ReplicationConnection {
     /// Connects in replication mode to what `database_url` names and authenticates.
     pub async fn connect(database_url: &str) -> Result<Self> {
-        let config: tokio_postgres::Config = database_url.parse().map_err(|e| {
-            Error::Config(format!(
-                "DATABASE_URL is not a PostgreSQL connection string: {e}"
-            ))
-        })?;
-        if !matches!(config.get_ssl_mode(), SslMode::Disable | SslMode::Prefer) {
-            return Err(Error::Config(format!(
-                "sslmode {:?}: the replication client does not speak TLS yet; \
-                 use sslmode=disable or prefer",
-                config.get_ssl_mode()
-            )));
-        }
+        let target = crate::db::target(database_url)?;
+        let config = &target.config;
         let user = config
             .get_user()
-            .ok_or_else(|| Error::Config("DATABASE_URL names no user".into()))?;
+            .ok_or_else(|| Error::Config("the database URL names no user".into()))?;
         let dbname = config.get_dbname().unwrap_or(user);
-        let (stream, address) = open_tcp(&config).await?;
+        let (stream, address, host) = open_tcp(config).await?;
+        let socket: Box<dyn Socket> = match target.negotiate(stream, &host).await? {
+            Ok(tls) => Box::new(tls),
+            Err(plain) => Box::new(plain),
+        };
         let endpoint = format!("{user}@{address}/{dbname}");
         let mut wire = Wire {
-            io: Framed::new(stream, Codec),
+            io: Framed::new(socket, Codec),
             endpoint,
         };
 
@@ -389,14 +387,19 @@ fn now_pg_micros() -> i64 {
         .saturating_sub(PG_EPOCH_UNIX_MICROS)
 }
 
-async fn open_tcp(config: &tokio_postgres::Config) -> Result<(TcpStream, String)> {
+/// The connection under the protocol: TCP, or TLS over it.
+trait Socket: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for T {}
+
+/// (stream, "host:port", host) of the first host that accepts.
+async fn open_tcp(config: &tokio_postgres::Config) -> Result<(TcpStream, String, String)> {
     let hosts = config.get_hosts();
     let addrs = config.get_hostaddrs();
     let ports = config.get_ports();
     let count = hosts.len().max(addrs.len());
     if count == 0 {
         return Err(Error::Config(
-            "DATABASE_URL names no host; the replication client needs a TCP host".into(),
+            "the database URL names no host; the replication client needs a TCP host".into(),
         ));
     }
     let mut last_error = None;
@@ -408,14 +411,19 @@ async fn open_tcp(config: &tokio_postgres::Config) -> Result<(TcpStream, String)
             #[cfg(unix)]
             (None, Some(Host::Unix(path))) => {
                 return Err(Error::Config(format!(
-                    "DATABASE_URL names the Unix socket {}; the replication client speaks TCP only",
-                    path.display()
-                )))
+                "the database URL names the Unix socket {}; the replication client speaks TCP only",
+                path.display()
+            )))
             }
             (None, None) => continue,
         };
         let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
         let address = format!("{host}:{port}");
+        // With hostaddr, the host name is still what a certificate is checked against.
+        let name = match hosts.get(i) {
+            Some(Host::Tcp(name)) => name.clone(),
+            _ => host.clone(),
+        };
         let connecting = TcpStream::connect((host.as_str(), port));
         let attempt = match config.get_connect_timeout() {
             Some(limit) => tokio::time::timeout(*limit, connecting)
@@ -429,7 +437,7 @@ async fn open_tcp(config: &tokio_postgres::Config) -> Result<(TcpStream, String)
                 stream
                     .set_nodelay(true)
                     .map_err(|e| Error::io(format!("replication connection to {address}"), e))?;
-                return Ok((stream, address));
+                return Ok((stream, address, name));
             }
             Err(e) => {
                 tracing::debug!(%address, error = %e, "replication connection attempt failed");
@@ -437,14 +445,14 @@ async fn open_tcp(config: &tokio_postgres::Config) -> Result<(TcpStream, String)
             }
         }
     }
-    Err(last_error.unwrap_or_else(|| Error::Config("DATABASE_URL names no usable host".into())))
+    Err(last_error.unwrap_or_else(|| Error::Config("the database URL names no usable host".into())))
 }
 
 async fn authenticate(wire: &mut Wire, user: &str, password: Option<&[u8]>) -> Result<()> {
     let password = || {
         password.ok_or_else(|| {
             Error::Config(format!(
-                "the server asks for a password for role {user} and DATABASE_URL has none"
+                "the server asks for a password for role {user} and its database URL has none"
             ))
         })
     };
@@ -470,7 +478,7 @@ async fn authenticate(wire: &mut Wire, user: &str, password: Option<&[u8]>) -> R
                 if !offered.iter().any(|m| m == SCRAM_SHA_256) {
                     return Err(Error::Replication(format!(
                         "authenticating {}: the server offers SASL {offered:?}, \
-                         the client supports {SCRAM_SHA_256} without TLS only",
+                         the client supports {SCRAM_SHA_256}",
                         wire.endpoint
                     )));
                 }
@@ -497,7 +505,7 @@ async fn authenticate(wire: &mut Wire, user: &str, password: Option<&[u8]>) -> R
     }
 }
 
-/// SCRAM-SHA-256 without channel binding (no TLS to bind to).
+/// SCRAM-SHA-256 without channel binding.
 async fn scram(wire: &mut Wire, password: &[u8]) -> Result<()> {
     let mut scram = ScramSha256::new(password, ChannelBinding::unsupported());
     wire.send(|b| frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), b))
@@ -698,7 +706,7 @@ impl Encoder<Bytes> for Codec {
 
 /// The framed socket and the name it is reported under.
 struct Wire {
-    io: Framed<TcpStream, Codec>,
+    io: Framed<Box<dyn Socket>, Codec>,
     endpoint: String,
 }
 
@@ -902,7 +910,7 @@ mod tests {
     #[tokio::test]
     async fn refuses_what_it_cannot_speak_before_any_io() {
         for (url, says) in [
-            ("postgres://u@localhost/db?sslmode=require", "TLS"),
+            ("postgres://u@localhost/db?sslmode=sometimes", "sslmode"),
             ("postgres://u@%2Ftmp/db", "Unix socket"),
             ("postgres://localhost/db", "no user"),
             ("not a url = =", "connection string"),

@@ -21,11 +21,11 @@ pub async fn up(cfg: &StackConfig) -> Result<String> {
     if let Ok(address) = running_address(cfg) {
         return Ok(address);
     }
-    for port in [cfg.kafka_port, cfg.kafka_port + 1] {
+    for port in (0..4).map(|i| cfg.kafka_port + i) {
         if !process::port_free(port) {
             return Err(Error::Stack(format!(
                 "port {port} is taken by another program; choose other Kafka ports with REVIEWFLOW_KAFKA_PORT \
-                 (the controller uses the next port)"
+                 (the controller uses the next port, the SASL_PLAINTEXT and SASL_SSL listeners the two after)"
             )));
         }
     }
@@ -34,7 +34,14 @@ pub async fn up(cfg: &StackConfig) -> Result<String> {
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| Error::io_path("create", &logs, e))?;
     let properties = dir.join("server.properties");
-    write_file(&properties, server_properties(cfg, &logs).as_bytes(), 0o644)?;
+    // It holds the SASL users' passwords.
+    let password = sasl_password(&dir)?;
+    let keystore = broker_certificate(&dir).await;
+    write_file(
+        &properties,
+        server_properties(cfg, &logs, &password, keystore.as_deref()).as_bytes(),
+        0o600,
+    )?;
     write_file(&dir.join("log4j2.properties"), LOG4J.as_bytes(), 0o644)?;
     if !logs.join("meta.properties").exists() {
         format_storage(&libs, &properties).await?;
@@ -106,7 +113,7 @@ pub fn running_address(cfg: &StackConfig) -> Result<String> {
         .map(|_| {
             format!(
                 "127.0.0.1:{}",
-                configured_port(cfg).unwrap_or(cfg.kafka_port)
+                configured_port(cfg, "PLAINTEXT").unwrap_or(cfg.kafka_port)
             )
         })
         .ok_or_else(|| {
@@ -130,27 +137,137 @@ pub(super) fn running_pid(cfg: &StackConfig) -> Option<i32> {
     (ours && process::alive(pid)).then_some(pid)
 }
 
-/// The port the running broker was started with, which may differ from today's flag.
-fn configured_port(cfg: &StackConfig) -> Option<u16> {
+/// The port of a listener (`PLAINTEXT`, `SASL_PLAINTEXT`) of the running broker, which may
+/// differ from today's flag.
+fn configured_port(cfg: &StackConfig, listener: &str) -> Option<u16> {
     let text = std::fs::read_to_string(cfg.home().join("kafka/server.properties")).ok()?;
     let line = text
         .lines()
-        .find(|l| l.starts_with("advertised.listeners="))?;
-    line.rsplit(':').next()?.trim().parse().ok()
+        .find_map(|l| l.strip_prefix("advertised.listeners="))?;
+    let prefix = format!("{listener}://");
+    let entry = line
+        .split(',')
+        .find_map(|e| e.trim().strip_prefix(prefix.as_str()))?;
+    entry.rsplit(':').next()?.trim().parse().ok()
 }
 
-fn server_properties(cfg: &StackConfig, logs: &Path) -> String {
-    let (broker, controller) = (cfg.kafka_port, cfg.kafka_port + 1);
+/// The user of the SASL listener.
+const SASL_USER: &str = "reviewflow";
+
+/// The SASL listener's password, made once and kept beside the broker's configuration.
+fn sasl_password(dir: &Path) -> Result<String> {
+    let file = dir.join("sasl.password");
+    if let Ok(password) = std::fs::read_to_string(&file) {
+        if !password.trim().is_empty() {
+            return Ok(password.trim().to_owned());
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io_path("create", dir, e))?;
+    let password = super::postgres::random_hex(18)?;
+    write_file(&file, password.as_bytes(), 0o600)?;
+    Ok(password)
+}
+
+/// (address, user, password) of the running broker's SASL_PLAINTEXT listener.
+pub fn sasl(cfg: &StackConfig) -> Result<(String, String, String)> {
+    running_address(cfg)?;
+    let port = configured_port(cfg, "SASL_PLAINTEXT").ok_or_else(|| {
+        Error::Stack(
+            "the running broker has no SASL listener (it was started by an older reviewflow): \
+             restart it with `reviewflow stack down` and `reviewflow stack up`"
+                .into(),
+        )
+    })?;
+    let password = sasl_password(&cfg.home().join("kafka"))?;
+    Ok((format!("127.0.0.1:{port}"), SASL_USER.to_owned(), password))
+}
+
+/// (address, root certificate) of the running broker's SASL_SSL listener.
+pub fn sasl_ssl(cfg: &StackConfig) -> Result<(String, PathBuf)> {
+    running_address(cfg)?;
+    let port = configured_port(cfg, "SASL_SSL").ok_or_else(|| {
+        Error::Stack(
+            "the running broker has no SASL_SSL listener (started by an older reviewflow, or \
+             `openssl req` failed): restart it with `reviewflow stack down` and `reviewflow stack up`"
+                .into(),
+        )
+    })?;
+    Ok((
+        format!("127.0.0.1:{port}"),
+        cfg.home().join("kafka/tls/ca.pem"),
+    ))
+}
+
+/// The broker's TLS key and certificate in one PEM file (Kafka's PEM keystore), made once;
+/// the certificate alone is `tls/ca.pem`, the root clients verify with. None when it cannot
+/// be made: the broker then starts without its TLS listener.
+async fn broker_certificate(dir: &Path) -> Option<PathBuf> {
+    let tls = dir.join("tls");
+    let keystore = tls.join("broker.pem");
+    if keystore.exists() {
+        return Some(keystore);
+    }
+    let made = async {
+        std::fs::create_dir_all(&tls).map_err(|e| Error::io_path("create", &tls, e))?;
+        let (crt, key) = (tls.join("ca.pem"), tls.join("broker.key"));
+        super::self_signed(&crt, &key).await?;
+        let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io_path("read", p, e));
+        let mut pem = read(&key)?;
+        pem.extend(read(&crt)?);
+        write_file(&keystore, &pem, 0o600)?;
+        let _ = std::fs::remove_file(&key);
+        Ok::<_, Error>(())
+    };
+    match made.await {
+        Ok(()) => Some(keystore),
+        Err(e) => {
+            tracing::warn!(error = %e, "no TLS certificate for the local broker; starting it without its SASL_SSL listener");
+            None
+        }
+    }
+}
+
+/// Besides the plaintext listener every part uses, a SASL_PLAINTEXT one (PLAIN, one user)
+/// on the port after the controller's and a SASL_SSL one (the same user, over TLS) on the
+/// next, to try client authentication and TLS against.
+fn server_properties(
+    cfg: &StackConfig,
+    logs: &Path,
+    sasl_password: &str,
+    keystore: Option<&Path>,
+) -> String {
+    let (broker, controller, sasl) = (cfg.kafka_port, cfg.kafka_port + 1, cfg.kafka_port + 2);
+    let jaas = format!(
+        "org.apache.kafka.common.security.plain.PlainLoginModule required user_{SASL_USER}=\"{sasl_password}\";"
+    );
+    let (tls_listener, tls_map, tls_settings) = match keystore {
+        Some(keystore) => (
+            format!(",SASL_SSL://127.0.0.1:{}", cfg.kafka_port + 3),
+            ",SASL_SSL:SASL_SSL",
+            format!(
+                "listener.name.sasl_ssl.ssl.keystore.type=PEM\n\
+                 listener.name.sasl_ssl.ssl.keystore.location={}\n\
+                 listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN\n\
+                 listener.name.sasl_ssl.plain.sasl.jaas.config={jaas}\n",
+                keystore.display()
+            ),
+        ),
+        None => (String::new(), "", String::new()),
+    };
     format!(
         "# written by `reviewflow stack up`\n\
          process.roles=broker,controller\n\
          node.id=1\n\
          controller.quorum.bootstrap.servers=127.0.0.1:{controller}\n\
-         listeners=PLAINTEXT://127.0.0.1:{broker},CONTROLLER://127.0.0.1:{controller}\n\
-         advertised.listeners=PLAINTEXT://127.0.0.1:{broker}\n\
+         listeners=PLAINTEXT://127.0.0.1:{broker},CONTROLLER://127.0.0.1:{controller},SASL_PLAINTEXT://127.0.0.1:{sasl}{tls_listener}\n\
+         advertised.listeners=PLAINTEXT://127.0.0.1:{broker},SASL_PLAINTEXT://127.0.0.1:{sasl}{tls_listener}\n\
          controller.listener.names=CONTROLLER\n\
          inter.broker.listener.name=PLAINTEXT\n\
-         listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+         listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT{tls_map}\n\
+         sasl.enabled.mechanisms=PLAIN\n\
+         listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN\n\
+         listener.name.sasl_plaintext.plain.sasl.jaas.config={jaas}\n\
+         {tls_settings}\
          log.dirs={}\n\
          num.partitions=3\n\
          offsets.topic.replication.factor=1\n\

@@ -48,6 +48,11 @@ pub struct StackConfig {
     #[arg(long, env = "REVIEWFLOW_KAFKA_VERSION", default_value = KAFKA_VERSION, global = true)]
     pub kafka_version: String,
 
+    /// Serve TLS from the local PostgreSQL (ssl=on, a self-signed certificate for localhost
+    /// and 127.0.0.1 made with `openssl req` on first use). Clients still choose with sslmode.
+    #[arg(long = "pg-ssl", env = "REVIEWFLOW_PG_SSL", global = true)]
+    pub pg_ssl: bool,
+
     /// Directory holding initdb, pg_ctl and postgres.
     #[arg(
         long,
@@ -98,6 +103,66 @@ pub async fn up(cfg: &StackConfig) -> Result<StackInfo> {
     })
 }
 
+/// Only the PostgreSQL part of the stack (for a second, private cluster in tests).
+pub async fn up_postgres(cfg: &StackConfig) -> Result<String> {
+    let home = cfg.home();
+    std::fs::create_dir_all(&home)
+        .map_err(|e| crate::Error::io_path("create the stack folder", &home, e))?;
+    postgres::up(cfg).await
+}
+
+pub async fn down_postgres(cfg: &StackConfig) -> Result<()> {
+    postgres::down(cfg).await
+}
+
+/// The local PostgreSQL's certificate (with `--pg-ssl`), the `sslrootcert` that verifies it.
+pub fn postgres_certificate(cfg: &StackConfig) -> PathBuf {
+    postgres::certificate_path(cfg)
+}
+
+/// The local broker's SASL_PLAINTEXT listener (mechanism PLAIN): address, user, password.
+pub fn kafka_sasl(cfg: &StackConfig) -> Result<(String, String, String)> {
+    kafka::sasl(cfg)
+}
+
+/// The local broker's SASL_SSL listener (PLAIN over TLS, the same user): address and the
+/// root certificate that verifies it (`ssl.ca.location`).
+pub fn kafka_sasl_ssl(cfg: &StackConfig) -> Result<(String, PathBuf)> {
+    kafka::sasl_ssl(cfg)
+}
+
+/// Login users of the least-privilege groups on the local stack (see `db::roles`), made when
+/// missing, with passwords kept in the data folder: (role, its URL variable's value).
+pub async fn roles(cfg: &StackConfig) -> Result<Vec<(config::DbRole, String)>> {
+    use config::DbRole;
+    let owner = postgres::running_url(cfg)?;
+    // The groups come with the migrations.
+    crate::db::migrate(&owner).await?;
+    let admin = crate::db::connect(&owner).await?;
+    let (scheme_user, host_db) = owner
+        .split_once('@')
+        .ok_or_else(|| Error::Stack("the stack's URL has no user".into()))?;
+    let scheme = &scheme_user[..scheme_user.find("://").map_or(0, |i| i + 3)];
+    let mut out = Vec::new();
+    for role in [DbRole::Cdc, DbRole::Api, DbRole::Worker] {
+        let group = role.group().unwrap_or_default();
+        let user = format!("{group}_login");
+        // Kept, so running parts that reconnect are not locked out by a second call.
+        let file = cfg.home().join(format!("postgres.{user}.password"));
+        let password = match std::fs::read_to_string(&file) {
+            Ok(p) if !p.trim().is_empty() => p.trim().to_owned(),
+            _ => {
+                let p = postgres::random_hex(18)?;
+                write_file(&file, p.as_bytes(), 0o600)?;
+                p
+            }
+        };
+        crate::db::roles::create_login(&admin, role, &user, &password).await?;
+        out.push((role, format!("{scheme}{user}:{password}@{host_db}")));
+    }
+    Ok(out)
+}
+
 /// Stops the processes of this stack; their data stays for the next `up`.
 pub async fn down(cfg: &StackConfig) -> Result<()> {
     let kafka = kafka::down(cfg).await;
@@ -133,7 +198,7 @@ pub async fn crash(cfg: &StackConfig, part: Part) -> Result<()> {
     // The kernel lets go of a killed process's listening ports a moment after it is gone.
     let ports = match part {
         Part::Postgres => vec![cfg.pg_port],
-        Part::Kafka => vec![cfg.kafka_port, cfg.kafka_port + 1],
+        Part::Kafka => (0..4).map(|i| cfg.kafka_port + i).collect(),
     };
     for _ in 0..600 {
         if ports.iter().all(|p| process::port_free(*p)) {
@@ -180,6 +245,10 @@ pub fn purge(cfg: &StackConfig) -> Result<()> {
     for file in ["postgres.location", "postgres.password"] {
         let _ = std::fs::remove_file(home.join(file));
     }
+    for role in ["cdc", "api", "worker"] {
+        let _ =
+            std::fs::remove_file(home.join(format!("postgres.reviewflow_{role}_login.password")));
+    }
     Ok(())
 }
 
@@ -198,10 +267,36 @@ pub fn status(cfg: &StackConfig) -> Vec<(String, Result<String>)> {
     vec![
         (
             "postgres".to_string(),
-            postgres::running_url(cfg).map(|u| redact_url(&u)),
+            postgres::running_url(cfg).map(|u| config::redact_url(&u)),
         ),
         ("kafka".to_string(), kafka::running_address(cfg)),
     ]
+}
+
+/// A self-signed certificate for localhost and 127.0.0.1 (its own root: clients verify with
+/// it), made with `openssl req`; the key unencrypted (PKCS#8), mode 0600.
+pub(crate) async fn self_signed(crt: &Path, key: &Path) -> Result<()> {
+    let mut req = tokio::process::Command::new("openssl");
+    req.args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        "-keyout",
+    ])
+    .arg(key)
+    .arg("-out")
+    .arg(crt);
+    process::run("openssl req (is openssl installed?)", &mut req).await?;
+    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io_path("chmod", key, e))
 }
 
 /// Writes a whole file with exactly `mode`, whatever the umask.
@@ -219,24 +314,17 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .map_err(|e| Error::io_path("write", path, e))
 }
 
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => match url[s + 3..at].find(':') {
-            Some(c) => format!("{}:***{}", &url[..s + 3 + c], &url[at..]),
-            None => url.to_string(),
-        },
-        _ => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn urls_lose_their_password_for_display() {
         assert_eq!(
-            super::redact_url("postgres://reviewflow:s3cret@127.0.0.1:54329/reviewflow"),
+            crate::config::redact_url("postgres://reviewflow:s3cret@127.0.0.1:54329/reviewflow"),
             "postgres://reviewflow:***@127.0.0.1:54329/reviewflow"
         );
-        assert_eq!(super::redact_url("postgres://h/db"), "postgres://h/db");
+        assert_eq!(
+            crate::config::redact_url("postgres://h/db"),
+            "postgres://h/db"
+        );
     }
 }

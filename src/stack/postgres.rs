@@ -43,9 +43,12 @@ pub async fn up(cfg: &StackConfig) -> Result<String> {
             cfg.pg_port
         )));
     }
+    if cfg.pg_ssl {
+        certificate(&data, account.as_ref()).await?;
+    }
     write_file(
         &data.join("reviewflow.conf"),
-        settings(cfg.pg_port).as_bytes(),
+        settings(cfg.pg_port, cfg.pg_ssl).as_bytes(),
         0o644,
     )?;
     chown(&data.join("reviewflow.conf"), account.as_ref())?;
@@ -195,8 +198,30 @@ async fn init(cfg: &StackConfig, root: &Path, account: Option<&Account>) -> Resu
     Ok(())
 }
 
-/// Rewritten on every start so a changed port takes effect.
-fn settings(port: u16) -> String {
+/// The self-signed certificate the cluster serves with `--pg-ssl`: also the root
+/// certificate clients verify it with (`sslrootcert`).
+pub fn certificate_path(cfg: &StackConfig) -> PathBuf {
+    location(&cfg.home()).join("data/server.crt")
+}
+
+/// The cluster's certificate, made once; PostgreSQL refuses a key others can read.
+async fn certificate(data: &Path, account: Option<&Account>) -> Result<()> {
+    let (crt, key) = (data.join("server.crt"), data.join("server.key"));
+    if crt.exists() && key.exists() {
+        return Ok(());
+    }
+    super::self_signed(&crt, &key).await?;
+    chown(&key, account)?;
+    chown(&crt, account)
+}
+
+/// Rewritten on every start so a changed port or TLS setting takes effect.
+fn settings(port: u16, ssl: bool) -> String {
+    let ssl = if ssl {
+        "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n"
+    } else {
+        "ssl = off\n"
+    };
     format!(
         "# written by `reviewflow stack up`\n\
          listen_addresses = '127.0.0.1'\n\
@@ -207,7 +232,8 @@ fn settings(port: u16) -> String {
          max_replication_slots = 32\n\
          max_slot_wal_keep_size = 16GB\n\
          timezone = 'UTC'\n\
-         log_timezone = 'UTC'\n"
+         log_timezone = 'UTC'\n\
+         {ssl}"
     )
 }
 
@@ -249,7 +275,7 @@ fn chown(path: &Path, account: Option<&Account>) -> Result<()> {
     }
 }
 
-fn random_hex(bytes: usize) -> Result<String> {
+pub(super) fn random_hex(bytes: usize) -> Result<String> {
     use std::io::Read;
     let mut buf = vec![0u8; bytes];
     std::fs::File::open("/dev/urandom")

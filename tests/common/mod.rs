@@ -19,6 +19,7 @@ pub async fn settings() -> Settings {
                 database_url: std::env::var("DATABASE_URL").ok(),
                 kafka_bootstrap_servers: std::env::var("KAFKA_BOOTSTRAP_SERVERS").ok(),
                 schema_registry_url: std::env::var("SCHEMA_REGISTRY_URL").ok(),
+                ..Connections::default()
             };
             let settings = connections
                 .resolve(&stack_config())

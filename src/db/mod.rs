@@ -1,0 +1,101 @@
+//! PostgreSQL access shared by every part: connections (TLS as the connection string's
+//! `sslmode` says, see `tls`), the pool, the least-privilege roles (`roles`), and the
+//! embedded migrations that the owner applies at start-up (refinery serialises concurrent
+//! runs).
+
+pub mod roles;
+pub mod tls;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::Client;
+
+use crate::error::{Error, Result};
+
+/// How connection-string errors name the setting: the string itself may hold a password.
+const WHAT: &str = "the database URL (DATABASE_URL or a stage's own *_DATABASE_URL)";
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// A connection string read, with its TLS settings (errors never quote it).
+pub fn target(url: &str) -> Result<tls::Target> {
+    tls::Target::parse(url, WHAT)
+}
+
+/// One connection, its driver task spawned.
+pub async fn connect(url: &str) -> Result<Client> {
+    let target = target(url)?;
+    let (client, connection) = target.config.connect(target.make_tls()?).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "postgres connection closed");
+        }
+    });
+    Ok(client)
+}
+
+pub fn pool(url: &str, size: usize) -> Result<Pool> {
+    let target = target(url)?;
+    let manager = Manager::from_config(
+        target.config.clone(),
+        target.make_tls()?,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .build()
+        .map_err(|e| Error::Config(format!("postgres pool: {e}")))
+}
+
+/// Applies every migration not yet applied; returns the names of those it applied.
+pub async fn migrate(url: &str) -> Result<Vec<String>> {
+    let mut client = connect(url).await?;
+    // refinery takes no lock of its own; two parts starting together must not both migrate.
+    client
+        .batch_execute("SELECT pg_advisory_lock(7271100)")
+        .await?;
+    let report = embedded::migrations::runner().run_async(&mut client).await;
+    client
+        .batch_execute("SELECT pg_advisory_unlock(7271100)")
+        .await?;
+    let applied = report?
+        .applied_migrations()
+        .iter()
+        .map(|m| m.to_string())
+        .collect();
+    Ok(applied)
+}
+
+/// For a stage that connects with its own role and not as the owner: the schema must already
+/// be what this build expects, since only the owner may migrate it.
+pub async fn check_migrated(url: &str) -> Result<()> {
+    let expected = embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| m.version())
+        .max()
+        .unwrap_or(0);
+    let client = connect(url).await?;
+    let applied: Option<i32> = client
+        .query_one("SELECT max(version) FROM refinery_schema_history", &[])
+        .await
+        .map_err(|e| {
+            Error::Config(format!(
+                "cannot read the schema version ({e}): run `reviewflow migrate` with the \
+                 owner's DATABASE_URL first"
+            ))
+        })?
+        .get(0);
+    let applied = applied.unwrap_or(0);
+    if i64::from(applied) < i64::from(expected) {
+        return Err(Error::Config(format!(
+            "the database schema is at migration V{applied}, this build needs V{expected}: run \
+             `reviewflow migrate` with the owner's DATABASE_URL (a stage given only its own \
+             role's URL does not migrate)"
+        )));
+    }
+    Ok(())
+}
