@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    CdcConfig, Connections, DemoConfig, FraudConfig, ImportConfig, MetricsSettings, Settings,
+    BenchConfig, CdcConfig, Connections, DemoConfig, FraudConfig, ImportConfig, MetricsSettings, Settings,
     StatsConfig, TopicSettings, VerdictsConfig, WorkerSettings,
 };
 use crate::error::Result;
@@ -143,6 +143,13 @@ pub enum Command {
     Demo {
         #[command(flatten)]
         demo: DemoConfig,
+    },
+    /// The whole benchmark on the local stack (saturation, latency, CDC backlog, workers,
+    /// memory, beside pg_recvlogical, Kafka's ProducerPerformance and the peers): prints the
+    /// figures, writes BENCHMARKS.md and a latency plot (PNG).
+    Bench {
+        #[command(flatten)]
+        bench: BenchConfig,
     },
 }
 
@@ -403,6 +410,22 @@ impl Cli {
                 // Partial work is reported too: what was stored stays stored.
                 println!("{summary}");
                 outcome?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Bench { bench } => {
+                let settings = self.connections.resolve(&self.stack).await?;
+                let command = std::iter::once("reviewflow".to_string())
+                    .chain(std::env::args().skip(1))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                crate::bench::Bench {
+                    settings,
+                    stack: self.stack.clone(),
+                    config: bench,
+                    topics: self.topics.clone(),
+                }
+                .execute(command, shutdown)
+                .await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Demo { demo } => {
