@@ -220,12 +220,49 @@ impl Run {
             .batch_execute(&format!("CREATE DATABASE {}", self.db))
             .await?;
         crate::db::migrate(&self.settings.database_url).await?;
+        self.create_topics().await?;
         let bar = spinner(format!("seeding {} courses", self.sizes.courses));
         let client = crate::db::connect(&self.settings.database_url).await?;
         load::seed(&client, self.sizes.courses).await?;
         bar.finish_and_clear();
         tracing::info!(database = %self.db, courses = self.sizes.courses, "bench database ready");
         Ok(())
+    }
+
+    /// The run's topics, as the stages would create them, created first and waited for: a
+    /// stage that finds its topic just created may see no partitions yet and stop.
+    async fn create_topics(&self) -> Result<()> {
+        let kafka = &self.settings.kafka;
+        let history = [("retention.ms", "-1")];
+        let mut names = Vec::new();
+        for (name, partitions, settings) in [
+            ("changes", self.partitions, &history[..]),
+            ("changes.snapshots", 1, &[("cleanup.policy", "compact")][..]),
+            ("valid", self.partitions, &history[..]),
+            ("fraud", self.partitions, &history[..]),
+            ("verdicts", self.partitions, &history[..]),
+            ("dead-letters", self.partitions, &[][..]),
+        ] {
+            let topic = self.topic(name);
+            crate::kafka::ensure_topic(kafka, &topic, partitions, 1, settings).await?;
+            names.push(topic);
+        }
+        let kafka = kafka.clone();
+        tokio::task::spawn_blocking(move || {
+            let probe: rdkafka::consumer::BaseConsumer =
+                crate::kafka::client_config(&kafka).create()?;
+            for topic in &names {
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while crate::kafka::partition_count(&probe, topic).is_err() {
+                    if std::time::Instant::now() > deadline {
+                        return Err(Error::Config(format!("topic {topic} never appeared")));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            Ok(())
+        })
+        .await?
     }
 
     /// The environment of every stage: the bench database, the run's topics and groups.
@@ -302,7 +339,18 @@ impl Run {
             .get(stage)
             .ok_or_else(|| Error::Config(format!("bench: stage {stage} is not running")))?
             .metrics;
-        probe::counter(&self.http, at, name, labels).await
+        // A stage just started serves /metrics a moment later.
+        let mut tries = 0;
+        loop {
+            match probe::counter(&self.http, at, name, labels).await {
+                Ok(v) => return Ok(v),
+                Err(e) if tries >= 100 => return Err(e),
+                Err(_) => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
     }
 
     /// Stops a stage, keeping its peak RSS for the report.
