@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    BenchConfig, CdcConfig, Connections, DemoConfig, FraudConfig, ImportConfig, MetricsSettings, Settings,
-    StatsConfig, TopicSettings, VerdictsConfig, WorkerSettings,
+    BenchConfig, CdcConfig, Connections, DemoConfig, FraudConfig, ImportConfig, MetricsSettings,
+    Settings, StatsConfig, TopicSettings, VerdictsConfig, WorkerSettings,
 };
 use crate::error::Result;
 use crate::stack::{self, StackConfig};

@@ -260,45 +260,81 @@ pub struct BenchConfig {
     pub skip_peers: bool,
 
     /// Courses in the data (one review each before the run) [default: 100000; quick: 2000].
-    #[arg(id = "bench_courses", long = "courses", value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
+    #[arg(id = "bench_courses",
+        value_name = "N", long = "courses", value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
     pub courses: Option<u64>,
 
     /// Changes in the CDC backlog [default: 1000000; quick: 20000]; a multiple of 100.
-    #[arg(id = "bench_backlog", long = "backlog", value_parser = clap::value_parser!(u64).range(100..=100_000_000))]
+    #[arg(id = "bench_backlog",
+        value_name = "N", long = "backlog", value_parser = clap::value_parser!(u64).range(100..=100_000_000))]
     pub backlog: Option<u64>,
 
     /// Seconds the saturation phase is measured for [default: 60; quick: 6].
-    #[arg(id = "bench_saturation_secs", long = "saturation-secs", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(id = "bench_saturation_secs",
+        value_name = "SECS", long = "saturation-secs", value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub saturation_secs: Option<u64>,
 
     /// Offered rates of the latency phases, reviews per second [default: 1000,2500,5000,10000;
     /// quick: 500,2000].
-    #[arg(id = "bench_rates", long = "rates", value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(id = "bench_rates",
+        value_name = "RATES", long = "rates", value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub rates: Vec<u64>,
 
     /// Seconds of load at each latency rate (less when the courses run out: each course gets
     /// one review per rate) [default: 15; quick: 4].
-    #[arg(id = "bench_latency_secs", long = "latency-secs", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(id = "bench_latency_secs",
+        value_name = "SECS", long = "latency-secs", value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub latency_secs: Option<u64>,
 
     /// The private database the run creates and drops.
-    #[arg(id = "bench_database", long = "bench-database", env = "REVIEWFLOW_BENCH_DATABASE", default_value = "rf_bench")]
+    #[arg(
+        id = "bench_database",
+        value_name = "NAME",
+        long = "bench-database",
+        env = "REVIEWFLOW_BENCH_DATABASE",
+        default_value = "rf_bench"
+    )]
     pub database: String,
 
     /// Where the report is written (Markdown).
-    #[arg(id = "bench_report", long = "report", default_value = "BENCHMARKS.md")]
+    #[arg(
+        id = "bench_report",
+        value_name = "PATH",
+        long = "report",
+        default_value = "BENCHMARKS.md"
+    )]
     pub report: PathBuf,
 
     /// Where the latency plot is written (PNG).
-    #[arg(id = "bench_plot", long = "plot", default_value = "benchmarks-latency.png")]
+    #[arg(
+        id = "bench_plot",
+        value_name = "PATH",
+        long = "plot",
+        default_value = "benchmarks-latency.png"
+    )]
     pub plot: PathBuf,
 
+    /// Also write every figure as JSON here (for scripts and tests).
+    #[arg(id = "bench_json", value_name = "PATH", long = "json")]
+    pub json: Option<PathBuf>,
+
     /// The peers' runner (`<dir>/run debezium|streams ...`).
-    #[arg(id = "bench_peers_dir", long = "peers-dir", env = "REVIEWFLOW_BENCH_PEERS", default_value = "bench/peers")]
+    #[arg(
+        id = "bench_peers_dir",
+        value_name = "DIR",
+        long = "peers-dir",
+        env = "REVIEWFLOW_BENCH_PEERS",
+        default_value = "bench/peers"
+    )]
     pub peers_dir: PathBuf,
 
     /// Longest a peer may take, in seconds.
-    #[arg(id = "bench_peer_timeout", long = "peer-timeout-s", default_value_t = 600)]
+    #[arg(
+        id = "bench_peer_timeout",
+        value_name = "SECS",
+        long = "peer-timeout-s",
+        default_value_t = 600
+    )]
     pub peer_timeout_secs: u64,
 }
 

@@ -154,7 +154,12 @@ async fn recvlogical(
     let child = tokio::process::Command::new(&tool)
         .args(["-d", &run.settings.database_url, "--slot", slot, "--start"])
         .args(["--endpos", end, "--no-loop", "-f", "/dev/null"])
-        .args(["-o", "proto_version=1", "-o", "publication_names=reviewflow"])
+        .args([
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=reviewflow",
+        ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

@@ -16,10 +16,7 @@ pub struct Machine {
 impl Machine {
     pub async fn read(admin_url: &str, stack: &StackConfig) -> Result<Self> {
         let client = crate::db::connect(admin_url).await?;
-        let postgres: String = client
-            .query_one("SHOW server_version", &[])
-            .await?
-            .get(0);
+        let postgres: String = client.query_one("SHOW server_version", &[]).await?.get(0);
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let ram_kb: f64 = meminfo
@@ -38,7 +35,11 @@ impl Machine {
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_else(|_| "unknown".into()),
-            postgres: postgres.split_whitespace().next().unwrap_or("?").to_string(),
+            postgres: postgres
+                .split_whitespace()
+                .next()
+                .unwrap_or("?")
+                .to_string(),
             kafka: stack.kafka_version.clone(),
         })
     }

@@ -115,6 +115,7 @@ impl Bench {
     /// Runs the benchmark, writes the report and the plot, and prints the figures.
     pub async fn execute(self, command: String, shutdown: CancellationToken) -> Result<Report> {
         let (report_path, plot_path) = (self.config.report.clone(), self.config.plot.clone());
+        let json_path = self.config.json.clone();
         let mut report = self.run(shutdown).await?;
         report.command = command;
         report.plot = relative_to(&plot_path, &report_path);
@@ -125,6 +126,11 @@ impl Bench {
         plot::latency(&report.latency, &title, &plot_path)?;
         std::fs::write(&report_path, report.markdown())
             .map_err(|e| Error::io_path("write", &report_path, e))?;
+        if let Some(path) = &json_path {
+            let json = serde_json::to_string_pretty(&report)
+                .map_err(|e| Error::Config(format!("the report as JSON: {e}")))?;
+            std::fs::write(path, json).map_err(|e| Error::io_path("write", path, e))?;
+        }
         print!("{}", report.text());
         println!(
             "report: {}; plot: {}",
@@ -144,7 +150,10 @@ impl Bench {
             .rsplit_once('/')
             .ok_or_else(|| Error::Config("DATABASE_URL must end in /<database>".into()))?;
         let db = self.config.database.clone();
-        if !db.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        if !db
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
             return Err(Error::Config(format!(
                 "--bench-database {db:?}: use lower-case letters, digits and _"
             )));
@@ -180,7 +189,9 @@ impl Bench {
         let outcome = run.phases(&mut report, &shutdown).await;
         let cleaned = run.cleanup().await;
         match (&outcome, &cleaned) {
-            (Err(_), _) => tracing::error!(logs = %run.dir.display(), "bench failed; the stages' logs are kept"),
+            (Err(_), _) => {
+                tracing::error!(logs = %run.dir.display(), "bench failed; the stages' logs are kept")
+            }
             (Ok(()), Ok(())) => {
                 let _ = std::fs::remove_dir_all(&run.dir);
             }

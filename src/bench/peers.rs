@@ -93,7 +93,13 @@ pub async fn run(
             crate::stack::tail_lines(&err, 3).replace('\n', " | ")
         ));
     }
-    match parse(stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")) {
+    match parse(
+        stdout
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or(""),
+    ) {
         Ok(f) => PeerOutcome::Ran(f),
         Err(e) => PeerOutcome::Skipped(format!("{name} printed no figures: {e}")),
     }

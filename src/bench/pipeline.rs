@@ -140,7 +140,9 @@ async fn saturate(
     let end = Duration::from_secs(warmup + secs);
     while started.elapsed() < end {
         super::check(shutdown)?;
-        if last_poll.elapsed() >= Duration::from_millis(100) || written - done >= run.sizes.in_flight {
+        if last_poll.elapsed() >= Duration::from_millis(100)
+            || written - done >= run.sizes.in_flight
+        {
             done = reached(run).await? - base;
             last_poll = Instant::now();
             run.check_stages()?;
@@ -156,9 +158,7 @@ async fn saturate(
             }
         }
         if written - done < run.sizes.in_flight {
-            let picks: Vec<i64> = (0..batch)
-                .map(|_| 1 + rng.below(courses) as i64)
-                .collect();
+            let picks: Vec<i64> = (0..batch).map(|_| 1 + rng.below(courses) as i64).collect();
             writer.write(&picks).await?;
             written += batch as u64;
         } else {

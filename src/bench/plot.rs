@@ -37,11 +37,7 @@ fn draw(
     let root = BitMapBackend::with_buffer(pixels, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let max_rate = points.iter().map(|p| p.offered).max().unwrap_or(1) as f64;
-    let max_ms = points
-        .iter()
-        .map(|p| p.p99_ms)
-        .fold(100.0_f64, f64::max)
-        * 1.15;
+    let max_ms = points.iter().map(|p| p.p99_ms).fold(100.0_f64, f64::max) * 1.15;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, (FAMILY, 22))
         .margin(20)
@@ -52,6 +48,8 @@ fn draw(
         .configure_mesh()
         .x_desc("offered rate (reviews/s)")
         .y_desc("commit to course_stats visible (ms)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .label_style((FAMILY, 15))
         .axis_desc_style((FAMILY, 16))
         .draw()?;
@@ -61,12 +59,18 @@ fn draw(
         ("p99", RGBColor(198, 40, 40), |p| p.p99_ms),
     ];
     for (name, colour, value) in series {
-        let line: Vec<(f64, f64)> = points.iter().map(|p| (p.offered as f64, value(p))).collect();
+        let line: Vec<(f64, f64)> = points
+            .iter()
+            .map(|p| (p.offered as f64, value(p)))
+            .collect();
         chart
             .draw_series(LineSeries::new(line.clone(), colour.stroke_width(3)))?
             .label(name)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], colour.stroke_width(3)));
-        chart.draw_series(line.into_iter().map(|xy| Circle::new(xy, 5, colour.filled())))?;
+        chart.draw_series(
+            line.into_iter()
+                .map(|xy| Circle::new(xy, 5, colour.filled())),
+        )?;
     }
     let grey = RGBColor(120, 120, 120);
     chart

@@ -121,7 +121,11 @@ pub async fn delete_topics(kafka: &KafkaSettings, prefixes: &[String]) -> Result
         tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
             let c = consumer(&kafka, "reviewflow-bench-probe")?;
             let metadata = c.fetch_metadata(None, Duration::from_secs(30))?;
-            Ok(metadata.topics().iter().map(|t| t.name().to_string()).collect())
+            Ok(metadata
+                .topics()
+                .iter()
+                .map(|t| t.name().to_string())
+                .collect())
         })
         .await??
     };

@@ -99,8 +99,8 @@ impl Stage {
 
 /// A loopback port nobody listens on now.
 pub fn free_address() -> Result<SocketAddr> {
-    let socket = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Error::io("find a free port", e))?;
+    let socket =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("find a free port", e))?;
     socket
         .local_addr()
         .map_err(|e| Error::io("find a free port", e))
@@ -132,7 +132,11 @@ pub fn tree_cpu_secs(root: i32) -> f64 {
     };
     let mut total = cpu_secs(root).unwrap_or(0.0);
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         if parent(pid) == Some(root) {

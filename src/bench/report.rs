@@ -278,7 +278,13 @@ impl Report {
         let _ = writeln!(o, "peak RSS: {}", rss.join(", "));
         let _ = writeln!(o, "targets:");
         for t in self.targets() {
-            let _ = writeln!(o, "  {:<8} {:<48} {}", verdict(&t.verdict), t.what, t.figure);
+            let _ = writeln!(
+                o,
+                "  {:<8} {:<48} {}",
+                verdict(&t.verdict),
+                t.what,
+                t.figure
+            );
         }
         o
     }
@@ -317,7 +323,13 @@ impl Report {
         let _ = writeln!(o, "| target | figure | verdict |\n| --- | --- | --- |");
         let targets = self.targets();
         for t in &targets {
-            let _ = writeln!(o, "| {} | {} | {} |", t.what, t.figure, verdict_md(&t.verdict));
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} |",
+                t.what,
+                t.figure,
+                verdict_md(&t.verdict)
+            );
         }
         self.md_saturation(&mut o);
         self.md_latency(&mut o);
@@ -334,7 +346,10 @@ impl Report {
             m.cores
         );
         if let Some(s) = &self.saturation {
-            let _ = writeln!(o, "| process | CPU seconds | share of the machine |\n| --- | --- | --- |");
+            let _ = writeln!(
+                o,
+                "| process | CPU seconds | share of the machine |\n| --- | --- | --- |"
+            );
             let capacity = s.secs * m.cores as f64;
             for (name, secs) in &s.cpu {
                 let _ = writeln!(
@@ -421,7 +436,11 @@ impl Report {
                 p.max_ms
             );
         }
-        let _ = writeln!(o, "\n![p50, p95, p99 against the offered rate]({})", self.plot);
+        let _ = writeln!(
+            o,
+            "\n![p50, p95, p99 against the offered rate]({})",
+            self.plot
+        );
     }
 
     fn md_cdc(&self, o: &mut String) {
@@ -464,7 +483,11 @@ impl Report {
                 thousands(d.records_per_s),
                 c.ours_rate() / d.records_per_s
             ),
-            None => writeln!(o, "| Debezium PostgreSQL connector | {} | - | - |", peer_text(&c.debezium)),
+            None => writeln!(
+                o,
+                "| Debezium PostgreSQL connector | {} | - | - |",
+                peer_text(&c.debezium)
+            ),
         };
     }
 
@@ -537,7 +560,11 @@ impl Report {
                     thousands(k.records_per_s),
                     rate / k.records_per_s
                 ),
-                None => writeln!(o, "| Kafka Streams, 91 hopping windows | {} | - | - | - |", peer_text(&s.streams)),
+                None => writeln!(
+                    o,
+                    "| Kafka Streams, 91 hopping windows | {} | - | - | - |",
+                    peer_text(&s.streams)
+                ),
             };
             let _ = writeln!(o, "\n{}", pg_share(s));
         }
@@ -590,7 +617,10 @@ fn skipped(what: &'static str, peer: &PeerOutcome) -> Target {
     Target {
         what,
         figure: "-".into(),
-        verdict: Verdict::Skipped(peer_text(peer)),
+        verdict: Verdict::Skipped(match peer {
+            PeerOutcome::Skipped(why) => why.clone(),
+            PeerOutcome::Ran(_) => "not judged".into(),
+        }),
         diagnosis: String::new(),
     }
 }

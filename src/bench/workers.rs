@@ -143,9 +143,7 @@ async fn stats(
         shutdown,
         move |r| {
             Box::pin(async move {
-                let consumed = r
-                    .counter("stats", EVENTS_IN, &[("stage", "stats")])
-                    .await?;
+                let consumed = r.counter("stats", EVENTS_IN, &[("stage", "stats")]).await?;
                 Ok(consumed as u64 >= changes)
             })
         },
@@ -242,7 +240,12 @@ async fn producer_perf(
         .arg(format!("{}/*", libs.display()))
         .arg("org.apache.kafka.tools.ProducerPerformance")
         .args(["--topic", &topic, "--num-records", &records.to_string()])
-        .args(["--record-size", &record_bytes.to_string(), "--throughput", "-1"])
+        .args([
+            "--record-size",
+            &record_bytes.to_string(),
+            "--throughput",
+            "-1",
+        ])
         .args(["--transactional-id", &format!("{}-producer-perf", run.id)])
         .args(["--transaction-duration-ms", &txn_ms.to_string()])
         .arg("--producer-props")
