@@ -66,6 +66,8 @@ pub async fn run(
 
     let saturation = saturate(run, &mut writer, shutdown).await?;
 
+    let (changes, valid) = (run.topic("changes"), run.topic("valid"));
+    listener.tap(&run.settings.kafka, &changes, &valid)?;
     let mut points = Vec::new();
     let courses = run.sizes.courses;
     let mut rng = Rng::new(0x5eed);

@@ -123,6 +123,7 @@ mod tests {
             p99_ms: p50_ms * 3.0,
             max_ms: p50_ms * 4.0,
             flagged: 0,
+            hops: Vec::new(),
         };
         let dir = std::env::temp_dir().join(format!("rf-plot-{}", std::process::id()));
         let path = dir.join("p.png");
