@@ -296,23 +296,15 @@ pub struct BenchConfig {
     )]
     pub database: String,
 
-    /// Where the report is written (Markdown).
-    #[arg(
-        id = "bench_report",
-        value_name = "PATH",
-        long = "report",
-        default_value = "BENCHMARKS.md"
-    )]
-    pub report: PathBuf,
+    /// Where the report is written (Markdown) [default: BENCHMARKS.md; quick:
+    /// target/bench-quick/BENCHMARKS.md, so a smoke run never replaces the real report].
+    #[arg(id = "bench_report", value_name = "PATH", long = "report")]
+    pub report: Option<PathBuf>,
 
-    /// Where the latency plot is written (PNG).
-    #[arg(
-        id = "bench_plot",
-        value_name = "PATH",
-        long = "plot",
-        default_value = "benchmarks-latency.png"
-    )]
-    pub plot: PathBuf,
+    /// Where the latency plot is written (PNG) [default: benchmarks-latency.png; quick:
+    /// target/bench-quick/benchmarks-latency.png].
+    #[arg(id = "bench_plot", value_name = "PATH", long = "plot")]
+    pub plot: Option<PathBuf>,
 
     /// Also write every figure as JSON here (for scripts and tests).
     #[arg(id = "bench_json", value_name = "PATH", long = "json")]

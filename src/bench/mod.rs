@@ -114,7 +114,22 @@ pub(crate) struct Run {
 impl Bench {
     /// Runs the benchmark, writes the report and the plot, and prints the figures.
     pub async fn execute(self, command: String, shutdown: CancellationToken) -> Result<Report> {
-        let (report_path, plot_path) = (self.config.report.clone(), self.config.plot.clone());
+        let quick = PathBuf::from("target/bench-quick");
+        let (report_path, plot_path) = match self.config.quick {
+            false => (
+                PathBuf::from("BENCHMARKS.md"),
+                PathBuf::from("benchmarks-latency.png"),
+            ),
+            true => (
+                quick.join("BENCHMARKS.md"),
+                quick.join("benchmarks-latency.png"),
+            ),
+        };
+        let report_path = self.config.report.clone().unwrap_or(report_path);
+        let plot_path = self.config.plot.clone().unwrap_or(plot_path);
+        if let Some(dir) = report_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io_path("create", dir, e))?;
+        }
         let json_path = self.config.json.clone();
         let mut report = self.run(shutdown).await?;
         report.command = command;

@@ -48,10 +48,7 @@ pub async fn run(
 ) -> PeerOutcome {
     let runner = dir.join("run");
     if !runner.is_file() {
-        return PeerOutcome::Skipped(format!(
-            "peer runner {} not present (the peers are added under bench/peers/)",
-            runner.display()
-        ));
+        return PeerOutcome::Skipped(format!("{} not present", runner.display()));
     }
     let name = args.first().cloned().unwrap_or_default();
     let stderr = match std::fs::File::create(log) {

@@ -337,6 +337,7 @@ impl Report {
         self.md_cdc(&mut o);
         self.md_workers(&mut o);
         self.md_memory(&mut o);
+        self.md_notes(&mut o);
         let _ = writeln!(o, "\n## Where the time goes\n");
         let _ = writeln!(
             o,
@@ -372,9 +373,34 @@ impl Report {
                 Verdict::Miss => "MISSED",
                 Verdict::Skipped(_) => continue,
             };
-            let _ = writeln!(o, "- {} ({tag}, {}): {}.", t.what, t.figure, t.diagnosis);
+            let end = if t.diagnosis.ends_with('.') { "" } else { "." };
+            let _ = writeln!(
+                o,
+                "- {} ({tag}, {}): {}{end}",
+                t.what, t.figure, t.diagnosis
+            );
         }
         o
+    }
+
+    fn md_notes(&self, o: &mut String) {
+        let _ = writeln!(
+            o,
+            "\n## Notes\n\n\
+             - One command replaces `scripts/bench-cdc` and `scripts/bench-workers`. Two of the \
+               latter's figures are not carried over: the 91-window writes emulated in \
+               PostgreSQL (the Kafka Streams peer is the real comparison) and the timing of one \
+               day rollover of 100,000 courses (0.75 s in that script's last run; it runs once \
+               a day).\n\
+             - Every clock includes the process's start-up (connections, group join, schema \
+               registry), as a user restarting a stage would see it.\n\
+             - The stages run with their defaults (batches of REVIEWFLOW_BATCH_RECORDS = 5,000 \
+               records or REVIEWFLOW_BATCH_MS = 50 ms); any REVIEWFLOW_* or KAFKA_* variable set \
+               when `reviewflow bench` starts reaches every stage, so a tuning can be measured \
+               the same way.\n\
+             - Peers run through `bench/peers/run`; when it is missing or fails, the peer's line \
+               says skipped, with the reason, and its target is not judged."
+        );
     }
 
     fn md_saturation(&self, o: &mut String) {
@@ -580,13 +606,38 @@ impl Report {
         let _ = writeln!(
             o,
             "Peak resident set (VmHWM from /proc/<pid>/status) of each stage's process, read \
-             before it was stopped, over every phase it ran in (the backlog phases hold the \
-             largest batches), with {} courses in the data.\n",
+             before it was stopped, in each phase it ran in (a new process per phase; alone on \
+             the backlog, a worker's consumer prefetches and its batches are full), with {} \
+             courses in the data.\n",
             thousands(self.sizes.courses as f64)
         );
-        let _ = writeln!(o, "| stage | peak RSS | in phase |\n| --- | --- | --- |");
-        for (stage, bytes, phase) in &peaks {
-            let _ = writeln!(o, "| {stage} | {} | {phase} |", mb(*bytes));
+        let phases: Vec<&str> = ["snapshot", "backlog", "pipeline"]
+            .into_iter()
+            .filter(|p| self.memory.iter().any(|m| m.1 == *p))
+            .collect();
+        let _ = writeln!(
+            o,
+            "| stage | {} | peak |\n| --- |{} --- |",
+            phases
+                .iter()
+                .map(|p| phase_title(p))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            " --- |".repeat(phases.len())
+        );
+        for (stage, bytes, _) in &peaks {
+            let cells: Vec<String> = phases
+                .iter()
+                .map(|p| {
+                    self.memory
+                        .iter()
+                        .filter(|m| m.0 == *stage && m.1 == *p)
+                        .map(|m| mb(m.2 as f64 * 1024.0))
+                        .next()
+                        .unwrap_or_else(|| "-".into())
+                })
+                .collect();
+            let _ = writeln!(o, "| {stage} | {} | {} |", cells.join(" | "), mb(*bytes));
         }
         let peers: Vec<String> = [
             self.cdc.as_ref().map(|c| &c.debezium),
@@ -640,6 +691,14 @@ fn hops_text(p: &RatePoint) -> String {
         .map(|(hop, p50, p99)| format!("{hop} {p50:.1} / {p99:.1} ms"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn phase_title(phase: &str) -> &'static str {
+    match phase {
+        "snapshot" => "snapshot of the courses",
+        "backlog" => "alone on the backlog",
+        _ => "live pipeline (saturation, latency)",
+    }
 }
 
 fn judge(ok: bool) -> Verdict {
