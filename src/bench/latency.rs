@@ -251,7 +251,7 @@ impl Pending {
         names
             .iter()
             .zip(&hist)
-            .filter(|(_, h)| h.len() > 0)
+            .filter(|(_, h)| !h.is_empty())
             .map(|(n, h)| {
                 let ms = |q| h.value_at_quantile(q) as f64 / 1000.0;
                 (n.to_string(), ms(0.5), ms(0.99))

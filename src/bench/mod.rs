@@ -61,7 +61,7 @@ impl Sizes {
     fn from(c: &BenchConfig) -> Result<Self> {
         let q = c.quick;
         let backlog = c.backlog.unwrap_or(if q { 20_000 } else { 1_000_000 });
-        if backlog % 100 != 0 {
+        if !backlog.is_multiple_of(100) {
             return Err(Error::Config(format!(
                 "--backlog {backlog}: use a multiple of 100 (transactions of 100 rows)"
             )));

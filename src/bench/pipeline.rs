@@ -137,7 +137,8 @@ async fn saturate(
     let mut written = 0u64;
     let mut done = 0u64;
     let mut last_poll = Instant::now();
-    let mut window: Option<(Instant, u64, Vec<(String, f64)>)> = None;
+    // When the window opened, the reviews done then, and each process's CPU then.
+    let mut window: Option<(Instant, u64, CpuTimes)> = None;
     let mut seconds: Vec<(Instant, u64)> = Vec::new();
     let end = Duration::from_secs(warmup + secs);
     while started.elapsed() < end {
@@ -231,8 +232,11 @@ async fn reached(run: &Run) -> Result<u64> {
     Ok((applied + flagged) as u64)
 }
 
+/// CPU seconds by process.
+type CpuTimes = Vec<(String, f64)>;
+
 /// CPU seconds so far of each stage, PostgreSQL, Kafka and this process (the writer).
-fn cpu(run: &Run) -> Vec<(String, f64)> {
+fn cpu(run: &Run) -> CpuTimes {
     let mut out: Vec<(String, f64)> = run
         .stages
         .iter()

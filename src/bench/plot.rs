@@ -53,7 +53,7 @@ fn draw(
         .label_style((FAMILY, 15))
         .axis_desc_style((FAMILY, 16))
         .draw()?;
-    let series: [(&str, RGBColor, fn(&RatePoint) -> f64); 3] = [
+    let series: [Series; 3] = [
         ("p50", RGBColor(46, 125, 50), |p| p.p50_ms),
         ("p95", RGBColor(245, 124, 0), |p| p.p95_ms),
         ("p99", RGBColor(198, 40, 40), |p| p.p99_ms),
@@ -90,6 +90,9 @@ fn draw(
     root.present()?;
     Ok(())
 }
+
+/// A percentile's name, colour and value.
+type Series = (&'static str, RGBColor, fn(&RatePoint) -> f64);
 
 fn write_png(path: &Path, pixels: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

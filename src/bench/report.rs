@@ -188,11 +188,14 @@ impl Report {
                 figure: format!("largest: {stage} {} ({phase})", mb(bytes)),
                 verdict: judge(over.is_empty()),
                 diagnosis: format!(
-                    "over the limit: {}. Most of a stage's memory is librdkafka's queues: the \
-                     producer's queue.buffering.max.messages/kbytes and the consumer's \
-                     queued.max.messages.kbytes and fetch sizes, sized for throughput; a batch of \
-                     REVIEWFLOW_BATCH_RECORDS decoded records adds to it. Smaller queues and \
-                     batches bring it down at some cost in throughput",
+                    "over the limit: {}. Not yet profiled: librdkafka's queues are the first \
+                     suspect, but a run with the consumers' queued.max.messages.kbytes at 16 MB \
+                     (KAFKA_QUEUED_MAX_MESSAGES_KBYTES) peaked the same, and the live pipeline's \
+                     processes stay well below the backlog's (see Memory), so the peak follows \
+                     the batch: up to REVIEWFLOW_BATCH_RECORDS = 5,000 records held with their \
+                     decoded events and outputs while a transaction commits, on a multi-threaded \
+                     allocator. Next: a heap profile of one backlog run (heaptrack is in Debian), \
+                     and smaller batches or MALLOC_ARENA_MAX=2, measured with this command",
                     if over.is_empty() {
                         "none".into()
                     } else {
