@@ -29,6 +29,11 @@ pub fn start(name: &str, env: &[(String, String)], dir: &Path) -> Result<Stage> 
         .arg(name)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .env("REVIEWFLOW_METRICS_LISTEN", metrics.to_string())
+        // Per-role connection strings point at the user's database, not the bench's: the
+        // stages fall back to DATABASE_URL (the bench database) without them.
+        .env_remove("CDC_DATABASE_URL")
+        .env_remove("API_DATABASE_URL")
+        .env_remove("WORKER_DATABASE_URL")
         .env("RUST_LOG", "warn")
         .env("REVIEWFLOW_LOG_FORMAT", "text")
         .stdin(Stdio::null())
