@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    CdcConfig, Connections, DbRole, DemoConfig, FraudConfig, ImportConfig, MetricsSettings,
-    Settings, StatsConfig, TopicSettings, VerdictsConfig, WorkerSettings,
+    BenchConfig, CdcConfig, Connections, DbRole, DemoConfig, FraudConfig, ImportConfig,
+    MetricsSettings, Settings, StatsConfig, TopicSettings, VerdictsConfig, WorkerSettings,
 };
 use crate::error::Result;
 use crate::stack::{self, StackConfig};
@@ -143,6 +143,13 @@ pub enum Command {
     Demo {
         #[command(flatten)]
         demo: DemoConfig,
+    },
+    /// The whole benchmark on the local stack (saturation, latency, CDC backlog, workers,
+    /// memory, beside pg_recvlogical, Kafka's ProducerPerformance and the peers): prints the
+    /// figures, writes BENCHMARKS.md and a latency plot (PNG).
+    Bench {
+        #[command(flatten)]
+        bench: BenchConfig,
     },
 }
 
@@ -414,6 +421,27 @@ impl Cli {
                 // Partial work is reported too: what was stored stays stored.
                 println!("{summary}");
                 outcome?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Bench { bench } => {
+                // The bench creates databases and slots: the owner's connection.
+                let settings = self
+                    .connections
+                    .resolve(&self.stack)
+                    .await?
+                    .for_role(DbRole::Owner)?;
+                let command = std::iter::once("reviewflow".to_string())
+                    .chain(std::env::args().skip(1))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                crate::bench::Bench {
+                    settings,
+                    stack: self.stack.clone(),
+                    config: bench,
+                    topics: self.topics.clone(),
+                }
+                .execute(command, shutdown)
+                .await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Demo { demo } => {

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod avro;
+pub mod bench;
 pub mod change;
 pub mod cli;
 pub mod config;

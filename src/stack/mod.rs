@@ -15,6 +15,7 @@ use crate::config;
 use crate::error::{Error, Result};
 
 pub use kafka::KAFKA_VERSION;
+pub use process::tail as tail_lines;
 
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct StackConfig {
@@ -168,6 +169,12 @@ pub async fn down(cfg: &StackConfig) -> Result<()> {
     let kafka = kafka::down(cfg).await;
     let pg = postgres::down(cfg).await;
     kafka.and(pg)
+}
+
+/// The running stack's PostgreSQL postmaster and Kafka broker, when they are ours and alive:
+/// for measuring their CPU time beside the pipeline's.
+pub fn pids(cfg: &StackConfig) -> (Option<i32>, Option<i32>) {
+    (postgres::running_pid(cfg), kafka::running_pid(cfg))
 }
 
 /// A part of the stack, for fault injection.

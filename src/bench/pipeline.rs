@@ -1,0 +1,280 @@
+//! The whole pipeline live, each stage (api, cdc, fraud, stats, verdicts) its own child
+//! process, with the seeded courses and the backlog in the data:
+//! - saturation: a writer keeps the pipeline full (a bounded number of reviews written but
+//!   not yet in course_stats) and the rate at which reviews reach course_stats is measured
+//!   over the window, with each process's CPU time over the same window (the profile);
+//! - latency: at fixed offered rates, commit-to-visible percentiles (see `latency`).
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::latency::{self, Listener, RatePoint};
+use super::load::Writer;
+use super::{spinner, timed, wait_until, Run};
+use crate::demo::Rng;
+use crate::error::{Error, Result};
+
+pub const STAGES: [&str; 5] = ["api", "cdc", "fraud", "stats", "verdicts"];
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Saturation {
+    pub secs: f64,
+    pub reviews: u64,
+    /// The slowest one-second interval of the window, reviews per second.
+    pub slowest_second: f64,
+    /// CPU seconds over the window, by process (the stages, PostgreSQL, Kafka, the writer).
+    pub cpu: Vec<(String, f64)>,
+}
+
+impl Saturation {
+    pub fn rate(&self) -> f64 {
+        self.reviews as f64 / self.secs
+    }
+}
+
+pub async fn run(
+    run: &mut Run,
+    shutdown: &CancellationToken,
+) -> Result<(Saturation, Vec<RatePoint>)> {
+    for stage in STAGES {
+        if !run.stages.contains_key(stage) {
+            run.start(stage)?;
+        }
+    }
+    let bar = spinner("pipeline: starting every stage".into());
+    // Started when the cdc stage streams and the workers have joined their groups: a first
+    // review goes through.
+    let client = crate::db::connect(&run.settings.database_url).await?;
+    let mut writer = Writer::new(client).await?;
+    let mut listener = Listener::start(&run.settings.database_url).await?;
+    let warm: Vec<i64> = vec![1];
+    latency::measure(
+        &mut writer,
+        &mut listener,
+        &warm,
+        1,
+        || async { Ok(0) },
+        shutdown,
+    )
+    .await
+    .map_err(|e| Error::Command {
+        what: "the pipeline's first review".into(),
+        detail: e.to_string(),
+    })?;
+    bar.finish_and_clear();
+
+    let saturation = saturate(run, &mut writer, shutdown).await?;
+
+    let (changes, valid) = (run.topic("changes"), run.topic("valid"));
+    listener.tap(&run.settings.kafka, &changes, &valid)?;
+    let mut points = Vec::new();
+    let courses = run.sizes.courses;
+    let mut rng = Rng::new(0x5eed);
+    for &rate in &run.sizes.rates.clone() {
+        let n = (rate * run.sizes.latency_secs).min(courses).max(1);
+        // Each course at most once per rate, in a shuffled order.
+        let mut order: Vec<i64> = (1..=courses as i64).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        order.truncate(n as usize);
+        let bar = timed(
+            format!("latency: {n} reviews at {rate}/s"),
+            n.div_ceil(rate),
+        );
+        listener.clear();
+        let first_id: i64 = crate::db::connect(&run.settings.database_url)
+            .await?
+            .query_one("SELECT coalesce(max(id), 0) FROM reviews", &[])
+            .await?
+            .get(0);
+        let url = run.settings.database_url.clone();
+        let ticker = tick(bar.clone());
+        let point = latency::measure(
+            &mut writer,
+            &mut listener,
+            &order,
+            rate,
+            || flagged_since(url, first_id),
+            shutdown,
+        )
+        .await;
+        ticker.abort();
+        bar.finish_and_clear();
+        let point = point?;
+        tracing::info!(
+            rate,
+            achieved = point.achieved.round(),
+            p50_ms = point.p50_ms,
+            p95_ms = point.p95_ms,
+            p99_ms = point.p99_ms,
+            "latency"
+        );
+        run.check_stages()?;
+        points.push(point);
+    }
+    run.stop_all("pipeline").await?;
+    Ok((saturation, points))
+}
+
+async fn saturate(
+    run: &mut Run,
+    writer: &mut Writer,
+    shutdown: &CancellationToken,
+) -> Result<Saturation> {
+    let (warmup, secs) = (run.sizes.warmup_secs, run.sizes.saturation_secs);
+    let courses = run.sizes.courses;
+    let batch: usize = if run.sizes.quick { 200 } else { 500 };
+    let bar = timed(
+        format!("saturation: {warmup} s warm-up, then {secs} s measured"),
+        warmup + secs,
+    );
+    let ticker = tick(bar.clone());
+    let mut rng = Rng::new(0xbe7c);
+    let started = Instant::now();
+    let base = reached(run).await?;
+    let mut written = 0u64;
+    let mut done = 0u64;
+    let mut last_poll = Instant::now();
+    // When the window opened, the reviews done then, and each process's CPU then.
+    let mut window: Option<(Instant, u64, CpuTimes)> = None;
+    let mut seconds: Vec<(Instant, u64)> = Vec::new();
+    let end = Duration::from_secs(warmup + secs);
+    while started.elapsed() < end {
+        super::check(shutdown)?;
+        if last_poll.elapsed() >= Duration::from_millis(100)
+            || written - done >= run.sizes.in_flight
+        {
+            done = reached(run).await? - base;
+            last_poll = Instant::now();
+            run.check_stages()?;
+            if window.is_none() && started.elapsed() >= Duration::from_secs(warmup) {
+                window = Some((Instant::now(), done, cpu(run)));
+            }
+            if window.is_some()
+                && seconds
+                    .last()
+                    .is_none_or(|(t, _)| t.elapsed() >= Duration::from_secs(1))
+            {
+                seconds.push((Instant::now(), done));
+            }
+        }
+        if written - done < run.sizes.in_flight {
+            let picks: Vec<i64> = (0..batch).map(|_| 1 + rng.below(courses) as i64).collect();
+            writer.write(&picks).await?;
+            written += batch as u64;
+        } else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let finished = reached(run).await? - base;
+    let after = cpu(run);
+    ticker.abort();
+    bar.finish_and_clear();
+    let (from, at_start, before) = window.ok_or_else(|| Error::Command {
+        what: "saturation".into(),
+        detail: "the warm-up never ended".into(),
+    })?;
+    let window_secs = from.elapsed().as_secs_f64();
+    let reviews = finished - at_start;
+    let slowest_second = seconds
+        .windows(2)
+        .map(|w| (w[1].1 - w[0].1) as f64 / (w[1].0 - w[0].0).as_secs_f64())
+        .fold(f64::INFINITY, f64::min);
+    let cpu = after
+        .into_iter()
+        .map(|(name, secs)| {
+            let b = before.iter().find(|(n, _)| *n == name).map_or(0.0, |x| x.1);
+            (name, secs - b)
+        })
+        .collect();
+    tracing::info!(reviews, secs = window_secs, "saturation");
+    // What is still in flight drains before the latency phases.
+    let target = written;
+    wait_until(
+        run,
+        "the saturation backlog to drain",
+        Duration::from_millis(200),
+        Duration::from_secs(600),
+        shutdown,
+        move |r| Box::pin(async move { Ok(reached(r).await? - base >= target) }),
+    )
+    .await?;
+    Ok(Saturation {
+        secs: window_secs,
+        reviews,
+        slowest_second: if slowest_second.is_finite() {
+            slowest_second
+        } else {
+            reviews as f64 / window_secs
+        },
+        cpu,
+    })
+}
+
+/// Reviews that reached their end: applied to course_stats, or flagged (which never do).
+async fn reached(run: &Run) -> Result<u64> {
+    let applied = run
+        .counter(
+            "stats",
+            "reviewflow_events_out",
+            &[("stage", "stats"), ("output", "applied")],
+        )
+        .await?;
+    let flagged = run
+        .counter(
+            "fraud",
+            "reviewflow_events_out",
+            &[("stage", "fraud"), ("output", "fraud")],
+        )
+        .await?;
+    Ok((applied + flagged) as u64)
+}
+
+/// CPU seconds by process.
+type CpuTimes = Vec<(String, f64)>;
+
+/// CPU seconds so far of each stage, PostgreSQL, Kafka and this process (the writer).
+fn cpu(run: &Run) -> CpuTimes {
+    let mut out: Vec<(String, f64)> = run
+        .stages
+        .iter()
+        .map(|(name, s)| (name.clone(), s.cpu_secs()))
+        .collect();
+    if let Some(pg) = run.postgres_cpu() {
+        out.push(("postgresql".into(), pg));
+    }
+    if let Some(k) = run.kafka_cpu() {
+        out.push(("kafka".into(), k));
+    }
+    let me = std::process::id() as i32;
+    out.push((
+        "bench (writer)".into(),
+        super::procs::cpu_secs(me).unwrap_or(0.0),
+    ));
+    out
+}
+
+async fn flagged_since(url: String, first_id: i64) -> Result<u64> {
+    let client = crate::db::connect(&url).await?;
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM review_verdicts v JOIN reviews r ON r.id = v.review_id
+             WHERE r.id > $1 AND v.verdict = 'fraud'",
+            &[&first_id],
+        )
+        .await?
+        .get(0);
+    Ok(n as u64)
+}
+
+/// Moves a timed bar once a second.
+fn tick(bar: indicatif::ProgressBar) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            bar.inc(1);
+        }
+    })
+}

@@ -1,0 +1,138 @@
+//! The latency plot: p50, p95 and p99 against the offered rate, as a PNG. Text is drawn with
+//! a font bundled in the binary (DejaVu Sans Mono, assets/fonts), so the plot is the same on
+//! a machine with no fonts installed.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+use plotters::style::{register_font, FontStyle};
+
+use super::latency::RatePoint;
+use crate::error::{Error, Result};
+
+const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono.ttf");
+const FAMILY: &str = "sans-serif";
+const SIZE: (u32, u32) = (960, 600);
+
+pub fn latency(points: &[RatePoint], title: &str, path: &Path) -> Result<()> {
+    if points.is_empty() {
+        return Err(Error::Config("no latency figures to plot".into()));
+    }
+    register_font(FAMILY, FontStyle::Normal, FONT)
+        .map_err(|_| Error::Config("the bundled font cannot be read".into()))?;
+    let (w, h) = SIZE;
+    let mut pixels = vec![0u8; (w * h * 3) as usize];
+    draw(points, title, &mut pixels).map_err(|e| Error::Command {
+        what: "drawing the latency plot".into(),
+        detail: e.to_string(),
+    })?;
+    write_png(path, &pixels)
+}
+
+fn draw(
+    points: &[RatePoint],
+    title: &str,
+    pixels: &mut [u8],
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let root = BitMapBackend::with_buffer(pixels, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max_rate = points.iter().map(|p| p.offered).max().unwrap_or(1) as f64;
+    let max_ms = points.iter().map(|p| p.p99_ms).fold(100.0_f64, f64::max) * 1.15;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, (FAMILY, 22))
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..max_rate * 1.08, 0.0..max_ms)?;
+    chart
+        .configure_mesh()
+        .x_desc("offered rate (reviews/s)")
+        .y_desc("commit to course_stats visible (ms)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .label_style((FAMILY, 15))
+        .axis_desc_style((FAMILY, 16))
+        .draw()?;
+    let series: [Series; 3] = [
+        ("p50", RGBColor(46, 125, 50), |p| p.p50_ms),
+        ("p95", RGBColor(245, 124, 0), |p| p.p95_ms),
+        ("p99", RGBColor(198, 40, 40), |p| p.p99_ms),
+    ];
+    for (name, colour, value) in series {
+        let line: Vec<(f64, f64)> = points
+            .iter()
+            .map(|p| (p.offered as f64, value(p)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(line.clone(), colour.stroke_width(3)))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], colour.stroke_width(3)));
+        chart.draw_series(
+            line.into_iter()
+                .map(|xy| Circle::new(xy, 5, colour.filled())),
+        )?;
+    }
+    let grey = RGBColor(120, 120, 120);
+    chart
+        .draw_series(LineSeries::new(
+            [(0.0, 100.0), (max_rate * 1.08, 100.0)],
+            grey.stroke_width(1),
+        ))?
+        .label("target: p99 100 ms")
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], grey.stroke_width(1)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font((FAMILY, 15))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// A percentile's name, colour and value.
+type Series = (&'static str, RGBColor, fn(&RatePoint) -> f64);
+
+fn write_png(path: &Path, pixels: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io_path("create", dir, e))?;
+    }
+    let file = std::fs::File::create(path).map_err(|e| Error::io_path("create", path, e))?;
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), SIZE.0, SIZE.1);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let fail = |e: png::EncodingError| Error::Command {
+        what: format!("writing {}", path.display()),
+        detail: e.to_string(),
+    };
+    let mut writer = encoder.write_header().map_err(fail)?;
+    writer.write_image_data(pixels).map_err(fail)?;
+    writer.finish().map_err(fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_a_png() {
+        let point = |offered, p50_ms| RatePoint {
+            offered,
+            achieved: offered as f64,
+            samples: 100,
+            p50_ms,
+            p95_ms: p50_ms * 2.0,
+            p99_ms: p50_ms * 3.0,
+            max_ms: p50_ms * 4.0,
+            flagged: 0,
+            hops: Vec::new(),
+        };
+        let dir = std::env::temp_dir().join(format!("rf-plot-{}", std::process::id()));
+        let path = dir.join("p.png");
+        latency(&[point(1000, 20.0), point(5000, 45.0)], "test", &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

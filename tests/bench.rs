@@ -1,0 +1,156 @@
+//! `reviewflow bench --quick` end to end on the test stack: every figure is measured (real,
+//! non-zero), the report and the plot are written, a missing peer is reported as skipped
+//! (never as a figure), and nothing is left behind (slots, database).
+
+mod common;
+
+use std::process::Command;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_quick_bench_measures_every_figure_and_cleans_up() {
+    let settings = common::settings().await;
+    let dir = std::env::temp_dir().join(format!("rf-test-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (report, plot, json) = (dir.join("B.md"), dir.join("p.png"), dir.join("b.json"));
+    let db = "rf_test_bench";
+    let out = Command::new(env!("CARGO_BIN_EXE_reviewflow"))
+        .args(["bench", "--quick", "--bench-database", db])
+        .arg("--peers-dir")
+        .arg(dir.join("no-peers"))
+        .arg("--report")
+        .arg(&report)
+        .arg("--plot")
+        .arg(&plot)
+        .arg("--json")
+        .arg(&json)
+        .env("DATABASE_URL", &settings.database_url)
+        .env("KAFKA_BOOTSTRAP_SERVERS", &settings.kafka.bootstrap_servers)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run reviewflow bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let figures: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let positive = |path: &str| {
+        let v = figures
+            .pointer(path)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or_else(|| panic!("no figure {path} in {figures:#}"));
+        assert!(v > 0.0 && v.is_finite(), "{path} = {v}");
+        v
+    };
+    for path in [
+        "/saturation/secs",
+        "/saturation/reviews",
+        "/saturation/slowest_second",
+        "/cdc/backlog",
+        "/cdc/recvlogical_secs",
+        "/cdc/ours_secs",
+        "/fraud/records",
+        "/fraud/secs",
+        "/fraud/transactions",
+        "/fraud/producer_perf",
+        "/stats/changes",
+        "/stats/secs",
+        "/stats/verified_courses",
+    ] {
+        positive(path);
+    }
+    let rates = figures["latency"].as_array().unwrap();
+    assert_eq!(rates.len(), 2, "two rates in the quick form");
+    for (i, _) in rates.iter().enumerate() {
+        for f in ["achieved", "samples", "p50_ms", "p95_ms", "p99_ms"] {
+            positive(&format!("/latency/{i}/{f}"));
+        }
+        assert!(
+            positive(&format!("/latency/{i}/p50_ms")) <= positive(&format!("/latency/{i}/p99_ms"))
+        );
+    }
+    let memory = figures["memory"].as_array().unwrap();
+    for stage in ["api", "cdc", "fraud", "stats", "verdicts"] {
+        assert!(
+            memory
+                .iter()
+                .any(|m| m[0] == stage && m[2].as_u64().unwrap_or(0) > 0),
+            "no peak RSS for {stage}: {memory:?}"
+        );
+    }
+    // The peers are not there: skipped with the reason, and no figure.
+    assert!(figures["cdc"]["debezium"]["Skipped"]
+        .as_str()
+        .is_some_and(|why| why.contains("not present")));
+    assert!(figures["stats"]["streams"]["Skipped"].is_string());
+
+    let md = std::fs::read_to_string(&report).unwrap();
+    for needle in [
+        "reviewflow bench --quick",
+        "cores",
+        "PostgreSQL 15",
+        "Kafka",
+        "## Saturation",
+        "## Latency",
+        "pg_recvlogical",
+        "ProducerPerformance",
+        "## Memory",
+        "## Where the time goes",
+        "CDC >= 3x Debezium | - | skipped: ",
+    ] {
+        assert!(
+            md.contains(needle),
+            "{needle:?} missing from the report:\n{md}"
+        );
+    }
+    for line in [
+        "saturation:",
+        "latency at 500/s",
+        "cdc backlog",
+        "fraud:",
+        "stats:",
+        "peak RSS:",
+        "targets:",
+    ] {
+        assert!(
+            stdout.contains(line),
+            "{line:?} missing from the output:\n{stdout}"
+        );
+    }
+
+    let png = std::fs::read(&plot).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG signature");
+    assert_eq!(&png[12..16], b"IHDR");
+    let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
+    let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
+    assert!(width >= 640 && height >= 400, "{width}x{height}");
+    assert_eq!(&png[png.len() - 8..png.len() - 4], b"IEND");
+
+    // Nothing left behind.
+    let (base, _) = settings.database_url.rsplit_once('/').unwrap();
+    let admin = reviewflow::db::connect(&format!("{base}/postgres"))
+        .await
+        .unwrap();
+    let slots: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = $1",
+            &[&db],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0, "the run's slots are dropped");
+    let dbs: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname = $1",
+            &[&db],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dbs, 0, "the run's database is dropped");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
