@@ -19,6 +19,10 @@ pub enum Error {
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
 
+    /// Kafka did not acknowledge a record; the message says which topic and why.
+    #[error("{0}")]
+    Delivery(String),
+
     #[error("replication: {0}")]
     Replication(String),
 

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use rdkafka::consumer::BaseConsumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
@@ -219,9 +221,41 @@ impl ProducerContext for AckContext {
                 ledger.acked(*seq);
                 self.acked.inc();
             }
-            Err((e, _)) => ledger.failed(format!("kafka did not acknowledge a change: {e}")),
+            Err((e, record)) => ledger.failed(refusal(record.topic(), e)),
         }
     }
+}
+
+/// Why Kafka did not take a change, saying what to change where the broker refused it by
+/// its own settings (the slot stays where it is meanwhile, and cdc tries again).
+fn refusal(topic: &str, e: &KafkaError) -> String {
+    use RDKafkaErrorCode as Code;
+    let fix = match e.rdkafka_error_code() {
+        Some(Code::MessageSizeTooLarge) => format!(
+            "the record batch is larger than topic {topic}'s max.message.bytes (or the broker's \
+             message.max.bytes) allows; raise it, e.g. kafka-configs.sh --bootstrap-server ... \
+             --alter --entity-type topics --entity-name {topic} --add-config max.message.bytes=1048588"
+        ),
+        Some(Code::PolicyViolation | Code::InvalidRecord | Code::InvalidConfig) => {
+            format!("the broker's policy or topic {topic}'s configuration refuses the record; fix it")
+        }
+        Some(Code::TopicAuthorizationFailed | Code::ClusterAuthorizationFailed) => {
+            format!("this client may not write to topic {topic}: grant it WRITE (and IDEMPOTENT_WRITE)")
+        }
+        Some(Code::KafkaStorageError) => {
+            format!("the broker cannot store topic {topic}'s records (a full or failed log disk)")
+        }
+        _ => String::new(),
+    };
+    let fix = if fix.is_empty() {
+        String::new()
+    } else {
+        format!(": {fix}")
+    };
+    format!(
+        "kafka refused a change for topic {topic} ({e}){fix}. The slot does not advance past it; \
+         cdc tries again until Kafka takes it"
+    )
 }
 
 /// The version of a table's columns that events are currently encoded with.
@@ -318,7 +352,7 @@ impl<'a> Streamer<'a> {
                         (l.confirmed(), l.failure().map(str::to_string))
                     };
                     if let Some(failure) = failure {
-                        return Err(Error::Replication(failure));
+                        return Err(Error::Delivery(failure));
                     }
                     if confirmed != reported || last_report.elapsed() >= interval {
                         // Asking for a reply on the regular update makes the server send its WAL
