@@ -121,7 +121,10 @@ impl Cdc {
                 });
             }
             _ => {
-                let restate = history != SnapshotHistory::Never;
+                // A compacted topic takes no keyless TRUNCATE: its readers keep the latest row
+                // per key, which the new snapshot's rows replace (rows deleted while the slot
+                // was lost stay there until deleted again).
+                let restate = history != SnapshotHistory::Never && !cfg.compacted;
                 if let SnapshotHistory::Completed(m) = &history {
                     tracing::warn!(slot = %cfg.slot, state = slot.describe(), snapshot_lsn = %m.consistent_point,
                         "--new-snapshot: the slot is lost; taking a new snapshot that restates the table");
