@@ -122,6 +122,14 @@ where
     p.wait_until_caught_up().await;
     p.assert_exact().await;
     p.stop(cdc).await;
+    // One restatement: a TRUNCATE on each of the three partitions, before the new rows.
+    let truncates = p
+        .events()
+        .await
+        .iter()
+        .filter(|(_, _, e)| e.op == reviewflow::change::Op::Truncate)
+        .count();
+    assert_eq!(truncates, 3, "the table was restated once");
     db.execute("SELECT pg_drop_replication_slot($1)", &[&p.slot()])
         .await
         .unwrap();

@@ -189,6 +189,14 @@ impl SlotState {
         Ok(match row.map(|r| r.get::<_, Option<String>>(0)) {
             None => SlotState::Missing,
             Some(Some(status)) if status == "lost" => SlotState::Lost,
+            Some(Some(status)) if status == "unreserved" => {
+                tracing::warn!(
+                    slot,
+                    "the slot holds more WAL than max_slot_wal_keep_size: PostgreSQL invalidates it at \
+                     the next checkpoint unless cdc catches up first"
+                );
+                SlotState::Healthy
+            }
             Some(_) => SlotState::Healthy,
         })
     }
