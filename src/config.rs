@@ -236,8 +236,9 @@ pub struct CdcConfig {
     #[arg(long, env = "REVIEWFLOW_STATUS_INTERVAL", default_value_t = 10)]
     pub status_interval_secs: u64,
 
-    /// Take a new snapshot even though an earlier one completed and its slot is gone. The
-    /// derived tables must then be rebuilt (`reviewflow replay`), or rows are counted twice.
+    /// When the slot is gone or invalidated after its snapshot was sent: create a new one and
+    /// restate the table (a TRUNCATE, then every row), from which the derived tables rebuild
+    /// themselves. A healthy slot is resumed as usual, so the flag may stay set.
     #[arg(long)]
     pub new_snapshot: bool,
 }

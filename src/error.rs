@@ -20,6 +20,10 @@ pub enum Error {
     #[error("kafka: {0}")]
     Kafka(rdkafka::error::KafkaError),
 
+    /// Kafka did not acknowledge a record; the message says which topic and why.
+    #[error("{0}")]
+    Delivery(String),
+
     #[error("replication: {0}")]
     Replication(String),
 
@@ -51,6 +55,23 @@ pub enum Error {
         owner: String,
     },
 
+    #[error(
+        "replication slot {slot:?} {state}, after its snapshot (at {snapshot_lsn}) was sent to {topic}: \
+         the changes made since cdc last confirmed cannot be read from it any more, so cdc stops \
+         instead of skipping them. To recover, start cdc once with --new-snapshot \
+         (`reviewflow cdc --new-snapshot`, with the same settings): it drops the lost slot, creates \
+         a new one and restates the table on {topic} (a TRUNCATE, then every current row), from \
+         which the fraud worker, the verdict sink and the stats worker rebuild review_verdicts and \
+         course_stats by themselves; `reviewflow verify` then reports no difference"
+    )]
+    SlotLost {
+        slot: String,
+        /// What happened to it, for the operator.
+        state: String,
+        snapshot_lsn: crate::lsn::Lsn,
+        topic: String,
+    },
+
     #[error("background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 
@@ -79,7 +100,11 @@ impl Error {
     pub fn needs_operator(&self) -> bool {
         matches!(
             self,
-            Error::IncompatibleSchema { .. } | Error::Config(_) | Error::Decode(_) | Error::Avro(_)
+            Error::IncompatibleSchema { .. }
+                | Error::SlotLost { .. }
+                | Error::Config(_)
+                | Error::Decode(_)
+                | Error::Avro(_)
         )
     }
 

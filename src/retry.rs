@@ -73,8 +73,9 @@ where
                 if started.elapsed() > Duration::from_secs(60) {
                     backoff.reset();
                 }
-                tracing::warn!(stage, error = %e, "session failed; starting a new one");
-                if !backoff.wait(shutdown).await {
+                let delay = backoff.next_delay();
+                tracing::warn!(stage, error = %e, retry_in = ?delay, "session failed; starting a new one");
+                if !sleep(delay, shutdown).await {
                     return Ok(());
                 }
             }

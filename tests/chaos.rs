@@ -14,26 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::pipeline::Pipeline;
 use common::Running;
-use reviewflow::lsn::Lsn;
 use reviewflow::stack::{self, Part};
-
-fn statement(rng: &mut common::Rng) -> String {
-    let id = 1 + rng.next(400);
-    let course = 1 + rng.next(20);
-    let rating = (1 + rng.next(10)) as f64 / 2.0;
-    let days = [0, 3, 60, 89, 90, 120][rng.next(6) as usize];
-    match rng.next(8) {
-        0..=3 => format!(
-            "INSERT INTO reviews (id, course_id, user_id, rating, content, created_at)
-             VALUES ({id}, {course}, {id}, {rating}, 'review {id}', now() - interval '{days} days')
-             ON CONFLICT (id) DO UPDATE SET rating = EXCLUDED.rating"
-        ),
-        4 => format!("UPDATE reviews SET rating = {rating}, course_id = {course} WHERE id = {id}"),
-        5 => format!("UPDATE reviews SET content = 'see http://spam.example.com/{id}' WHERE id = {id}"),
-        6 => format!("UPDATE reviews SET content = 'fine {id}', created_at = now() - interval '{days} days' WHERE id = {id}"),
-        _ => format!("DELETE FROM reviews WHERE id = {id}"),
-    }
-}
 
 /// Writes transactions of one to three statements until `stop`, riding out PostgreSQL
 /// restarts; returns how many transactions committed.
@@ -49,7 +30,7 @@ async fn workload(url: String, seed: u64, stop: Arc<AtomicBool>, committed: Arc<
             }
         }
         let n = 1 + rng.next(3);
-        let sql: Vec<String> = (0..n).map(|_| statement(&mut rng)).collect();
+        let sql: Vec<String> = (0..n).map(|_| common::statement(&mut rng)).collect();
         let client = db.as_ref().unwrap();
         match client
             .batch_execute(&format!("BEGIN; {}; COMMIT", sql.join("; ")))
@@ -131,42 +112,12 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
     let db = p.db().await;
     let report = reviewflow::verify::verify(&db).await.unwrap();
     // Every review's current version (its last change on the topic) has its verdict.
-    let mut current: BTreeMap<i64, Lsn> = BTreeMap::new();
-    let mut events = p.events().await;
-    events.sort_by_key(|(_, _, e)| e.source.id());
-    for (_, _, e) in &events {
-        match (&e.before, &e.after) {
-            (_, Some(after)) => {
-                if let Some(b) = &e.before {
-                    current.remove(&b.id);
-                }
-                current.insert(after.id, e.source.lsn);
-            }
-            (Some(before), None) => {
-                current.remove(&before.id);
-            }
-            (None, None) => current.clear(),
-        }
-    }
-    let mut unjudged = Vec::new();
-    for (id, version) in &current {
-        let n: i64 = db
-            .query_one(
-                "SELECT count(*) FROM review_verdicts WHERE review_id = $1 AND version = $2::text::pg_lsn",
-                &[id, &version.to_string()],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n != 1 {
-            unjudged.push((*id, *version, n));
-        }
-    }
+    let (reviews, unjudged) = p.current_versions_without_one_verdict().await;
     println!(
         "chaos: {trials} trials over {seconds} s, faults {faults:?}, {} transactions committed, \
          {} reviews, {} differences, {} current versions without exactly one verdict",
         committed.load(Ordering::Relaxed),
-        current.len(),
+        reviews,
         report.differences.len(),
         unjudged.len()
     );

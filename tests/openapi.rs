@@ -558,7 +558,25 @@ impl Server {
                         media.keys().collect::<Vec<_>>()
                     )
                 });
-            if content_type == Some("application/json") {
+            if content_type == Some("text/event-stream") {
+                // The schema is that of one event: its fields as an object.
+                let mut event = serde_json::Map::new();
+                for line in text
+                    .lines()
+                    .filter(|l| !l.is_empty() && !l.starts_with(':'))
+                {
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value);
+                    event.insert(field.to_string(), json!(value));
+                }
+                let body = Value::Object(event);
+                let mut faults = Vec::new();
+                check(&self.doc, schema, &body, "event", &mut faults);
+                assert!(
+                    faults.is_empty(),
+                    "{operation} {status}: its first event does not match the schema: {faults:?}\n{text}"
+                );
+            } else if content_type == Some("application/json") {
                 let body: Value = serde_json::from_str(&text)
                     .unwrap_or_else(|e| panic!("{operation} {status}: not JSON ({e}): {text}"));
                 let mut faults = Vec::new();
@@ -633,6 +651,7 @@ fn check(doc: &Value, schema: &Value, value: &Value, at: &str, faults: &mut Vec<
         "properties",
         "additionalProperties",
         "description",
+        "contentMediaType",
     ];
     for keyword in schema.as_object().expect("a schema object").keys() {
         assert!(
@@ -683,6 +702,11 @@ fn check(doc: &Value, schema: &Value, value: &Value, at: &str, faults: &mut Vec<
             if text.chars().count() as u64 > max {
                 faults.push(format!("{at}: longer than {max} characters"));
             }
+        }
+        if schema["contentMediaType"] == "application/json"
+            && serde_json::from_str::<Value>(text).is_err()
+        {
+            faults.push(format!("{at}: {text:?} is not JSON"));
         }
         if schema["format"] == "date-time" && chrono::DateTime::parse_from_rfc3339(text).is_err() {
             faults.push(format!("{at}: {text:?} is not an RFC 3339 date-time"));

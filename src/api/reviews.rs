@@ -16,7 +16,9 @@ use crate::review::{self, Rating, MAX_CONTENT_CHARS, MAX_TITLE_CHARS};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewReview {
+    #[serde(deserialize_with = "whole_number")]
     pub course_id: i64,
+    #[serde(deserialize_with = "whole_number")]
     pub user_id: i64,
     pub rating: f64,
     #[serde(default)]
@@ -25,6 +27,22 @@ pub struct NewReview {
     pub content: Option<String>,
     #[serde(default)]
     pub created_at: Option<DateTime<Utc>>,
+}
+
+/// An integer as JSON Schema counts them: `7` and `7.0` alike (the OpenAPI document says
+/// `"type": "integer"`, which a number with a zero fraction satisfies), within i64.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    if let Some(i) = n.as_i64() {
+        return Ok(i);
+    }
+    match n.as_f64() {
+        // 2^63 is exactly representable, so the upper bound is exclusive and exact.
+        Some(f) if f.fract() == 0.0 && f >= -(2f64.powi(63)) && f < 2f64.powi(63) => Ok(f as i64),
+        _ => Err(serde::de::Error::custom(format!(
+            "{n} is not an integer in the 64-bit range"
+        ))),
+    }
 }
 
 /// A stored review, as the API returns it.
@@ -234,6 +252,23 @@ mod tests {
     fn malformed_json_is_a_bad_request() {
         for body in ["", "{", "[1]x", "{\"course_id\":1} trailing"] {
             assert_eq!(field_of(body).0, StatusCode::BAD_REQUEST, "{body:?}");
+        }
+    }
+
+    #[test]
+    fn ids_with_a_zero_fraction_are_integers_as_the_schema_says() {
+        let body = r#"{"course_id":7.0,"user_id":1e0,"rating":4.5}"#;
+        assert_eq!(field_of(body), (StatusCode::CREATED, None));
+        for body in [
+            r#"{"course_id":7.5,"user_id":1,"rating":4.5}"#,
+            r#"{"course_id":1e30,"user_id":1,"rating":4.5}"#,
+            r#"{"course_id":9223372036854775808,"user_id":1,"rating":4.5}"#,
+        ] {
+            assert_eq!(
+                field_of(body),
+                (StatusCode::UNPROCESSABLE_ENTITY, Some("course_id".into())),
+                "{body}"
+            );
         }
     }
 

@@ -207,28 +207,38 @@ impl RemoteRegistry {
                     .header(CONTENT_TYPE, MEDIA_TYPE)
                     .body(body.to_string());
             }
-            let failure = match request.send().await {
+            // Whether it could not be reached at all, or answered with a failure.
+            let (unreachable, failure) = match request.send().await {
                 Ok(response) => {
                     let status = response.status();
                     match response.text().await {
                         Ok(text) if !retryable(status) => {
                             return Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
                         }
-                        Ok(text) => {
-                            format!("{status}: {}", text.chars().take(300).collect::<String>())
-                        }
-                        Err(e) => causes(&e),
+                        Ok(text) => (
+                            false,
+                            format!("{status}: {}", text.chars().take(300).collect::<String>()),
+                        ),
+                        Err(e) => (true, causes(&e)),
                     }
                 }
                 Err(e) if e.is_builder() => {
                     return Err(Error::Registry(format!("{}: {}", self.url(), causes(&e))))
                 }
-                Err(e) => causes(&e),
+                Err(e) => (true, causes(&e)),
             };
             if attempt >= ATTEMPTS {
+                let (state, check) = if unreachable {
+                    (
+                        "is unreachable",
+                        "is it running, and is SCHEMA_REGISTRY_URL right?",
+                    )
+                } else {
+                    ("keeps failing", "see the registry's own log")
+                };
                 return Err(Error::Registry(format!(
-                    "{} did not answer {method} {} after {ATTEMPTS} attempts (check \
-                     SCHEMA_REGISTRY_URL): {failure}",
+                    "the schema registry at {} {state} ({method} {}, {ATTEMPTS} attempts): \
+                     {failure}; {check}",
                     self.url(),
                     url.path()
                 )));

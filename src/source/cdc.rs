@@ -8,6 +8,10 @@
 //!   carries the same (commit LSN, position) as before, so consumers drop it;
 //! - a new slot starts with an all-or-nothing snapshot (see `snapshot`) and then streams from
 //!   exactly its consistent point: no row missed or doubled across the boundary;
+//! - a slot that is gone or invalidated (wal_status lost) after its snapshot was sent stops
+//!   the reader with `Error::SlotLost` (what happened, what to do): it never creates a new
+//!   slot on its own, which would skip the changes the old one could not deliver;
+//!   `--new-snapshot` then restates the table (see `snapshot`);
 //! - a column change registers a new schema version; an incompatible one stops the reader
 //!   before anything of it is produced, so the slot is not advanced past it.
 
@@ -17,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use rdkafka::consumer::BaseConsumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +33,7 @@ use super::produce::{send_blocking, wire_key};
 use super::replication::{
     pg_epoch_micros_to_unix_micros, ReplicationConnection, ReplicationMessage, ReplicationStream,
 };
-use super::snapshot::{self, Snapshot};
+use super::snapshot::{self, Snapshot, SnapshotHistory};
 use crate::avro::{wire, Cell, RowSchema};
 use crate::change::{Op, Source};
 use crate::config::{CdcConfig, Settings, TopicSettings};
@@ -91,36 +97,47 @@ impl Cdc {
         // It runs with TimeZone=UTC and DateStyle=ISO: the text forms the Avro mapping parses.
         let mut conn = ReplicationConnection::connect(&self.settings.database_url).await?;
         let pg = crate::db::connect(&self.settings.database_url).await?;
-        let slot_exists = pg
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-                &[&cfg.slot],
-            )
-            .await?
-            .is_some();
-        let marker = snapshot::find_marker(
+        let slot = SlotState::of(&pg, &cfg.slot).await?;
+        let history = snapshot::find_marker(
             &self.settings.kafka,
             &self.topics.changes,
             &cfg.slot,
             registry,
         )
         .await?;
-        let start = match (slot_exists, &marker) {
-            (true, Some(m)) => {
+        let start = match (&slot, &history) {
+            (SlotState::Healthy, SnapshotHistory::Completed(m)) => {
                 tracing::info!(slot = %cfg.slot, snapshot_lsn = %m.consistent_point, "resuming from the slot");
                 Lsn::ZERO
             }
-            (false, Some(m)) if !cfg.new_snapshot => {
-                return Err(Error::Config(format!(
-                    "replication slot {:?} is gone, but a snapshot from it (at {}) was already sent: changes \
-                     made since it was dropped may be missing. Start cdc with --new-snapshot to take a new one, \
-                     then rebuild the derived tables with `reviewflow replay`",
-                    cfg.slot, m.consistent_point
-                )));
+            (SlotState::Missing | SlotState::Lost, SnapshotHistory::Completed(m))
+                if !cfg.new_snapshot =>
+            {
+                return Err(Error::SlotLost {
+                    slot: cfg.slot.clone(),
+                    state: slot.describe().into(),
+                    snapshot_lsn: m.consistent_point,
+                    topic: self.topics.changes.clone(),
+                });
             }
-            (exists, _) => {
-                if exists {
-                    tracing::warn!(slot = %cfg.slot, "the slot's snapshot never completed; starting over");
+            _ => {
+                // A compacted topic takes no keyless TRUNCATE: its readers keep the latest row
+                // per key, which the new snapshot's rows replace (rows deleted while the slot
+                // was lost stay there until deleted again).
+                let restate = history != SnapshotHistory::Never && !cfg.compacted;
+                if let SnapshotHistory::Completed(m) = &history {
+                    tracing::warn!(slot = %cfg.slot, state = slot.describe(), snapshot_lsn = %m.consistent_point,
+                        "--new-snapshot: the slot is lost; taking a new snapshot that restates the table");
+                    snapshot::withdraw_marker(
+                        &self.settings.kafka,
+                        &self.topics.changes,
+                        &cfg.slot,
+                        registry,
+                    )
+                    .await?;
+                }
+                if slot != SlotState::Missing {
+                    tracing::warn!(slot = %cfg.slot, state = slot.describe(), "the slot's snapshot never completed or the slot is lost; dropping it and starting over");
                     pg.execute("SELECT pg_drop_replication_slot($1)", &[&cfg.slot])
                         .await?;
                 }
@@ -137,6 +154,7 @@ impl Cdc {
                     kafka: &self.settings.kafka,
                     registry,
                     filenode_before,
+                    restate,
                 }
                 .run()
                 .await?;
@@ -147,6 +165,52 @@ impl Cdc {
         Streamer::new(self, registry.clone())?
             .run(stream, start, shutdown)
             .await
+    }
+}
+
+/// The slot as PostgreSQL reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Missing,
+    /// wal_status `lost`: PostgreSQL removed WAL the slot still needed, so it can no longer
+    /// give the changes after its confirmed position.
+    Lost,
+    Healthy,
+}
+
+impl SlotState {
+    async fn of(pg: &tokio_postgres::Client, slot: &str) -> Result<SlotState> {
+        let row = pg
+            .query_opt(
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await?;
+        Ok(match row.map(|r| r.get::<_, Option<String>>(0)) {
+            None => SlotState::Missing,
+            Some(Some(status)) if status == "lost" => SlotState::Lost,
+            Some(Some(status)) if status == "unreserved" => {
+                tracing::warn!(
+                    slot,
+                    "the slot holds more WAL than max_slot_wal_keep_size: PostgreSQL invalidates it at \
+                     the next checkpoint unless cdc catches up first"
+                );
+                SlotState::Healthy
+            }
+            Some(_) => SlotState::Healthy,
+        })
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            SlotState::Missing => "is gone (it was dropped)",
+            SlotState::Lost => {
+                "was invalidated by PostgreSQL (wal_status lost: it fell more than \
+                 max_slot_wal_keep_size behind and the WAL it needed was removed; raise that \
+                 setting, or keep cdc running, so it does not happen again)"
+            }
+            SlotState::Healthy => "is healthy",
+        }
     }
 }
 
@@ -168,9 +232,41 @@ impl ProducerContext for AckContext {
                 ledger.acked(*seq);
                 self.acked.inc();
             }
-            Err((e, _)) => ledger.failed(format!("kafka did not acknowledge a change: {e}")),
+            Err((e, record)) => ledger.failed(refusal(record.topic(), e)),
         }
     }
+}
+
+/// Why Kafka did not take a change, saying what to change where the broker refused it by
+/// its own settings (the slot stays where it is meanwhile, and cdc tries again).
+fn refusal(topic: &str, e: &KafkaError) -> String {
+    use RDKafkaErrorCode as Code;
+    let fix = match e.rdkafka_error_code() {
+        Some(Code::MessageSizeTooLarge) => format!(
+            "the record batch is larger than topic {topic}'s max.message.bytes (or the broker's \
+             message.max.bytes) allows; raise it, e.g. kafka-configs.sh --bootstrap-server ... \
+             --alter --entity-type topics --entity-name {topic} --add-config max.message.bytes=1048588"
+        ),
+        Some(Code::PolicyViolation | Code::InvalidRecord | Code::InvalidConfig) => {
+            format!("the broker's policy or topic {topic}'s configuration refuses the record; fix it")
+        }
+        Some(Code::TopicAuthorizationFailed | Code::ClusterAuthorizationFailed) => {
+            format!("this client may not write to topic {topic}: grant it WRITE (and IDEMPOTENT_WRITE)")
+        }
+        Some(Code::KafkaStorageError) => {
+            format!("the broker cannot store topic {topic}'s records (a full or failed log disk)")
+        }
+        _ => String::new(),
+    };
+    let fix = if fix.is_empty() {
+        String::new()
+    } else {
+        format!(": {fix}")
+    };
+    format!(
+        "kafka refused a change for topic {topic} ({e}){fix}. The slot does not advance past it; \
+         cdc tries again until Kafka takes it"
+    )
 }
 
 /// The version of a table's columns that events are currently encoded with.
@@ -267,7 +363,7 @@ impl<'a> Streamer<'a> {
                         (l.confirmed(), l.failure().map(str::to_string))
                     };
                     if let Some(failure) = failure {
-                        return Err(Error::Replication(failure));
+                        return Err(Error::Delivery(failure));
                     }
                     if confirmed != reported || last_report.elapsed() >= interval {
                         // Asking for a reply on the regular update makes the server send its WAL

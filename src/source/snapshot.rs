@@ -10,6 +10,13 @@
 //! key = slot name) are written in one Kafka transaction, so read_committed consumers never
 //! see half a snapshot, and a restart after a crash finds either the marker (stream from
 //! the slot) or nothing (drop the slot and snapshot again; the aborted rows stay invisible).
+//!
+//! A snapshot taken again after the slot was lost (`cdc --new-snapshot`) restates the table:
+//! a TRUNCATE on every partition comes first, in the same transaction, so consumers drop the
+//! history before it (whose tail the lost slot can no longer give) and rebuild from the rows.
+//! Before the new slot is created, the old marker is withdrawn (a tombstone under the slot's
+//! key), so a crash during the restatement is retried as one, never resumed from a slot whose
+//! snapshot is missing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,6 +72,19 @@ pub struct Snapshot<'a> {
     pub registry: &'a Registry,
     /// The table's file node read just before the slot was created.
     pub filenode_before: u32,
+    /// The topic already holds an earlier snapshot's history: restate (TRUNCATE first).
+    pub restate: bool,
+}
+
+/// What the markers topic says about a slot's snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SnapshotHistory {
+    /// No snapshot was ever sent from this slot name.
+    Never,
+    /// The newest snapshot completed.
+    Completed(SnapshotMarker),
+    /// A snapshot completed once, then a restatement started and has not completed.
+    Restating,
 }
 
 /// The table's current file node: TRUNCATE and rewriting ALTERs give it a new one.
@@ -139,6 +159,10 @@ impl Snapshot<'_> {
         let p = producer.clone();
         tokio::task::spawn_blocking(move || p.init_transactions(Duration::from_secs(60))).await??;
         producer.begin_transaction()?;
+        if self.restate {
+            self.send_restating_truncate(&producer, &schema, value_id, total)
+                .await?;
+        }
 
         let select = columns
             .iter()
@@ -200,13 +224,6 @@ impl Snapshot<'_> {
             rows: position,
         };
         let marker_schema = marker_schema();
-        let marker_key_id = self
-            .registry
-            .register(
-                &format!("{}-key", marker_topic(self.topic)),
-                &Schema::String,
-            )
-            .await?;
         let marker_id = self
             .registry
             .register(
@@ -214,12 +231,7 @@ impl Snapshot<'_> {
                 &marker_schema,
             )
             .await?;
-        let key = wire::frame(
-            marker_key_id,
-            &GenericDatumWriter::builder(&Schema::String)
-                .build()?
-                .write_value_to_vec(Value::String(self.slot.into()))?,
-        );
+        let key = marker_key(self.registry, &marker_topic(self.topic), self.slot).await?;
         let value = wire::frame(
             marker_id,
             &GenericDatumWriter::builder(&marker_schema)
@@ -254,27 +266,118 @@ impl Snapshot<'_> {
     }
 }
 
+impl Snapshot<'_> {
+    /// A TRUNCATE on every partition, ordered before the rows (whose positions start at
+    /// -total), so that consumers void everything the topic held before this snapshot.
+    async fn send_restating_truncate(
+        &self,
+        producer: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+        schema: &RowSchema,
+        value_id: u32,
+        total: i64,
+    ) -> Result<()> {
+        let source = Source {
+            schema: TABLE_SCHEMA.into(),
+            table: self.table.into(),
+            lsn: self.consistent_point,
+            position: -total - 1,
+            txid: None,
+            commit_time: Utc::now(),
+            snapshot: true,
+        };
+        let value = wire::frame(value_id, &schema.encode(Op::Truncate, None, None, &source)?);
+        let partitions = {
+            let (kafka, topic) = (self.kafka.clone(), self.topic.to_string());
+            tokio::task::spawn_blocking(move || {
+                let metadata: rdkafka::consumer::BaseConsumer = client_config(&kafka).create()?;
+                crate::kafka::partition_count(&metadata, &topic)
+            })
+            .await??
+        };
+        for partition in 0..partitions {
+            send_blocking(
+                producer,
+                BaseRecord::<[u8], [u8], ()>::to(self.topic)
+                    .partition(partition)
+                    .payload(&value),
+            )
+            .await?;
+        }
+        tracing::warn!(topic = self.topic, lsn = %self.consistent_point, "restating the table: a TRUNCATE, then every row");
+        Ok(())
+    }
+}
+
+/// Withdraws the slot's snapshot marker (a tombstone under its key) before a restatement, so
+/// that a crash before the new snapshot commits finds no marker and starts the snapshot over.
+pub async fn withdraw_marker(
+    kafka: &KafkaSettings,
+    changes_topic: &str,
+    slot: &str,
+    registry: &Registry,
+) -> Result<()> {
+    let topic = marker_topic(changes_topic);
+    let key = marker_key(registry, &topic, slot).await?;
+    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+        client_config(kafka)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create()?;
+    send_blocking(
+        &producer,
+        BaseRecord::<[u8], [u8], ()>::to(&topic).key(&key),
+    )
+    .await?;
+    tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(60))).await??;
+    tracing::info!(%topic, slot, "the lost slot's snapshot marker withdrawn");
+    Ok(())
+}
+
+/// The markers' key: the slot name, an Avro string in the wire format.
+async fn marker_key(registry: &Registry, marker_topic: &str, slot: &str) -> Result<Vec<u8>> {
+    let id = registry
+        .register(&format!("{marker_topic}-key"), &Schema::String)
+        .await?;
+    Ok(wire::frame(
+        id,
+        &GenericDatumWriter::builder(&Schema::String)
+            .build()?
+            .write_value_to_vec(Value::String(slot.into()))?,
+    ))
+}
+
 pub fn marker_topic(changes_topic: &str) -> String {
     format!("{changes_topic}.snapshots")
 }
 
-/// The newest committed snapshot marker for `slot`, if any.
+/// What the markers topic says about `slot`: its newest committed record decides.
 pub async fn find_marker(
     kafka: &KafkaSettings,
     changes_topic: &str,
     slot: &str,
     registry: &Registry,
-) -> Result<Option<SnapshotMarker>> {
+) -> Result<SnapshotHistory> {
     let topic = marker_topic(changes_topic);
     let kafka = kafka.clone();
     let records = tokio::task::spawn_blocking(move || {
         read_committed_to_end(&kafka, &topic, Duration::from_secs(60))
     })
     .await??;
-    let mut newest = None;
-    // Markers of every slot share the topic; the value names its slot.
+    let mut history = SnapshotHistory::Never;
+    // Markers of every slot share the topic; the value names its slot, a tombstone's key.
     for record in records {
-        let (id, body) = wire::unframe(record.payload().unwrap_or_default())?;
+        let Some(payload) = record.payload() else {
+            let (id, body) = wire::unframe(record.key().unwrap_or_default())?;
+            let schema = registry.schema(id).await?;
+            let key = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+                .build()?
+                .read_value(&mut &body[..])?;
+            if key == Value::String(slot.into()) {
+                history = SnapshotHistory::Restating;
+            }
+            continue;
+        };
+        let (id, body) = wire::unframe(payload)?;
         let schema = registry.schema(id).await?;
         let value = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
             .build()?
@@ -285,7 +388,7 @@ pub async fn find_marker(
                 (get("slot"), get("consistent_point"), get("rows"))
             {
                 if s == slot {
-                    newest = Some(SnapshotMarker {
+                    history = SnapshotHistory::Completed(SnapshotMarker {
                         slot: s,
                         consistent_point: Lsn(lsn as u64),
                         rows,
@@ -294,7 +397,7 @@ pub async fn find_marker(
             }
         }
     }
-    Ok(newest)
+    Ok(history)
 }
 
 /// (name, type OID, type modifier) of the table's live columns, in order: the same list the

@@ -216,3 +216,35 @@ impl Rng {
         self.0 % n
     }
 }
+
+/// One random insert, edit or delete of reviews 1..400 across courses 1..20 (some edits
+/// make a review fraud, some move it between courses or out of the 90-day window).
+pub fn statement(rng: &mut Rng) -> String {
+    let id = 1 + rng.next(400);
+    let course = 1 + rng.next(20);
+    let rating = (1 + rng.next(10)) as f64 / 2.0;
+    let days = [0, 3, 60, 89, 90, 120][rng.next(6) as usize];
+    match rng.next(8) {
+        0..=3 => format!(
+            "INSERT INTO reviews (id, course_id, user_id, rating, content, created_at)
+             VALUES ({id}, {course}, {id}, {rating}, 'review {id}', now() - interval '{days} days')
+             ON CONFLICT (id) DO UPDATE SET rating = EXCLUDED.rating"
+        ),
+        4 => format!("UPDATE reviews SET rating = {rating}, course_id = {course} WHERE id = {id}"),
+        5 => format!("UPDATE reviews SET content = 'see http://spam.example.com/{id}' WHERE id = {id}"),
+        6 => format!("UPDATE reviews SET content = 'fine {id}', created_at = now() - interval '{days} days' WHERE id = {id}"),
+        _ => format!("DELETE FROM reviews WHERE id = {id}"),
+    }
+}
+
+/// Writes `transactions` transactions of one to three random statements.
+pub async fn write_random(db: &tokio_postgres::Client, rng: &mut Rng, transactions: usize) {
+    for _ in 0..transactions {
+        let n = 1 + rng.next(3);
+        let sql: Vec<String> = (0..n).map(|_| statement(rng)).collect();
+        db.batch_execute(&format!("BEGIN; {}; COMMIT", sql.join("; ")))
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

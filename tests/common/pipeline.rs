@@ -10,6 +10,7 @@ use rdkafka::Message;
 use reviewflow::avro::{decode_change, wire};
 use reviewflow::change::ChangeEvent;
 use reviewflow::config::Settings;
+use reviewflow::lsn::Lsn;
 use reviewflow::registry::Registry;
 
 use super::Running;
@@ -228,6 +229,63 @@ impl Pipeline {
             out.push((m.partition(), key, decode_change(&schema, body).unwrap()));
         }
         out
+    }
+
+    /// The current version of every review (its last change on the changes topic, a TRUNCATE
+    /// clearing all) whose count of rows in review_verdicts is not exactly one: (review id,
+    /// version, rows). Also returns how many reviews exist.
+    pub async fn current_versions_without_one_verdict(&self) -> (usize, Vec<(i64, Lsn, i64)>) {
+        let mut current: BTreeMap<i64, Lsn> = BTreeMap::new();
+        let mut events = self.events().await;
+        events.sort_by_key(|(_, _, e)| e.source.id());
+        for (_, _, e) in &events {
+            match (&e.before, &e.after) {
+                (_, Some(after)) => {
+                    if let Some(b) = &e.before {
+                        current.remove(&b.id);
+                    }
+                    current.insert(after.id, e.source.lsn);
+                }
+                (Some(before), None) => {
+                    current.remove(&before.id);
+                }
+                (None, None) => current.clear(),
+            }
+        }
+        let db = self.db().await;
+        let mut wrong = Vec::new();
+        for (id, version) in &current {
+            let n: i64 = db
+                .query_one(
+                    "SELECT count(*) FROM review_verdicts WHERE review_id = $1 AND version = $2::text::pg_lsn",
+                    &[id, &version.to_string()],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if n != 1 {
+                wrong.push((*id, *version, n));
+            }
+        }
+        (current.len(), wrong)
+    }
+
+    /// `verify` finds no difference and every current review version has exactly one verdict.
+    pub async fn assert_exact(&self) {
+        let report = reviewflow::verify::verify(&self.db().await).await.unwrap();
+        assert!(
+            report.differences.is_empty(),
+            "verify: {} differences, first {:?}",
+            report.differences.len(),
+            &report.differences[..report.differences.len().min(10)]
+        );
+        let (reviews, wrong) = self.current_versions_without_one_verdict().await;
+        assert!(
+            wrong.is_empty(),
+            "of {reviews} reviews, {} current versions without exactly one verdict: {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(10)]
+        );
     }
 
     /// SIGTERM, and the stage must exit cleanly.
