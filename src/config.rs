@@ -460,6 +460,18 @@ pub struct BenchConfig {
         default_value_t = 600
     )]
     pub peer_timeout_secs: u64,
+
+    /// Changes of the valid topic the Kafka Streams peer consumes (its first ones; the
+    /// stats worker consumes all): 91 window updates per change make the peer slow enough
+    /// that the whole topic would take most of the run.
+    #[arg(
+        id = "bench_streams_records",
+        value_name = "N",
+        long = "streams-records",
+        default_value_t = 100_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub streams_records: u64,
 }
 
 /// What every worker (fraud, stats, the verdict sink) shares: its instance name and how it
@@ -482,11 +494,13 @@ pub struct WorkerSettings {
     )]
     pub max_records: usize,
 
-    /// Longest a batch waits for more records, in milliseconds: the latency it may add.
+    /// How long a batch lingers for more records once it has one, in milliseconds: the
+    /// latency it may add. 0 takes what has arrived, so a batch is what came in while the
+    /// previous one was processed (small under light load, full under a backlog).
     #[arg(
         long = "batch-ms",
         env = "REVIEWFLOW_BATCH_MS",
-        default_value_t = 50,
+        default_value_t = 0,
         global = true
     )]
     pub max_wait_ms: u64,

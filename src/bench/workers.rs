@@ -161,7 +161,7 @@ async fn stats(
         PeerOutcome::Skipped("--skip-peers".into())
     } else {
         let bar = spinner("workers: Kafka Streams, 91-day hopping windows (peer)".into());
-        let outcome = streams(run, changes, shutdown).await?;
+        let outcome = streams(run, changes.min(run.config.streams_records), shutdown).await?;
         bar.finish_and_clear();
         outcome
     };

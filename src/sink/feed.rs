@@ -5,10 +5,15 @@
 //! The consumer runs on a blocking thread; the claim of an assignment happens inside the
 //! rebalance callback, so no record of a partition is read before it is claimed and sought.
 //! A batch collected across a rebalance is dropped: its partitions were re-sought.
+//!
+//! Batches are pulled: records gather while the sink applies the previous batch, and the
+//! sink gets all of them when it asks for the next. So a record waits for at most one
+//! transaction before its own, and batches grow with the load by themselves.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -41,21 +46,33 @@ pub struct FeedConfig {
     pub limits: WorkerSettings,
 }
 
-/// Starts the consumer thread; batches arrive on the receiver until `stop` or a failure
-/// (sent as the last item).
-pub fn start(
-    config: FeedConfig,
-    pool: Pool,
-    stop: CancellationToken,
-) -> mpsc::Receiver<Result<Batch>> {
+/// The sink's end of the feed.
+pub struct Batches {
+    rx: mpsc::Receiver<Result<Batch>>,
+    wanted: Arc<AtomicBool>,
+}
+
+impl Batches {
+    /// Everything read since the last batch (waiting for at least one record); `None` once
+    /// the feed stopped; a failure is the last item.
+    pub async fn next(&mut self) -> Option<Result<Batch>> {
+        self.wanted.store(true, Ordering::SeqCst);
+        self.rx.recv().await
+    }
+}
+
+/// Starts the consumer thread, which reads until `stop` or a failure.
+pub fn start(config: FeedConfig, pool: Pool, stop: CancellationToken) -> Batches {
     let (tx, rx) = mpsc::channel(1);
+    let wanted = Arc::new(AtomicBool::new(false));
     let runtime = Handle::current();
+    let asked = wanted.clone();
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = consume(&config, pool, runtime, &tx, &stop) {
+        if let Err(e) = consume(&config, pool, runtime, &tx, &asked, &stop) {
             let _ = tx.blocking_send(Err(e));
         }
     });
-    rx
+    Batches { rx, wanted }
 }
 
 fn consume(
@@ -63,6 +80,7 @@ fn consume(
     pool: Pool,
     runtime: Handle,
     out: &mpsc::Sender<Result<Batch>>,
+    wanted: &AtomicBool,
     stop: &CancellationToken,
 ) -> Result<()> {
     let context = Claims {
@@ -82,35 +100,64 @@ fn consume(
         // at the broker for up to this long, even after the commit makes them readable:
         // librdkafka's 500 ms default put up to half a second on the stats hop's tail
         // (`reviewflow bench`: p99 at 5,000 reviews/s from 883 ms to 203 ms at 50 ms).
-        .set("fetch.wait.max.ms", "50")
+        .set("fetch.wait.max.ms", "10")
         .create_with_context(context)?;
     consumer.subscribe(&[&config.topic])?;
-    let mut report = std::time::Instant::now();
+    let limits = &config.limits;
+    let mut report = Instant::now();
+    let mut pending: Vec<OwnedMessage> = Vec::new();
+    let mut first_at = Instant::now();
+    let mut generation = consumer.context().generation.load(Ordering::SeqCst);
     while !stop.is_cancelled() && !out.is_closed() {
-        let generation = consumer.context().generation.load(Ordering::SeqCst);
-        let records = kafka::poll_batch(&consumer, &config.limits, &config.consumer);
+        if pending.is_empty() {
+            generation = consumer.context().generation.load(Ordering::SeqCst);
+        }
+        // Blocks while there is nothing to hand over; a short wait once there is, so a sink
+        // that asks gets its batch at once.
+        let mut wait = Duration::from_millis(if pending.is_empty() { 500 } else { 1 });
+        while pending.len() < limits.max_records {
+            match consumer.poll(wait) {
+                None => break,
+                Some(Ok(m)) => {
+                    if pending.is_empty() {
+                        first_at = Instant::now();
+                    }
+                    pending.push(m.detach());
+                }
+                Some(Err(e)) => kafka::report_consumer_error(&config.consumer, &e),
+            }
+            wait = Duration::ZERO;
+        }
         if let Some(e) = consumer.context().take_failure() {
             return Err(e);
         }
         // Idle or not, so the lag gauge does not keep a value from before it caught up.
-        if report.elapsed() > std::time::Duration::from_secs(10) {
-            report = std::time::Instant::now();
+        if report.elapsed() > Duration::from_secs(10) {
+            report = Instant::now();
             let lags = kafka::partition_lags(&consumer);
             crate::metrics::set_consumer_lag(&config.consumer, &lags);
             let lag: i64 = lags.iter().map(|(_, _, lag)| lag).sum();
             tracing::info!(sink = %config.consumer, lag, "sink lag");
         }
-        if consumer.context().generation.load(Ordering::SeqCst) != generation || records.is_empty()
-        {
+        if consumer.context().generation.load(Ordering::SeqCst) != generation {
+            // Read across a rebalance: the partitions still ours were sought back.
+            pending.clear();
+            continue;
+        }
+        let lingered = first_at.elapsed() >= Duration::from_millis(limits.max_wait_ms);
+        let full = pending.len() >= limits.max_records;
+        if pending.is_empty() || !(full || (lingered && wanted.load(Ordering::SeqCst))) {
             continue;
         }
         let epochs = {
             let held = consumer.context().epochs();
-            records
+            pending
                 .iter()
                 .filter_map(|m| held.get(&m.partition()).map(|e| (m.partition(), *e)))
                 .collect()
         };
+        wanted.store(false, Ordering::SeqCst);
+        let records = std::mem::take(&mut pending);
         if out.blocking_send(Ok(Batch { records, epochs })).is_err() {
             break;
         }

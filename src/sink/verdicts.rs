@@ -41,7 +41,7 @@ impl VerdictSink {
             let mut batches = feed::start(parts.feed.clone(), pool.clone(), stop);
             loop {
                 let batch = tokio::select! {
-                    b = batches.recv() => b,
+                    b = batches.next() => b,
                     _ = shutdown.cancelled() => None,
                 };
                 let Some(batch) = batch else { return Ok(()) };

@@ -58,7 +58,7 @@ impl StatsWorker {
             let mut clock = tokio::time::interval(Duration::from_secs(30));
             loop {
                 tokio::select! {
-                    batch = batches.recv() => match batch {
+                    batch = batches.next() => match batch {
                         Some(batch) => {
                             let input = Input { registry, readers: &mut readers, dead_letters };
                             self.apply(pool, input, batch?).await?
