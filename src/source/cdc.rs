@@ -305,6 +305,14 @@ impl<'a> Streamer<'a> {
         let ledger = Arc::new(Mutex::new(AckLedger::new(Lsn::ZERO)));
         let producer: ThreadedProducer<AckContext> = client_config(&cdc.settings.kafka)
             .set("enable.idempotence", "true")
+            // The sinks skip what is behind the last change they applied, so a partition
+            // must never get a change after a newer one. By default librdkafka answers a
+            // refused batch by renumbering and sending the batches behind it, and a batch
+            // that timed out leaves the same gap; the refused change, sent again by the next
+            // session, then lands behind newer ones and is lost. Instead: a refusal stops this
+            // producer (the session starts over from the slot), and nothing times out.
+            .set("enable.gapless.guarantee", "true")
+            .set("message.timeout.ms", "0")
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("batch.num.messages", "10000")
@@ -559,9 +567,28 @@ impl<'a> Streamer<'a> {
         let record = BaseRecord::with_opaque_to(&self.cdc.topics.changes, Box::new(seq))
             .key(&key[..])
             .payload(&value[..]);
-        send_blocking(&self.producer, record).await?;
+        self.send(record).await?;
         crate::failpoint::hit("cdc.after_produce");
         Ok(())
+    }
+
+    /// Hands a record to the producer. After a refusal the producer stops (the gapless
+    /// guarantee) and refuses every later record with a bare "fatal error", often before the
+    /// refused record's own report arrives: the refusal, which says what to fix, is the error.
+    async fn send(&self, record: BaseRecord<'_, [u8], [u8], Box<u64>>) -> Result<()> {
+        let Err(e) = send_blocking(&self.producer, record).await else {
+            return Ok(());
+        };
+        for _ in 0..100 {
+            if let Some(refusal) = self.ledger().failure() {
+                return Err(Error::Delivery(refusal.to_string()));
+            }
+            if self.producer.client().fatal_error().is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(e)
     }
 
     /// A truncate concerns every course, so every partition gets it, in order with the rest.
@@ -583,7 +610,7 @@ impl<'a> Streamer<'a> {
                 )
                 .partition(partition)
                 .payload(&value[..]);
-                send_blocking(&self.producer, record).await?;
+                self.send(record).await?;
             }
             Ok(())
         }
