@@ -274,7 +274,8 @@ impl Pipeline {
     /// source's order, then re-sends. A change seen there for the first time behind a newer
     /// one is a gap filled late, which the sinks skip as a duplicate: that change is lost.
     pub async fn assert_no_change_filled_in_late(&self) {
-        let mut seen: HashMap<i32, (BTreeSet<(Lsn, i64)>, (Lsn, i64))> = HashMap::new();
+        type Change = (Lsn, i64);
+        let mut seen: HashMap<i32, (BTreeSet<Change>, Change)> = HashMap::new();
         let mut late = Vec::new();
         for (partition, _, event) in self.events().await {
             let id = event.source.id();
