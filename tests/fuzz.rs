@@ -40,15 +40,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_the_document_does_not_
             .spawn()
             .expect("reviewflow api starts"),
     ));
-    let client = reqwest::Client::new();
-    common::eventually("the api answers", 60, || async {
-        client
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
+    common::wait_healthy(&base, 60).await;
 
     let examples = std::env::var("REVIEWFLOW_FUZZ_EXAMPLES").unwrap_or_else(|_| "300".into());
     let work = std::env::temp_dir().join(format!("rf-fuzz-{}", common::unique()));

@@ -22,25 +22,13 @@ fn spawn_api(p: &Pipeline, listen: &str) -> Running {
     p.spawn("api", None, &[("API_LISTEN", listen)])
 }
 
-async fn wait_healthy(url: &str) {
-    let client = reqwest::Client::new();
-    common::eventually("the api answers", 60, || async {
-        client
-            .get(format!("{url}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_registry_is_named_retried_and_nothing_is_lost() {
     let mut p = Pipeline::new("registry_outage").await;
     let listen = format!("127.0.0.1:{}", free_port());
     let url = format!("http://{listen}");
     let api = spawn_api(&p, &listen);
-    wait_healthy(&url).await;
+    common::wait_healthy(&url, 60).await;
     let registry = [("SCHEMA_REGISTRY_URL", url.as_str())];
     let cdc = p.spawn("cdc", None, &registry);
     p.wait_for_snapshot().await;
@@ -91,7 +79,7 @@ async fn an_unreachable_registry_is_named_retried_and_nothing_is_lost() {
     );
 
     let _api = spawn_api(&p, &listen);
-    wait_healthy(&url).await;
+    common::wait_healthy(&url, 60).await;
     common::write_random(&db, &mut rng, 50).await;
     p.wait_until_caught_up().await;
     p.assert_exact().await;

@@ -22,13 +22,7 @@ async fn run_serves_the_whole_pipeline_and_stops_cleanly_on_sigterm() {
 
     let http = reqwest::Client::new();
     let base = format!("http://{address}");
-    common::eventually("the api of `run` answers", 120, || async {
-        http.get(format!("{base}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
+    common::wait_healthy(&base, 120).await;
     p.wait_for_snapshot().await;
     for i in 0..20 {
         let content = if i == 7 {

@@ -84,13 +84,7 @@ async fn the_pipeline_runs_with_three_least_privilege_roles() {
 
     let http = reqwest::Client::new();
     let base = format!("http://{address}");
-    common::eventually("the api answers", 120, || async {
-        http.get(format!("{base}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
+    common::wait_healthy(&base, 120).await;
     p.wait_for_snapshot().await;
     for i in 0..30 {
         let review = json!({
@@ -632,13 +626,7 @@ async fn secrets_never_appear_in_a_stages_output() {
 
     let http = reqwest::Client::new();
     let base = format!("http://{address}");
-    common::eventually("the api answers", 120, || async {
-        http.get(format!("{base}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
+    common::wait_healthy(&base, 120).await;
     p.wait_for_snapshot().await;
     for i in 0..5 {
         let answer = http

@@ -187,6 +187,19 @@ pub async fn topic_exists(kafka: &reviewflow::config::KafkaSettings, topic: &str
     .unwrap()
 }
 
+/// Waits until the HTTP server at `base` (e.g. `http://127.0.0.1:8080`) answers /healthz.
+pub async fn wait_healthy(base: &str, secs: u64) {
+    let client = reqwest::Client::new();
+    eventually(&format!("{base} answers /healthz"), secs, || async {
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+}
+
 /// Polls `check` until it holds, failing the test with `what` after `secs` seconds.
 pub async fn eventually<F, Fut>(what: &str, secs: u64, mut check: F)
 where
