@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::offsets;
 use crate::config::{KafkaSettings, WorkerSettings};
 use crate::error::{Error, Result};
-use crate::kafka::{self, client_config};
+use crate::kafka;
 
 /// Records of one or more partitions, with the epoch each partition was claimed under.
 pub struct Batch {
@@ -91,17 +91,14 @@ fn consume(
         generation: AtomicU64::new(0),
         failure: Mutex::default(),
     };
-    let consumer: BaseConsumer<Claims> = client_config(&config.kafka)
-        .set("group.id", &config.group)
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest")
-        // A read_committed fetch whose new records are still in an open transaction waits
-        // at the broker for up to this long, even after the commit makes them readable:
-        // librdkafka's 500 ms default put up to half a second on the stats hop's tail
-        // (`reviewflow bench`: p99 at 5,000 reviews/s from 883 ms to 203 ms at 50 ms).
-        .set("fetch.wait.max.ms", "10")
-        .create_with_context(context)?;
+    let consumer: BaseConsumer<Claims> =
+        kafka::worker_consumer_config(&config.kafka, &config.group, &config.limits)
+            // A read_committed fetch whose new records are still in an open transaction waits
+            // at the broker for up to this long, even after the commit makes them readable:
+            // librdkafka's 500 ms default put up to half a second on the stats hop's tail
+            // (`reviewflow bench`: p99 at 5,000 reviews/s from 883 ms to 203 ms at 50 ms).
+            .set("fetch.wait.max.ms", "10")
+            .create_with_context(context)?;
     consumer.subscribe(&[&config.topic])?;
     let limits = &config.limits;
     let mut report = Instant::now();

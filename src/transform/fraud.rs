@@ -227,12 +227,9 @@ struct Poison(String);
 impl Session {
     fn run(mut self, shutdown: &CancellationToken) -> Result<()> {
         let f = self.fraud.clone();
-        let consumer: BaseConsumer<RebalanceWatch> = client_config(&f.settings.kafka)
-            .set("group.id", &f.config.group)
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .set("auto.offset.reset", "earliest")
-            .create_with_context(RebalanceWatch::default())?;
+        let consumer: BaseConsumer<RebalanceWatch> =
+            kafka::worker_consumer_config(&f.settings.kafka, &f.config.group, &f.worker)
+                .create_with_context(RebalanceWatch::default())?;
         let producer: BaseProducer = client_config(&f.settings.kafka)
             .set("transactional.id", f.transactional_id())
             .set("enable.idempotence", "true")
