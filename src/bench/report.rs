@@ -188,14 +188,18 @@ impl Report {
                 figure: format!("largest: {stage} {} ({phase})", mb(bytes)),
                 verdict: judge(over.is_empty()),
                 diagnosis: format!(
-                    "over the limit: {}. Not yet profiled: librdkafka's queues are the first \
-                     suspect, but a run with the consumers' queued.max.messages.kbytes at 16 MB \
-                     (KAFKA_QUEUED_MAX_MESSAGES_KBYTES) peaked the same, and the live pipeline's \
-                     processes stay well below the backlog's (see Memory), so the peak follows \
-                     the batch: up to REVIEWFLOW_BATCH_RECORDS = 5,000 records held with their \
-                     decoded events and outputs while a transaction commits, on a multi-threaded \
-                     allocator. Next: a heap profile of one backlog run (heaptrack is in Debian), \
-                     and smaller batches or MALLOC_ARENA_MAX=2, measured with this command",
+                    "over the limit: {}. The backlog is the worst case: a worker's consumer \
+                     then has its prefetch full. With librdkafka's default prefetch (100,000 records \
+                     or 64 MB, counting payloads only) each worker was 130-150 MB resident; a \
+                     heap profile (heaptrack) of the stats worker on the backlog, with the bound \
+                     lowered to 4 MB, still had its 67 MB peak in librdkafka: \
+                     rd_kafka_buf_new_shadow (the bookkeeping of each prefetched record, ~700 \
+                     bytes beside a ~200-byte record) and rd_kafka_lz4_decompress (the 1 MiB \
+                     fetches' decompressed batches those records keep alive). The workers' consumers now \
+                     prefetch two batches ahead (queued.min.messages = 2 x \
+                     REVIEWFLOW_BATCH_RECORDS, at least 10,000; queued.max.messages.kbytes 4096; \
+                     max.partition.fetch.bytes 256 KiB; fetch.queue.backoff.ms 10, without which \
+                     the small bound starves the fraud worker); KAFKA_* settings can raise it",
                     if over.is_empty() {
                         "none".into()
                     } else {
