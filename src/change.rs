@@ -81,6 +81,11 @@ pub struct ChangeEvent {
     pub before: Option<ReviewRow>,
     pub after: Option<ReviewRow>,
     pub source: Source,
+    /// `avro::digest` of the after image as the source read it; None for an envelope written
+    /// before digests existed, or without an after image.
+    pub digest: Option<String>,
+    /// Columns carried as an oversize marker, as `before.NAME` or `after.NAME`.
+    pub oversize: Vec<String>,
 }
 
 impl ChangeEvent {

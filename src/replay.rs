@@ -847,6 +847,8 @@ mod tests {
                 commit_time: at,
                 snapshot: op == Op::Read,
             },
+            digest: None,
+            oversize: Vec::new(),
         }
     }
 

@@ -9,6 +9,7 @@ use apache_avro::writer::datum::GenericDatumWriter;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
+use super::digest;
 use super::pgtext::{decimal_unscaled, Kind};
 use crate::change::{ChangeEvent, Op, ReviewRow, Source};
 use crate::error::{Error, Result};
@@ -27,6 +28,8 @@ pub struct RowSchema {
     envelope: &'static Schema,
     writer: GenericDatumWriter<'static>,
     columns: Vec<(String, Kind)>,
+    /// Index of each of `digest::COLUMNS` among `columns`, if the table has it.
+    digested: Vec<Option<usize>>,
 }
 
 impl RowSchema {
@@ -63,17 +66,26 @@ impl RowSchema {
                     {"name": "txid", "type": ["null", "long"], "default": null},
                     {"name": "commit_time", "type": {"type": "long", "logicalType": "timestamp-micros"}},
                     {"name": "snapshot", "type": "boolean"}
-                ]}}
+                ]}},
+                {"name": "digest", "type": ["null", "string"], "default": null,
+                 "doc": "sha256 of the after image's contract columns as PostgreSQL prints them (docs/guarantees.md)"},
+                {"name": "oversize", "type": {"type": "array", "items": "string"}, "default": [],
+                 "doc": "columns carried as an oversize marker, as before.NAME or after.NAME"}
             ]
         });
         // A table has a handful of schema versions in a process's life; leaking each lets the
         // writer keep its resolved names instead of resolving them again for every event.
         let envelope: &'static Schema = Box::leak(Box::new(Schema::parse(&envelope)?));
         let writer = GenericDatumWriter::builder(envelope).build()?;
+        let digested = digest::COLUMNS
+            .iter()
+            .map(|c| columns.iter().position(|(name, _)| name == c))
+            .collect();
         Ok(RowSchema {
             envelope,
             writer,
             columns,
+            digested,
         })
     }
 
@@ -112,8 +124,25 @@ impl RowSchema {
                     ("snapshot".into(), Value::Boolean(source.snapshot)),
                 ]),
             ),
+            (
+                "digest".into(),
+                optional(after.map(|cells| Value::String(self.digest(cells)))),
+            ),
+            ("oversize".into(), Value::Array(Vec::new())),
         ]);
         Ok(self.writer.write_value_to_vec(record)?)
+    }
+
+    /// The digest (`digest::image_digest`) of a row image of this table.
+    pub fn digest(&self, cells: &[Cell]) -> String {
+        digest::image_digest(
+            self.digested
+                .iter()
+                .map(|i| match i.and_then(|i| cells.get(i)) {
+                    Some(Cell::Text(t)) => Some(*t),
+                    _ => None,
+                }),
+        )
     }
 
     fn row(&self, cells: Option<&[Cell]>) -> Result<Value> {
@@ -207,12 +236,24 @@ fn change_of(value: Value, rating_scale: u32) -> Result<ChangeEvent> {
     let fields = record(value, "envelope")?;
     let mut op = None;
     let (mut before, mut after, mut source) = (None, None, None);
+    let (mut digest, mut oversize) = (None, Vec::new());
     for (name, value) in fields {
         match name.as_str() {
             "op" => op = Some(string(value, "op")?),
             "before" => before = row(value, rating_scale)?,
             "after" => after = row(value, rating_scale)?,
             "source" => source = Some(source_of(value)?),
+            "digest" => match unwrap_union(value) {
+                Value::String(d) => digest = Some(d),
+                _ => digest = None,
+            },
+            "oversize" => {
+                if let Value::Array(items) = value {
+                    for item in items {
+                        oversize.push(string(item, "oversize")?);
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -222,6 +263,8 @@ fn change_of(value: Value, rating_scale: u32) -> Result<ChangeEvent> {
         before,
         after,
         source: source.ok_or_else(|| missing("source"))?,
+        digest,
+        oversize,
     })
 }
 
@@ -244,7 +287,7 @@ pub fn restate(
             let value = match name.as_str() {
                 "op" => Value::String(op.code().into()),
                 "before" if !keep_before => Value::Union(0, Box::new(Value::Null)),
-                "after" if !keep_after => Value::Union(0, Box::new(Value::Null)),
+                "after" | "digest" if !keep_after => Value::Union(0, Box::new(Value::Null)),
                 _ => value,
             };
             (name, value)

@@ -18,6 +18,37 @@ mod embedded {
     refinery::embed_migrations!("migrations");
 }
 
+/// Session settings under which PostgreSQL prints column values the way the pipeline reads
+/// them. The replication session, the snapshot and `verify` all set them explicitly, so
+/// neither the server's defaults nor a role's `ALTER ROLE ... SET` can change a value's text
+/// (and with it its Avro value or its digest), or end a long session.
+pub const TEXT_OUTPUT_SETTINGS: &[(&str, &str)] = &[
+    ("client_encoding", "UTF8"),
+    ("DateStyle", "ISO"),
+    ("TimeZone", "UTC"),
+    ("IntervalStyle", "iso_8601"),
+    ("bytea_output", "hex"),
+    ("extra_float_digits", "3"),
+    ("lc_monetary", "C"),
+    ("statement_timeout", "0"),
+    ("lock_timeout", "0"),
+    ("idle_in_transaction_session_timeout", "0"),
+    ("idle_session_timeout", "0"),
+];
+
+/// `TEXT_OUTPUT_SETTINGS` as SQL; `local` scopes them to the current transaction.
+pub fn text_output_sql(local: bool) -> String {
+    TEXT_OUTPUT_SETTINGS
+        .iter()
+        .map(|(name, value)| {
+            format!(
+                "SET {}{name} = '{value}';",
+                if local { "LOCAL " } else { "" }
+            )
+        })
+        .collect()
+}
+
 /// A connection string read, with its TLS settings (errors never quote it).
 pub fn target(url: &str) -> Result<tls::Target> {
     tls::Target::parse(url, WHAT)

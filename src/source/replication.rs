@@ -12,8 +12,9 @@
 //!   nothing here confirms on its own, so a change is never skipped by this module.
 //! - Server input never panics: malformed frames and server errors become `Error`s naming
 //!   what failed, with the server's message and SQLSTATE.
-//! - The session decodes with `client_encoding=UTF8`, `DateStyle=ISO`, `TimeZone=UTC` and
-//!   `extra_float_digits=3`, so text values do not depend on the server's defaults.
+//! - The session runs with `db::TEXT_OUTPUT_SETTINGS` (UTF8, ISO dates in UTC, ISO 8601
+//!   intervals, hex bytea, no timeouts), so text values depend neither on the server's
+//!   defaults nor on a role's `ALTER ROLE ... SET`.
 //!
 //! - TLS as the connection string's `sslmode` says, with the same settings and guarantees
 //!   as every other connection (`db::tls`): `require` and stronger never fall back to plain.
@@ -112,15 +113,12 @@ impl ReplicationConnection {
             ("user", user),
             ("database", dbname),
             ("replication", "database"),
-            ("client_encoding", "UTF8"),
-            ("DateStyle", "ISO"),
-            ("TimeZone", "UTC"),
-            ("extra_float_digits", "3"),
             (
                 "application_name",
                 config.get_application_name().unwrap_or("reviewflow"),
             ),
         ];
+        params.extend(crate::db::TEXT_OUTPUT_SETTINGS.iter().copied());
         if let Some(options) = config.get_options() {
             params.push(("options", options));
         }

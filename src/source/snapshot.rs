@@ -109,9 +109,10 @@ impl Snapshot<'_> {
         pg.batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
              SET TRANSACTION SNAPSHOT '{}';
-             SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO';
+             {}
              LOCK TABLE {TABLE_SCHEMA}.{table} IN ACCESS SHARE MODE;",
-            self.snapshot_name.replace('\'', "''")
+            self.snapshot_name.replace('\'', "''"),
+            crate::db::text_output_sql(true)
         ))
         .await?;
         if table_filenode(&pg, self.table).await? != self.filenode_before {
