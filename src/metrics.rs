@@ -68,6 +68,7 @@ pub struct Metrics {
     pub dead_letters: Family<StageLabel, Counter>,
     pub transactions: Family<StageLabel, Counter>,
     pub discarded_batches: Family<StageLabel, Counter>,
+    pub session_failures: Family<StageLabel, Counter>,
     pub consumer_lag: Family<PartitionLabels, Gauge>,
     pub commit_to_stats: Histogram,
 }
@@ -87,6 +88,7 @@ impl Metrics {
             dead_letters: Family::default(),
             transactions: Family::default(),
             discarded_batches: Family::default(),
+            session_failures: Family::default(),
             consumer_lag: Family::default(),
             commit_to_stats: Histogram::new(LATENCY_BUCKETS),
             registry: Registry::default(),
@@ -117,6 +119,12 @@ impl Metrics {
             "discarded_batches",
             "Batches dropped because a rebalance took their partitions while they were collected",
             m.discarded_batches.clone(),
+        );
+        registry.register(
+            "session_failures",
+            "Sessions of a stage that failed and were started again after a backoff (a broker or \
+             database that went away, a fenced transaction); a value never causes one",
+            m.session_failures.clone(),
         );
         registry.register(
             "consumer_lag",
@@ -161,6 +169,12 @@ pub fn transactions(stage: &str) -> Counter {
 pub fn discarded_batches(stage: &str) -> Counter {
     metrics()
         .discarded_batches
+        .get_or_create_owned(&stage_label(stage))
+}
+
+pub fn session_failures(stage: &str) -> Counter {
+    metrics()
+        .session_failures
         .get_or_create_owned(&stage_label(stage))
 }
 

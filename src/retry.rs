@@ -74,6 +74,7 @@ where
                     backoff.reset();
                 }
                 let delay = backoff.next_delay();
+                crate::metrics::session_failures(stage).inc();
                 tracing::warn!(stage, error = %e, retry_in = ?delay, "session failed; starting a new one");
                 if !sleep(delay, shutdown).await {
                     return Ok(());
