@@ -200,6 +200,31 @@ pub async fn wait_healthy(base: &str, secs: u64) {
     .await;
 }
 
+/// No stage of the process serving `base` had a session fail, nor sent a record to the dead
+/// letters (its /metrics): what a value must never cause.
+pub async fn assert_no_session_failed(base: &str) {
+    let metrics = reqwest::Client::new()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let failures: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            (l.starts_with("reviewflow_session_failures_total")
+                || l.starts_with("reviewflow_dead_letters_total"))
+                && !l.trim_end().ends_with(" 0")
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "a stage's session failed or a record became a dead letter: {failures:?}"
+    );
+}
+
 /// Polls `check` until it holds, failing the test with `what` after `secs` seconds.
 pub async fn eventually<F, Fut>(what: &str, secs: u64, mut check: F)
 where
