@@ -188,13 +188,11 @@ pub fn validate(new: &NewReview, now: DateTime<Utc>) -> Result<Rating, ApiError>
             return Err(ApiError::field(field, fault));
         }
     }
-    if let Some(created_at) = new.created_at {
-        if review::created_at_is_future(created_at, now) {
-            return Err(ApiError::field(
-                "created_at",
-                "created_at must not be in the future",
-            ));
-        }
+    if let Some(fault) = new
+        .created_at
+        .and_then(|at| review::created_at_fault("created_at", at, now))
+    {
+        return Err(ApiError::field("created_at", fault));
     }
     Ok(rating)
 }
@@ -246,6 +244,59 @@ mod tests {
             "a".repeat(10_001)
         );
         assert_eq!(field_of(&long).1.as_deref(), Some("content"));
+    }
+
+    /// Every spelling of a date JSON can carry: refused naming created_at unless it is a
+    /// time in [0001-01-01T00:00:00Z, now + skew], which PostgreSQL and every reader hold.
+    #[test]
+    fn any_date_outside_the_range_is_refused_naming_created_at() {
+        let body =
+            |at: &str| format!(r#"{{"course_id":1,"user_id":1,"rating":4,"created_at":{at}}}"#);
+        for at in [
+            r#""0000-01-01T00:00:00Z""#,
+            r#""0000-12-31T23:59:59.999999Z""#,
+            r#""0001-01-01T00:00:00+00:01""#,
+            r#""-5000-01-01T00:00:00Z""#,
+            r#""-0001-01-01T00:00:00Z""#,
+            r#""+275760-09-13T00:00:00Z""#,
+            r#""+10000-01-01T00:00:00Z""#,
+            r#""10000-01-01T00:00:00Z""#,
+            r#""9999-12-31T23:59:59-23:59""#,
+            r#""2999-01-01T00:00:00Z""#,
+            r#""2020-01-01T00:00:00+25:00""#,
+            r#""2020-02-30T00:00:00Z""#,
+            r#""2020-01-01T24:00:00Z""#,
+            r#""2020-01-01T00:00:61Z""#,
+            r#""2020-01-01T00:00:00""#,
+            r#""2020-01-01""#,
+            r#""infinity""#,
+            r#""-infinity""#,
+            r#""epoch""#,
+            r#""now""#,
+            r#""""#,
+            r#""2020-01-01T00:00:00Z\u0000""#,
+            "1577836800",
+            "true",
+            "[]",
+            "{}",
+        ] {
+            let (status, field) = field_of(&body(at));
+            assert_eq!(
+                (status, field.as_deref()),
+                (StatusCode::UNPROCESSABLE_ENTITY, Some("created_at")),
+                "{at}"
+            );
+        }
+        for at in [
+            r#""0001-01-01T00:00:00Z""#,
+            r#""0001-01-01T01:00:00+01:00""#,
+            r#""2016-12-31T23:59:60Z""#,
+            r#""2020-01-01T00:00:00.123456789Z""#,
+            r#""2020-01-01t00:00:00z""#,
+            "null",
+        ] {
+            assert_eq!(field_of(&body(at)), (StatusCode::CREATED, None), "{at}");
+        }
     }
 
     #[test]
