@@ -59,6 +59,7 @@ async fn api_behaviour() {
     every_date_json_can_spell_is_refused_or_stored_in_range(&s).await;
     ids_up_to_the_64_bit_limit_are_stored(&s).await;
     stats_are_served_from_course_stats(&s).await;
+    rows_no_post_could_write_are_served_as_they_are(&s).await;
     let health = reqwest::get(format!("{}/healthz", s.base)).await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
 }
@@ -298,6 +299,57 @@ async fn ids_up_to_the_64_bit_limit_are_stored(s: &Server) {
             "{field}={value} -> {answer}"
         );
         assert_eq!(answer["field"], json!(field), "{answer}");
+    }
+}
+
+/// Rows written by SQL with every CHECK and NOT NULL dropped: GET answers 200 with each as
+/// the document describes (nulls, PostgreSQL's text for times RFC 3339 cannot spell), never a
+/// failure.
+async fn rows_no_post_could_write_are_served_as_they_are(s: &Server) {
+    s.db.batch_execute(
+        "DO $$ DECLARE c record; BEGIN
+           FOR c IN SELECT conname FROM pg_constraint
+                    WHERE conrelid = 'reviews'::regclass AND contype = 'c' LOOP
+             EXECUTE format('ALTER TABLE reviews DROP CONSTRAINT %I', c.conname);
+           END LOOP;
+         END $$;
+         ALTER TABLE reviews ALTER COLUMN course_id DROP NOT NULL,
+                             ALTER COLUMN user_id DROP NOT NULL,
+                             ALTER COLUMN rating DROP NOT NULL,
+                             ALTER COLUMN created_at DROP NOT NULL;
+         INSERT INTO reviews (id, course_id, user_id, rating, created_at) VALUES
+           (9001, NULL, NULL, NULL, NULL),
+           (9002, -5, 0, 'NaN', 'infinity'),
+           (9003, 1, 1, 9.5, '-infinity'),
+           (9004, 1, 1, 0.0, '0044-03-15 00:00:00+00 BC'),
+           (9005, 1, 1, 4.0, '12000-01-01 00:00:00+00'),
+           (9006, 1, 1, 4.0, '0001-01-01 00:00:00+00');",
+    )
+    .await
+    .unwrap();
+    let expected = [
+        (9001, json!(null), json!(null), json!(null)),
+        (9002, json!(-5), json!(null), json!("infinity")),
+        (9003, json!(1), json!(9.5), json!("-infinity")),
+        (
+            9004,
+            json!(1),
+            json!(0.0),
+            json!("0044-03-15 00:00:00+00 BC"),
+        ),
+        (9005, json!(1), json!(4.0), json!("12000-01-01 00:00:00+00")),
+        (9006, json!(1), json!(4.0), json!("0001-01-01T00:00:00Z")),
+    ];
+    for (id, course, rating, created_at) in expected {
+        let answer = reqwest::get(format!("{}/reviews/{id}", s.base))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK, "review {id}");
+        let review: Value = answer.json().await.unwrap();
+        assert_eq!(review["course_id"], course, "{review}");
+        assert_eq!(review["rating"], rating, "{review}");
+        assert_eq!(review["created_at"], created_at, "{review}");
+        assert!(review["updated_at"].is_string(), "{review}");
     }
 }
 

@@ -45,21 +45,24 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error>
     }
 }
 
-/// A stored review, as the API returns it.
+/// A stored review, as the API returns it. A row written by SQL may hold what no review
+/// posted here can (NULLs, a NaN rating, an infinite or BC created_at: rows that cannot
+/// count, judged fraud downstream); it is served as it is, never as a failure: a NULL or NaN
+/// as null, a time RFC 3339 cannot spell in PostgreSQL's text form.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct Review {
     pub id: i64,
-    pub course_id: i64,
-    pub user_id: i64,
-    pub rating: f64,
+    pub course_id: Option<i64>,
+    pub user_id: Option<i64>,
+    pub rating: Option<f64>,
     pub title: Option<String>,
     pub content: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
 }
 
-const COLUMNS: &str =
-    "id, course_id, user_id, rating::float8, title, content, created_at, updated_at";
+const COLUMNS: &str = "id, course_id, user_id, rating::float8, title, content, \
+     created_at, updated_at, created_at::text, updated_at::text";
 
 pub async fn create(
     State(state): State<AppState>,
@@ -125,15 +128,29 @@ pub async fn read(
 }
 
 fn to_review(row: &tokio_postgres::Row) -> Review {
+    // try_get, not get: a value of another type (a column altered by SQL) is null, not a panic.
+    let time = |typed: usize, text: usize| {
+        let rfc3339 = row
+            .try_get::<_, Option<DateTime<Utc>>>(typed)
+            .ok()
+            .flatten()
+            .filter(|t| review::created_at_in_range(*t))
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+        rfc3339.or_else(|| row.try_get::<_, Option<String>>(text).ok().flatten())
+    };
     Review {
         id: row.get(0),
-        course_id: row.get(1),
-        user_id: row.get(2),
-        rating: row.get(3),
-        title: row.get(4),
-        content: row.get(5),
-        created_at: row.get(6),
-        updated_at: row.get(7),
+        course_id: row.try_get(1).ok().flatten(),
+        user_id: row.try_get(2).ok().flatten(),
+        rating: row
+            .try_get::<_, Option<f64>>(3)
+            .ok()
+            .flatten()
+            .filter(|r| r.is_finite()),
+        title: row.try_get(4).ok().flatten(),
+        content: row.try_get(5).ok().flatten(),
+        created_at: time(6, 8),
+        updated_at: time(7, 9),
     }
 }
 
