@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::RDKafkaErrorCode;
@@ -64,14 +64,20 @@ fn configured(mut config: ClientConfig, kafka: &KafkaSettings) -> ClientConfig {
     config
 }
 
-/// Creates the topic when it does not exist; an existing topic is left as it is.
+/// Creates the topic when it does not exist, with `settings`, and returns its partition count
+/// once the broker's metadata shows its partitions: a topic just created, by this stage or by
+/// another starting beside it, may not show them for a moment, and a stage that read "no
+/// partitions" then stopped. An existing topic must already have `settings` (each is what the
+/// topic's records need to survive, e.g. retention.ms=-1 for a history): one that differs is
+/// refused with `Error::Config`, naming the command that fixes it. Its partition count is the
+/// caller's to judge.
 pub async fn ensure_topic(
     kafka: &KafkaSettings,
     name: &str,
     partitions: i32,
     replication_factor: i32,
     settings: &[(&str, &str)],
-) -> Result<()> {
+) -> Result<i32> {
     let admin: AdminClient<DefaultClientContext> = client_config(kafka).create()?;
     let mut topic = NewTopic::new(
         name,
@@ -91,8 +97,136 @@ pub async fn ensure_topic(
             }
         }
     }
+    let count = wait_for_partitions(kafka, name).await?;
+    check_topic_settings(kafka, &admin, name, settings).await?;
+    Ok(count)
+}
+
+/// How long a topic that exists may take to show up in the metadata before that is an error.
+const TOPIC_APPEARS_WITHIN: Duration = Duration::from_secs(120);
+
+/// The topic's partition count, as soon as the broker's metadata lists its partitions.
+async fn wait_for_partitions(kafka: &KafkaSettings, name: &str) -> Result<i32> {
+    let (kafka, name) = (kafka.clone(), name.to_string());
+    tokio::task::spawn_blocking(move || {
+        let probe: BaseConsumer = client_config(&kafka).create()?;
+        let started = Instant::now();
+        let mut logged = None::<Instant>;
+        loop {
+            let metadata = probe.fetch_metadata(Some(&name), Duration::from_secs(10));
+            let count = metadata.as_ref().ok().map_or(0, |m| {
+                m.topics()
+                    .first()
+                    .filter(|t| t.error().is_none())
+                    .map_or(0, |t| t.partitions().len())
+            });
+            if count > 0 {
+                if logged.is_some() {
+                    tracing::info!(topic = %name, partitions = count, "topic is ready");
+                }
+                return Ok(count as i32);
+            }
+            if started.elapsed() > TOPIC_APPEARS_WITHIN {
+                return Err(Error::Config(format!(
+                    "topic {name} exists but the brokers' metadata has shown no partitions of it                      for {TOPIC_APPEARS_WITHIN:?}: check the brokers (their logs, and that they can                      reach the controller)"
+                )));
+            }
+            if logged.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                tracing::info!(topic = %name, "waiting for the topic's partitions to appear in the brokers' metadata");
+                logged = Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await?
+}
+
+/// Refuses a topic whose configuration differs from `settings` (a pre-existing topic,
+/// created by hand or by another tool).
+async fn check_topic_settings(
+    kafka: &KafkaSettings,
+    admin: &AdminClient<DefaultClientContext>,
+    name: &str,
+    settings: &[(&str, &str)],
+) -> Result<()> {
+    if settings.is_empty() {
+        return Ok(());
+    }
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(name)], &options)
+        .await?;
+    let config = match described.into_iter().next() {
+        Some(Ok(config)) => config,
+        Some(Err(
+            code @ (RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed),
+        )) => {
+            tracing::warn!(topic = name, error = %code, "cannot read the topic's configuration to check it: grant this client DESCRIBE_CONFIGS on it");
+            return Ok(());
+        }
+        Some(Err(code)) => {
+            return Err(Error::Config(format!(
+                "cannot read the configuration of topic {name}: {code}"
+            )))
+        }
+        None => return Ok(()),
+    };
+    let entries = config.entry_map();
+    for (key, wanted) in settings {
+        let actual = entries.get(key).and_then(|e| e.value.as_deref());
+        if actual.is_some_and(|a| same_setting(a, wanted)) {
+            continue;
+        }
+        let actual = actual.unwrap_or("(unset)");
+        return Err(Error::Config(format!(
+            "topic {name} has {key}={actual}, but it needs {key}={wanted}: {}. Fix it with \
+             kafka-configs.sh --bootstrap-server {} --alter --entity-type topics --entity-name {name} \
+             --add-config {key}={wanted} (or name another topic), then start again",
+            why_setting(key, wanted),
+            kafka.bootstrap_servers
+        )));
+    }
     Ok(())
 }
+
+/// Values compared as Kafka reads them: a list (cleanup.policy) in any order and spacing.
+fn same_setting(actual: &str, wanted: &str) -> bool {
+    let items = |v: &str| {
+        let mut items: Vec<String> = v
+            .split(',')
+            .map(|i| i.trim().to_ascii_lowercase())
+            .collect();
+        items.sort();
+        items
+    };
+    items(actual) == items(wanted)
+}
+
+/// What a setting the pipeline asks of a topic protects.
+fn why_setting(key: &str, wanted: &str) -> &'static str {
+    match (key, wanted) {
+        ("cleanup.policy", "delete") => {
+            "every record of this history must stay, and compaction would keep only the latest \
+             per course (replay, and a consumer that starts late, need them all)"
+        }
+        ("cleanup.policy", "compact") => {
+            "it holds current state, the latest record per key, which must never expire"
+        }
+        ("retention.ms" | "retention.bytes", "-1") => {
+            "this history is kept forever (replay rebuilds the derived tables from it), and a \
+             finite retention deletes records no stage may have read yet"
+        }
+        _ => "the pipeline relies on it",
+    }
+}
+
+/// The settings of a topic of the pipeline's history: kept forever, never compacted.
+pub const HISTORY_SETTINGS: &[(&str, &str)] = &[
+    ("cleanup.policy", "delete"),
+    ("retention.ms", "-1"),
+    ("retention.bytes", "-1"),
+];
 
 /// A topic of the pipeline's history (changes, the valid changelog, verdicts): kept forever,
 /// because `replay` rebuilds derived state from it.
@@ -101,13 +235,13 @@ pub async fn ensure_history_topic(
     topics: &TopicSettings,
     name: &str,
     partitions: i32,
-) -> Result<()> {
+) -> Result<i32> {
     ensure_topic(
         kafka,
         name,
         partitions,
         topics.replication_factor,
-        &[("retention.ms", "-1")],
+        HISTORY_SETTINGS,
     )
     .await
 }

@@ -72,6 +72,36 @@ pub fn created_at_is_future(created_at: DateTime<Utc>, now: DateTime<Utc>) -> bo
     created_at > now + MAX_FUTURE
 }
 
+/// The documented range of a created_at that counts, [0001-01-01T00:00:00Z,
+/// 10000-01-01T00:00:00Z): the years every reader's timestamp type holds. A row outside it
+/// is judged fraud (rule `created_at_out_of_range`), so no way in stores one.
+pub const CREATED_AT_RANGE: &str = "0001-01-01T00:00:00Z (inclusive) to 10000-01-01T00:00:00Z";
+
+/// Whether `created_at` lies in [`CREATED_AT_RANGE`].
+pub fn created_at_in_range(created_at: DateTime<Utc>) -> bool {
+    use chrono::Datelike;
+    (1..=9999).contains(&created_at.year())
+}
+
+/// Why a supplied created_at cannot be stored, or None when it can: outside the documented
+/// range, or in the future.
+pub fn created_at_fault(
+    field: &str,
+    created_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    if !created_at_in_range(created_at) {
+        return Some(format!(
+            "{field} must be from {CREATED_AT_RANGE} (UTC), not {}",
+            created_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        ));
+    }
+    if created_at_is_future(created_at, now) {
+        return Some(format!("{field} must not be in the future"));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::Rating;
@@ -84,6 +114,36 @@ mod tests {
         for bad in [0.0, -0.5, 0.25, 4.75, 5.5, 10.0, f64::NAN, f64::INFINITY] {
             assert_eq!(Rating::from_stars(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn created_at_counts_from_year_1_to_year_9999_in_utc() {
+        use chrono::{DateTime, Utc};
+        let now = Utc::now();
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        for ok in [
+            "0001-01-01T00:00:00Z",
+            "1970-01-01T00:00:00Z",
+            "0001-01-01T01:00:00+01:00",
+        ] {
+            assert_eq!(
+                super::created_at_fault("created_at", at(ok), now),
+                None,
+                "{ok}"
+            );
+        }
+        for bad in ["0000-12-31T23:59:59Z", "0001-01-01T00:00:00+00:01"] {
+            let fault = super::created_at_fault("created_at", at(bad), now).unwrap();
+            assert!(
+                fault.starts_with("created_at must be from 0001-01-01"),
+                "{fault}"
+            );
+        }
+        // Past 9999 is also in the future: the range is what it says first.
+        let far = DateTime::<Utc>::from_timestamp(253_402_300_800, 0).unwrap();
+        assert!(super::created_at_fault("created_at", far, now)
+            .unwrap()
+            .contains("10000-01-01"));
     }
 
     #[test]

@@ -328,6 +328,27 @@ async fn confluent_errors(base: &str, path: &str) {
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             415,
         ),
+        // PostgreSQL's text cannot hold a NUL: refused, not a 500 from the store.
+        (
+            post(base, "/subjects/a%00b/versions", json!({"schema": "\"long\""})).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42208,
+        ),
+        (
+            put(base, "/config/x%1F", json!({"compatibility": "NONE"})).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42208,
+        ),
+        (
+            post(
+                base,
+                path,
+                json!({"schema": "{\"type\": \"enum\", \"name\": \"E\", \"symbols\": [\"A\"], \"doc\": \"a\u{0}b\"}"}),
+            )
+            .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42201,
+        ),
     ];
     for ((status, body), want_status, want_code) in cases {
         assert_eq!(status, want_status, "{body}");

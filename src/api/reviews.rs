@@ -45,21 +45,24 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error>
     }
 }
 
-/// A stored review, as the API returns it.
+/// A stored review, as the API returns it. A row written by SQL may hold what no review
+/// posted here can (NULLs, a NaN rating, an infinite or BC created_at: rows that cannot
+/// count, judged fraud downstream); it is served as it is, never as a failure: a NULL or NaN
+/// as null, a time RFC 3339 cannot spell in PostgreSQL's text form.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct Review {
     pub id: i64,
-    pub course_id: i64,
-    pub user_id: i64,
-    pub rating: f64,
+    pub course_id: Option<i64>,
+    pub user_id: Option<i64>,
+    pub rating: Option<f64>,
     pub title: Option<String>,
     pub content: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
 }
 
-const COLUMNS: &str =
-    "id, course_id, user_id, rating::float8, title, content, created_at, updated_at";
+const COLUMNS: &str = "id, course_id, user_id, rating::float8, title, content, \
+     created_at, updated_at, created_at::text, updated_at::text";
 
 pub async fn create(
     State(state): State<AppState>,
@@ -125,15 +128,29 @@ pub async fn read(
 }
 
 fn to_review(row: &tokio_postgres::Row) -> Review {
+    // try_get, not get: a value of another type (a column altered by SQL) is null, not a panic.
+    let time = |typed: usize, text: usize| {
+        let rfc3339 = row
+            .try_get::<_, Option<DateTime<Utc>>>(typed)
+            .ok()
+            .flatten()
+            .filter(|t| review::created_at_in_range(*t))
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+        rfc3339.or_else(|| row.try_get::<_, Option<String>>(text).ok().flatten())
+    };
     Review {
         id: row.get(0),
-        course_id: row.get(1),
-        user_id: row.get(2),
-        rating: row.get(3),
-        title: row.get(4),
-        content: row.get(5),
-        created_at: row.get(6),
-        updated_at: row.get(7),
+        course_id: row.try_get(1).ok().flatten(),
+        user_id: row.try_get(2).ok().flatten(),
+        rating: row
+            .try_get::<_, Option<f64>>(3)
+            .ok()
+            .flatten()
+            .filter(|r| r.is_finite()),
+        title: row.try_get(4).ok().flatten(),
+        content: row.try_get(5).ok().flatten(),
+        created_at: time(6, 8),
+        updated_at: time(7, 9),
     }
 }
 
@@ -188,13 +205,11 @@ pub fn validate(new: &NewReview, now: DateTime<Utc>) -> Result<Rating, ApiError>
             return Err(ApiError::field(field, fault));
         }
     }
-    if let Some(created_at) = new.created_at {
-        if review::created_at_is_future(created_at, now) {
-            return Err(ApiError::field(
-                "created_at",
-                "created_at must not be in the future",
-            ));
-        }
+    if let Some(fault) = new
+        .created_at
+        .and_then(|at| review::created_at_fault("created_at", at, now))
+    {
+        return Err(ApiError::field("created_at", fault));
     }
     Ok(rating)
 }
@@ -246,6 +261,59 @@ mod tests {
             "a".repeat(10_001)
         );
         assert_eq!(field_of(&long).1.as_deref(), Some("content"));
+    }
+
+    /// Every spelling of a date JSON can carry: refused naming created_at unless it is a
+    /// time in [0001-01-01T00:00:00Z, now + skew], which PostgreSQL and every reader hold.
+    #[test]
+    fn any_date_outside_the_range_is_refused_naming_created_at() {
+        let body =
+            |at: &str| format!(r#"{{"course_id":1,"user_id":1,"rating":4,"created_at":{at}}}"#);
+        for at in [
+            r#""0000-01-01T00:00:00Z""#,
+            r#""0000-12-31T23:59:59.999999Z""#,
+            r#""0001-01-01T00:00:00+00:01""#,
+            r#""-5000-01-01T00:00:00Z""#,
+            r#""-0001-01-01T00:00:00Z""#,
+            r#""+275760-09-13T00:00:00Z""#,
+            r#""+10000-01-01T00:00:00Z""#,
+            r#""10000-01-01T00:00:00Z""#,
+            r#""9999-12-31T23:59:59-23:59""#,
+            r#""2999-01-01T00:00:00Z""#,
+            r#""2020-01-01T00:00:00+25:00""#,
+            r#""2020-02-30T00:00:00Z""#,
+            r#""2020-01-01T24:00:00Z""#,
+            r#""2020-01-01T00:00:61Z""#,
+            r#""2020-01-01T00:00:00""#,
+            r#""2020-01-01""#,
+            r#""infinity""#,
+            r#""-infinity""#,
+            r#""epoch""#,
+            r#""now""#,
+            r#""""#,
+            r#""2020-01-01T00:00:00Z\u0000""#,
+            "1577836800",
+            "true",
+            "[]",
+            "{}",
+        ] {
+            let (status, field) = field_of(&body(at));
+            assert_eq!(
+                (status, field.as_deref()),
+                (StatusCode::UNPROCESSABLE_ENTITY, Some("created_at")),
+                "{at}"
+            );
+        }
+        for at in [
+            r#""0001-01-01T00:00:00Z""#,
+            r#""0001-01-01T01:00:00+01:00""#,
+            r#""2016-12-31T23:59:60Z""#,
+            r#""2020-01-01T00:00:00.123456789Z""#,
+            r#""2020-01-01t00:00:00z""#,
+            "null",
+        ] {
+            assert_eq!(field_of(&body(at)), (StatusCode::CREATED, None), "{at}");
+        }
     }
 
     #[test]

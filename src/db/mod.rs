@@ -19,7 +19,8 @@ mod embedded {
 }
 
 /// Session settings under which PostgreSQL prints column values the way the pipeline reads
-/// them. The replication session, the snapshot and `verify` all set them explicitly, so
+/// them. Every connection starts with them (`target`), and the replication session, the
+/// snapshot and `verify` also set them explicitly, so
 /// neither the server's defaults nor a role's `ALTER ROLE ... SET` can change a value's text
 /// (and with it its Avro value or its digest), or end a long session.
 pub const TEXT_OUTPUT_SETTINGS: &[(&str, &str)] = &[
@@ -49,9 +50,25 @@ pub fn text_output_sql(local: bool) -> String {
         .collect()
 }
 
-/// A connection string read, with its TLS settings (errors never quote it).
+/// A connection string read, with its TLS settings (errors never quote it), and
+/// `TEXT_OUTPUT_SETTINGS` as startup options after any of its own: every session of the
+/// pipeline (the sinks', the api's, the snapshot's, verify's, the replication session's) starts
+/// with them, so neither the server's defaults nor an `ALTER ROLE ... SET` (a 1 ms
+/// statement_timeout, escape bytea_output) can fail its statements or change a value's text.
+/// Startup options rank above role and database settings.
 pub fn target(url: &str) -> Result<tls::Target> {
-    tls::Target::parse(url, WHAT)
+    let mut target = tls::Target::parse(url, WHAT)?;
+    let ours = TEXT_OUTPUT_SETTINGS
+        .iter()
+        .map(|(name, value)| format!("-c {name}={value}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let options = match target.config.get_options() {
+        Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {ours}"),
+        _ => ours,
+    };
+    target.config.options(&options);
+    Ok(target)
 }
 
 /// One connection, its driver task spawned.

@@ -69,8 +69,8 @@ pub fn convert(result: &Value, course: i64, now: DateTime<Utc>) -> Result<Import
             )))
         }
     };
-    if review::created_at_is_future(created_at, now) {
-        return Err(skip(format!("created {created_at} is in the future")));
+    if let Some(fault) = review::created_at_fault("created", created_at, now) {
+        return Err(skip(fault));
     }
     Ok(Imported {
         id,

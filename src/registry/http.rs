@@ -57,7 +57,52 @@ pub fn router(registry: LocalRegistry) -> Router {
                 .delete(clear_subject_level),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(refuse_control_characters))
         .with_state(registry)
+}
+
+/// A subject (or any path segment) with a control character: PostgreSQL's text cannot store
+/// a NUL, so without this check the store failed with a 500. Refused up front, as Confluent's
+/// registry refuses an invalid subject.
+async fn refuse_control_characters(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let decoded = percent_decoded(request.uri().path().as_bytes());
+    if decoded.iter().any(|b| b.is_ascii_control()) {
+        return Failure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42208,
+            "The specified subject is not a valid subject: it must not contain control \
+             characters"
+                .into(),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// `%XX` sequences as the bytes they stand for; anything else as it is.
+fn percent_decoded(path: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while i < path.len() {
+        let pair = (path[i] == b'%')
+            .then(|| Some((hex(*path.get(i + 1)?)?, hex(*path.get(i + 2)?)?)))
+            .flatten();
+        match pair {
+            Some((high, low)) => {
+                out.push(high << 4 | low);
+                i += 3;
+            }
+            None => {
+                out.push(path[i]);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 type Answer = Result<Reply, Failure>;
@@ -319,6 +364,12 @@ fn avro(request: SchemaRequest) -> Result<(Schema, String), Failure> {
             "schema references are not supported by this registry: send the schema with \
              every named type it uses defined inline"
                 .into(),
+        ));
+    }
+    if request.schema.contains('\0') {
+        // PostgreSQL's text, where schemas are kept, cannot hold it.
+        return Err(Failure::invalid_schema(
+            "Invalid Avro schema: it contains a NUL character".into(),
         ));
     }
     let schema = Schema::parse_str(&request.schema)

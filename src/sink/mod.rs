@@ -33,6 +33,10 @@ impl Parts {
     ) -> Result<Parts> {
         let kafka = &settings.kafka;
         crate::kafka::ensure_history_topic(kafka, topics, topic, topics.partitions).await?;
+        // Its own dead letters' topic too: a sink started before fraud must not wait for it.
+        let (partitions, replication) = (topics.partitions, topics.replication_factor);
+        crate::kafka::ensure_topic(kafka, &topics.dead_letters, partitions, replication, &[])
+            .await?;
         Ok(Parts {
             registry: Registry::connect(settings).await?,
             pool: crate::db::pool(&settings.database_url, 4)?,

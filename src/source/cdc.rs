@@ -30,9 +30,11 @@ use tokio_util::sync::CancellationToken;
 use super::acks::AckLedger;
 use super::pgoutput::{self, PgOutput, Tuple, Value};
 use super::produce::{send_blocking, wire_key};
+use super::refusals;
 use super::replication::{
     pg_epoch_micros_to_unix_micros, ReplicationConnection, ReplicationMessage, ReplicationStream,
 };
+use super::slot::{drop_slot, SlotState};
 use super::snapshot::{self, Snapshot, SnapshotHistory};
 use crate::avro::{wire, Cell, RowSchema};
 use crate::change::{Op, Source};
@@ -65,13 +67,14 @@ impl Cdc {
         let kafka = &self.settings.kafka;
         let (partitions, replication) = (self.topics.partitions, self.topics.replication_factor);
         // Kept forever: `replay` rebuilds derived state from this history. A table of current
-        // state keeps only the latest change per course.
+        // state keeps only the latest change per course. A topic that already exists with other
+        // settings is refused by ensure_topic.
         let settings: &[(&str, &str)] = if self.config.compacted {
             &[("cleanup.policy", "compact")]
         } else {
-            &[("retention.ms", "-1")]
+            crate::kafka::HISTORY_SETTINGS
         };
-        ensure_topic(
+        let found = ensure_topic(
             kafka,
             &self.topics.changes,
             partitions,
@@ -79,6 +82,16 @@ impl Cdc {
             settings,
         )
         .await?;
+        if found != partitions {
+            // The partition of a course is its key's hash modulo the count: with another count
+            // its changes would land beside older ones elsewhere, out of order for consumers.
+            return Err(Error::Config(format!(
+                "topic {} has {found} partitions, but reviewflow is configured for {partitions} \
+                 (--partitions, REVIEWFLOW_TOPIC_PARTITIONS): set it to {found} for every stage, \
+                 or name a new changes topic (--changes-topic) and start cdc with --new-snapshot",
+                self.topics.changes
+            )));
+        }
         let markers = snapshot::marker_topic(&self.topics.changes);
         ensure_topic(
             kafka,
@@ -97,6 +110,7 @@ impl Cdc {
         // It runs with TimeZone=UTC and DateStyle=ISO: the text forms the Avro mapping parses.
         let mut conn = ReplicationConnection::connect(&self.settings.database_url).await?;
         let pg = crate::db::connect(&self.settings.database_url).await?;
+        refusals::check(&pg, &self.source()).await?;
         let slot = SlotState::of(&pg, &cfg.slot).await?;
         let history = snapshot::find_marker(
             &self.settings.kafka,
@@ -162,54 +176,28 @@ impl Cdc {
             }
         };
         let stream = conn.start(&cfg.slot, start, &cfg.publication).await?;
-        Streamer::new(self, registry.clone())?
-            .run(stream, start, shutdown)
-            .await
-    }
-}
-
-/// The slot as PostgreSQL reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SlotState {
-    Missing,
-    /// wal_status `lost`: PostgreSQL removed WAL the slot still needed, so it can no longer
-    /// give the changes after its confirmed position.
-    Lost,
-    Healthy,
-}
-
-impl SlotState {
-    async fn of(pg: &tokio_postgres::Client, slot: &str) -> Result<SlotState> {
-        let row = pg
-            .query_opt(
-                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await?;
-        Ok(match row.map(|r| r.get::<_, Option<String>>(0)) {
-            None => SlotState::Missing,
-            Some(Some(status)) if status == "lost" => SlotState::Lost,
-            Some(Some(status)) if status == "unreserved" => {
-                tracing::warn!(
-                    slot,
-                    "the slot holds more WAL than max_slot_wal_keep_size: PostgreSQL invalidates it at \
-                     the next checkpoint unless cdc catches up first"
-                );
-                SlotState::Healthy
-            }
-            Some(_) => SlotState::Healthy,
-        })
+        let mut streamer = Streamer::new(self, registry.clone())?;
+        let result = streamer.run(stream, start, shutdown).await;
+        if streamer.identity_refused && cfg.new_snapshot && result.is_err() {
+            // The table is FULL now (the session's check passed) but the slot still holds
+            // changes written before: replace the slot, and the next session restates the table.
+            tracing::warn!(slot = %cfg.slot, "--new-snapshot: the slot holds changes without before images; dropping it to restate the table");
+            drop_slot(&pg, &cfg.slot).await?;
+            return Err(Error::Replication(format!(
+                "slot {} dropped for --new-snapshot: a new session restates the table",
+                cfg.slot
+            )));
+        }
+        result
     }
 
-    fn describe(self) -> &'static str {
-        match self {
-            SlotState::Missing => "is gone (it was dropped)",
-            SlotState::Lost => {
-                "was invalidated by PostgreSQL (wal_status lost: it fell more than \
-                 max_slot_wal_keep_size behind and the WAL it needed was removed; raise that \
-                 setting, or keep cdc running, so it does not happen again)"
-            }
-            SlotState::Healthy => "is healthy",
+    /// What the refusals judge.
+    fn source(&self) -> refusals::Source<'_> {
+        refusals::Source {
+            table: &self.config.table,
+            publication: &self.config.publication,
+            compacted: self.config.compacted,
+            topic: &self.topics.changes,
         }
     }
 }
@@ -298,6 +286,8 @@ struct Streamer<'a> {
     /// Changes read from the slot, and source transactions whose Commit was read.
     changes_read: Counter,
     transactions: Counter,
+    /// A Relation message showed a replica identity that is refused.
+    identity_refused: bool,
 }
 
 impl<'a> Streamer<'a> {
@@ -337,11 +327,12 @@ impl<'a> Streamer<'a> {
             partitions,
             changes_read: metrics::events_in(&cdc.stage()),
             transactions: metrics::transactions(&cdc.stage()),
+            identity_refused: false,
         })
     }
 
     async fn run(
-        mut self,
+        &mut self,
         mut stream: ReplicationStream,
         start: Lsn,
         shutdown: &CancellationToken,
@@ -436,6 +427,10 @@ impl<'a> Streamer<'a> {
                 self.transactions.inc();
             }
             PgOutput::Relation(r) => {
+                if let Some(refusal) = refusals::relation_refusal(&self.cdc.source(), &r) {
+                    self.identity_refused = true;
+                    return Err(refusal);
+                }
                 let columns = r
                     .columns
                     .iter()

@@ -6,7 +6,9 @@ mod acks;
 pub mod cdc;
 pub mod pgoutput;
 mod produce;
+pub mod refusals;
 pub mod replication;
+mod slot;
 pub mod snapshot;
 pub mod status;
 

@@ -33,14 +33,16 @@ pub async fn settings() -> Settings {
 }
 
 /// Inactive slots of earlier runs' test databases hold WAL and use up max_replication_slots.
-/// Test binaries run one after another, so when one starts, no test of another is streaming.
+/// A slot is also inactive while cdc takes its snapshot, and test binaries of other checkouts
+/// may run at the same time: only a slot whose database nobody is connected to is stale.
 async fn drop_stale_test_slots(database_url: &str) {
     let db = reviewflow::db::connect(database_url)
         .await
         .expect("connect");
     db.batch_execute(
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-         WHERE NOT active AND database LIKE 'rf\\_test\\_%'",
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots s
+         WHERE NOT active AND database LIKE 'rf\\_test\\_%'
+           AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = s.database)",
     )
     .await
     .expect("drop stale test slots");
