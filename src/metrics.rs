@@ -68,6 +68,7 @@ pub struct Metrics {
     pub dead_letters: Family<StageLabel, Counter>,
     pub transactions: Family<StageLabel, Counter>,
     pub discarded_batches: Family<StageLabel, Counter>,
+    pub oversize_values: Family<StageLabel, Counter>,
     pub consumer_lag: Family<PartitionLabels, Gauge>,
     pub commit_to_stats: Histogram,
 }
@@ -87,6 +88,7 @@ impl Metrics {
             dead_letters: Family::default(),
             transactions: Family::default(),
             discarded_batches: Family::default(),
+            oversize_values: Family::default(),
             consumer_lag: Family::default(),
             commit_to_stats: Histogram::new(LATENCY_BUCKETS),
             registry: Registry::default(),
@@ -117,6 +119,12 @@ impl Metrics {
             "discarded_batches",
             "Batches dropped because a rebalance took their partitions while they were collected",
             m.discarded_batches.clone(),
+        );
+        registry.register(
+            "cdc_oversize_values",
+            "Column values cdc carried as an oversize marker (length and sha256) because the change \
+             would not fit the topic's max.message.bytes (docs/values.md)",
+            m.oversize_values.clone(),
         );
         registry.register(
             "consumer_lag",
@@ -161,6 +169,13 @@ pub fn transactions(stage: &str) -> Counter {
 pub fn discarded_batches(stage: &str) -> Counter {
     metrics()
         .discarded_batches
+        .get_or_create_owned(&stage_label(stage))
+}
+
+/// Values a reader replaced by an oversize marker.
+pub fn oversize_values(stage: &str) -> Counter {
+    metrics()
+        .oversize_values
         .get_or_create_owned(&stage_label(stage))
 }
 

@@ -161,7 +161,8 @@ fn special_values_round_trip_through_avro_in_their_branches() {
     ];
     let schema = RowSchema::new("public", "reviews", columns).unwrap();
     let s = |v: &str| Value::String(v.into());
-    let cases: Vec<(Vec<&str>, Vec<(u32, Value)>)> = vec![
+    type Case<'a> = (Vec<&'a str>, Vec<(u32, Value)>);
+    let cases: Vec<Case> = vec![
         (
             vec![
                 "1",

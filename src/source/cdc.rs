@@ -28,11 +28,13 @@ use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
 
 use super::acks::AckLedger;
+use super::columns::TypeCatalog;
 use super::pgoutput::{self, PgOutput, Tuple, Value};
 use super::produce::{send_blocking, wire_key};
 use super::replication::{
     pg_epoch_micros_to_unix_micros, ReplicationConnection, ReplicationMessage, ReplicationStream,
 };
+use super::size::{record_limits, RecordLimits};
 use super::snapshot::{self, Snapshot, SnapshotHistory};
 use crate::avro::{wire, Cell, RowSchema};
 use crate::change::{Op, Source};
@@ -97,6 +99,10 @@ impl Cdc {
         // It runs with TimeZone=UTC and DateStyle=ISO: the text forms the Avro mapping parses.
         let mut conn = ReplicationConnection::connect(&self.settings.database_url).await?;
         let pg = crate::db::connect(&self.settings.database_url).await?;
+        let types = TypeCatalog::connect(&self.settings.database_url).await?;
+        // Read each session: an operator who raised the topic's limit after seeing the
+        // oversize counter move only restarts cdc.
+        let limits = record_limits(&self.settings.kafka, &self.topics.changes).await?;
         let slot = SlotState::of(&pg, &cfg.slot).await?;
         let history = snapshot::find_marker(
             &self.settings.kafka,
@@ -153,6 +159,9 @@ impl Cdc {
                     topic: &self.topics.changes,
                     kafka: &self.settings.kafka,
                     registry,
+                    types: &types,
+                    limits,
+                    oversize: metrics::oversize_values(&self.stage()),
                     filenode_before,
                     restate,
                 }
@@ -162,7 +171,7 @@ impl Cdc {
             }
         };
         let stream = conn.start(&cfg.slot, start, &cfg.publication).await?;
-        Streamer::new(self, registry.clone())?
+        Streamer::new(self, registry.clone(), types, limits)?
             .run(stream, start, shutdown)
             .await
     }
@@ -289,6 +298,10 @@ struct OpenTransaction {
 struct Streamer<'a> {
     cdc: &'a Cdc,
     registry: Registry,
+    types: TypeCatalog,
+    /// Non-builtin types as the stream's Type messages named them.
+    announced: HashMap<u32, String>,
+    limits: RecordLimits,
     producer: Arc<ThreadedProducer<AckContext>>,
     ledger: Arc<Mutex<AckLedger>>,
     tables: HashMap<u32, TableVersion>,
@@ -298,10 +311,16 @@ struct Streamer<'a> {
     /// Changes read from the slot, and source transactions whose Commit was read.
     changes_read: Counter,
     transactions: Counter,
+    oversize: Counter,
 }
 
 impl<'a> Streamer<'a> {
-    fn new(cdc: &'a Cdc, registry: Registry) -> Result<Self> {
+    fn new(
+        cdc: &'a Cdc,
+        registry: Registry,
+        types: TypeCatalog,
+        limits: RecordLimits,
+    ) -> Result<Self> {
         let ledger = Arc::new(Mutex::new(AckLedger::new(Lsn::ZERO)));
         let producer: ThreadedProducer<AckContext> = client_config(&cdc.settings.kafka)
             .set("enable.idempotence", "true")
@@ -318,6 +337,8 @@ impl<'a> Streamer<'a> {
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "500000")
             .set("compression.type", "lz4")
+            // No batch over the topic's max.message.bytes: the broker would refuse it whole.
+            .set("message.max.bytes", limits.batch.to_string())
             // Java clients' partitioner, so every client agrees where a course lives.
             .set("partitioner", "murmur2_random")
             .create_with_context(AckContext {
@@ -329,6 +350,9 @@ impl<'a> Streamer<'a> {
         Ok(Streamer {
             cdc,
             registry,
+            types,
+            announced: HashMap::new(),
+            limits,
             producer: Arc::new(producer),
             ledger,
             tables: HashMap::new(),
@@ -337,6 +361,7 @@ impl<'a> Streamer<'a> {
             partitions,
             changes_read: metrics::events_in(&cdc.stage()),
             transactions: metrics::transactions(&cdc.stage()),
+            oversize: metrics::oversize_values(&cdc.stage()),
         })
     }
 
@@ -436,10 +461,12 @@ impl<'a> Streamer<'a> {
                 self.transactions.inc();
             }
             PgOutput::Relation(r) => {
-                let columns = r
+                let columns: Vec<(String, u32, i32)> = r
                     .columns
                     .iter()
-                    .map(|c| (c.name.clone(), c.type_oid, c.type_modifier));
+                    .map(|c| (c.name.clone(), c.type_oid, c.type_modifier))
+                    .collect();
+                let columns = self.types.describe(&columns, &self.announced).await?;
                 let namespace = if r.namespace.is_empty() {
                     "pg_catalog".to_string()
                 } else {
@@ -495,7 +522,14 @@ impl<'a> Streamer<'a> {
                     self.truncate(relation_id).await?;
                 }
             }
-            PgOutput::Origin { .. } | PgOutput::Type { .. } | PgOutput::Message { .. } => {}
+            PgOutput::Type {
+                id,
+                namespace,
+                name,
+            } => {
+                self.announced.insert(id, format!("{namespace}.{name}"));
+            }
+            PgOutput::Origin { .. } | PgOutput::Message { .. } => {}
         }
         Ok(())
     }
@@ -555,18 +589,32 @@ impl<'a> Streamer<'a> {
                     Some(Cell::Text(t)) => std::str::from_utf8(t).ok()?.parse::<i64>().ok(),
                     _ => None,
                 });
-        let course_id =
-            course_id.ok_or_else(|| Error::Decode("a change without course_id".into()))?;
         let (seq, source) = self.next_source(table)?;
-        let body = table
-            .schema
-            .encode(op, before.as_deref(), after.as_deref(), &source)?;
-        let value = wire::frame(table.schema_id, &body);
-        let key = wire_key(self.key_schema_id, course_id)?;
+        let encoded = table.schema.encode_within(
+            op,
+            before.as_deref(),
+            after.as_deref(),
+            &source,
+            self.limits.body,
+        )?;
+        if !encoded.oversize.is_empty() {
+            self.oversize.inc_by(encoded.oversize.len() as u64);
+            tracing::warn!(lsn = %source.lsn, position = source.position, columns = ?encoded.oversize,
+                "a change larger than the topic allows carries these values as oversize markers");
+        }
+        let value = wire::frame(table.schema_id, &encoded.body);
+        let key = course_id
+            .map(|c| wire_key(self.key_schema_id, c))
+            .transpose()?;
         self.ledger().produced(seq);
-        let record = BaseRecord::with_opaque_to(&self.cdc.topics.changes, Box::new(seq))
-            .key(&key[..])
-            .payload(&value[..]);
+        let record =
+            BaseRecord::with_opaque_to(&self.cdc.topics.changes, Box::new(seq)).payload(&value[..]);
+        // A change without a course id has no key; its partition is fixed, so such changes
+        // keep their order.
+        let record = match &key {
+            Some(key) => record.key(&key[..]),
+            None => record.partition(0),
+        };
         self.send(record).await?;
         crate::failpoint::hit("cdc.after_produce");
         Ok(())

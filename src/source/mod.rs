@@ -4,9 +4,11 @@
 
 mod acks;
 pub mod cdc;
+mod columns;
 pub mod pgoutput;
 mod produce;
 pub mod replication;
+pub mod size;
 pub mod snapshot;
 pub mod status;
 

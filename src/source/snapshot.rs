@@ -30,7 +30,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
+use super::columns::TypeCatalog;
 use super::produce::{send_blocking, wire_key};
+use super::size::RecordLimits;
 use crate::avro::{wire, Cell, RowSchema};
 use crate::change::{Op, Source};
 use crate::config::KafkaSettings;
@@ -70,6 +72,11 @@ pub struct Snapshot<'a> {
     pub topic: &'a str,
     pub kafka: &'a KafkaSettings,
     pub registry: &'a Registry,
+    /// Names the columns' types, as it does for the stream's Relation messages.
+    pub types: &'a TypeCatalog,
+    pub limits: RecordLimits,
+    /// Counts the values carried as oversize markers.
+    pub oversize: prometheus_client::metrics::counter::Counter,
     /// The table's file node read just before the slot was created.
     pub filenode_before: u32,
     /// The topic already holds an earlier snapshot's history: restate (TRUNCATE first).
@@ -121,7 +128,11 @@ impl Snapshot<'_> {
             ));
         }
         let columns = table_columns(&pg, self.table).await?;
-        let schema = RowSchema::new(TABLE_SCHEMA, self.table, columns.clone())?;
+        let schema = RowSchema::new(
+            TABLE_SCHEMA,
+            self.table,
+            self.types.describe(&columns, &Default::default()).await?,
+        )?;
         let value_id = self
             .registry
             .register(&format!("{}-value", self.topic), schema.envelope())
@@ -152,6 +163,7 @@ impl Snapshot<'_> {
                 .set("enable.idempotence", "true")
                 .set("linger.ms", "20")
                 .set("compression.type", "lz4")
+                .set("message.max.bytes", self.limits.batch.to_string())
                 .set("partitioner", "murmur2_random")
                 .set("transaction.timeout.ms", "900000")
                 .create()?,
@@ -197,19 +209,25 @@ impl Snapshot<'_> {
                 commit_time: started,
                 snapshot: true,
             };
-            let body = schema.encode(Op::Read, None, Some(&cells), &source)?;
-            let course_id: i64 = texts[course].and_then(|t| t.parse().ok()).ok_or_else(|| {
-                Error::Decode(format!("snapshot row {position} has no course_id"))
-            })?;
-            let key = wire_key(key_id, course_id)?;
-            let value = wire::frame(value_id, &body);
-            send_blocking(
-                &producer,
-                BaseRecord::<[u8], [u8], ()>::to(self.topic)
-                    .key(&key)
-                    .payload(&value),
-            )
-            .await?;
+            let encoded =
+                schema.encode_within(Op::Read, None, Some(&cells), &source, self.limits.body)?;
+            if !encoded.oversize.is_empty() {
+                self.oversize.inc_by(encoded.oversize.len() as u64);
+                tracing::warn!(row = position, columns = ?encoded.oversize,
+                    "a row larger than the topic allows carries these values as oversize markers");
+            }
+            let key = texts[course]
+                .and_then(|t| t.parse().ok())
+                .map(|course_id| wire_key(key_id, course_id))
+                .transpose()?;
+            let value = wire::frame(value_id, &encoded.body);
+            let record = BaseRecord::<[u8], [u8], ()>::to(self.topic).payload(&value);
+            // As the stream does: no course id, no key, and always the same partition.
+            let record = match &key {
+                Some(key) => record.key(key),
+                None => record.partition(0),
+            };
+            send_blocking(&producer, record).await?;
             position += 1;
             progress.inc(1);
             if position % 100_000 == 0 {
