@@ -177,9 +177,15 @@ impl Snapshot<'_> {
                 .await?;
         }
 
+        // format's %s is the type's output function, which the stream's values come from; a
+        // cast to text is not always: boolean gives true/false, char(n) loses its padding,
+        // inet gains a netmask.
         let select = columns
             .iter()
-            .map(|(name, _, _)| format!("{}::text", quote(name)))
+            .map(|(name, _, _)| {
+                let c = quote(name);
+                format!("CASE WHEN {c} IS NULL THEN NULL ELSE format('%s', {c}) END")
+            })
             .collect::<Vec<_>>()
             .join(", ");
         let rows = pg
