@@ -333,7 +333,6 @@ fn inserts(cases: &[Case], first_id: usize) -> String {
 struct Record {
     partition: i32,
     key: Option<Vec<u8>>,
-    schema_id: u32,
     op: String,
     before: Option<Vec<(String, Value)>>,
     after: Option<Vec<(String, Value)>>,
@@ -388,7 +387,6 @@ async fn records(p: &Pipeline) -> (Vec<Record>, BTreeMap<u32, std::sync::Arc<Sch
         out.push(Record {
             partition: m.partition(),
             key: m.key().map(<[u8]>::to_vec),
-            schema_id: id,
             op: match field(&fields, "op") {
                 Value::String(op) => op.clone(),
                 other => panic!("{other:?}"),
