@@ -582,3 +582,86 @@ async fn every_value_of_every_builtin_type_arrives_as_documented_and_cdc_never_s
         "two rows of the snapshot, two of the stream, two images of the edit: {scraped}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_limit_lowered_while_cdc_runs_is_met_by_the_next_session_with_markers() {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    let mut p = Pipeline::new("values_limit").await;
+    let log = std::env::temp_dir().join(format!("rf-values-limit-{}.log", common::unique()));
+    p.log = Some(log.clone());
+    let db = p.db().await;
+    let cdc = p.spawn_cdc(None);
+    p.wait_for_snapshot().await;
+    // Hex digests barely compress: the broker sees about the size written.
+    let insert = |id: i64| {
+        format!(
+            "INSERT INTO reviews (id, course_id, user_id, rating, content)
+             SELECT {id}, 7, 7, 4.5, string_agg(md5(i::text), '') FROM generate_series(1, 3000) AS i"
+        )
+    };
+    db.batch_execute(&insert(1)).await.unwrap();
+    common::wait_until_slot_confirms_all(&p.url, &p.slot()).await;
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        reviewflow::kafka::client_config(&p.settings.kafka)
+            .create()
+            .unwrap();
+    // AlterConfigs replaces what it does not name.
+    let config = AlterConfig::new(ResourceSpecifier::Topic(&p.topic))
+        .set("retention.ms", "-1")
+        .set("max.message.bytes", "20000");
+    for result in admin
+        .alter_configs([&config], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+    db.batch_execute(&insert(2)).await.unwrap();
+    db.batch_execute("INSERT INTO reviews (id, course_id, user_id, rating) VALUES (3, 7, 7, 1.0)")
+        .await
+        .unwrap();
+    common::wait_until_slot_confirms_all(&p.url, &p.slot()).await;
+    p.stop(cdc).await;
+
+    let content: String = db
+        .query_one(
+            "SELECT string_agg(md5(i::text), '') FROM generate_series(1, 3000) AS i",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (records, _) = records(&p).await;
+    let contents: Vec<(i64, Value, Vec<String>)> = records
+        .iter()
+        .filter(|r| r.op == "c")
+        .map(|r| {
+            let after = r.after.as_ref().unwrap();
+            (
+                id_of(after),
+                field(after, "content").clone(),
+                r.oversize.clone(),
+            )
+        })
+        .collect();
+    let null = Value::Union(0, Box::new(Value::Null));
+    assert_eq!(
+        contents,
+        [
+            (1, Value::Union(1, Box::new(text(&content))), vec![]),
+            (
+                2,
+                Value::Union(1, Box::new(text(&oversize_marker(content.as_bytes())))),
+                vec!["after.content".to_string()]
+            ),
+            (3, null, vec![]),
+        ],
+        "the change the lowered limit refused is carried with a marker, once"
+    );
+    let output = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        output.matches("session failed").count(),
+        1,
+        "one refusal, then the next session fits the change: {output}"
+    );
+}

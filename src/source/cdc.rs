@@ -253,8 +253,12 @@ fn refusal(topic: &str, e: &KafkaError) -> String {
     let fix = match e.rdkafka_error_code() {
         Some(Code::MessageSizeTooLarge) => format!(
             "the record batch is larger than topic {topic}'s max.message.bytes (or the broker's \
-             message.max.bytes) allows; raise it, e.g. kafka-configs.sh --bootstrap-server ... \
-             --alter --entity-type topics --entity-name {topic} --add-config max.message.bytes=1048588"
+             message.max.bytes) allows: was it lowered while cdc ran? The next session reads the \
+             limit again and carries the largest values of a change too large as oversize markers \
+             (docs/values.md); a limit below {} bytes must be raised, e.g. kafka-configs.sh \
+             --bootstrap-server ... --alter --entity-type topics --entity-name {topic} --add-config \
+             max.message.bytes=1048588",
+            super::size::TOPIC_MINIMUM
         ),
         Some(Code::PolicyViolation | Code::InvalidRecord | Code::InvalidConfig) => {
             format!("the broker's policy or topic {topic}'s configuration refuses the record; fix it")

@@ -10,13 +10,16 @@ use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 
 use crate::config::KafkaSettings;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kafka::client_config;
 
 /// librdkafka's default `message.max.bytes`.
 const PRODUCER_DEFAULT: usize = 1_000_000;
 /// Kafka's default `max.message.bytes`, assumed when the broker will not say.
 const TOPIC_DEFAULT: usize = 1_048_588;
+/// Below this the producer cannot keep its batches under the limit (librdkafka takes no
+/// `message.max.bytes` under 1000) and a change of markers may not fit.
+pub const TOPIC_MINIMUM: usize = 4096;
 
 /// The sizes a change record is held to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +66,19 @@ pub async fn record_limits(kafka: &KafkaSettings, topic: &str) -> Result<RecordL
         }
     });
     let topic_limit = reported.unwrap_or(TOPIC_DEFAULT);
-    let limits = RecordLimits::within(topic_limit.min(producer));
+    let limit = topic_limit.min(producer);
+    if limit < TOPIC_MINIMUM {
+        // A setting, not a value: the session fails and is tried again, the slot held, until
+        // an operator raises it.
+        return Err(Error::Delivery(format!(
+            "kafka refused a change for topic {topic}: its max.message.bytes ({topic_limit}) or the \
+             producer's message.max.bytes ({producer}) is below the {TOPIC_MINIMUM} bytes cdc needs to \
+             write a change whose values are all oversize markers; raise it, e.g. kafka-configs.sh \
+             --bootstrap-server ... --alter --entity-type topics --entity-name {topic} --add-config \
+             max.message.bytes=1048588. The slot does not advance; cdc tries again until then"
+        )));
+    }
+    let limits = RecordLimits::within(limit);
     tracing::info!(%topic, max_message_bytes = topic_limit, producer_message_max_bytes = producer,
         body_limit = limits.body, "changes larger than the limit carry their largest values as oversize markers");
     Ok(limits)
@@ -79,6 +94,8 @@ mod tests {
         assert!(l.batch < 1_000_000 - 1_000_000 / 255 - 64);
         assert!(l.body + 5 + 256 <= l.batch);
         assert!(l.body > 980_000, "{l:?}");
-        assert_eq!(RecordLimits::within(10).batch, 1000, "librdkafka's minimum");
+        let smallest = RecordLimits::within(TOPIC_MINIMUM);
+        assert!(smallest.batch >= 1000, "librdkafka's minimum: {smallest:?}");
+        assert!(smallest.body > 16 * 128, "room for markers: {smallest:?}");
     }
 }
