@@ -140,3 +140,55 @@ async fn varchar_become_text_keeps_streaming() {
         "a new schema version: its pg_type says text"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_that_may_be_null_stops_cdc_with_the_fix_named() {
+    let mut p = Pipeline::new("schema_null_id").await;
+    let log = std::env::temp_dir().join(format!("rf-schema-null-id-{}.log", common::unique()));
+    p.log = Some(log.clone());
+    let db = p.db().await;
+    let cdc = p.spawn_cdc(None);
+    p.wait_for_snapshot().await;
+    db.batch_execute(
+        "ALTER TABLE reviews DROP CONSTRAINT reviews_pkey;
+         ALTER TABLE reviews ALTER COLUMN id DROP IDENTITY;
+         ALTER TABLE reviews ALTER COLUMN id DROP NOT NULL;
+         INSERT INTO reviews (id, course_id, user_id, rating) VALUES (NULL, 1, 1, 4.0)",
+    )
+    .await
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || cdc.take().wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!status.success(), "cdc stops at the change's Relation");
+    let output = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        output.contains("column id of public.reviews may be NULL")
+            && output.contains("ALTER COLUMN id SET NOT NULL"),
+        "and names the fix: {output}"
+    );
+    assert!(
+        common::consume_all(&p.settings.kafka, &p.topic)
+            .await
+            .is_empty(),
+        "nothing of the change was produced"
+    );
+
+    // At start, too, before any change.
+    p.log = Some(log.clone());
+    let again = p.spawn_cdc(None);
+    let status = tokio::task::spawn_blocking(move || again.take().wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!status.success());
+    db.batch_execute(
+        "DELETE FROM reviews WHERE id IS NULL; ALTER TABLE reviews ALTER COLUMN id SET NOT NULL",
+    )
+    .await
+    .unwrap();
+    let fixed = p.spawn_cdc(None);
+    common::wait_until_slot_confirms_all(&p.url, &p.slot()).await;
+    p.stop(fixed).await;
+}

@@ -100,6 +100,9 @@ impl Cdc {
         let mut conn = ReplicationConnection::connect(&self.settings.database_url).await?;
         let pg = crate::db::connect(&self.settings.database_url).await?;
         let types = TypeCatalog::connect(&self.settings.database_url).await?;
+        types
+            .refuse_nullable_id(snapshot::TABLE_SCHEMA, &cfg.table)
+            .await?;
         // Read each session: an operator who raised the topic's limit after seeing the
         // oversize counter move only restarts cdc.
         let limits = record_limits(&self.settings.kafka, &self.topics.changes).await?;
@@ -476,6 +479,9 @@ impl<'a> Streamer<'a> {
                 } else {
                     r.namespace.clone()
                 };
+                // The catalog as it is now: a change made before the constraint was dropped is
+                // refused too, which holds the slot there until the fix.
+                self.types.refuse_nullable_id(&namespace, &r.name).await?;
                 let schema = RowSchema::new(&namespace, &r.name, columns)?;
                 let course = schema.column_index("course_id").ok_or_else(|| {
                     Error::Config(format!(

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use tokio_postgres::Client;
 
 use crate::avro::ColumnType;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A session of its own whose search_path is only pg_catalog, so a type outside it is
 /// always named with its schema ("public.mood", "public.mood[]"), whatever the role's
@@ -63,5 +63,34 @@ impl TypeCatalog {
                 }
             })
             .collect())
+    }
+
+    /// Refuses a table whose `id` column may be NULL: a row without an id could be carried,
+    /// but never judged or counted, so a review would be lost downstream. A table without an
+    /// `id` column (course_stats) is not concerned.
+    pub async fn refuse_nullable_id(&self, namespace: &str, table: &str) -> Result<()> {
+        let qualified = format!(
+            "\"{}\".\"{}\"",
+            namespace.replace('"', "\"\""),
+            table.replace('"', "\"\"")
+        );
+        let nullable: Option<bool> = self
+            .client
+            .query_opt(
+                "SELECT NOT attnotnull FROM pg_attribute
+                 WHERE attrelid = to_regclass($1) AND attname = 'id' AND attnum > 0 AND NOT attisdropped",
+                &[&qualified],
+            )
+            .await?
+            .map(|r| r.get(0));
+        if nullable == Some(true) {
+            return Err(Error::Config(format!(
+                "column id of {namespace}.{table} may be NULL (its NOT NULL or primary key was \
+                 dropped): a review without an id cannot be judged or counted. Restore it (fix or \
+                 delete the rows WHERE id IS NULL, then ALTER TABLE {namespace}.{table} ALTER COLUMN \
+                 id SET NOT NULL, or add the primary key back) and start cdc again"
+            )));
+        }
+        Ok(())
     }
 }
