@@ -192,10 +192,12 @@ impl Snapshot<'_> {
         let started = Utc::now();
         let mut position = 0i64;
         while let Some(row) = rows.try_next().await? {
-            let texts: Vec<Option<&str>> = (0..columns.len()).map(|i| row.get(i)).collect();
+            let texts = (0..columns.len())
+                .map(|i| row.try_get::<_, Option<&[u8]>>(i))
+                .collect::<Result<Vec<_>, _>>()?;
             let cells: Vec<Cell> = texts
                 .iter()
-                .map(|t| t.map_or(Cell::Null, |s| Cell::Text(s.as_bytes())))
+                .map(|t| t.map_or(Cell::Null, Cell::Text))
                 .collect();
             let source = Source {
                 schema: TABLE_SCHEMA.into(),
@@ -217,7 +219,7 @@ impl Snapshot<'_> {
                     "a row larger than the topic allows carries these values as oversize markers");
             }
             let key = texts[course]
-                .and_then(|t| t.parse().ok())
+                .and_then(|t| std::str::from_utf8(t).ok()?.parse().ok())
                 .map(|course_id| wire_key(key_id, course_id))
                 .transpose()?;
             let value = wire::frame(value_id, &encoded.body);
@@ -442,15 +444,17 @@ pub async fn table_columns(
 /// carries. A cast to text is that for most types, but not all: boolean's gives true/false,
 /// char(n)'s drops the padding, inet's adds the netmask, and a domain takes its base type's.
 /// format's %s always calls the output function, at about half again the cost of a cast, so
-/// it is kept for the types not known to cast alike (the contract columns all do).
+/// it is kept for the types not known to cast alike (the contract columns all do). The text
+/// arrives as bytea (textsend), its bytes as the stream has them, so a value that is not
+/// UTF-8 (a SQL_ASCII database) is carried like any other instead of failing the read.
 fn output_text(column: &str, type_oid: u32) -> String {
     const CAST_IS_OUTPUT: [u32; 17] = [
         20, 21, 23, 26, 700, 701, 1700, 25, 1043, 17, 1082, 1114, 1184, 1186, 114, 3802, 2950,
     ];
     if CAST_IS_OUTPUT.contains(&type_oid) {
-        format!("{column}::text")
+        format!("textsend({column}::text)")
     } else {
-        format!("CASE WHEN {column} IS NULL THEN NULL ELSE format('%s', {column}) END")
+        format!("textsend(CASE WHEN {column} IS NULL THEN NULL ELSE format('%s', {column}) END)")
     }
 }
 
