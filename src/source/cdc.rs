@@ -14,6 +14,9 @@
 //!   `--new-snapshot` then restates the table (see `snapshot`);
 //! - a column change registers a new schema version; an incompatible one stops the reader
 //!   before anything of it is produced, so the slot is not advanced past it.
+//! - no value stops it (docs/values.md): each has an Avro branch, a change too large for the
+//!   topic carries its largest values as oversize markers, and one without a course id goes
+//!   keyless to partition 0; a `reviews` whose id may be NULL is refused with the fix named.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
