@@ -69,6 +69,7 @@ pub struct Metrics {
     pub transactions: Family<StageLabel, Counter>,
     pub discarded_batches: Family<StageLabel, Counter>,
     pub session_failures: Family<StageLabel, Counter>,
+    pub oversize_values: Family<StageLabel, Counter>,
     pub consumer_lag: Family<PartitionLabels, Gauge>,
     pub commit_to_stats: Histogram,
 }
@@ -89,6 +90,7 @@ impl Metrics {
             transactions: Family::default(),
             discarded_batches: Family::default(),
             session_failures: Family::default(),
+            oversize_values: Family::default(),
             consumer_lag: Family::default(),
             commit_to_stats: Histogram::new(LATENCY_BUCKETS),
             registry: Registry::default(),
@@ -125,6 +127,12 @@ impl Metrics {
             "Sessions of a stage that failed and were started again after a backoff (a broker or \
              database that went away, a fenced transaction); a value never causes one",
             m.session_failures.clone(),
+        );
+        registry.register(
+            "cdc_oversize_values",
+            "Column values cdc carried as an oversize marker (length and sha256) because the change \
+             would not fit the topic's max.message.bytes (docs/values.md)",
+            m.oversize_values.clone(),
         );
         registry.register(
             "consumer_lag",
@@ -175,6 +183,13 @@ pub fn discarded_batches(stage: &str) -> Counter {
 pub fn session_failures(stage: &str) -> Counter {
     metrics()
         .session_failures
+        .get_or_create_owned(&stage_label(stage))
+}
+
+/// Values a reader replaced by an oversize marker.
+pub fn oversize_values(stage: &str) -> Counter {
+    metrics()
+        .oversize_values
         .get_or_create_owned(&stage_label(stage))
 }
 

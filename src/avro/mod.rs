@@ -5,7 +5,10 @@
 pub mod digest;
 pub mod envelope;
 mod pgtext;
+mod pgtime;
+mod row;
 pub mod verdict;
 pub mod wire;
 
 pub use envelope::{decode_change, restate, Cell, RowSchema};
+pub use row::{oversize_marker, ColumnType, Encoded};

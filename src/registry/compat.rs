@@ -251,6 +251,71 @@ mod tests {
         assert!(found[0].contains("version 1"), "{found:?}");
     }
 
+    /// The change envelope of a table with these (name, type OID, modifier) columns.
+    fn envelope(columns: &[(&str, u32, i32)]) -> Schema {
+        let columns = columns.iter().map(|(n, o, m)| (n.to_string(), *o, *m));
+        crate::avro::RowSchema::new("public", "reviews", columns)
+            .unwrap()
+            .envelope()
+            .clone()
+    }
+
+    #[test]
+    fn the_table_changes_cdc_streams_through_are_backward_compatible() {
+        let varchar10 = 10 + 4;
+        let v1 = envelope(&[
+            ("id", 20, -1),
+            ("votes", 23, -1),
+            ("label", 1043, varchar10),
+            ("language", 25, -1),
+            ("ratio", 700, -1),
+        ]);
+        // DROP COLUMN language, votes integer to bigint, label varchar(10) to text, ratio real
+        // to double precision.
+        let v2 = envelope(&[
+            ("id", 20, -1),
+            ("votes", 20, -1),
+            ("label", 25, -1),
+            ("ratio", 701, -1),
+        ]);
+        assert_eq!(check(Level::Backward, &v1, &v2), Vec::<String>::new());
+        // A text become an integer: its string branch reads the texts written before.
+        let v3 = envelope(&[
+            ("id", 20, -1),
+            ("votes", 20, -1),
+            ("label", 23, -1),
+            ("ratio", 701, -1),
+        ]);
+        assert_eq!(check(Level::Backward, &v2, &v3), Vec::<String>::new());
+        // Avro promotes no int to a string: what was written before could not be read.
+        let v4 = envelope(&[("id", 20, -1), ("votes", 25, -1), ("label", 23, -1)]);
+        let found = check(Level::Backward, &v3, &v4);
+        assert_eq!(found.len(), 1, "{found:?}");
+    }
+
+    #[test]
+    fn the_string_branch_is_backward_compatible_with_envelopes_registered_before_it() {
+        let now = envelope(&[
+            ("id", 20, -1),
+            ("rating", 1700, (2 << 16 | 1) + 4),
+            ("title", 25, -1),
+        ]);
+        // The row fields as they were registered before: ["null", T], no pg_type.
+        let mut json: serde_json::Value =
+            serde_json::from_str(&crate::registry::normalised(&now).unwrap()).unwrap();
+        let fields = json["fields"][1]["type"][1]["fields"]
+            .as_array_mut()
+            .unwrap();
+        for field in fields {
+            let union = field["type"].as_array_mut().unwrap();
+            union.truncate(2);
+            field.as_object_mut().unwrap().remove("pg_type");
+        }
+        let before = Schema::parse(&json).unwrap();
+        assert_ne!(before.canonical_form(), now.canonical_form());
+        assert_eq!(check(Level::Backward, &before, &now), Vec::<String>::new());
+    }
+
     #[test]
     fn the_first_version_is_always_accepted() {
         for level in Level::ALL {

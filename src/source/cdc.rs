@@ -14,6 +14,9 @@
 //!   `--new-snapshot` then restates the table (see `snapshot`);
 //! - a column change registers a new schema version; an incompatible one stops the reader
 //!   before anything of it is produced, so the slot is not advanced past it.
+//! - no value stops it (docs/values.md): each has an Avro branch, a change too large for the
+//!   topic carries its largest values as oversize markers, and one without a course id goes
+//!   keyless to partition 0; a `reviews` whose id may be NULL is refused with the fix named.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,12 +31,14 @@ use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
 
 use super::acks::AckLedger;
+use super::columns::TypeCatalog;
 use super::pgoutput::{self, PgOutput, Tuple, Value};
 use super::produce::{send_blocking, wire_key};
 use super::refusals;
 use super::replication::{
     pg_epoch_micros_to_unix_micros, ReplicationConnection, ReplicationMessage, ReplicationStream,
 };
+use super::size::{record_limits, RecordLimits};
 use super::slot::{drop_slot, SlotState};
 use super::snapshot::{self, Snapshot, SnapshotHistory};
 use crate::avro::{wire, Cell, RowSchema};
@@ -111,6 +116,13 @@ impl Cdc {
         let mut conn = ReplicationConnection::connect(&self.settings.database_url).await?;
         let pg = crate::db::connect(&self.settings.database_url).await?;
         refusals::check(&pg, &self.source()).await?;
+        let types = TypeCatalog::connect(&self.settings.database_url).await?;
+        types
+            .refuse_nullable_id(snapshot::TABLE_SCHEMA, &cfg.table)
+            .await?;
+        // Read each session: an operator who raised the topic's limit after seeing the
+        // oversize counter move only restarts cdc.
+        let limits = record_limits(&self.settings.kafka, &self.topics.changes).await?;
         let slot = SlotState::of(&pg, &cfg.slot).await?;
         let history = snapshot::find_marker(
             &self.settings.kafka,
@@ -167,6 +179,9 @@ impl Cdc {
                     topic: &self.topics.changes,
                     kafka: &self.settings.kafka,
                     registry,
+                    types: &types,
+                    limits,
+                    oversize: metrics::oversize_values(&self.stage()),
                     filenode_before,
                     restate,
                 }
@@ -176,7 +191,7 @@ impl Cdc {
             }
         };
         let stream = conn.start(&cfg.slot, start, &cfg.publication).await?;
-        let mut streamer = Streamer::new(self, registry.clone())?;
+        let mut streamer = Streamer::new(self, registry.clone(), types, limits)?;
         let result = streamer.run(stream, start, shutdown).await;
         if streamer.identity_refused && cfg.new_snapshot && result.is_err() {
             // The table is FULL now (the session's check passed) but the slot still holds
@@ -232,8 +247,12 @@ fn refusal(topic: &str, e: &KafkaError) -> String {
     let fix = match e.rdkafka_error_code() {
         Some(Code::MessageSizeTooLarge) => format!(
             "the record batch is larger than topic {topic}'s max.message.bytes (or the broker's \
-             message.max.bytes) allows; raise it, e.g. kafka-configs.sh --bootstrap-server ... \
-             --alter --entity-type topics --entity-name {topic} --add-config max.message.bytes=1048588"
+             message.max.bytes) allows: was it lowered while cdc ran? The next session reads the \
+             limit again and carries the largest values of a change too large as oversize markers \
+             (docs/values.md); a limit below {} bytes must be raised, e.g. kafka-configs.sh \
+             --bootstrap-server ... --alter --entity-type topics --entity-name {topic} --add-config \
+             max.message.bytes=1048588",
+            super::size::TOPIC_MINIMUM
         ),
         Some(Code::PolicyViolation | Code::InvalidRecord | Code::InvalidConfig) => {
             format!("the broker's policy or topic {topic}'s configuration refuses the record; fix it")
@@ -277,6 +296,10 @@ struct OpenTransaction {
 struct Streamer<'a> {
     cdc: &'a Cdc,
     registry: Registry,
+    types: TypeCatalog,
+    /// Non-builtin types as the stream's Type messages named them.
+    announced: HashMap<u32, String>,
+    limits: RecordLimits,
     producer: Arc<ThreadedProducer<AckContext>>,
     ledger: Arc<Mutex<AckLedger>>,
     tables: HashMap<u32, TableVersion>,
@@ -288,10 +311,16 @@ struct Streamer<'a> {
     transactions: Counter,
     /// A Relation message showed a replica identity that is refused.
     identity_refused: bool,
+    oversize: Counter,
 }
 
 impl<'a> Streamer<'a> {
-    fn new(cdc: &'a Cdc, registry: Registry) -> Result<Self> {
+    fn new(
+        cdc: &'a Cdc,
+        registry: Registry,
+        types: TypeCatalog,
+        limits: RecordLimits,
+    ) -> Result<Self> {
         let ledger = Arc::new(Mutex::new(AckLedger::new(Lsn::ZERO)));
         let producer: ThreadedProducer<AckContext> = client_config(&cdc.settings.kafka)
             .set("enable.idempotence", "true")
@@ -308,6 +337,8 @@ impl<'a> Streamer<'a> {
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "500000")
             .set("compression.type", "lz4")
+            // No batch over the topic's max.message.bytes: the broker would refuse it whole.
+            .set("message.max.bytes", limits.batch.to_string())
             // Java clients' partitioner, so every client agrees where a course lives.
             .set("partitioner", "murmur2_random")
             .create_with_context(AckContext {
@@ -319,6 +350,9 @@ impl<'a> Streamer<'a> {
         Ok(Streamer {
             cdc,
             registry,
+            types,
+            announced: HashMap::new(),
+            limits,
             producer: Arc::new(producer),
             ledger,
             tables: HashMap::new(),
@@ -328,6 +362,7 @@ impl<'a> Streamer<'a> {
             changes_read: metrics::events_in(&cdc.stage()),
             transactions: metrics::transactions(&cdc.stage()),
             identity_refused: false,
+            oversize: metrics::oversize_values(&cdc.stage()),
         })
     }
 
@@ -431,15 +466,20 @@ impl<'a> Streamer<'a> {
                     self.identity_refused = true;
                     return Err(refusal);
                 }
-                let columns = r
+                let columns: Vec<(String, u32, i32)> = r
                     .columns
                     .iter()
-                    .map(|c| (c.name.clone(), c.type_oid, c.type_modifier));
+                    .map(|c| (c.name.clone(), c.type_oid, c.type_modifier))
+                    .collect();
+                let columns = self.types.describe(&columns, &self.announced).await?;
                 let namespace = if r.namespace.is_empty() {
                     "pg_catalog".to_string()
                 } else {
                     r.namespace.clone()
                 };
+                // The catalog as it is now: a change made before the constraint was dropped is
+                // refused too, which holds the slot there until the fix.
+                self.types.refuse_nullable_id(&namespace, &r.name).await?;
                 let schema = RowSchema::new(&namespace, &r.name, columns)?;
                 let course = schema.column_index("course_id").ok_or_else(|| {
                     Error::Config(format!(
@@ -490,7 +530,14 @@ impl<'a> Streamer<'a> {
                     self.truncate(relation_id).await?;
                 }
             }
-            PgOutput::Origin { .. } | PgOutput::Type { .. } | PgOutput::Message { .. } => {}
+            PgOutput::Type {
+                id,
+                namespace,
+                name,
+            } => {
+                self.announced.insert(id, format!("{namespace}.{name}"));
+            }
+            PgOutput::Origin { .. } | PgOutput::Message { .. } => {}
         }
         Ok(())
     }
@@ -550,18 +597,32 @@ impl<'a> Streamer<'a> {
                     Some(Cell::Text(t)) => std::str::from_utf8(t).ok()?.parse::<i64>().ok(),
                     _ => None,
                 });
-        let course_id =
-            course_id.ok_or_else(|| Error::Decode("a change without course_id".into()))?;
         let (seq, source) = self.next_source(table)?;
-        let body = table
-            .schema
-            .encode(op, before.as_deref(), after.as_deref(), &source)?;
-        let value = wire::frame(table.schema_id, &body);
-        let key = wire_key(self.key_schema_id, course_id)?;
+        let encoded = table.schema.encode_within(
+            op,
+            before.as_deref(),
+            after.as_deref(),
+            &source,
+            self.limits.body,
+        )?;
+        if !encoded.oversize.is_empty() {
+            self.oversize.inc_by(encoded.oversize.len() as u64);
+            tracing::warn!(lsn = %source.lsn, position = source.position, columns = ?encoded.oversize,
+                "a change larger than the topic allows carries these values as oversize markers");
+        }
+        let value = wire::frame(table.schema_id, &encoded.body);
+        let key = course_id
+            .map(|c| wire_key(self.key_schema_id, c))
+            .transpose()?;
         self.ledger().produced(seq);
-        let record = BaseRecord::with_opaque_to(&self.cdc.topics.changes, Box::new(seq))
-            .key(&key[..])
-            .payload(&value[..]);
+        let record =
+            BaseRecord::with_opaque_to(&self.cdc.topics.changes, Box::new(seq)).payload(&value[..]);
+        // A change without a course id has no key; its partition is fixed, so such changes
+        // keep their order.
+        let record = match &key {
+            Some(key) => record.key(&key[..]),
+            None => record.partition(0),
+        };
         self.send(record).await?;
         crate::failpoint::hit("cdc.after_produce");
         Ok(())

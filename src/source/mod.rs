@@ -4,10 +4,12 @@
 
 mod acks;
 pub mod cdc;
+mod columns;
 pub mod pgoutput;
 mod produce;
 pub mod refusals;
 pub mod replication;
+pub mod size;
 mod slot;
 pub mod snapshot;
 pub mod status;

@@ -30,7 +30,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
+use super::columns::TypeCatalog;
 use super::produce::{send_blocking, wire_key};
+use super::size::RecordLimits;
 use crate::avro::{wire, Cell, RowSchema};
 use crate::change::{Op, Source};
 use crate::config::KafkaSettings;
@@ -70,6 +72,11 @@ pub struct Snapshot<'a> {
     pub topic: &'a str,
     pub kafka: &'a KafkaSettings,
     pub registry: &'a Registry,
+    /// Names the columns' types, as it does for the stream's Relation messages.
+    pub types: &'a TypeCatalog,
+    pub limits: RecordLimits,
+    /// Counts the values carried as oversize markers.
+    pub oversize: prometheus_client::metrics::counter::Counter,
     /// The table's file node read just before the slot was created.
     pub filenode_before: u32,
     /// The topic already holds an earlier snapshot's history: restate (TRUNCATE first).
@@ -121,7 +128,11 @@ impl Snapshot<'_> {
             ));
         }
         let columns = table_columns(&pg, self.table).await?;
-        let schema = RowSchema::new(TABLE_SCHEMA, self.table, columns.clone())?;
+        let schema = RowSchema::new(
+            TABLE_SCHEMA,
+            self.table,
+            self.types.describe(&columns, &Default::default()).await?,
+        )?;
         let value_id = self
             .registry
             .register(&format!("{}-value", self.topic), schema.envelope())
@@ -152,6 +163,7 @@ impl Snapshot<'_> {
                 .set("enable.idempotence", "true")
                 .set("linger.ms", "20")
                 .set("compression.type", "lz4")
+                .set("message.max.bytes", self.limits.batch.to_string())
                 .set("partitioner", "murmur2_random")
                 .set("transaction.timeout.ms", "900000")
                 .create()?,
@@ -167,7 +179,7 @@ impl Snapshot<'_> {
 
         let select = columns
             .iter()
-            .map(|(name, _, _)| format!("{}::text", quote(name)))
+            .map(|(name, oid, _)| output_text(&quote(name), *oid))
             .collect::<Vec<_>>()
             .join(", ");
         let rows = pg
@@ -180,10 +192,12 @@ impl Snapshot<'_> {
         let started = Utc::now();
         let mut position = 0i64;
         while let Some(row) = rows.try_next().await? {
-            let texts: Vec<Option<&str>> = (0..columns.len()).map(|i| row.get(i)).collect();
+            let texts = (0..columns.len())
+                .map(|i| row.try_get::<_, Option<&[u8]>>(i))
+                .collect::<Result<Vec<_>, _>>()?;
             let cells: Vec<Cell> = texts
                 .iter()
-                .map(|t| t.map_or(Cell::Null, |s| Cell::Text(s.as_bytes())))
+                .map(|t| t.map_or(Cell::Null, Cell::Text))
                 .collect();
             let source = Source {
                 schema: TABLE_SCHEMA.into(),
@@ -197,19 +211,25 @@ impl Snapshot<'_> {
                 commit_time: started,
                 snapshot: true,
             };
-            let body = schema.encode(Op::Read, None, Some(&cells), &source)?;
-            let course_id: i64 = texts[course].and_then(|t| t.parse().ok()).ok_or_else(|| {
-                Error::Decode(format!("snapshot row {position} has no course_id"))
-            })?;
-            let key = wire_key(key_id, course_id)?;
-            let value = wire::frame(value_id, &body);
-            send_blocking(
-                &producer,
-                BaseRecord::<[u8], [u8], ()>::to(self.topic)
-                    .key(&key)
-                    .payload(&value),
-            )
-            .await?;
+            let encoded =
+                schema.encode_within(Op::Read, None, Some(&cells), &source, self.limits.body)?;
+            if !encoded.oversize.is_empty() {
+                self.oversize.inc_by(encoded.oversize.len() as u64);
+                tracing::warn!(row = position, columns = ?encoded.oversize,
+                    "a row larger than the topic allows carries these values as oversize markers");
+            }
+            let key = texts[course]
+                .and_then(|t| std::str::from_utf8(t).ok()?.parse().ok())
+                .map(|course_id| wire_key(key_id, course_id))
+                .transpose()?;
+            let value = wire::frame(value_id, &encoded.body);
+            let record = BaseRecord::<[u8], [u8], ()>::to(self.topic).payload(&value);
+            // As the stream does: no course id, no key, and always the same partition.
+            let record = match &key {
+                Some(key) => record.key(key),
+                None => record.partition(0),
+            };
+            send_blocking(&producer, record).await?;
             position += 1;
             progress.inc(1);
             if position % 100_000 == 0 {
@@ -418,6 +438,24 @@ pub async fn table_columns(
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect())
+}
+
+/// SQL for a column's value as its type's output function writes it, which is what the stream
+/// carries. A cast to text is that for most types, but not all: boolean's gives true/false,
+/// char(n)'s drops the padding, inet's adds the netmask, and a domain takes its base type's.
+/// format's %s always calls the output function, at about half again the cost of a cast, so
+/// it is kept for the types not known to cast alike (the contract columns all do). The text
+/// arrives as bytea (textsend), its bytes as the stream has them, so a value that is not
+/// UTF-8 (a SQL_ASCII database) is carried like any other instead of failing the read.
+fn output_text(column: &str, type_oid: u32) -> String {
+    const CAST_IS_OUTPUT: [u32; 17] = [
+        20, 21, 23, 26, 700, 701, 1700, 25, 1043, 17, 1082, 1114, 1184, 1186, 114, 3802, 2950,
+    ];
+    if CAST_IS_OUTPUT.contains(&type_oid) {
+        format!("textsend({column}::text)")
+    } else {
+        format!("textsend(CASE WHEN {column} IS NULL THEN NULL ELSE format('%s', {column}) END)")
+    }
 }
 
 fn quote(identifier: &str) -> String {
