@@ -246,7 +246,8 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Api { api } => {
-                let settings = prepare(&self.connections, &self.stack, DbRole::Api).await?;
+                let settings =
+                    prepare(&self.connections, &self.stack, DbRole::Api, &shutdown).await?;
                 let run = Box::pin(run_api(&settings, api, shutdown.clone()));
                 with_metrics(&self.metrics, &settings, &shutdown, "api", run).await?;
                 Ok(ExitCode::SUCCESS)
@@ -258,7 +259,7 @@ impl Cli {
                 stats,
                 verdicts,
             } => {
-                let base = prepare(&self.connections, &self.stack, DbRole::Api).await?;
+                let base = prepare(&self.connections, &self.stack, DbRole::Api, &shutdown).await?;
                 let settings = base.for_role(DbRole::Api)?;
                 let worker = base.for_role(DbRole::Worker)?;
                 let cdc_settings = base.for_role(DbRole::Cdc)?;
@@ -313,7 +314,8 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Verify => {
-                let settings = prepare(&self.connections, &self.stack, DbRole::Owner).await?;
+                let settings =
+                    prepare(&self.connections, &self.stack, DbRole::Owner, &shutdown).await?;
                 let client = db::connect(&settings.database_url).await?;
                 let report = verify::verify(&client).await?;
                 for d in &report.differences {
@@ -334,7 +336,8 @@ impl Cli {
                 })
             }
             Command::Cdc { cdc } => {
-                let settings = prepare(&self.connections, &self.stack, DbRole::Cdc).await?;
+                let settings =
+                    prepare(&self.connections, &self.stack, DbRole::Cdc, &shutdown).await?;
                 let stage = crate::source::Cdc {
                     settings: settings.clone(),
                     config: cdc,
@@ -345,7 +348,8 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Fraud { fraud } => {
-                let settings = prepare(&self.connections, &self.stack, DbRole::Worker).await?;
+                let settings =
+                    prepare(&self.connections, &self.stack, DbRole::Worker, &shutdown).await?;
                 let stage = crate::transform::Fraud {
                     settings: settings.clone(),
                     topics: self.topics,
@@ -357,7 +361,8 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Verdicts { verdicts } => {
-                let settings = prepare(&self.connections, &self.stack, DbRole::Worker).await?;
+                let settings =
+                    prepare(&self.connections, &self.stack, DbRole::Worker, &shutdown).await?;
                 let stage = crate::sink::VerdictSink {
                     settings: settings.clone(),
                     topics: self.topics,
@@ -369,7 +374,8 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Stats { stats } => {
-                let settings = prepare(&self.connections, &self.stack, DbRole::Worker).await?;
+                let settings =
+                    prepare(&self.connections, &self.stack, DbRole::Worker, &shutdown).await?;
                 let stage = crate::sink::stats::StatsWorker {
                     settings: settings.clone(),
                     topics: self.topics,
@@ -386,7 +392,8 @@ impl Cli {
                 peek,
                 fraud_group,
             } => {
-                let settings = prepare(&self.connections, &self.stack, DbRole::Owner).await?;
+                let settings =
+                    prepare(&self.connections, &self.stack, DbRole::Owner, &shutdown).await?;
                 let place = crate::status::Place {
                     topics: &self.topics,
                     slot: &slot,
@@ -401,7 +408,8 @@ impl Cli {
                     // A bad model setting fails before anything is touched.
                     crate::transform::score::scorer(fraud.scorer, fraud.fraud_threshold)?;
                 }
-                let settings = prepare(&self.connections, &self.stack, DbRole::Owner).await?;
+                let settings =
+                    prepare(&self.connections, &self.stack, DbRole::Owner, &shutdown).await?;
                 let replay = crate::replay::Replay {
                     settings,
                     topics: self.topics,
@@ -413,7 +421,8 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Import { import } => {
-                let settings = prepare(&self.connections, &self.stack, DbRole::Api).await?;
+                let settings =
+                    prepare(&self.connections, &self.stack, DbRole::Api, &shutdown).await?;
                 let mut client = db::connect(&settings.database_url).await?;
                 let mut summary = crate::import::Summary::default();
                 let outcome =
@@ -445,7 +454,8 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Demo { demo } => {
-                let settings = prepare(&self.connections, &self.stack, DbRole::Api).await?;
+                let settings =
+                    prepare(&self.connections, &self.stack, DbRole::Api, &shutdown).await?;
                 let mut client = db::connect(&settings.database_url).await?;
                 let wrote = crate::demo::run(&demo, &mut client, &shutdown).await?;
                 println!(
@@ -499,9 +509,14 @@ async fn with_metrics(
 }
 
 /// Every part starts by resolving its connections and applying the migrations (as the
-/// owner; a part given only its own role's URL checks that they were applied instead), and,
+/// owner; a part given only its own role's URL waits until they are applied instead), and,
 /// on a secured Kafka, by checking its credentials. Returns the settings as `role` connects.
-async fn prepare(connections: &Connections, stack: &StackConfig, role: DbRole) -> Result<Settings> {
+async fn prepare(
+    connections: &Connections,
+    stack: &StackConfig,
+    role: DbRole,
+    shutdown: &CancellationToken,
+) -> Result<Settings> {
     let settings = connections.resolve(stack).await?;
     let mine = settings.for_role(role)?;
     match &settings.owner_url {
@@ -511,7 +526,7 @@ async fn prepare(connections: &Connections, stack: &StackConfig, role: DbRole) -
                 tracing::info!(?applied, "migrations applied");
             }
         }
-        None => db::check_migrated(&mine.database_url).await?,
+        None => db::wait_until_migrated(&mine.database_url, shutdown).await?,
     }
     crate::kafka::check_access(&settings.kafka).await?;
     Ok(mine)

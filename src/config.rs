@@ -236,7 +236,8 @@ pub struct CdcConfig {
     #[arg(long, env = "REVIEWFLOW_STATUS_INTERVAL", default_value_t = 10)]
     pub status_interval_secs: u64,
 
-    /// When the slot is gone or invalidated after its snapshot was sent: create a new one and
+    /// When the slot is gone or invalidated after its snapshot was sent, or holds changes
+    /// written without before images (REPLICA IDENTITY was not FULL): create a new one and
     /// restate the table (a TRUNCATE, then every row), from which the derived tables rebuild
     /// themselves. A healthy slot is resumed as usual, so the flag may stay set.
     #[arg(long)]

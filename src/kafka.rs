@@ -182,7 +182,7 @@ async fn check_topic_settings(
         return Err(Error::Config(format!(
             "topic {name} has {key}={actual}, but it needs {key}={wanted}: {}. Fix it with \
              kafka-configs.sh --bootstrap-server {} --alter --entity-type topics --entity-name {name} \
-             --add-config {key}={wanted} (or name another topic), then start again",
+             --add-config {key}={wanted}, then start again",
             why_setting(key, wanted),
             kafka.bootstrap_servers
         )));

@@ -128,3 +128,55 @@ async fn consumers_started_before_cdc_wait_for_it_and_stay_up() {
     p.wait_until_caught_up().await;
     p.assert_exact().await;
 }
+
+/// A stage given only its own role's URL may not migrate: started before `reviewflow migrate`,
+/// it waits for the schema, saying so, and starts once the owner applied it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_without_the_owners_url_waits_for_the_migrations() {
+    let settings = common::settings().await;
+    let (base, _) = settings.database_url.rsplit_once('/').unwrap();
+    let admin = reviewflow::db::connect(&format!("{base}/postgres"))
+        .await
+        .unwrap();
+    let db = "rf_test_first_unmigrated";
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+        format!("CREATE DATABASE {db}"),
+    ] {
+        admin.batch_execute(&sql).await.unwrap();
+    }
+    let url = format!("{base}/{db}");
+    let topic = format!("test.first_unmigrated.{}", common::unique());
+    let log = std::env::temp_dir().join(format!("rf-first-unmigrated-{}.log", common::unique()));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_reviewflow"));
+    cmd.arg("verdicts")
+        .env_remove("DATABASE_URL")
+        .env_remove("SCHEMA_REGISTRY_URL")
+        .env("WORKER_DATABASE_URL", &url)
+        .env("KAFKA_BOOTSTRAP_SERVERS", &settings.kafka.bootstrap_servers)
+        .env("REVIEWFLOW_VERDICTS_TOPIC", format!("{topic}.verdicts"))
+        .env(
+            "REVIEWFLOW_DEAD_LETTER_TOPIC",
+            format!("{topic}.dead-letters"),
+        )
+        .env("REVIEWFLOW_VERDICTS_GROUP", format!("{topic}.verdicts"))
+        .env("RUST_LOG", "reviewflow=info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut stage = common::Running(Some(cmd.spawn().unwrap()));
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    common::eventually("the stage says it waits for the schema", 60, || async {
+        logged().contains("waiting for the database schema")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (up, text) = alive(&mut stage, &log);
+    assert!(up, "it waits, it does not stop: {text}");
+    reviewflow::db::migrate(&url).await.unwrap();
+    common::eventually("the stage starts once migrated", 90, || async {
+        logged().contains("partitions assigned")
+    })
+    .await;
+    let (up, text) = alive(&mut stage, &log);
+    assert!(up && !text.contains("session failed"), "{text}");
+}

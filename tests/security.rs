@@ -258,8 +258,8 @@ async fn each_role_is_refused_what_it_must_not_do() {
         "{text}"
     );
 
-    // A stage given only its role's URL checks the schema instead of migrating it: on a
-    // database nobody migrated it stops and says what to run.
+    // A stage given only its role's URL does not migrate the schema: on a database nobody
+    // migrated it waits and says what to run (tests/first_start.rs: and then starts).
     let (base, _) = p.url.rsplit_once('/').unwrap();
     for sql in [
         "DROP DATABASE IF EXISTS rf_test_sec_unmigrated WITH (FORCE)",
@@ -272,15 +272,30 @@ async fn each_role_is_refused_what_it_must_not_do() {
         "{}/rf_test_sec_unmigrated",
         worker_url.rsplit_once('/').unwrap().0
     );
-    let out = p
-        .command("verdicts")
+    let log = std::env::temp_dir().join(format!("rf-sec-unmigrated-{}.log", common::unique()));
+    let mut waiting = p.command("verdicts");
+    waiting
         .env_remove("DATABASE_URL")
         .env("WORKER_DATABASE_URL", &worker_url)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{text}");
-    assert!(text.contains("reviewflow migrate"), "{text}");
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut waiting = common::Running(Some(waiting.spawn().unwrap()));
+    common::eventually(
+        "the stage says it waits for `reviewflow migrate`",
+        60,
+        || async {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("run `reviewflow migrate`")
+        },
+    )
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        waiting.0.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "it waits, it does not stop: {text}"
+    );
+    drop(waiting);
     let admin = reviewflow::db::connect(&format!("{base}/postgres"))
         .await
         .unwrap();

@@ -255,40 +255,22 @@ impl Run {
         Ok(())
     }
 
-    /// The run's topics, as the stages would create them, created first and waited for: a
-    /// stage that finds its topic just created may see no partitions yet and stop.
+    /// The run's topics, as the stages would create them, created first (ensure_topic waits
+    /// until the brokers show their partitions), so no stage's start includes creating one.
     async fn create_topics(&self) -> Result<()> {
         let kafka = &self.settings.kafka;
-        let history = [("retention.ms", "-1")];
-        let mut names = Vec::new();
+        let history = crate::kafka::HISTORY_SETTINGS;
         for (name, partitions, settings) in [
-            ("changes", self.partitions, &history[..]),
+            ("changes", self.partitions, history),
             ("changes.snapshots", 1, &[("cleanup.policy", "compact")][..]),
-            ("valid", self.partitions, &history[..]),
-            ("fraud", self.partitions, &history[..]),
-            ("verdicts", self.partitions, &history[..]),
+            ("valid", self.partitions, history),
+            ("fraud", self.partitions, history),
+            ("verdicts", self.partitions, history),
             ("dead-letters", self.partitions, &[][..]),
         ] {
-            let topic = self.topic(name);
-            crate::kafka::ensure_topic(kafka, &topic, partitions, 1, settings).await?;
-            names.push(topic);
+            crate::kafka::ensure_topic(kafka, &self.topic(name), partitions, 1, settings).await?;
         }
-        let kafka = kafka.clone();
-        tokio::task::spawn_blocking(move || {
-            let probe: rdkafka::consumer::BaseConsumer =
-                crate::kafka::client_config(&kafka).create()?;
-            for topic in &names {
-                let deadline = std::time::Instant::now() + Duration::from_secs(30);
-                while crate::kafka::partition_count(&probe, topic).is_err() {
-                    if std::time::Instant::now() > deadline {
-                        return Err(Error::Config(format!("topic {topic} never appeared")));
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-            Ok(())
-        })
-        .await?
+        Ok(())
     }
 
     /// The environment of every stage: the bench database, the run's topics and groups.

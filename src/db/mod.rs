@@ -117,9 +117,14 @@ pub async fn migrate(url: &str) -> Result<Vec<String>> {
     Ok(applied)
 }
 
-/// For a stage that connects with its own role and not as the owner: the schema must already
-/// be what this build expects, since only the owner may migrate it.
-pub async fn check_migrated(url: &str) -> Result<()> {
+/// For a stage that connects with its own role and not as the owner, which may not migrate:
+/// waits until the owner has brought the schema to what this build expects (a stage started
+/// beside `reviewflow migrate`, or before it, must not fail on that), saying what it waits for.
+/// A schema it cannot read for another reason than not being there yet is an error.
+pub async fn wait_until_migrated(
+    url: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<()> {
     let expected = embedded::migrations::runner()
         .get_migrations()
         .iter()
@@ -127,23 +132,38 @@ pub async fn check_migrated(url: &str) -> Result<()> {
         .max()
         .unwrap_or(0);
     let client = connect(url).await?;
-    let applied: Option<i32> = client
-        .query_one("SELECT max(version) FROM refinery_schema_history", &[])
-        .await
-        .map_err(|e| {
-            Error::Config(format!(
-                "cannot read the schema version ({e}): run `reviewflow migrate` with the \
-                 owner's DATABASE_URL first"
-            ))
-        })?
-        .get(0);
-    let applied = applied.unwrap_or(0);
-    if i64::from(applied) < i64::from(expected) {
-        return Err(Error::Config(format!(
-            "the database schema is at migration V{applied}, this build needs V{expected}: run \
-             `reviewflow migrate` with the owner's DATABASE_URL (a stage given only its own \
-             role's URL does not migrate)"
-        )));
+    let mut said = None::<std::time::Instant>;
+    loop {
+        let applied = match client
+            .query_one("SELECT max(version) FROM refinery_schema_history", &[])
+            .await
+        {
+            Ok(row) => row.get::<_, Option<i32>>(0).unwrap_or(0),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => 0,
+            Err(e) => {
+                return Err(Error::Config(format!(
+                    "cannot read the schema version ({e}): run `reviewflow migrate` with the \
+                     owner's DATABASE_URL first"
+                )))
+            }
+        };
+        if i64::from(applied) >= i64::from(expected) {
+            return Ok(());
+        }
+        if said.is_none_or(|at| at.elapsed() > std::time::Duration::from_secs(30)) {
+            tracing::info!(
+                applied = format!("V{applied}"),
+                needed = format!("V{expected}"),
+                "waiting for the database schema: run `reviewflow migrate` with the owner's \
+                 DATABASE_URL (a stage given only its own role's URL does not migrate)"
+            );
+            said = Some(std::time::Instant::now());
+        }
+        if !crate::retry::sleep(std::time::Duration::from_secs(1), shutdown).await {
+            return Err(Error::Config(format!(
+                "stopped while waiting for the database schema to reach migration V{expected} \
+                 (it is at V{applied})"
+            )));
+        }
     }
-    Ok(())
 }

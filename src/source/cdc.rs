@@ -92,8 +92,9 @@ impl Cdc {
             // its changes would land beside older ones elsewhere, out of order for consumers.
             return Err(Error::Config(format!(
                 "topic {} has {found} partitions, but reviewflow is configured for {partitions} \
-                 (--partitions, REVIEWFLOW_TOPIC_PARTITIONS): set it to {found} for every stage, \
-                 or name a new changes topic (--changes-topic) and start cdc with --new-snapshot",
+                 (--partitions, REVIEWFLOW_TOPIC_PARTITIONS): set that to {found} for every \
+                 stage, the count the topic was created with (a course's partition is its key's \
+                 hash modulo the count, so the count of a topic in use must not change)",
                 self.topics.changes
             )));
         }

@@ -89,6 +89,15 @@ pub fn identity_refusal(source: &Source<'_>, identity: u8) -> Option<Error> {
 /// The refusal of a Relation message, if its replica identity is one: what the stream shows,
 /// which for changes written before an ALTER TABLE is the identity they were written with.
 pub fn relation_refusal(source: &Source<'_>, relation: &Relation) -> Option<Error> {
+    let schema = if relation.namespace.is_empty() {
+        "pg_catalog"
+    } else {
+        &relation.namespace
+    };
+    // Another table of the publication is not the one whose before images the figures need.
+    if schema != TABLE_SCHEMA || relation.name != source.table {
+        return None;
+    }
     identity_refusal(source, relation.replica_identity)
 }
 
