@@ -60,6 +60,7 @@ async fn api_behaviour() {
     ids_up_to_the_64_bit_limit_are_stored(&s).await;
     stats_are_served_from_course_stats(&s).await;
     rows_no_post_could_write_are_served_as_they_are(&s).await;
+    rows_written_by_sql_neither_block_nor_break_a_post(&s).await;
     let health = reqwest::get(format!("{}/healthz", s.base)).await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
 }
@@ -378,4 +379,42 @@ async fn stats_are_served_from_course_stats(s: &Server) {
         .await
         .unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+}
+
+/// SQL may write ids of its own, and a user may add constraints to reviews: a POST then still
+/// gets an id of its own, or a 422 naming what the database refused, never a 500.
+async fn rows_written_by_sql_neither_block_nor_break_a_post(s: &Server) {
+    let next: i64 =
+        s.db.query_one(
+            "SELECT last_value + 1 FROM pg_sequences WHERE sequencename = 'reviews_id_seq'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    s.db.batch_execute(&format!(
+        "INSERT INTO reviews (id, course_id, user_id, rating)
+         SELECT i, 77, 1, 4.0 FROM generate_series({next}, {next} + 40) i"
+    ))
+    .await
+    .unwrap();
+    let review = json!({"course_id": 77, "user_id": 2, "rating": 3.5, "content": "fine"});
+    let (status, body) = post(&s.base, "application/json", review.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(body["id"].as_i64().unwrap() > next + 40, "{body}");
+
+    s.db.batch_execute(
+        "ALTER TABLE reviews ADD CONSTRAINT content_is_short CHECK (length(content) < 20)",
+    )
+    .await
+    .unwrap();
+    let before = reviews_of(&s.db, 78).await;
+    let long = json!({"course_id": 78, "user_id": 2, "rating": 3.5, "content": "longer than twenty characters"});
+    let (status, body) = post(&s.base, "application/json", long.to_string()).await;
+    s.db.batch_execute("ALTER TABLE reviews DROP CONSTRAINT content_is_short")
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["field"], json!("content_is_short"), "{body}");
+    assert_eq!(reviews_of(&s.db, 78).await, before, "nothing stored");
 }

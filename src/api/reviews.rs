@@ -90,16 +90,40 @@ pub async fn create(
     let new = parse(&body)?;
     let rating = validate(&new, Utc::now())?;
     let client = state.pool.get().await?;
-    let row = client
-        .query_one(
-            &format!(
-                "INSERT INTO reviews (course_id, user_id, rating, title, content, created_at) \
-                 VALUES ($1, $2, $3::float8::numeric(2,1), $4, $5, coalesce($6::timestamptz, now())) \
-                 RETURNING {COLUMNS}"
-            ),
-            &[&new.course_id, &new.user_id, &rating.stars(), &new.title, &new.content, &new.created_at],
-        )
-        .await?;
+    let insert = format!(
+        "INSERT INTO reviews (course_id, user_id, rating, title, content, created_at) \
+         VALUES ($1, $2, $3::float8::numeric(2,1), $4, $5, coalesce($6::timestamptz, now())) \
+         ON CONFLICT (id) DO NOTHING RETURNING {COLUMNS}"
+    );
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+        &new.course_id,
+        &new.user_id,
+        &rating.stars(),
+        &new.title,
+        &new.content,
+        &new.created_at,
+    ];
+    // Rows written by SQL with ids of their own leave the id sequence behind them: each try
+    // takes the next id, so a few taken ones only cost a few tries.
+    let mut taken = 0;
+    let row = loop {
+        match client.query_opt(&insert, &params).await {
+            Ok(Some(row)) => break row,
+            Ok(None) if taken < MAX_TAKEN_IDS => taken += 1,
+            Ok(None) => {
+                return Err(ApiError::field(
+                    "id",
+                    format!(
+                        "{MAX_TAKEN_IDS} ids in a row from the id sequence are already taken by rows \
+                         written with ids of their own; an operator must move the sequence past them: \
+                         SELECT setval(pg_get_serial_sequence('reviews', 'id'), max(id)) FROM reviews"
+                    ),
+                )
+                .with_status(StatusCode::CONFLICT))
+            }
+            Err(e) => return Err(refusal(e)),
+        }
+    };
     let review = to_review(&row);
     let location = format!("/reviews/{}", review.id);
     Ok((
@@ -107,6 +131,32 @@ pub async fn create(
         [(header::LOCATION, location)],
         Json(review),
     ))
+}
+
+/// Ids an insert skips before it gives up (see `create`).
+const MAX_TAKEN_IDS: usize = 1000;
+
+/// The database refused the row itself (a constraint or a trigger a user added to
+/// `reviews`): the client's request, not the server, is what cannot be stored, so it is a
+/// 422 naming the column or constraint; anything else is the server's trouble.
+fn refusal(e: tokio_postgres::Error) -> ApiError {
+    let Some(db) = e.as_db_error() else {
+        return e.into();
+    };
+    let class = &db.code().code()[..2];
+    if class != "23" && class != "22" {
+        return e.into();
+    }
+    let field = db
+        .column()
+        .or(db.constraint())
+        .unwrap_or("reviews")
+        .to_string();
+    tracing::info!(error = %db, "review refused by the database");
+    ApiError::field(
+        &field,
+        format!("the database refused the review: {}", db.message()),
+    )
 }
 
 pub async fn read(
