@@ -1,13 +1,25 @@
-//! `reviewflow verify`: the invariant of DESIGN.md as a check. Runs the from-scratch truth
-//! query (sql/truth.sql) and compares it, figure by figure, with what the stats sink wrote.
-//! A course missing on one side counts as a course with no review on that side.
+//! `reviewflow verify`: the invariant of DESIGN.md as a check against the tables themselves,
+//! in one read-only snapshot, never against a topic:
+//!
+//! - the figures: the from-scratch truth query (sql/truth.sql) compared, figure by figure,
+//!   with what the stats sink wrote (a course missing on one side counts as a course with no
+//!   review on that side);
+//! - the rows (`rows`): every current row of `reviews` has exactly one verdict for its current
+//!   image, the one the model gives it, so a lost insert or edit fails even when no figure
+//!   moved (a row judged fraud, a text-only edit).
+//!
+//! Every difference names the review (for a row) and its course.
+
+mod rows;
+
+use std::fmt;
 
 use chrono::NaiveDate;
 use tokio_postgres::Client;
 
 use crate::error::Result;
 
-pub const TRUTH_SQL: &str = include_str!("../sql/truth.sql");
+pub const TRUTH_SQL: &str = include_str!("../../sql/truth.sql");
 
 /// How truth.sql names "today", kept so the file stays runnable by hand in psql; `verify_at`
 /// swaps it for a parameter to compute the truth as of any day.
@@ -18,28 +30,80 @@ fn truth_sql_at() -> String {
     TRUTH_SQL.replace(TODAY, "$1::date")
 }
 
-/// One figure of one course that differs from the truth; values as JSON text.
+/// One thing that differs from the truth: a figure of a course (values as JSON text), or
+/// what a review's verdict should be (`verdict`, `digest`, `model`, `oversize`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Difference {
-    pub course_id: i64,
+    /// The review whose verdict differs; None for a figure of a course.
+    pub review_id: Option<i64>,
+    /// The figure's course, or the review's (None: a review without a course).
+    pub course_id: Option<i64>,
     pub figure: String,
     pub expected: String,
     pub actual: String,
 }
 
+impl fmt::Display for Difference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let course = self
+            .course_id
+            .map_or_else(|| "(none)".to_string(), |c| c.to_string());
+        match self.review_id {
+            Some(review) => write!(f, "review {review:>8} course {course:>8}  ")?,
+            None => write!(f, "course {course:>8}  ")?,
+        }
+        write!(
+            f,
+            "{:<20} expected {:<24} actual {}",
+            self.figure, self.expected, self.actual
+        )
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Report {
     pub courses: i64,
+    /// Rows of `reviews` checked (0 for a check of the figures alone).
+    pub reviews: i64,
+    /// Figures first (by course, then figure), then reviews by id.
     pub differences: Vec<Difference>,
 }
 
-/// Compares course_stats with the truth as of the server's current UTC day.
+/// The whole check as of the server's current UTC day.
 pub async fn verify(client: &Client) -> Result<Report> {
     verify_at(client, None).await
 }
 
-/// Compares course_stats with the truth as of the UTC day `today` (None: the server's).
+/// The whole check, the figures as of the UTC day `today` (None: the server's), in one
+/// read-only snapshot under the session settings cdc reads values with.
 pub async fn verify_at(client: &Client, today: Option<NaiveDate>) -> Result<Report> {
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {}",
+            crate::db::text_output_sql(true)
+        ))
+        .await?;
+    let checked = async {
+        let mut report = figures_at(client, today).await?;
+        let mut reviews = Vec::new();
+        report.reviews = rows::check(client, &mut reviews).await?;
+        reviews.sort_by_key(|d| d.review_id);
+        report.differences.extend(reviews);
+        Ok::<_, crate::Error>(report)
+    }
+    .await;
+    let end = if checked.is_ok() {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
+    client.batch_execute(end).await?;
+    checked
+}
+
+/// The figures alone: course_stats against the truth as of `today` (None: the server's).
+/// For tests that drive the stats worker without the fraud worker's verdicts.
+pub async fn figures_at(client: &Client, today: Option<NaiveDate>) -> Result<Report> {
     let today: NaiveDate = match today {
         Some(day) => day,
         None => client
@@ -64,7 +128,8 @@ pub async fn verify_at(client: &Client, today: Option<NaiveDate>) -> Result<Repo
     let differences = rows
         .iter()
         .map(|r| Difference {
-            course_id: r.get(0),
+            review_id: None,
+            course_id: Some(r.get(0)),
             figure: r.get(1),
             expected: r.get(2),
             actual: r
@@ -81,6 +146,7 @@ pub async fn verify_at(client: &Client, today: Option<NaiveDate>) -> Result<Repo
         .get(0);
     Ok(Report {
         courses,
+        reviews: 0,
         differences,
     })
 }
