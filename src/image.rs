@@ -35,6 +35,17 @@ impl<T> Carried<T> {
     }
 }
 
+impl<T: fmt::Display> fmt::Display for Carried<T> {
+    /// As PostgreSQL prints the value (NULL as `NULL`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Carried::Null => f.write_str("NULL"),
+            Carried::Value(v) => v.fmt(f),
+            Carried::Text(t) => f.write_str(t),
+        }
+    }
+}
+
 /// An exact decimal: `unscaled` × 10^-`scale` (numeric(p,s) at any scale).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decimal {
