@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 
 use futures_util::{pin_mut, TryStreamExt};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Row};
 
 use super::Difference;
 use crate::avro::RowSchema;
@@ -33,16 +33,12 @@ const TABLE: &str = "reviews";
 const VERDICT_COLUMNS: usize = 8;
 
 /// Checks every row of `reviews` (in the caller's transaction); returns how many it read.
+/// Checks every row of `reviews` (in the caller's transaction); returns how many it read.
+/// The rows are judged on a thread of their own while the next ones stream in, so the
+/// server's work and ours overlap.
 pub async fn check(client: &Client, differences: &mut Vec<Difference>) -> Result<i64> {
     let columns = table_columns(client, TABLE).await?;
-    let names: Vec<&str> = columns.iter().map(|(n, _, _)| n.as_str()).collect();
-    let mut judge = TextJudge::new(RowSchema::new(
-        TABLE_SCHEMA,
-        TABLE,
-        columns.iter().cloned(),
-    )?);
-    let index = |name: &str| names.iter().position(|n| *n == name);
-    let (id_at, course_at) = (index("id"), index("course_id"));
+    let names: Vec<String> = columns.iter().map(|(n, _, _)| n.clone()).collect();
     let query = format!(
         "WITH newest AS (
              SELECT DISTINCT ON (review_id) review_id, version, verdict, score, reasons, model,
@@ -58,33 +54,87 @@ pub async fn check(client: &Client, differences: &mut Vec<Difference>) -> Result
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let mut checker = RowCheck {
+        judge: TextJudge::new(RowSchema::new(TABLE_SCHEMA, TABLE, columns)?),
+        id_at: names.iter().position(|n| n == "id"),
+        course_at: names.iter().position(|n| n == "course_id"),
+        names,
+        scorers: HashMap::new(),
+    };
+    let (batches, mut inbox) = tokio::sync::mpsc::channel::<Vec<Row>>(BATCHES_AHEAD);
+    let worker = tokio::task::spawn_blocking(move || {
+        let mut found = Vec::new();
+        let mut read = 0i64;
+        while let Some(batch) = inbox.blocking_recv() {
+            for row in &batch {
+                checker.row(row, &mut found)?;
+                read += 1;
+            }
+        }
+        Ok::<_, crate::Error>((read, found))
+    });
     let rows = client.query_raw(&query, std::iter::empty::<i32>()).await?;
     pin_mut!(rows);
-    let mut scorers: HashMap<String, Option<Box<dyn Scorer>>> = HashMap::new();
-    let mut read = 0i64;
-    while let Some(row) = rows.try_next().await? {
-        read += 1;
-        let texts: Vec<Option<&str>> = (0..names.len())
+    let mut batch = Vec::with_capacity(BATCH);
+    let streamed = async {
+        while let Some(row) = rows.try_next().await? {
+            batch.push(row);
+            if batch.len() == BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                if batches.send(full).await.is_err() {
+                    // The worker stopped on an error, which it returns.
+                    return Ok(());
+                }
+            }
+        }
+        let _ = batches.send(batch).await;
+        Ok::<_, crate::Error>(())
+    }
+    .await;
+    drop(batches);
+    let (read, found) = worker.await??;
+    streamed?;
+    differences.extend(found);
+    Ok(read)
+}
+
+/// Rows per batch handed to the judging thread, and batches it may fall behind.
+const BATCH: usize = 1000;
+const BATCHES_AHEAD: usize = 32;
+
+/// What judging one row needs: the table's columns, their Avro mapping, the scorers met.
+struct RowCheck {
+    names: Vec<String>,
+    judge: TextJudge,
+    id_at: Option<usize>,
+    course_at: Option<usize>,
+    scorers: HashMap<String, Option<Box<dyn Scorer>>>,
+}
+
+impl RowCheck {
+    /// One row of the query of `check`: its verdict columns, then the row's own as text.
+    fn row(&mut self, row: &Row, differences: &mut Vec<Difference>) -> Result<()> {
+        let texts: Vec<Option<&str>> = (0..self.names.len())
             .map(|i| row.try_get(VERDICT_COLUMNS + i))
             .collect::<std::result::Result<_, _>>()?;
         let cells = cells_of(&texts);
         let whole = |at: Option<usize>| at.and_then(|i| texts[i]).and_then(|t| t.parse().ok());
-        let review_id: Option<i64> = whole(id_at);
+        let review_id: Option<i64> = whole(self.id_at);
         let differ = |figure: &str, expected: String, actual: String| Difference {
             review_id,
-            course_id: whole(course_at),
+            course_id: whole(self.course_at),
             figure: figure.into(),
             expected,
             actual,
         };
-        let digest = judge.schema.digest(&cells);
+        let digest = self.judge.schema.digest(&cells);
         if !row.try_get::<_, bool>(0)? {
             differences.push(differ(
                 "verdict",
                 format!("a verdict of its image {}", short(&digest)),
                 "none: the pipeline never judged this row (a lost insert)".into(),
             ));
-            continue;
+            return Ok(());
         }
         let version: String = row.try_get(1)?;
         let judged: Option<&str> = row.try_get(6)?;
@@ -95,10 +145,10 @@ pub async fn check(client: &Client, differences: &mut Vec<Difference>) -> Result
                     short(&digest).into(),
                     format!(
                         "none: its verdict at {version} was judged before digests existed; \
-                         `reviewflow replay --from snapshot` judges every row again"
+                     `reviewflow replay --from snapshot` judges every row again"
                     ),
                 ));
-                continue;
+                return Ok(());
             }
             Some(judged) if judged != digest => {
                 differences.push(differ(
@@ -109,12 +159,13 @@ pub async fn check(client: &Client, differences: &mut Vec<Difference>) -> Result
                         short(judged)
                     ),
                 ));
-                continue;
+                return Ok(());
             }
             Some(_) => {}
         }
         let model: String = row.try_get(5)?;
-        let scorer = scorers
+        let scorer = self
+            .scorers
             .entry(model.clone())
             .or_insert_with(|| score::scorer_for_model(&model));
         let Some(scorer) = scorer else {
@@ -123,12 +174,12 @@ pub async fn check(client: &Client, differences: &mut Vec<Difference>) -> Result
                 "a model this build can run (seed-murmur2-v1, heuristic-v1@<threshold>)".into(),
                 format!("{model:?} (verdict at {version})"),
             ));
-            continue;
+            return Ok(());
         };
         let oversize: Vec<String> = row.try_get(7)?;
         let mut marked = Vec::with_capacity(oversize.len());
         for column in &oversize {
-            match index(column) {
+            match self.names.iter().position(|n| n == column) {
                 Some(i) => marked.push(i),
                 None => differences.push(differ(
                     "oversize",
@@ -142,7 +193,7 @@ pub async fn check(client: &Client, differences: &mut Vec<Difference>) -> Result
             score: row.try_get(3)?,
             reasons: row.try_get(4)?,
         };
-        match judge.judge(&cells, &marked, scorer.as_ref()) {
+        match self.judge.judge(&cells, &marked, scorer.as_ref()) {
             Ok((_, expected)) if expected == given => {}
             Ok((_, expected)) => differences.push(differ(
                 "verdict",
@@ -155,8 +206,8 @@ pub async fn check(client: &Client, differences: &mut Vec<Difference>) -> Result
                 format!("its image cannot be carried: {e}"),
             )),
         }
+        Ok(())
     }
-    Ok(read)
 }
 
 fn describe(j: &Judgement) -> String {
