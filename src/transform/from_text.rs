@@ -97,3 +97,69 @@ impl TextJudge {
         Ok((image, judgement))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transform::score::scorer_for_model;
+
+    fn judge() -> TextJudge {
+        let columns = [
+            ("id", 20, -1),
+            ("course_id", 20, -1),
+            ("user_id", 20, -1),
+            ("rating", 1700, (2 << 16 | 1) + 4),
+            ("title", 25, -1),
+            ("content", 25, -1),
+            ("created_at", 1184, -1),
+            ("updated_at", 1184, -1),
+        ]
+        .map(|(n, o, m)| (n.to_string(), o, m));
+        TextJudge::new(RowSchema::new("public", "reviews", columns).unwrap())
+    }
+
+    #[test]
+    fn the_marker_is_what_the_model_judges_in_place_of_an_oversize_column() {
+        assert_eq!(
+            oversize_marker(b"abc"),
+            "reviewflow.oversize length=3 sha256=\
+             ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let t = "2026-11-25 04:40:17.993809+00";
+        let texts = [
+            Some("7"),
+            Some("42"),
+            None,
+            Some("4.5"),
+            None,
+            Some("see http://spam.example.com"),
+            Some(t),
+            Some(t),
+        ];
+        let cells = cells_of(&texts);
+        let model = scorer_for_model("heuristic-v1@0.5").unwrap();
+        let mut judge = judge();
+        let (image, whole) = judge.judge(&cells, &[], model.as_ref()).unwrap();
+        assert_eq!(image.content.as_deref(), texts[5]);
+        assert!(whole.fraud, "{whole:?}");
+        let (image, marked) = judge.judge(&cells, &[5], model.as_ref()).unwrap();
+        assert_eq!(
+            image.content,
+            Some(oversize_marker(b"see http://spam.example.com"))
+        );
+        assert!(
+            !marked.reasons.contains(&"link".to_string()),
+            "the link is not in the marker: {marked:?}"
+        );
+        assert_eq!(
+            marked,
+            model.judge(&image.countable().unwrap()),
+            "the marker is judged as any text would be"
+        );
+        assert_eq!(
+            judge.schema.digest(&cells),
+            crate::avro::digest::image_digest(texts.iter().map(|t| t.map(str::as_bytes))),
+            "the digest is of the text, markers or not"
+        );
+    }
+}

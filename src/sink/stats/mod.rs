@@ -285,3 +285,58 @@ pub(crate) async fn read(
             .and_then(ValidChange::of),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::Source;
+    use crate::image::{Carried, Decimal, ReviewImage};
+    use crate::lsn::Lsn;
+
+    fn change(after: ReviewImage) -> ChangeEvent {
+        ChangeEvent {
+            op: Op::Create,
+            before: None,
+            after: Some(after),
+            source: Source {
+                schema: "public".into(),
+                table: "reviews".into(),
+                lsn: Lsn(16),
+                position: 0,
+                txid: None,
+                commit_time: chrono::DateTime::default(),
+                snapshot: false,
+            },
+            digest: None,
+            oversize: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_image_that_cannot_count_is_a_dead_letter_naming_its_rules_not_a_panic() {
+        let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let good = ReviewImage {
+            id: 4,
+            course_id: Some(2),
+            user_id: None,
+            rating: Carried::Value(Decimal {
+                unscaled: 30,
+                scale: 1,
+            }),
+            title: None,
+            content: None,
+            created_at: Carried::Value(at),
+            updated_at: Carried::Null,
+        };
+        let valid = ValidChange::of(change(good.clone())).unwrap();
+        assert_eq!(valid.after.unwrap().rating.stars(), 3.0);
+        let mut bad = good;
+        bad.course_id = None;
+        bad.rating = Carried::Text("NaN".into());
+        let reason = ValidChange::of(change(bad)).err().unwrap();
+        assert!(
+            reason.contains("review 4") && reason.contains("no_course, rating_off_scale"),
+            "{reason}"
+        );
+    }
+}
