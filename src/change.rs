@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::image::ReviewImage;
 use crate::lsn::Lsn;
 use crate::review::Rating;
 
@@ -61,25 +62,27 @@ impl Source {
     }
 }
 
-/// The columns of `reviews` the pipeline works with; columns added later travel in the Avro
-/// record but are not needed here.
+/// A row that can count (`image::ReviewImage::countable`): the columns figures and models
+/// read. Columns added later travel in the Avro record but are not needed here.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReviewRow {
     pub id: i64,
     pub course_id: i64,
-    pub user_id: i64,
+    /// No rule reads it, so a row without one still counts.
+    pub user_id: Option<i64>,
     pub rating: Rating,
     pub title: Option<String>,
     pub content: Option<String>,
     pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
+    /// None: NULL, or not an instant (infinity, a year past what the type counts).
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChangeEvent {
     pub op: Op,
-    pub before: Option<ReviewRow>,
-    pub after: Option<ReviewRow>,
+    pub before: Option<ReviewImage>,
+    pub after: Option<ReviewImage>,
     pub source: Source,
     /// `avro::digest` of the after image as the source read it; None for an envelope written
     /// before digests existed, or without an after image.
@@ -89,11 +92,12 @@ pub struct ChangeEvent {
 }
 
 impl ChangeEvent {
-    /// The Kafka key: every change of a course lands in one partition, in order.
+    /// The Kafka key: every change of a course lands in one partition, in order (None: no
+    /// image, or an image without a course).
     pub fn course_id(&self) -> Option<i64> {
         self.after
             .as_ref()
             .or(self.before.as_ref())
-            .map(|r| r.course_id)
+            .and_then(|r| r.course_id)
     }
 }

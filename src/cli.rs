@@ -319,14 +319,12 @@ impl Cli {
                 let client = db::connect(&settings.database_url).await?;
                 let report = verify::verify(&client).await?;
                 for d in &report.differences {
-                    println!(
-                        "course {:>8}  {:<20} expected {:<24} actual {}",
-                        d.course_id, d.figure, d.expected, d.actual
-                    );
+                    println!("{d}");
                 }
                 println!(
-                    "{} courses checked, {} differences",
+                    "{} courses and {} reviews checked, {} differences",
                     report.courses,
+                    report.reviews,
                     report.differences.len()
                 );
                 Ok(if report.differences.is_empty() {

@@ -72,18 +72,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::avro::envelope::ChangeReaders;
 use crate::avro::verdict::Verdict;
-use crate::change::{ChangeEvent, Op, ReviewRow};
+use crate::avro::RowSchema;
+use crate::change::Op;
 use crate::config::{FraudConfig, KafkaSettings, Settings, TopicSettings};
 use crate::error::{Error, Result};
 use crate::kafka::{client_config, partition_count};
 use crate::lsn::Lsn;
 use crate::registry::Registry;
-use crate::review::Rating;
 use crate::sink::offsets::{self, Advance, Applied};
 use crate::sink::stats::figures::{self, Deltas};
-use crate::sink::stats::CONSUMER;
+use crate::sink::stats::{ValidChange, CONSUMER};
 use crate::source::replication::ReplicationConnection;
 use crate::source::snapshot::{table_filenode, TABLE_SCHEMA};
+use crate::transform::from_text::{cells_of, text_columns, TextJudge};
 
 /// The table whose derived state is rebuilt.
 const TABLE: &str = "reviews";
@@ -347,8 +348,10 @@ impl Replay {
             .batch_execute(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
                  SET TRANSACTION SNAPSHOT '{}';
+                 {}
                  LOCK TABLE {TABLE_SCHEMA}.{TABLE} IN ACCESS SHARE MODE;",
-                snapshot.replace('\'', "''")
+                snapshot.replace('\'', "''"),
+                crate::db::text_output_sql(true)
             ))
             .await?;
         if table_filenode(&reader, TABLE).await? != filenode {
@@ -364,13 +367,16 @@ impl Replay {
             total,
             "snapshot {bar:40} {pos}/{len} rows {per_sec} eta {eta}",
         );
+        let columns = crate::source::snapshot::table_columns(&reader, TABLE).await?;
+        let mut judge = TextJudge::new(RowSchema::new(
+            TABLE_SCHEMA,
+            TABLE,
+            columns.iter().cloned(),
+        )?);
+        let select = text_columns(columns.iter().map(|(name, _, _)| name.as_str()));
         let rows = reader
             .query_raw(
-                &format!(
-                    "SELECT id, course_id, user_id, (rating * 2)::int4, title, content,
-                            created_at, updated_at
-                     FROM {TABLE_SCHEMA}.{TABLE}"
-                ),
+                &format!("SELECT {select} FROM {TABLE_SCHEMA}.{TABLE}"),
                 std::iter::empty::<i32>(),
             )
             .await?;
@@ -383,41 +389,29 @@ impl Replay {
             verdicts: Vec::with_capacity(usize::try_from(total).unwrap_or(0)),
         };
         while let Some(row) = rows.try_next().await? {
-            let id: i64 = row.try_get(0)?;
-            let halves: i32 = row.try_get(3)?;
-            let rating = u8::try_from(halves)
-                .ok()
-                .and_then(Rating::from_halves)
-                .ok_or_else(|| {
-                    Error::Decode(format!(
-                        "review {id}: rating of {halves} half stars is not between 0.5 and 5.0"
-                    ))
-                })?;
-            let review = ReviewRow {
-                id,
-                course_id: row.try_get(1)?,
-                user_id: row.try_get(2)?,
-                rating,
-                title: row.try_get(4)?,
-                content: row.try_get(5)?,
-                created_at: row.try_get(6)?,
-                updated_at: row.try_get(7)?,
-            };
-            let judgement = scorer.judge(&review);
-            if !judgement.fraud {
-                read.deltas.add(&review, 1);
-                read.valid += 1;
+            let texts: Vec<Option<&str>> = (0..columns.len())
+                .map(|i| row.try_get(i))
+                .collect::<std::result::Result<_, _>>()?;
+            let cells = cells_of(&texts);
+            let (image, judgement) = judge.judge(&cells, &[], scorer)?;
+            if let Ok(review) = image.countable() {
+                if !judgement.fraud {
+                    read.deltas.add(&review, 1);
+                    read.valid += 1;
+                }
             }
-            // Position -1: a streamed change committed at the consistent point wins.
             read.verdicts.push(Verdict {
-                review_id: id,
-                course_id: review.course_id,
+                review_id: image.id,
+                course_id: image.course_id,
                 version: consistent_point,
+                // Position -1: a streamed change committed at the consistent point wins.
                 position: -1,
                 fraud: judgement.fraud,
                 score: judgement.score,
                 reasons: judgement.reasons,
                 model: scorer.model().to_string(),
+                digest: Some(judge.schema.digest(&cells)),
+                oversize: Vec::new(),
                 review: None,
             });
             read.rows += 1;
@@ -606,11 +600,11 @@ async fn fold_ranges(
         let m = m?;
         read.records += 1;
         match crate::sink::stats::read(registry, &mut readers, &m).await? {
-            Ok(event) => read
+            Ok(change) => read
                 .folds
                 .entry(m.partition())
                 .or_default()
-                .push(&event, floor),
+                .push(&change, floor),
             Err(reason) => {
                 read.undecodable += 1;
                 tracing::debug!(partition = m.partition(), offset = m.offset(), %reason, "undecodable record skipped");
@@ -700,7 +694,8 @@ struct PartitionFold {
 
 impl PartitionFold {
     /// Folds one event; changes below `floor` (a TRUNCATE seen elsewhere) are dropped.
-    fn push(&mut self, event: &ChangeEvent, floor: Option<Id>) {
+    fn push(&mut self, change: &ValidChange, floor: Option<Id>) {
+        let event = &change.event;
         let id = event.source.id();
         if self.last.is_some_and(|last| id <= last) {
             self.duplicates += 1;
@@ -720,10 +715,10 @@ impl PartitionFold {
             return;
         }
         self.first.get_or_insert(id);
-        if let Some(before) = &event.before {
+        if let Some(before) = &change.before {
             self.deltas.add(before, -1);
         }
-        if let Some(after) = &event.after {
+        if let Some(after) = &change.after {
             self.deltas.add(after, 1);
         }
         self.kept += 1;
@@ -820,24 +815,27 @@ mod tests {
     use chrono::{TimeZone, Utc};
 
     use super::*;
-    use crate::change::Source;
+    use crate::change::{ChangeEvent, ReviewRow, Source};
+    use crate::image::ReviewImage;
+    use crate::review::Rating;
 
-    fn event(op: Op, lsn: u64, position: i64, course: i64) -> ChangeEvent {
+    fn event(op: Op, lsn: u64, position: i64, course: i64) -> ValidChange {
         let at = Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap();
         let row = ReviewRow {
             id: course * 100,
             course_id: course,
-            user_id: 1,
+            user_id: Some(1),
             rating: Rating::from_halves(8).unwrap(),
             title: None,
             content: None,
             created_at: at,
-            updated_at: at,
+            updated_at: Some(at),
         };
-        ChangeEvent {
+        let image = ReviewImage::from(&row);
+        let event = ChangeEvent {
             op,
-            before: (op == Op::Delete).then(|| row.clone()),
-            after: matches!(op, Op::Create | Op::Read).then_some(row),
+            before: (op == Op::Delete).then(|| image.clone()),
+            after: matches!(op, Op::Create | Op::Read).then_some(image),
             source: Source {
                 schema: "public".into(),
                 table: "reviews".into(),
@@ -849,7 +847,8 @@ mod tests {
             },
             digest: None,
             oversize: Vec::new(),
-        }
+        };
+        ValidChange::of(event).unwrap()
     }
 
     #[test]

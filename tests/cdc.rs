@@ -11,15 +11,23 @@ use std::time::Duration;
 
 use rdkafka::Message;
 use reviewflow::avro::wire;
-use reviewflow::change::{ChangeEvent, Op, ReviewRow};
+use reviewflow::change::{ChangeEvent, Op};
+use reviewflow::image::ReviewImage;
 use reviewflow::lsn::Lsn;
 use reviewflow::registry::Registry;
 
 /// course_id, user_id, rating, title, content, created_at (µs): what a row is compared by.
-type RowFigures = (i64, i64, String, Option<String>, Option<String>, i64);
+type RowFigures = (
+    Option<i64>,
+    Option<i64>,
+    String,
+    Option<String>,
+    Option<String>,
+    i64,
+);
 
 /// The table as the events describe it: replaying them from nothing.
-fn replay(events: &[(i32, Option<i64>, ChangeEvent)]) -> BTreeMap<i64, ReviewRow> {
+fn replay(events: &[(i32, Option<i64>, ChangeEvent)]) -> BTreeMap<i64, ReviewImage> {
     let mut ordered: Vec<&ChangeEvent> = Vec::new();
     let mut seen = HashSet::new();
     let mut all: Vec<&ChangeEvent> = events.iter().map(|(_, _, e)| e).collect();
@@ -54,7 +62,7 @@ async fn table(db: &tokio_postgres::Client) -> BTreeMap<i64, RowFigures> {
         .collect()
 }
 
-fn as_table(rows: &BTreeMap<i64, ReviewRow>) -> BTreeMap<i64, RowFigures> {
+fn as_table(rows: &BTreeMap<i64, ReviewImage>) -> BTreeMap<i64, RowFigures> {
     rows.iter()
         .map(|(id, r)| {
             (
@@ -65,7 +73,7 @@ fn as_table(rows: &BTreeMap<i64, ReviewRow>) -> BTreeMap<i64, RowFigures> {
                     r.rating.to_string(),
                     r.title.clone(),
                     r.content.clone(),
-                    r.created_at.timestamp_micros(),
+                    r.created_at.value().unwrap().timestamp_micros(),
                 ),
             )
         })

@@ -111,11 +111,12 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
     p.wait_until_caught_up().await;
     let db = p.db().await;
     let report = reviewflow::verify::verify(&db).await.unwrap();
-    // Every review's current version (its last change on the topic) has its verdict.
+    // Every current row of the table has a verdict of its current image (by SQL; verify's
+    // own check of the rows is in its differences).
     let (reviews, unjudged) = p.current_versions_without_one_verdict().await;
     println!(
         "chaos: {trials} trials over {seconds} s, faults {faults:?}, {} transactions committed, \
-         {} reviews, {} differences, {} current versions without exactly one verdict",
+         {} reviews, {} differences, {} current rows without a verdict of their image",
         committed.load(Ordering::Relaxed),
         reviews,
         report.differences.len(),

@@ -10,7 +10,8 @@ use common::pipeline::Pipeline;
 use rdkafka::message::Headers;
 use rdkafka::Message;
 use reviewflow::avro::{verdict, wire};
-use reviewflow::change::{ChangeEvent, Op, ReviewRow};
+use reviewflow::change::{ChangeEvent, Op};
+use reviewflow::image::ReviewImage;
 use reviewflow::lsn::Lsn;
 use reviewflow::registry::Registry;
 use reviewflow::transform::score::{self, ScorerKind};
@@ -204,7 +205,8 @@ async fn an_edit_that_flips_the_verdict_leaves_or_enters_the_valid_set() {
         .iter()
         .map(|(_, key, e)| {
             assert_eq!(*key, Some(5), "keyed by course");
-            let stars = |r: &Option<ReviewRow>| r.as_ref().map(|r| r.rating.stars());
+            let stars =
+                |r: &Option<ReviewImage>| r.as_ref().map(|r| r.countable().unwrap().rating.stars());
             (e.op, stars(&e.before), stars(&e.after))
         })
         .collect();

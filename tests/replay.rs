@@ -17,12 +17,7 @@ async fn differences(p: &Pipeline) -> Vec<String> {
         .unwrap()
         .differences
         .iter()
-        .map(|d| {
-            format!(
-                "course {} {}: expected {}, actual {}",
-                d.course_id, d.figure, d.expected, d.actual
-            )
-        })
+        .map(|d| d.to_string())
         .collect()
 }
 

@@ -1,6 +1,6 @@
 //! The stats worker's arithmetic against the from-scratch truth: reviews and verdicts are
 //! written to a private database while the matching reviews.valid images go through
-//! Deltas/apply, as the worker will do, and `verify_at` must then find no difference.
+//! Deltas/apply, as the worker will do, and `verify`'s check of the figures must then find no difference.
 
 mod common;
 
@@ -14,7 +14,7 @@ use reviewflow::change::ReviewRow;
 use reviewflow::lsn::Lsn;
 use reviewflow::review::Rating;
 use reviewflow::sink::stats::figures::{apply, lock_state, reset, roll_days, Deltas};
-use reviewflow::verify::{verify, verify_at};
+use reviewflow::verify::figures_at;
 
 /// The source table, its verdicts and the valid-set changelog, kept in step.
 struct Sim {
@@ -58,12 +58,12 @@ impl Sim {
         let row = ReviewRow {
             id,
             course_id: course,
-            user_id: 1,
+            user_id: Some(1),
             rating: Rating::from_halves(halves).unwrap(),
             title: None,
             content: None,
             created_at: at,
-            updated_at: at,
+            updated_at: Some(at),
         };
         self.db
             .execute(
@@ -149,7 +149,7 @@ impl Sim {
     }
 
     async fn assert_true_at(&self, today: NaiveDate) {
-        let report = verify_at(&self.db, Some(today)).await.unwrap();
+        let report = figures_at(&self.db, Some(today)).await.unwrap();
         assert!(
             report.differences.is_empty(),
             "as of {today}: {:#?}",
@@ -405,7 +405,7 @@ async fn last_review_at_falls_back_and_an_emptied_course_reads_zero_and_null() {
     assert_eq!(sim.count("course_daily_stats").await, 0);
     assert_eq!(sim.count("course_review_times").await, 0);
     // The truth as of the server's own day, through the command's code path.
-    let report = verify(&sim.db).await.unwrap();
+    let report = figures_at(&sim.db, None).await.unwrap();
     assert!(report.differences.is_empty(), "{:#?}", report.differences);
     assert_eq!(report.courses, 1);
 

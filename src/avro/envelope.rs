@@ -9,11 +9,10 @@ use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use chrono::{DateTime, Utc};
 
-use super::pgtext::decimal_unscaled;
-use crate::change::{ChangeEvent, Op, ReviewRow, Source};
+use super::carried;
+use crate::change::{ChangeEvent, Op, Source};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
-use crate::review::Rating;
 
 pub use super::row::{Cell, RowSchema};
 
@@ -71,8 +70,8 @@ fn change_of(value: Value, rating_scale: u32) -> Result<ChangeEvent> {
     for (name, value) in fields {
         match name.as_str() {
             "op" => op = Some(string(value, "op")?),
-            "before" => before = row(value, rating_scale)?,
-            "after" => after = row(value, rating_scale)?,
+            "before" => before = carried::row(unwrap_union(value), rating_scale)?,
+            "after" => after = carried::row(unwrap_union(value), rating_scale)?,
             "source" => source = Some(source_of(value)?),
             "digest" => match unwrap_union(value) {
                 Value::String(d) => digest = Some(d),
@@ -154,59 +153,7 @@ fn source_of(value: Value) -> Result<Source> {
     Ok(s)
 }
 
-fn row(value: Value, rating_scale: u32) -> Result<Option<ReviewRow>> {
-    let value = unwrap_union(value);
-    if value == Value::Null {
-        return Ok(None);
-    }
-    let (mut id, mut course_id, mut user_id, mut rating) = (None, None, None, None);
-    let (mut title, mut content, mut created_at, mut updated_at) = (None, None, None, None);
-    for (name, value) in record(value, "row")? {
-        match (name.as_str(), unwrap_union(value)) {
-            (_, Value::Null) => {}
-            ("id", Value::Long(v)) => id = Some(v),
-            ("course_id", Value::Long(v)) => course_id = Some(v),
-            ("user_id", Value::Long(v)) => user_id = Some(v),
-            ("rating", Value::Decimal(d)) => {
-                let bytes: Vec<u8> = (&d).try_into()?;
-                rating = decimal_unscaled(&bytes)
-                    .and_then(|u| halves(u, rating_scale))
-                    .and_then(Rating::from_halves);
-                if rating.is_none() {
-                    return Err(Error::Decode(
-                        "rating is not a half-star value between 0.5 and 5.0".into(),
-                    ));
-                }
-            }
-            ("title", Value::String(v)) => title = Some(v),
-            ("content", Value::String(v)) => content = Some(v),
-            ("created_at", Value::TimestampMicros(v)) => created_at = Some(micros(v)?),
-            ("updated_at", Value::TimestampMicros(v)) => updated_at = Some(micros(v)?),
-            _ => {}
-        }
-    }
-    Ok(Some(ReviewRow {
-        id: id.ok_or_else(|| missing("id"))?,
-        course_id: course_id.ok_or_else(|| missing("course_id"))?,
-        user_id: user_id.ok_or_else(|| missing("user_id"))?,
-        rating: rating.ok_or_else(|| missing("rating"))?,
-        title,
-        content,
-        created_at: created_at.ok_or_else(|| missing("created_at"))?,
-        updated_at: updated_at.ok_or_else(|| missing("updated_at"))?,
-    }))
-}
-
-/// Unscaled decimal at `scale` to a count of half stars, when it is a whole one.
-fn halves(unscaled: i128, scale: u32) -> Option<u8> {
-    let unit = 10i128.checked_pow(scale)?;
-    let doubled = unscaled.checked_mul(2)?;
-    (doubled % unit == 0)
-        .then(|| u8::try_from(doubled / unit).ok())
-        .flatten()
-}
-
-/// The scale of Row.rating in this writer schema (numeric(2,1) today).
+/// The scale of Row.rating in this writer schema (numeric(2,1) today, any numeric(p,s)).
 fn rating_scale(writer: &Schema) -> Option<u32> {
     let Schema::Record(RecordSchema { fields, .. }) = writer else {
         return None;
@@ -218,11 +165,14 @@ fn rating_scale(writer: &Schema) -> Option<u32> {
     let Schema::Record(RecordSchema { fields, .. }) = u.variants().get(1)? else {
         return None;
     };
+    // Whichever branch of the union: ["null", decimal] today, ["null", decimal, "string"]
+    // with special values.
     match &fields.iter().find(|f| f.name == "rating")?.schema {
-        Schema::Union(u) => match u.variants().get(1)? {
+        Schema::Union(u) => u.variants().iter().find_map(|v| match v {
             Schema::Decimal(d) => u32::try_from(d.scale).ok(),
             _ => None,
-        },
+        }),
+        Schema::Decimal(d) => u32::try_from(d.scale).ok(),
         _ => None,
     }
 }
@@ -260,6 +210,7 @@ fn missing(field: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::review::Rating;
 
     /// The columns of `reviews` as pgoutput's Relation message describes them.
     pub fn review_columns() -> Vec<(String, u32, i32)> {
@@ -308,15 +259,22 @@ mod tests {
         assert_eq!(event.source, source());
         let before = event.before.unwrap();
         let after = event.after.unwrap();
-        assert_eq!((before.id, before.course_id, before.user_id), (7, 42, 9));
-        assert_eq!(before.rating, Rating::from_stars(4.5).unwrap());
-        assert_eq!(after.rating, Rating::from_stars(1.0).unwrap());
+        assert_eq!(
+            (before.id, before.course_id, before.user_id),
+            (7, Some(42), Some(9))
+        );
+        let stars = |i: &crate::image::ReviewImage| i.countable().unwrap().rating;
+        assert_eq!(stars(&before), Rating::from_stars(4.5).unwrap());
+        assert_eq!(stars(&after), Rating::from_stars(1.0).unwrap());
         assert_eq!(
             (before.title.as_deref(), after.title.as_deref()),
             (Some("Good"), None)
         );
         assert_eq!(before.content.as_deref(), Some(""));
-        assert_eq!(after.created_at.timestamp_micros(), 1_795_581_617_993_809);
+        assert_eq!(
+            after.created_at.value().map(|t| t.timestamp_micros()),
+            Some(1_795_581_617_993_809)
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! from the table's columns as the replication stream describes them, so an added column
 //! becomes a new, backward-compatible schema version; and the Confluent wire format.
 
+mod carried;
 pub mod digest;
 pub mod envelope;
 mod pgtext;

@@ -10,8 +10,8 @@ use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 use serde_json::json;
 
-use crate::change::ReviewRow;
 use crate::error::{Error, Result};
+use crate::image::{Carried, ReviewImage};
 use crate::lsn::Lsn;
 
 /// One verdict. On `reviews.fraud` it carries the review as judged; on `reviews.verdicts`
@@ -19,22 +19,33 @@ use crate::lsn::Lsn;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Verdict {
     pub review_id: i64,
-    pub course_id: i64,
+    /// None: the row has no course (a row that cannot count, judged fraud for it).
+    pub course_id: Option<i64>,
     pub version: Lsn,
     pub position: i64,
     pub fraud: bool,
     pub score: f64,
     pub reasons: Vec<String>,
     pub model: String,
-    pub review: Option<ReviewRow>,
+    /// `avro::digest` of the image judged, from the change envelope (None: the change was
+    /// written before digests existed).
+    pub digest: Option<String>,
+    /// Columns of the image judged that were carried as oversize markers (names without the
+    /// envelope's `after.` prefix): the model judged the marker, not the text.
+    pub oversize: Vec<String>,
+    pub review: Option<ReviewImage>,
 }
 
+/// Every field added since the first version has a default and every type change widens to
+/// a union holding the old type, so this schema reads every verdict ever written (BACKWARD).
 pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
+    let instant = json!(["null", {"type": "long", "logicalType": "timestamp-micros"}, "string"]);
     Schema::parse(&json!({
         "type": "record", "name": "Verdict", "namespace": "reviewflow",
         "fields": [
             {"name": "review_id", "type": "long"},
-            {"name": "course_id", "type": "long"},
+            {"name": "course_id", "type": ["null", "long"], "default": null,
+             "doc": "null for a row without a course (judged fraud, reason no_course)"},
             {"name": "version", "type": "long", "doc": "commit LSN of the change judged"},
             {"name": "position", "type": "long", "doc": "index of the change in its transaction"},
             {"name": "verdict", "type": "string", "doc": "valid or fraud"},
@@ -43,13 +54,19 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
             {"name": "model", "type": "string"},
             {"name": "review", "default": null, "type": ["null", {
                 "type": "record", "name": "JudgedReview", "fields": [
-                    {"name": "user_id", "type": "long"},
-                    {"name": "rating", "type": "string", "doc": "stars, e.g. 4.5"},
+                    {"name": "user_id", "type": ["null", "long"], "default": null},
+                    {"name": "rating", "type": ["null", "string"], "default": null,
+                     "doc": "stars as PostgreSQL prints them, e.g. 4.5, or NaN"},
                     {"name": "title", "type": ["null", "string"], "default": null},
                     {"name": "content", "type": ["null", "string"], "default": null},
-                    {"name": "created_at", "type": {"type": "long", "logicalType": "timestamp-micros"}},
-                    {"name": "updated_at", "type": {"type": "long", "logicalType": "timestamp-micros"}}
-                ]}]}
+                    {"name": "created_at", "type": instant, "default": null,
+                     "doc": "the string branch: what a timestamp cannot hold (infinity, ...)"},
+                    {"name": "updated_at", "type": instant, "default": null}
+                ]}]},
+            {"name": "digest", "type": ["null", "string"], "default": null,
+             "doc": "sha256 of the judged image's contract columns (docs/guarantees.md)"},
+            {"name": "oversize", "type": {"type": "array", "items": "string"}, "default": [],
+             "doc": "columns judged as their oversize marker"}
         ]
     }))
     .expect("the verdict schema is valid Avro")
@@ -65,31 +82,29 @@ static WRITER: LazyLock<GenericDatumWriter<'static>> = LazyLock::new(|| {
 /// The Avro body of a verdict.
 pub fn encode(v: &Verdict) -> Result<Vec<u8>> {
     let review = match &v.review {
-        None => Value::Union(0, Box::new(Value::Null)),
+        None => null(),
         Some(r) => Value::Union(
             1,
             Box::new(Value::Record(vec![
-                ("user_id".into(), Value::Long(r.user_id)),
+                ("user_id".into(), optional(r.user_id.map(Value::Long))),
                 (
                     "rating".into(),
-                    Value::String(format!("{:.1}", r.rating.stars())),
+                    optional(match &r.rating {
+                        Carried::Null => None,
+                        Carried::Value(d) => Some(Value::String(d.to_string())),
+                        Carried::Text(t) => Some(Value::String(t.clone())),
+                    }),
                 ),
                 ("title".into(), optional_string(&r.title)),
                 ("content".into(), optional_string(&r.content)),
-                (
-                    "created_at".into(),
-                    Value::TimestampMicros(r.created_at.timestamp_micros()),
-                ),
-                (
-                    "updated_at".into(),
-                    Value::TimestampMicros(r.updated_at.timestamp_micros()),
-                ),
+                ("created_at".into(), instant(&r.created_at)),
+                ("updated_at".into(), instant(&r.updated_at)),
             ])),
         ),
     };
     let record = Value::Record(vec![
         ("review_id".into(), Value::Long(v.review_id)),
-        ("course_id".into(), Value::Long(v.course_id)),
+        ("course_id".into(), optional(v.course_id.map(Value::Long))),
         ("version".into(), Value::Long(v.version.0 as i64)),
         ("position".into(), Value::Long(v.position)),
         (
@@ -103,6 +118,11 @@ pub fn encode(v: &Verdict) -> Result<Vec<u8>> {
         ),
         ("model".into(), Value::String(v.model.clone())),
         ("review".into(), review),
+        ("digest".into(), optional_string(&v.digest)),
+        (
+            "oversize".into(),
+            Value::Array(v.oversize.iter().cloned().map(Value::String).collect()),
+        ),
     ]);
     Ok(WRITER.write_value_to_vec(record)?)
 }
@@ -118,19 +138,25 @@ pub fn decode(writer: &Schema, body: &[u8]) -> Result<Verdict> {
     };
     let mut v = Verdict {
         review_id: 0,
-        course_id: 0,
+        course_id: None,
         version: Lsn::ZERO,
         position: 0,
         fraud: false,
         score: 0.0,
         reasons: Vec::new(),
         model: String::new(),
+        digest: None,
+        oversize: Vec::new(),
         review: None,
     };
     for (name, value) in fields {
+        let value = match value {
+            Value::Union(_, inner) => *inner,
+            v => v,
+        };
         match (name.as_str(), value) {
             ("review_id", Value::Long(x)) => v.review_id = x,
-            ("course_id", Value::Long(x)) => v.course_id = x,
+            ("course_id", Value::Long(x)) => v.course_id = Some(x),
             ("version", Value::Long(x)) => v.version = Lsn(x as u64),
             ("position", Value::Long(x)) => v.position = x,
             ("verdict", Value::String(x)) => {
@@ -141,20 +167,42 @@ pub fn decode(writer: &Schema, body: &[u8]) -> Result<Verdict> {
                 }
             }
             ("score", Value::Double(x)) => v.score = x,
-            ("reasons", Value::Array(xs)) => {
-                v.reasons = xs
-                    .into_iter()
-                    .map(|x| match x {
-                        Value::String(s) => Ok(s),
-                        other => Err(Error::Decode(format!("reason {other:?} is not a string"))),
-                    })
-                    .collect::<Result<_>>()?
-            }
+            ("reasons", Value::Array(xs)) => v.reasons = strings(xs, "reason")?,
             ("model", Value::String(x)) => v.model = x,
+            ("digest", Value::String(x)) => v.digest = Some(x),
+            ("oversize", Value::Array(xs)) => v.oversize = strings(xs, "oversize column")?,
             _ => {}
         }
     }
     Ok(v)
+}
+
+fn strings(values: Vec<Value>, what: &str) -> Result<Vec<String>> {
+    values
+        .into_iter()
+        .map(|x| match x {
+            Value::String(s) => Ok(s),
+            other => Err(Error::Decode(format!("{what} {other:?} is not a string"))),
+        })
+        .collect()
+}
+
+fn null() -> Value {
+    Value::Union(0, Box::new(Value::Null))
+}
+
+fn optional(value: Option<Value>) -> Value {
+    value.map_or_else(null, |v| Value::Union(1, Box::new(v)))
+}
+
+fn instant(t: &Carried<chrono::DateTime<chrono::Utc>>) -> Value {
+    match t {
+        Carried::Null => null(),
+        Carried::Value(t) => {
+            Value::Union(1, Box::new(Value::TimestampMicros(t.timestamp_micros())))
+        }
+        Carried::Text(s) => Value::Union(2, Box::new(Value::String(s.clone()))),
+    }
 }
 
 fn optional_string(s: &Option<String>) -> Value {
@@ -167,35 +215,128 @@ fn optional_string(s: &Option<String>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::review::Rating;
+    use crate::image::Decimal;
 
-    #[test]
-    fn a_verdict_round_trips_with_and_without_the_review() {
-        let mut v = Verdict {
+    fn verdict() -> Verdict {
+        Verdict {
             review_id: 7,
-            course_id: 3,
+            course_id: Some(3),
             version: Lsn(0x16B3748),
             position: 2,
             fraud: true,
             score: 0.75,
             reasons: vec!["link".into(), "shouting".into()],
             model: "heuristic-v1@0.5".into(),
+            digest: Some("ab".repeat(32)),
+            oversize: vec!["content".into()],
             review: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_verdict_round_trips_with_and_without_the_review() {
+        let mut v = verdict();
         assert_eq!(decode(&SCHEMA, &encode(&v).unwrap()).unwrap(), v);
-        v.review = Some(ReviewRow {
+        v.review = Some(ReviewImage {
             id: 7,
-            course_id: 3,
-            user_id: 9,
-            rating: Rating::from_halves(9).unwrap(),
+            course_id: Some(3),
+            user_id: Some(9),
+            rating: Carried::Value(Decimal {
+                unscaled: 45,
+                scale: 1,
+            }),
             title: None,
             content: Some("see http://spam".into()),
-            created_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
-            updated_at: chrono::DateTime::from_timestamp(1_700_000_100, 0).unwrap(),
+            created_at: Carried::Value(chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap()),
+            updated_at: Carried::Value(chrono::DateTime::from_timestamp(1_700_000_100, 0).unwrap()),
         });
         let decoded = decode(&SCHEMA, &encode(&v).unwrap()).unwrap();
         // The sink does not need the review back; the rest must survive exactly.
         assert_eq!(decoded, Verdict { review: None, ..v });
         assert!(decode(&SCHEMA, b"\x02").is_err());
+    }
+
+    #[test]
+    fn a_row_that_cannot_count_is_carried_with_what_it_holds() {
+        let mut v = verdict();
+        v.course_id = None;
+        v.reasons = vec!["no_course".into(), "created_at_out_of_range".into()];
+        v.review = Some(ReviewImage {
+            id: 7,
+            course_id: None,
+            user_id: None,
+            rating: Carried::Text("NaN".into()),
+            title: None,
+            content: None,
+            created_at: Carried::Text("-infinity".into()),
+            updated_at: Carried::Null,
+        });
+        let body = encode(&v).unwrap();
+        assert_eq!(
+            decode(&SCHEMA, &body).unwrap(),
+            Verdict {
+                review: None,
+                ..v.clone()
+            }
+        );
+        let value = GenericDatumReader::builder(&SCHEMA)
+            .build()
+            .unwrap()
+            .read_value(&mut &body[..])
+            .unwrap();
+        let text = format!("{value:?}");
+        assert!(text.contains("NaN") && text.contains("-infinity"), "{text}");
+    }
+
+    /// The first version of the schema, as registered by earlier builds.
+    const FIRST: &str = r#"{"type": "record", "name": "Verdict", "namespace": "reviewflow",
+        "fields": [
+            {"name": "review_id", "type": "long"},
+            {"name": "course_id", "type": "long"},
+            {"name": "version", "type": "long"},
+            {"name": "position", "type": "long"},
+            {"name": "verdict", "type": "string"},
+            {"name": "score", "type": "double"},
+            {"name": "reasons", "type": {"type": "array", "items": "string"}},
+            {"name": "model", "type": "string"},
+            {"name": "review", "default": null, "type": ["null", {
+                "type": "record", "name": "JudgedReview", "fields": [
+                    {"name": "user_id", "type": "long"},
+                    {"name": "rating", "type": "string"},
+                    {"name": "title", "type": ["null", "string"], "default": null},
+                    {"name": "content", "type": ["null", "string"], "default": null},
+                    {"name": "created_at", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+                    {"name": "updated_at", "type": {"type": "long", "logicalType": "timestamp-micros"}}
+                ]}]}
+        ]}"#;
+
+    #[test]
+    fn verdicts_of_the_first_schema_still_read() {
+        use apache_avro::schema_compatibility::SchemaCompatibility;
+        let first = Schema::parse_str(FIRST).unwrap();
+        assert!(
+            SchemaCompatibility::can_read(&first, &SCHEMA).is_ok(),
+            "{:?}",
+            SchemaCompatibility::can_read(&first, &SCHEMA)
+        );
+        let old = Value::Record(vec![
+            ("review_id".into(), Value::Long(7)),
+            ("course_id".into(), Value::Long(3)),
+            ("version".into(), Value::Long(16)),
+            ("position".into(), Value::Long(1)),
+            ("verdict".into(), Value::String("valid".into())),
+            ("score".into(), Value::Double(0.25)),
+            ("reasons".into(), Value::Array(vec![])),
+            ("model".into(), Value::String("seed-murmur2-v1".into())),
+            ("review".into(), Value::Union(0, Box::new(Value::Null))),
+        ]);
+        let body = GenericDatumWriter::builder(&first)
+            .build()
+            .unwrap()
+            .write_value_to_vec(old)
+            .unwrap();
+        let v = decode(&first, &body).unwrap();
+        assert_eq!((v.review_id, v.course_id, v.digest), (7, Some(3), None));
+        assert!(v.oversize.is_empty() && !v.fraud);
     }
 }

@@ -39,6 +39,9 @@ pub struct StatsFigures {
     /// stack is ours.
     pub postgres_cpu_secs: Option<f64>,
     pub verified_courses: i64,
+    pub verified_reviews: i64,
+    /// How long `verify` took on those tables.
+    pub verify_secs: f64,
     pub streams: PeerOutcome,
 }
 
@@ -187,7 +190,9 @@ async fn stats(
     .await?;
     run.stop("verdicts", "backlog").await?;
     let client = crate::db::connect(&run.settings.database_url).await?;
+    let verify_started = Instant::now();
     let report = crate::verify::verify(&client).await?;
+    let verify_secs = verify_started.elapsed().as_secs_f64();
     bar.finish_and_clear();
     if !report.differences.is_empty() {
         return Err(Error::Command {
@@ -206,6 +211,8 @@ async fn stats(
         cpu_secs,
         postgres_cpu_secs,
         verified_courses: report.courses,
+        verified_reviews: report.reviews,
+        verify_secs,
         streams,
     })
 }

@@ -270,12 +270,12 @@ mod tests {
             let row = crate::change::ReviewRow {
                 id: 1,
                 course_id: r.course_id,
-                user_id: r.user_id,
+                user_id: Some(r.user_id),
                 rating: r.rating,
                 title: r.title.clone(),
                 content: Some(r.content.clone()),
                 created_at: at,
-                updated_at: at,
+                updated_at: Some(at),
             };
             assert_eq!(model.judge(&row).fraud, r.spam, "{r:?}");
         }

@@ -119,17 +119,26 @@ pub async fn upsert(tx: &tokio_postgres::Transaction<'_>, verdicts: &[Verdict]) 
     let reasons: Vec<serde_json::Value> =
         rows.iter().map(|v| serde_json::json!(v.reasons)).collect();
     let models: Vec<&str> = rows.iter().map(|v| v.model.as_str()).collect();
+    let digests: Vec<Option<&str>> = rows.iter().map(|v| v.digest.as_deref()).collect();
+    let oversize: Vec<serde_json::Value> =
+        rows.iter().map(|v| serde_json::json!(v.oversize)).collect();
     tx.execute(
-        "INSERT INTO review_verdicts (review_id, version, position, verdict, score, reasons, model)
+        "INSERT INTO review_verdicts
+             (review_id, version, position, verdict, score, reasons, model, digest, oversize)
          SELECT id, version::pg_lsn, position, verdict, score,
-                ARRAY(SELECT jsonb_array_elements_text(reasons)), model
-         FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::float8[], $6::jsonb[], $7::text[])
-              AS u(id, version, position, verdict, score, reasons, model)
+                ARRAY(SELECT jsonb_array_elements_text(reasons)), model, digest,
+                ARRAY(SELECT jsonb_array_elements_text(oversize))
+         FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::float8[], $6::jsonb[],
+                     $7::text[], $8::text[], $9::jsonb[])
+              AS u(id, version, position, verdict, score, reasons, model, digest, oversize)
          ON CONFLICT (review_id, version) DO UPDATE
             SET position = EXCLUDED.position, verdict = EXCLUDED.verdict, score = EXCLUDED.score,
-                reasons = EXCLUDED.reasons, model = EXCLUDED.model, judged_at = now()
+                reasons = EXCLUDED.reasons, model = EXCLUDED.model, digest = EXCLUDED.digest,
+                oversize = EXCLUDED.oversize, judged_at = now()
             WHERE review_verdicts.position <= EXCLUDED.position",
-        &[&ids, &versions, &positions, &kinds, &scores, &reasons, &models],
+        &[
+            &ids, &versions, &positions, &kinds, &scores, &reasons, &models, &digests, &oversize,
+        ],
     )
     .await?;
     Ok(())

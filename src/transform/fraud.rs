@@ -30,6 +30,7 @@ use crate::avro::{envelope, verdict, wire};
 use crate::change::{ChangeEvent, Op};
 use crate::config::{FraudConfig, Settings, TopicSettings, WorkerSettings};
 use crate::error::{Error, Result};
+use crate::image::ReviewImage;
 use crate::kafka::{self, client_config};
 use crate::metrics;
 use crate::registry::Registry;
@@ -369,8 +370,11 @@ impl Session {
             key,
         } = read;
         let mut out = Vec::new();
-        let judge =
-            |row: &Option<crate::change::ReviewRow>| row.as_ref().map(|r| self.scorer.judge(r));
+        let judge = |image: &Option<ReviewImage>| {
+            image
+                .as_ref()
+                .map(|i| score::judge(self.scorer.as_ref(), i))
+        };
         let (before, after) = (judge(&event.before), judge(&event.after));
         if let (Some(row), Some(j)) = (&event.after, &after) {
             out.extend(self.verdict_records(&event, row, j)?);
@@ -419,7 +423,7 @@ impl Session {
     fn verdict_records(
         &self,
         event: &ChangeEvent,
-        row: &crate::change::ReviewRow,
+        row: &ReviewImage,
         j: &Judgement,
     ) -> Result<Vec<Output>> {
         let mut v = verdict::Verdict {
@@ -431,6 +435,8 @@ impl Session {
             score: j.score,
             reasons: j.reasons.clone(),
             model: self.scorer.model().to_string(),
+            digest: event.digest.clone(),
+            oversize: judged_oversize(event),
             review: None,
         };
         let key = wire::frame(self.ids.review_key, &envelope::encode_key(row.id)?);
@@ -510,6 +516,16 @@ impl Session {
             "fraud progress"
         );
     }
+}
+
+/// The after image's columns carried as oversize markers, by name: what the verdict judged.
+pub fn judged_oversize(event: &ChangeEvent) -> Vec<String> {
+    event
+        .oversize
+        .iter()
+        .filter_map(|c| c.strip_prefix("after."))
+        .map(str::to_string)
+        .collect()
 }
 
 struct Read<'m> {

@@ -407,12 +407,12 @@ mod tests {
         ReviewRow {
             id,
             course_id,
-            user_id: 1,
+            user_id: Some(1),
             rating: Rating::from_halves(halves).unwrap(),
             title: None,
             content: None,
             created_at,
-            updated_at: created_at,
+            updated_at: Some(created_at),
         }
     }
 

@@ -26,7 +26,7 @@ use super::dead_letters::DeadLetters;
 use super::feed::{self, Batch};
 use super::offsets::{self, Advance, Applied};
 use crate::avro::envelope::ChangeReaders;
-use crate::change::{ChangeEvent, Op};
+use crate::change::{ChangeEvent, Op, ReviewRow};
 use crate::config::{Settings, StatsConfig, TopicSettings, WorkerSettings};
 use crate::error::Result;
 use crate::metrics;
@@ -122,7 +122,7 @@ impl StatsWorker {
             fold.push(&tx, &mut state, today, m.partition(), event)
                 .await?;
             if fold.changes > before {
-                committed.push(event.source.commit_time);
+                committed.push(event.event.source.commit_time);
             }
         }
         // Delivered to the api's listeners only if this transaction commits.
@@ -182,8 +182,9 @@ impl Fold {
         state: &mut StatsState,
         today: NaiveDate,
         partition: i32,
-        event: &ChangeEvent,
+        change: &ValidChange,
     ) -> Result<()> {
+        let event = &change.event;
         let id = event.source.id();
         let last = self.applied.entry(partition).or_default();
         if last.is_some_and(|l| id <= l) || state.voids(id) {
@@ -198,10 +199,10 @@ impl Fold {
             self.reset |= figures::reset(tx, state, id).await?;
             return Ok(());
         }
-        if let Some(before) = &event.before {
+        if let Some(before) = &change.before {
             self.deltas.add(before, -1);
         }
-        if let Some(after) = &event.after {
+        if let Some(after) = &change.after {
             self.deltas.add(after, 1);
         }
         Ok(())
@@ -234,17 +235,108 @@ struct Input<'a> {
     dead_letters: &'a DeadLetters,
 }
 
+/// A change of the valid set, with its images as the rows that count.
+pub struct ValidChange {
+    pub event: ChangeEvent,
+    pub before: Option<ReviewRow>,
+    pub after: Option<ReviewRow>,
+}
+
+impl ValidChange {
+    /// The change, or why it cannot be one: the fraud worker judges every row that cannot
+    /// count fraud, so such an image on the valid changelog is a bug upstream, which goes to
+    /// the dead-letter topic with the rules it breaks rather than stop this worker.
+    pub fn of(event: ChangeEvent) -> std::result::Result<ValidChange, String> {
+        let count = |image: &Option<crate::image::ReviewImage>, which: &str| {
+            image
+                .as_ref()
+                .map(|i| i.countable())
+                .transpose()
+                .map_err(|rules| {
+                    let names: Vec<&str> = rules.iter().map(|r| r.name()).collect();
+                    format!(
+                        "the {which} image of review {} cannot count ({}), yet it is on the \
+                         valid changelog",
+                        image.as_ref().map_or(0, |i| i.id),
+                        names.join(", ")
+                    )
+                })
+        };
+        Ok(ValidChange {
+            before: count(&event.before, "before")?,
+            after: count(&event.after, "after")?,
+            event,
+        })
+    }
+}
+
 /// A record of the valid changelog decoded, or why it cannot be (a dead letter); an `Err`
 /// is only registry trouble. Shared with `replay`.
 pub(crate) async fn read(
     registry: &Registry,
     readers: &mut ChangeReaders,
     m: &OwnedMessage,
-) -> Result<Result<ChangeEvent, String>> {
+) -> Result<Result<ValidChange, String>> {
     Ok(match registry.resolve(m.payload()).await? {
         Err(reason) => Err(reason),
         Ok(framed) => readers
             .read(framed.id, &framed.schema, framed.body)
-            .map_err(|e| format!("not a change event of reviews: {e}")),
+            .map_err(|e| format!("not a change event of reviews: {e}"))
+            .and_then(ValidChange::of),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::Source;
+    use crate::image::{Carried, Decimal, ReviewImage};
+    use crate::lsn::Lsn;
+
+    fn change(after: ReviewImage) -> ChangeEvent {
+        ChangeEvent {
+            op: Op::Create,
+            before: None,
+            after: Some(after),
+            source: Source {
+                schema: "public".into(),
+                table: "reviews".into(),
+                lsn: Lsn(16),
+                position: 0,
+                txid: None,
+                commit_time: chrono::DateTime::default(),
+                snapshot: false,
+            },
+            digest: None,
+            oversize: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_image_that_cannot_count_is_a_dead_letter_naming_its_rules_not_a_panic() {
+        let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let good = ReviewImage {
+            id: 4,
+            course_id: Some(2),
+            user_id: None,
+            rating: Carried::Value(Decimal {
+                unscaled: 30,
+                scale: 1,
+            }),
+            title: None,
+            content: None,
+            created_at: Carried::Value(at),
+            updated_at: Carried::Null,
+        };
+        let valid = ValidChange::of(change(good.clone())).unwrap();
+        assert_eq!(valid.after.unwrap().rating.stars(), 3.0);
+        let mut bad = good;
+        bad.course_id = None;
+        bad.rating = Carried::Text("NaN".into());
+        let reason = ValidChange::of(change(bad)).err().unwrap();
+        assert!(
+            reason.contains("review 4") && reason.contains("no_course, rating_off_scale"),
+            "{reason}"
+        );
+    }
 }

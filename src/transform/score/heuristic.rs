@@ -340,12 +340,12 @@ mod tests {
         ReviewRow {
             id: 1,
             course_id: 2,
-            user_id: 3,
+            user_id: Some(3),
             rating: Rating::from_halves(halves).unwrap(),
             title: title.map(Into::into),
             content: content.map(Into::into),
             created_at: at,
-            updated_at: at,
+            updated_at: Some(at),
         }
     }
 

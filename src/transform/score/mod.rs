@@ -9,6 +9,7 @@ pub mod seed;
 
 use crate::change::ReviewRow;
 use crate::error::{Error, Result};
+use crate::image::ReviewImage;
 
 /// What a scorer says about one version of a review.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,6 +28,36 @@ pub trait Scorer: Send + Sync {
     /// (e.g. "heuristic-v1@0.5", "seed-murmur2-v1").
     fn model(&self) -> &str;
     fn judge(&self, review: &ReviewRow) -> Judgement;
+}
+
+/// The verdict on one image, the one function every judge uses (the fraud worker, `replay
+/// --from snapshot`, `verify`): a row that cannot count is fraud with score 1 and the rules it
+/// breaks as reasons, whatever the model, so it never reaches a figure; any other row is
+/// what `scorer` says.
+pub fn judge(scorer: &dyn Scorer, image: &ReviewImage) -> Judgement {
+    match image.countable() {
+        Ok(row) => scorer.judge(&row),
+        Err(rules) => Judgement {
+            fraud: true,
+            score: 1.0,
+            reasons: rules.iter().map(|r| r.name().to_string()).collect(),
+        },
+    }
+}
+
+/// The scorer a model string names (what `Scorer::model` returns), or None when no scorer
+/// of this build is that function: "seed-murmur2-v1", or "heuristic-v1@T" with T exactly as
+/// the worker prints its threshold.
+pub fn scorer_for_model(model: &str) -> Option<Box<dyn Scorer>> {
+    let scorer: Box<dyn Scorer> = if model == seed::SeedScorer::new().model() {
+        Box::new(seed::SeedScorer::new())
+    } else {
+        let (_, threshold) = model.split_once('@')?;
+        let threshold: f64 = threshold.parse().ok()?;
+        scorer(ScorerKind::Heuristic, threshold).ok()?
+    };
+    // "heuristic-v1@0.50" is not a string the worker writes: only an exact name is a model.
+    (scorer.model() == model).then_some(scorer)
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,8 +86,89 @@ pub fn scorer(kind: ScorerKind, threshold: f64) -> Result<Box<dyn Scorer>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{scorer, ScorerKind};
+    use super::{judge, scorer, scorer_for_model, ScorerKind};
     use crate::error::Error;
+    use crate::image::{Carried, Decimal, ReviewImage};
+
+    #[test]
+    fn model_strings_parse_back_to_their_scorer() {
+        for (kind, threshold) in [
+            (ScorerKind::Seed, 0.5),
+            (ScorerKind::Heuristic, 0.5),
+            (ScorerKind::Heuristic, 1.0),
+            (ScorerKind::Heuristic, 0.35),
+            (ScorerKind::Heuristic, 1e-3),
+        ] {
+            let model = scorer(kind, threshold).unwrap().model().to_string();
+            let parsed = scorer_for_model(&model).unwrap_or_else(|| panic!("{model}"));
+            assert_eq!(parsed.model(), model);
+        }
+        for unknown in [
+            "",
+            "m",
+            "heuristic-v1",
+            "heuristic-v1@",
+            "heuristic-v1@0.50",
+            "heuristic-v1@1.0",
+            "heuristic-v1@0",
+            "heuristic-v1@2",
+            "heuristic-v1@NaN",
+            "heuristic-v2@0.5",
+            "seed-murmur2-v1@0.5",
+            "seed-murmur2-v2",
+        ] {
+            assert!(scorer_for_model(unknown).is_none(), "{unknown:?}");
+        }
+    }
+
+    fn image(content: &str) -> ReviewImage {
+        let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        ReviewImage {
+            id: 1,
+            course_id: Some(2),
+            user_id: Some(3),
+            rating: Carried::Value(Decimal {
+                unscaled: 35,
+                scale: 1,
+            }),
+            title: None,
+            content: Some(content.into()),
+            created_at: Carried::Value(at),
+            updated_at: Carried::Value(at),
+        }
+    }
+
+    #[test]
+    fn a_row_that_cannot_count_is_fraud_by_every_model_with_its_rules() {
+        let honest = image("a clear and patient course, well paced");
+        let mut lost = honest.clone();
+        lost.course_id = None;
+        lost.rating = Carried::Text("NaN".into());
+        for model in ["heuristic-v1@0.5", "heuristic-v1@1", "seed-murmur2-v1"] {
+            let scorer = scorer_for_model(model).unwrap();
+            let j = judge(scorer.as_ref(), &lost);
+            assert!(j.fraud, "{model}");
+            assert_eq!(j.score, 1.0);
+            assert_eq!(j.reasons, ["no_course", "rating_off_scale"]);
+            // A countable row is the model's to judge.
+            let row = honest.countable().unwrap();
+            assert_eq!(
+                judge(scorer.as_ref(), &honest),
+                scorer.judge(&row),
+                "{model}"
+            );
+        }
+        let spam = image("buy now at http://spam.example.com");
+        let heuristic = scorer_for_model("heuristic-v1@0.5").unwrap();
+        let j = judge(heuristic.as_ref(), &spam);
+        assert!(j.fraud && j.reasons.contains(&"link".to_string()), "{j:?}");
+        let mut late = honest.clone();
+        late.created_at = Carried::Text("infinity".into());
+        assert_eq!(
+            judge(heuristic.as_ref(), &late).reasons,
+            ["created_at_out_of_range"]
+        );
+    }
 
     #[test]
     fn threshold_outside_zero_to_one_is_a_config_error() {

@@ -16,6 +16,10 @@
 //! The hash is Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`), made positive
 //! with `& 0x7fffffff`; the review is fraud when that value `% 100 < 5`.
 //!
+//! A NULL `user_id` (possible only once the table's NOT NULL is dropped; the column had one
+//! when this model was made) is hashed as user 0: the fixed schema has no null for it, and a
+//! new schema would re-roll every verdict. No rule needs a user, so such a row still counts.
+//!
 //! `updated_at` is deliberately not hashed: an edit that does not change what the reviewer
 //! wrote (a touch of the row, a re-save) must not re-roll the verdict. The original also hashed
 //! its `modified` timestamp; this departs from it on purpose. The schema is fixed here rather
@@ -108,7 +112,7 @@ pub fn single_object(review: &ReviewRow) -> Vec<u8> {
     let record = Value::Record(vec![
         ("id".into(), Value::Long(review.id)),
         ("course_id".into(), Value::Long(review.course_id)),
-        ("user_id".into(), Value::Long(review.user_id)),
+        ("user_id".into(), Value::Long(review.user_id.unwrap_or(0))),
         ("rating".into(), Value::String(review.rating.to_string())),
         ("title".into(), optional(&review.title)),
         ("content".into(), optional(&review.content)),
@@ -183,13 +187,13 @@ mod tests {
         ReviewRow {
             id,
             course_id: id % 37 + 1,
-            user_id: id * 7 + 3,
+            user_id: Some(id * 7 + 3),
             rating: Rating::from_halves((id % 10) as u8 + 1).unwrap(),
             title: (id % 3 != 0).then(|| format!("Review number {id}")),
             content: (id % 5 != 0)
                 .then(|| format!("Course {} was fine, lesson {}.", id % 37, id % 12)),
             created_at,
-            updated_at: created_at,
+            updated_at: Some(created_at),
         }
     }
 
@@ -198,12 +202,12 @@ mod tests {
         ReviewRow {
             id: i64::MAX,
             course_id: -5,
-            user_id: 1 << 40,
+            user_id: Some(1 << 40),
             rating: Rating::from_halves(1).unwrap(),
             title: Some("Größe – 日本語 🦀".into()),
             content: None,
             created_at: Utc.timestamp_millis_opt(-86_400_001).unwrap(),
-            updated_at: Utc.timestamp_millis_opt(0).unwrap(),
+            updated_at: Some(Utc.timestamp_millis_opt(0).unwrap()),
         }
     }
 
@@ -299,12 +303,12 @@ mod tests {
         let row = ReviewRow {
             id: 1,
             course_id: -1,
-            user_id: 64,
+            user_id: Some(64),
             rating: Rating::from_halves(9).unwrap(),
             title: None,
             content: Some("ok".into()),
             created_at: created_at + chrono::Duration::microseconds(999),
-            updated_at: created_at,
+            updated_at: Some(created_at),
         };
         let body = &single_object(&row)[10..];
         assert_eq!(
@@ -369,7 +373,7 @@ mod tests {
         for id in 1..=500 {
             let row = review(id);
             let mut touched = row.clone();
-            touched.updated_at = row.updated_at + chrono::Duration::days(400);
+            touched.updated_at = row.updated_at.map(|t| t + chrono::Duration::days(400));
             assert_eq!(single_object(&touched), single_object(&row));
             assert_eq!(scorer.judge(&touched), scorer.judge(&row));
         }
