@@ -4,7 +4,7 @@
 //! the fraud worker can only agree.
 
 use crate::avro::envelope::ChangeReaders;
-use crate::avro::{Cell, RowSchema};
+use crate::avro::{oversize_marker, Cell, RowSchema};
 use crate::change::{Op, Source};
 use crate::error::{Error, Result};
 use crate::image::ReviewImage;
@@ -26,18 +26,6 @@ pub fn cells_of<'a>(texts: &[Option<&'a str>]) -> Vec<Cell<'a>> {
         .iter()
         .map(|t| t.map_or(Cell::Null, |s| Cell::Text(s.as_bytes())))
         .collect()
-}
-
-/// The documented oversize marker of a value: "reviewflow.oversize length=<N> sha256=<hex>"
-/// over the value's PostgreSQL text.
-pub fn oversize_marker(text: &[u8]) -> String {
-    let mut hasher = openssl::sha::Sha256::new();
-    hasher.update(text);
-    format!(
-        "reviewflow.oversize length={} sha256={}",
-        text.len(),
-        crate::avro::digest::hex(&hasher.finish())
-    )
 }
 
 /// Judges rows of one version of the table's columns.
