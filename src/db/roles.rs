@@ -1,5 +1,5 @@
 //! Least-privilege PostgreSQL roles. Migration V5 creates three NOLOGIN group roles and
-//! grants each exactly what its stages do (see README, "Security"):
+//! grants each exactly what its stages do (see docs/security.md):
 //!
 //! - `reviewflow_cdc`: reads the published tables (`reviews`, `course_stats`) and the
 //!   schema registry's tables; its login users also need the REPLICATION attribute, which
