@@ -262,7 +262,7 @@ async fn a_crash_between_acknowledgement_and_confirm_loses_nothing_and_resends_k
         .unwrap();
     // First run: snapshot, stream, then abort once Kafka acknowledged events the slot has not
     // been told about (the second status update; the first is sent at start).
-    let crashing = p.spawn_cdc(Some("cdc.before_status:2"));
+    let crashing = p.spawn_cdc(Some(&reviewflow::failpoint::CDC_BEFORE_STATUS.at(2)));
     common::wait_until_slot_exists(&p.url, &p.slot()).await;
     for i in 0..60 {
         db.batch_execute(&format!(

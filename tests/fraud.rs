@@ -260,7 +260,11 @@ async fn killed_inside_a_transaction_every_input_is_judged_exactly_once() {
     common::wait_until_slot_confirms_all(&p.url, &p.slot()).await;
     let small = [("REVIEWFLOW_BATCH_RECORDS", "100")];
     // Everything produced, nothing committed, when the process dies.
-    let crashing = p.spawn("fraud", Some("fraud.before_commit:3"), &small);
+    let crashing = p.spawn(
+        "fraud",
+        Some(&reviewflow::failpoint::FRAUD_BEFORE_COMMIT.at(3)),
+        &small,
+    );
     let status = tokio::task::spawn_blocking(move || crashing.take().wait())
         .await
         .unwrap()
@@ -268,7 +272,11 @@ async fn killed_inside_a_transaction_every_input_is_judged_exactly_once() {
     assert!(!status.success(), "the failpoint killed the worker");
     let _fraud = p.spawn("fraud", None, &small);
     // The sink dies between its table changes and its commit.
-    let crashing = p.spawn("verdicts", Some("verdicts.before_commit:2"), &small);
+    let crashing = p.spawn(
+        "verdicts",
+        Some(&reviewflow::failpoint::VERDICTS_BEFORE_COMMIT.at(2)),
+        &small,
+    );
     let status = tokio::task::spawn_blocking(move || crashing.take().wait())
         .await
         .unwrap()

@@ -70,7 +70,7 @@ async fn a_random_workload_with_crashes_and_a_truncate_matches_the_truth() {
     let mut next_id = 0;
     run_workload(&p, 0x5eed_0001, 300, &mut next_id).await;
     // The reader dies after producing, before confirming: its changes come again.
-    let crashing = p.spawn_cdc(Some("cdc.before_status:3"));
+    let crashing = p.spawn_cdc(Some(&reviewflow::failpoint::CDC_BEFORE_STATUS.at(3)));
     let _fraud = p.spawn("fraud", None, &[]);
     let _verdicts = p.spawn("verdicts", None, &[]);
     let _stats = p.spawn("stats", None, &[("REVIEWFLOW_BATCH_RECORDS", "100")]);
@@ -200,7 +200,11 @@ async fn killed_mid_batch_the_stats_worker_counts_nothing_twice() {
     run_workload(&p, 0x5eed_0005, 600, &mut next_id).await;
     common::wait_until_slot_confirms_all(&p.url, &p.slot()).await;
     let small = [("REVIEWFLOW_BATCH_RECORDS", "40")];
-    let crashing = p.spawn("stats", Some("stats.before_commit:4"), &small);
+    let crashing = p.spawn(
+        "stats",
+        Some(&reviewflow::failpoint::STATS_BEFORE_COMMIT.at(4)),
+        &small,
+    );
     let status = tokio::task::spawn_blocking(move || crashing.take().wait())
         .await
         .unwrap()

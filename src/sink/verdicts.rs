@@ -78,7 +78,7 @@ impl VerdictSink {
             &offsets::progress(&batch.records),
         )
         .await?;
-        crate::failpoint::hit("verdicts.before_commit");
+        crate::failpoint::hit(crate::failpoint::VERDICTS_BEFORE_COMMIT);
         tx.commit().await?;
         metrics::events_in(CONSUMER).inc_by(batch.records.len() as u64);
         metrics::events_out(CONSUMER, "applied").inc_by(verdicts.len() as u64);

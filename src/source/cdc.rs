@@ -405,7 +405,7 @@ impl<'a> Streamer<'a> {
                         // end, which an idle reader confirms: the heartbeat that frees WAL.
                         let ask = last_report.elapsed() >= interval;
                         // Kafka has these events, the slot does not know yet: the worst crash.
-                        crate::failpoint::hit("cdc.before_status");
+                        crate::failpoint::hit(crate::failpoint::CDC_BEFORE_STATUS);
                         stream.send_status(received.max(confirmed), confirmed, confirmed, ask).await?;
                         tracing::debug!(%confirmed, %received, in_flight = self.ledger().in_flight(), "standby status sent");
                         (reported, last_report) = (confirmed, Instant::now());
@@ -458,7 +458,7 @@ impl<'a> Streamer<'a> {
                     .txn
                     .take()
                     .ok_or_else(|| Error::Decode("Commit without Begin".into()))?;
-                crate::failpoint::hit("cdc.before_commit_read");
+                crate::failpoint::hit(crate::failpoint::CDC_BEFORE_COMMIT_READ);
                 self.ledger().committed(txn.seq, c.end_lsn);
                 self.transactions.inc();
             }
@@ -625,7 +625,7 @@ impl<'a> Streamer<'a> {
             None => record.partition(0),
         };
         self.send(record).await?;
-        crate::failpoint::hit("cdc.after_produce");
+        crate::failpoint::hit(crate::failpoint::CDC_AFTER_PRODUCE);
         Ok(())
     }
 

@@ -237,7 +237,7 @@ impl Snapshot<'_> {
             }
         }
         progress.finish_and_clear();
-        crate::failpoint::hit("cdc.snapshot_before_commit");
+        crate::failpoint::hit(crate::failpoint::CDC_SNAPSHOT_BEFORE_COMMIT);
 
         let marker = SnapshotMarker {
             slot: self.slot.into(),

@@ -137,7 +137,7 @@ impl StatsWorker {
             .collect();
         offsets::advance(&tx, CONSUMER, topic, &progress).await?;
         // The crash that hurts most: figures written, offsets written, nothing committed.
-        crate::failpoint::hit("stats.before_commit");
+        crate::failpoint::hit(crate::failpoint::STATS_BEFORE_COMMIT);
         tx.commit().await?;
         let now = chrono::Utc::now();
         for commit_time in &committed {
