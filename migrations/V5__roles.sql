@@ -1,4 +1,4 @@
--- Least-privilege group roles, one per kind of stage (docs/security.md). They cannot log
+-- Least-privilege group roles, one per kind of stage (README, "Security"). They cannot log
 -- in: login users are made members (`reviewflow stack roles` on the local stack, a DBA's
 -- CREATE ROLE ... IN ROLE elsewhere). Roles belong to the cluster, so an existing one is
 -- reused (another database of the cluster may have created it); the grants are this
