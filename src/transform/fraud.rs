@@ -1,6 +1,7 @@
 //! The fraud worker: reviews.changes in; reviews.valid (the changelog of the set of valid
-//! reviews), reviews.fraud (flagged versions) and reviews.verdicts (one verdict per version)
-//! out; undecodable records to the dead-letter topic.
+//! reviews), reviews.fraud (flagged versions) and reviews.verdicts (one verdict per version,
+//! and a record of each delete and TRUNCATE, so `verify` can tell a seen delete from a lost
+//! one) out; undecodable records to the dead-letter topic.
 //!
 //! Guarantee: exactly-once. A batch's outputs and its input offsets commit in one Kafka
 //! transaction, so read_committed consumers see every input's outputs once, or not at all.
