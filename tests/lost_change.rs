@@ -278,6 +278,22 @@ async fn a_lost_delete_of_a_review_judged_fraud_fails_verify_naming_it() {
         out.contains("review        3 course      202"),
         "the output names the review and its course:\n{out}"
     );
+
+    // The fix verify's documentation names: a replay from a snapshot, which judges every row
+    // that exists and so accounts for every review that does not.
+    let mut replay = p.command("replay");
+    replay.args(["--from", "snapshot"]);
+    let out = tokio::task::spawn_blocking(move || replay.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "replay --from snapshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    p.wait_until_caught_up().await;
+    p.assert_exact().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
