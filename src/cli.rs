@@ -322,9 +322,10 @@ impl Cli {
                     println!("{d}");
                 }
                 println!(
-                    "{} courses and {} reviews checked, {} differences",
+                    "{} courses, {} reviews and {} deleted reviews checked, {} differences",
                     report.courses,
                     report.reviews,
+                    report.gone,
                     report.differences.len()
                 );
                 Ok(if report.differences.is_empty() {

@@ -103,7 +103,8 @@ impl Metrics {
         registry.register(
             "events_out",
             "Records a stage put out, by output: changes acknowledged by Kafka (cdc); valid, fraud and \
-             verdict records committed (fraud); changes or verdicts applied in PostgreSQL (sinks)",
+             verdict records (verdicts, deletes, truncates) committed (fraud); changes or verdict \
+             records applied in PostgreSQL (sinks)",
             m.events_out.clone(),
         );
         registry.register(

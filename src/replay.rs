@@ -15,7 +15,8 @@
 //!   to the verdict sink.
 //! - `--from snapshot` reads `reviews` itself, in the snapshot a new temporary logical slot
 //!   exports, judges every row with the configured fraud model and rebuilds review_verdicts
-//!   (one verdict per review at the slot's consistent point) together with the figures. This
+//!   (one verdict per review at the slot's consistent point, and the consistent point as the
+//!   point before which every review without a row is known deleted) together with the figures. This
 //!   is how a new model version is rolled out: DESIGN.md asks for a rebuild rather than a mix
 //!   of versions. Start the fraud worker with the same model settings, so that later edits
 //!   are judged (and their old images retracted) by the model the rebuild used. A
@@ -272,6 +273,10 @@ impl Replay {
         for chunk in read.verdicts.chunks(VERDICT_CHUNK) {
             crate::sink::verdicts::upsert(&tx, chunk).await?;
         }
+        // Every row the snapshot held now has a verdict at (cp, -1); a review whose newest
+        // verdict is older and has no row was gone by the consistent point, so its delete
+        // is accounted for, whether the fraud worker saw it or not.
+        crate::sink::verdicts::deleted_before(&tx, (cp, -1)).await?;
         // Every partition a worker may hold: those Kafka knew before the slot, and those
         // claimed in sink_offsets (a topic created since). A partition Kafka did not report
         // resumes from its start; the changes the snapshot holds are skipped there too.

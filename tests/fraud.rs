@@ -16,14 +16,15 @@ use reviewflow::lsn::Lsn;
 use reviewflow::registry::Registry;
 use reviewflow::transform::score::{self, ScorerKind};
 
-/// Every verdict on the verdicts topic (read_committed).
+/// Every verdict on the verdicts topic (read_committed); its records of deletes are not
+/// verdicts and are left out.
 async fn verdicts(p: &Pipeline) -> Vec<verdict::Verdict> {
     let registry = Registry::connect(&p.settings).await.unwrap();
     let mut out = Vec::new();
     for m in common::consume_all(&p.settings.kafka, &p.output("verdicts")).await {
         let (id, body) = wire::unframe(m.payload().unwrap()).unwrap();
         let schema = registry.schema(id).await.unwrap();
-        out.push(verdict::decode(&schema, body).unwrap());
+        out.extend(verdict::decode(&schema, body).unwrap().judged());
     }
     out
 }
@@ -158,7 +159,10 @@ async fn the_seed_model_flags_about_five_percent_and_the_same_ones_every_time() 
         let mut ids = BTreeSet::new();
         for m in common::consume_all(&p.settings.kafka, &p.output("fraud")).await {
             let (id, body) = wire::unframe(m.payload().unwrap()).unwrap();
-            let v = verdict::decode(&registry.schema(id).await.unwrap(), body).unwrap();
+            let v = verdict::decode(&registry.schema(id).await.unwrap(), body)
+                .unwrap()
+                .judged()
+                .expect("reviews.fraud carries verdicts only");
             ids.insert(v.review_id);
         }
         ids

@@ -1,6 +1,8 @@
 //! The oracle has no blind spot: `verify` checks the table itself, so a change the pipeline
 //! never saw fails it even when no figure moved (an insert, a text-only edit), and so does a
-//! verdict that is missing, judged another image, or is not what the model gives. Rows that
+//! verdict that is missing, judged another image, or is not what the model gives. A delete
+//! the pipeline never saw fails it too, even of a review judged fraud (no figure moves), and
+//! a delete, an id change and a TRUNCATE it saw leave nothing to report. Rows that
 //! cannot count (no course, a rating off the half-star scale, a created_at out of range),
 //! written by SQL with every CHECK dropped, are judged fraud with the rules they break, reach
 //! no figure, and leave `verify` with nothing to report.
@@ -189,6 +191,189 @@ async fn verify_catches_a_missing_a_stale_a_flipped_and_an_unknown_verdict() {
     for needed in ["review        1", "review        3", "heuristic-v0"] {
         assert!(out.contains(needed), "the output names {needed:?}:\n{out}");
     }
+}
+
+/// Advances the slot to the current end of the WAL, as if what cdc has not read were lost.
+async fn lose_the_slot_tail(p: &Pipeline, db: &tokio_postgres::Client) {
+    let end: tokio_postgres::types::PgLsn = db
+        .query_one("SELECT pg_current_wal_lsn()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    common::eventually("the slot is advanced past the lost changes", 60, || async {
+        // The walsender of the stopped cdc may hold the slot for a moment.
+        db.query_one(
+            "SELECT pg_replication_slot_advance($1, $2)",
+            &[&p.slot(), &end],
+        )
+        .await
+        .is_ok()
+    })
+    .await;
+}
+
+/// The newest verdict of a review, fraud or not.
+async fn judged_fraud(db: &tokio_postgres::Client, id: i64) -> bool {
+    db.query_one(
+        "SELECT verdict = 'fraud' FROM review_verdicts WHERE review_id = $1
+         ORDER BY version DESC, position DESC LIMIT 1",
+        &[&id],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_delete_of_a_review_judged_fraud_fails_verify_naming_it() {
+    let _serial = SERIAL.lock().await;
+    let (p, cdc, _workers) = started("lost_delete").await;
+    let db = p.db().await;
+    db.batch_execute(SEED).await.unwrap();
+    p.wait_until_caught_up().await;
+    p.assert_exact().await;
+    assert!(
+        judged_fraud(&db, 3).await,
+        "review 3 (a link) is judged fraud"
+    );
+
+    p.stop(cdc).await;
+    // A fraud-judged review has no figure to move: only its verdict can tell it existed.
+    db.batch_execute("DELETE FROM reviews WHERE id = 3")
+        .await
+        .unwrap();
+    lose_the_slot_tail(&p, &db).await;
+    let _cdc = p.spawn_cdc(None);
+    db.batch_execute(
+        "INSERT INTO reviews (id, course_id, user_id, rating, content, created_at)
+             VALUES (5, 303, 5, 3.0, 'written after the loss, and seen', now())",
+    )
+    .await
+    .unwrap();
+    p.wait_until_caught_up().await;
+
+    let report = verify(&p.db().await).await.unwrap();
+    assert_eq!(
+        of_reviews(&report.differences),
+        BTreeSet::from([(3, Some(202), "delete".to_string())]),
+        "{:#?}",
+        report.differences
+    );
+    assert_eq!(
+        report.differences.len(),
+        1,
+        "no figure moved: {:#?}",
+        report.differences
+    );
+    assert!(
+        report.differences[0]
+            .actual
+            .contains("the pipeline did not see the delete"),
+        "{:?}",
+        report.differences[0]
+    );
+    let (code, out) = cli_verify(&p);
+    assert_eq!(code, 1, "the command fails on a lost delete:\n{out}");
+    assert!(
+        out.contains("review        3 course      202"),
+        "the output names the review and its course:\n{out}"
+    );
+
+    // The fix verify's documentation names: a replay from a snapshot, which judges every row
+    // that exists and so accounts for every review that does not.
+    let mut replay = p.command("replay");
+    replay.args(["--from", "snapshot"]);
+    let out = tokio::task::spawn_blocking(move || replay.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "replay --from snapshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    p.wait_until_caught_up().await;
+    p.assert_exact().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seen_delete_id_change_and_truncate_of_fraud_reviews_leave_verify_exact() {
+    let _serial = SERIAL.lock().await;
+    let (p, _cdc, _workers) = started("seen_deletes").await;
+    let db = p.db().await;
+    db.batch_execute(SEED).await.unwrap();
+    db.batch_execute(
+        "INSERT INTO reviews (id, course_id, user_id, rating, content, created_at)
+             VALUES (6, 404, 6, 5.0, 'buy now at http://spam.example.com', now())",
+    )
+    .await
+    .unwrap();
+    p.wait_until_caught_up().await;
+    p.assert_exact().await;
+    for id in [3, 6] {
+        assert!(judged_fraud(&db, id).await, "review {id} is judged fraud");
+    }
+
+    // A delete, and an id change (the old id is gone as surely), both seen.
+    db.batch_execute(
+        "DELETE FROM reviews WHERE id = 3;
+         UPDATE reviews SET id = 40 WHERE id = 4;",
+    )
+    .await
+    .unwrap();
+    p.wait_until_caught_up().await;
+    let report = verify(&db).await.unwrap();
+    assert!(report.differences.is_empty(), "{:#?}", report.differences);
+    assert_eq!(
+        report.gone, 2,
+        "verify looked at reviews 3 and 4, which are gone"
+    );
+    p.assert_exact().await;
+
+    // What made them pass: without the deletes recorded, verify names both.
+    let deletions = db
+        .query(
+            "SELECT review_id, course_id FROM review_deletions ORDER BY review_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<_, i64>(0), r.get::<_, Option<i64>>(1)))
+        .collect::<Vec<_>>();
+    assert_eq!(deletions, [(3, Some(202)), (4, Some(303))]);
+
+    db.batch_execute("TRUNCATE reviews").await.unwrap();
+    p.wait_until_caught_up().await;
+    let report = verify(&db).await.unwrap();
+    assert!(report.differences.is_empty(), "{:#?}", report.differences);
+    assert_eq!(report.reviews, 0);
+    assert_eq!(report.gone, 6, "reviews 1, 2, 3, 4, 40 and 6 are gone");
+    // Review 6 (fraud) has no delete of its own: the TRUNCATE recorded is what covers it.
+    let before: String = db
+        .query_one("SELECT deleted_before_lsn::text FROM verdicts_state", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(before, "0/0", "the TRUNCATE reached verdicts_state");
+    db.batch_execute(
+        "UPDATE verdicts_state SET deleted_before_lsn = '0/0', deleted_before_position = 0",
+    )
+    .await
+    .unwrap();
+    let report = verify(&db).await.unwrap();
+    let named: BTreeSet<i64> = report
+        .differences
+        .iter()
+        .filter(|d| d.figure == "delete")
+        .filter_map(|d| d.review_id)
+        .collect();
+    assert_eq!(
+        named,
+        BTreeSet::from([1, 2, 6, 40]),
+        "without the TRUNCATE, the deletes it stood for are lost: {:#?}",
+        report.differences
+    );
 }
 
 /// Every CHECK and NOT NULL of `reviews` but the key's.

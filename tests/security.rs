@@ -162,6 +162,8 @@ async fn each_role_is_refused_what_it_must_not_do() {
         "UPDATE sink_offsets SET next_offset = 0",
         "INSERT INTO review_verdicts (review_id, version, verdict, score, model) VALUES (1, '0/2', 'fraud', 1, 'm')",
         "DELETE FROM review_verdicts",
+        "INSERT INTO review_deletions (review_id, version, position) VALUES (1, '0/2', 0)",
+        "UPDATE verdicts_state SET deleted_before_lsn = 'FFFFFFFF/0'",
         "UPDATE course_daily_stats SET review_count = 0",
         "TRUNCATE reviews",
     ] {
@@ -199,20 +201,22 @@ async fn each_role_is_refused_what_it_must_not_do() {
     ] {
         assert_eq!(refusal(&worker, sql).await, denied, "worker: {sql}");
     }
-    assert_eq!(
-        refusal(
-            &worker,
-            "UPDATE course_stats SET review_count = review_count"
-        )
-        .await,
-        None
-    );
+    // What the verdict sink writes.
+    for sql in [
+        "UPDATE course_stats SET review_count = review_count",
+        "INSERT INTO review_deletions (review_id, version, position) VALUES (7, '0/2', 0)",
+        "UPDATE verdicts_state SET deleted_before_lsn = deleted_before_lsn",
+    ] {
+        assert_eq!(refusal(&worker, sql).await, None, "worker: {sql}");
+    }
 
     // Nothing a refused statement tried was stored.
     let row = owner
         .query_one(
             "SELECT (SELECT review_count FROM course_stats WHERE course_id = 1),
-                    (SELECT count(*) FROM review_verdicts), (SELECT count(*) FROM reviews)",
+                    (SELECT count(*) FROM review_verdicts), (SELECT count(*) FROM reviews),
+                    (SELECT count(*) FROM review_deletions WHERE review_id = 1),
+                    (SELECT deleted_before_lsn::text FROM verdicts_state)",
             &[],
         )
         .await
@@ -221,9 +225,11 @@ async fn each_role_is_refused_what_it_must_not_do() {
         (
             row.get::<_, i64>(0),
             row.get::<_, i64>(1),
-            row.get::<_, i64>(2)
+            row.get::<_, i64>(2),
+            row.get::<_, i64>(3),
+            row.get::<_, String>(4)
         ),
-        (1, 1, 2)
+        (1, 1, 2, 0, "0/0".to_string())
     );
 
     // `demo` (and `import`) write reviews with the api's role; the operator's tools need the

@@ -1,6 +1,10 @@
 //! The verdict record of `reviews.verdicts` and `reviews.fraud`: what the fraud worker said
 //! about one version of a review. `version` is the commit LSN of the change judged, so the
 //! newest verdict of a review is the one with the highest (version, position).
+//!
+//! `reviews.verdicts` also says when a review stopped existing (`op`, see `Record`), because
+//! review_verdicts keeps a deleted review's verdicts (they are history): without a record of
+//! the delete, `reviewflow verify` could not tell a delete the pipeline saw from one it lost.
 
 use std::sync::LazyLock;
 
@@ -36,6 +40,30 @@ pub struct Verdict {
     pub review: Option<ReviewImage>,
 }
 
+/// What one record of `reviews.verdicts` says.
+// Nearly every record is a verdict, unpacked at once into the sink's batch: boxing it would
+// cost an allocation per record to save stack on the rare deletion.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Record {
+    /// A version of a review was judged (`op` = "judged", every record before deletions).
+    Judged(Verdict),
+    /// The review was deleted (or its id changed) at (version, position).
+    Deleted(Deletion),
+    /// Every review was deleted at (version, position): a TRUNCATE of `reviews`, or the
+    /// restatement a new snapshot begins with.
+    Truncated { version: Lsn, position: i64 },
+}
+
+/// A review deleted at (version, position); course_id from its last image.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Deletion {
+    pub review_id: i64,
+    pub course_id: Option<i64>,
+    pub version: Lsn,
+    pub position: i64,
+}
+
 /// Every field added since the first version has a default and every type change widens to
 /// a union holding the old type, so this schema reads every verdict ever written (BACKWARD).
 pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
@@ -66,7 +94,9 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
             {"name": "digest", "type": ["null", "string"], "default": null,
              "doc": "sha256 of the judged image's contract columns (docs/guarantees.md)"},
             {"name": "oversize", "type": {"type": "array", "items": "string"}, "default": [],
-             "doc": "columns judged as their oversize marker"}
+             "doc": "columns judged as their oversize marker"},
+            {"name": "op", "type": "string", "default": "judged",
+             "doc": "judged: a verdict of the version; deleted: review_id was deleted at (version, position); truncated: every review was (review_id 0). A deletion's verdict field is its op, so a reader that predates op refuses it rather than taking it for a verdict"}
         ]
     }))
     .expect("the verdict schema is valid Avro")
@@ -123,12 +153,42 @@ pub fn encode(v: &Verdict) -> Result<Vec<u8>> {
             "oversize".into(),
             Value::Array(v.oversize.iter().cloned().map(Value::String).collect()),
         ),
+        ("op".into(), Value::String(JUDGED.into())),
     ]);
     Ok(WRITER.write_value_to_vec(record)?)
 }
 
-/// What the verdict sink needs of a verdict written with `writer` (any compatible version).
-pub fn decode(writer: &Schema, body: &[u8]) -> Result<Verdict> {
+const JUDGED: &str = "judged";
+const DELETED: &str = "deleted";
+const TRUNCATED: &str = "truncated";
+
+/// The Avro body of a deletion (`Record::Deleted`) or a truncate (`Record::Truncated`);
+/// a `Record::Judged` is `encode`d.
+pub fn encode_record(r: &Record) -> Result<Vec<u8>> {
+    let (op, review_id, course_id, version, position) = match r {
+        Record::Judged(v) => return encode(v),
+        Record::Deleted(d) => (DELETED, d.review_id, d.course_id, d.version, d.position),
+        Record::Truncated { version, position } => (TRUNCATED, 0, None, *version, *position),
+    };
+    let record = Value::Record(vec![
+        ("review_id".into(), Value::Long(review_id)),
+        ("course_id".into(), optional(course_id.map(Value::Long))),
+        ("version".into(), Value::Long(version.0 as i64)),
+        ("position".into(), Value::Long(position)),
+        ("verdict".into(), Value::String(op.into())),
+        ("score".into(), Value::Double(0.0)),
+        ("reasons".into(), Value::Array(Vec::new())),
+        ("model".into(), Value::String(String::new())),
+        ("review".into(), null()),
+        ("digest".into(), null()),
+        ("oversize".into(), Value::Array(Vec::new())),
+        ("op".into(), Value::String(op.into())),
+    ]);
+    Ok(WRITER.write_value_to_vec(record)?)
+}
+
+/// What the verdict sink needs of a record written with `writer` (any compatible version).
+pub fn decode(writer: &Schema, body: &[u8]) -> Result<Record> {
     let value = GenericDatumReader::builder(writer)
         .reader_schema(&SCHEMA)
         .build()?
@@ -136,6 +196,8 @@ pub fn decode(writer: &Schema, body: &[u8]) -> Result<Verdict> {
     let Value::Record(fields) = value else {
         return Err(Error::Decode("a verdict is not a record".into()));
     };
+    let mut op = JUDGED.to_string();
+    let mut verdict = String::new();
     let mut v = Verdict {
         review_id: 0,
         course_id: None,
@@ -159,13 +221,8 @@ pub fn decode(writer: &Schema, body: &[u8]) -> Result<Verdict> {
             ("course_id", Value::Long(x)) => v.course_id = Some(x),
             ("version", Value::Long(x)) => v.version = Lsn(x as u64),
             ("position", Value::Long(x)) => v.position = x,
-            ("verdict", Value::String(x)) => {
-                v.fraud = match x.as_str() {
-                    "fraud" => true,
-                    "valid" => false,
-                    other => return Err(Error::Decode(format!("unknown verdict {other:?}"))),
-                }
-            }
+            ("verdict", Value::String(x)) => verdict = x,
+            ("op", Value::String(x)) => op = x,
             ("score", Value::Double(x)) => v.score = x,
             ("reasons", Value::Array(xs)) => v.reasons = strings(xs, "reason")?,
             ("model", Value::String(x)) => v.model = x,
@@ -174,7 +231,40 @@ pub fn decode(writer: &Schema, body: &[u8]) -> Result<Verdict> {
             _ => {}
         }
     }
-    Ok(v)
+    match op.as_str() {
+        JUDGED => {}
+        DELETED => {
+            return Ok(Record::Deleted(Deletion {
+                review_id: v.review_id,
+                course_id: v.course_id,
+                version: v.version,
+                position: v.position,
+            }))
+        }
+        TRUNCATED => {
+            return Ok(Record::Truncated {
+                version: v.version,
+                position: v.position,
+            })
+        }
+        other => return Err(Error::Decode(format!("unknown op {other:?}"))),
+    }
+    v.fraud = match verdict.as_str() {
+        "fraud" => true,
+        "valid" => false,
+        other => return Err(Error::Decode(format!("unknown verdict {other:?}"))),
+    };
+    Ok(Record::Judged(v))
+}
+
+impl Record {
+    /// The verdict, when the record is one.
+    pub fn judged(self) -> Option<Verdict> {
+        match self {
+            Record::Judged(v) => Some(v),
+            _ => None,
+        }
+    }
 }
 
 fn strings(values: Vec<Value>, what: &str) -> Result<Vec<String>> {
@@ -236,7 +326,10 @@ mod tests {
     #[test]
     fn a_verdict_round_trips_with_and_without_the_review() {
         let mut v = verdict();
-        assert_eq!(decode(&SCHEMA, &encode(&v).unwrap()).unwrap(), v);
+        assert_eq!(
+            decode(&SCHEMA, &encode(&v).unwrap()).unwrap(),
+            Record::Judged(v.clone())
+        );
         v.review = Some(ReviewImage {
             id: 7,
             course_id: Some(3),
@@ -250,7 +343,10 @@ mod tests {
             created_at: Carried::Value(chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap()),
             updated_at: Carried::Value(chrono::DateTime::from_timestamp(1_700_000_100, 0).unwrap()),
         });
-        let decoded = decode(&SCHEMA, &encode(&v).unwrap()).unwrap();
+        let decoded = decode(&SCHEMA, &encode(&v).unwrap())
+            .unwrap()
+            .judged()
+            .unwrap();
         // The sink does not need the review back; the rest must survive exactly.
         assert_eq!(decoded, Verdict { review: None, ..v });
         assert!(decode(&SCHEMA, b"\x02").is_err());
@@ -273,7 +369,7 @@ mod tests {
         });
         let body = encode(&v).unwrap();
         assert_eq!(
-            decode(&SCHEMA, &body).unwrap(),
+            decode(&SCHEMA, &body).unwrap().judged().unwrap(),
             Verdict {
                 review: None,
                 ..v.clone()
@@ -335,8 +431,63 @@ mod tests {
             .unwrap()
             .write_value_to_vec(old)
             .unwrap();
-        let v = decode(&first, &body).unwrap();
+        let v = decode(&first, &body).unwrap().judged().unwrap();
         assert_eq!((v.review_id, v.course_id, v.digest), (7, Some(3), None));
         assert!(v.oversize.is_empty() && !v.fraud);
+    }
+
+    #[test]
+    fn deletions_and_truncates_round_trip_and_an_old_reader_refuses_them() {
+        let deleted = Record::Deleted(Deletion {
+            review_id: 7,
+            course_id: Some(3),
+            version: Lsn(0x16B3748),
+            position: 4,
+        });
+        let truncated = Record::Truncated {
+            version: Lsn(0x16B3800),
+            position: -11,
+        };
+        // The schema of the build before op: this one without its last field.
+        let mut before_op: serde_json::Value =
+            serde_json::from_str(&SCHEMA.canonical_form()).unwrap();
+        let fields = before_op["fields"].as_array_mut().unwrap();
+        assert_eq!(fields.pop().unwrap()["name"], "op");
+        let before_op = Schema::parse(&before_op).unwrap();
+        use apache_avro::schema_compatibility::SchemaCompatibility;
+        assert!(SchemaCompatibility::can_read(&before_op, &SCHEMA).is_ok());
+        for (r, op) in [(&deleted, "deleted"), (&truncated, "truncated")] {
+            let body = encode_record(r).unwrap();
+            assert_eq!(&decode(&SCHEMA, &body).unwrap(), r);
+            // That build reads the verdict field, which names the op: it refuses the record
+            // ("unknown verdict") instead of storing a verdict nobody gave.
+            let old = GenericDatumReader::builder(&SCHEMA)
+                .reader_schema(&before_op)
+                .build()
+                .unwrap()
+                .read_value(&mut &body[..])
+                .unwrap();
+            let Value::Record(fields) = old else {
+                panic!("{old:?}")
+            };
+            let verdict = fields.iter().find(|(n, _)| n == "verdict").unwrap();
+            assert_eq!(verdict.1, Value::String(op.into()));
+        }
+        let v = verdict();
+        assert_eq!(
+            encode_record(&Record::Judged(v.clone())).unwrap(),
+            encode(&v).unwrap()
+        );
+    }
+
+    #[test]
+    fn an_unknown_op_is_refused_not_taken_for_a_verdict() {
+        let mut body = encode(&verdict()).unwrap();
+        // op is the last field: "judged" (length 6, zigzag 12) becomes "judgex".
+        let n = body.len();
+        assert_eq!(&body[n - 7..], b"\x0cjudged");
+        body[n - 1] = b'x';
+        let e = decode(&SCHEMA, &body).unwrap_err().to_string();
+        assert!(e.contains("judgex"), "{e}");
     }
 }

@@ -6,7 +6,8 @@
 //!   PostgreSQL never passes on through membership.
 //! - `reviewflow_api`: writes `reviews` and the registry, reads `course_stats`.
 //! - `reviewflow_worker`: writes what the sinks own (`course_stats` and its buckets,
-//!   `review_verdicts`, `sink_offsets`, `stats_state`), reads and writes the registry.
+//!   `review_verdicts`, `review_deletions`, `verdicts_state`, `sink_offsets`, `stats_state`),
+//!   reads and writes the registry.
 //!
 //! This module makes login users in those groups (for `reviewflow stack roles` and tests);
 //! on a server of one's own, a DBA runs the same `CREATE ROLE ... IN ROLE` statements.

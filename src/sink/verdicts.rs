@@ -4,6 +4,9 @@
 //! transaction, under the partition epochs it was read with (see `offsets`). Rows are upserted
 //! by (review id, version), and within a version the change with the highest position wins,
 //! so the table holds the final verdict of every version whatever the delivery order.
+//! Deletions go to review_deletions (the newest per review) and truncates to verdicts_state
+//! (the newest), in the same transaction; both keep a maximum, so order and copies do not
+//! matter either.
 //! Records it cannot read go to the dead-letter topic; they never stop it.
 
 use std::collections::HashMap;
@@ -14,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 use super::dead_letters::DeadLetters;
 use super::feed::{self, Batch};
 use super::offsets;
-use crate::avro::verdict::{self, Verdict};
+use crate::avro::verdict::{self, Deletion, Record, Verdict};
 use crate::config::{Settings, TopicSettings, VerdictsConfig, WorkerSettings};
 use crate::error::Result;
+use crate::lsn::Lsn;
 use crate::metrics;
 use crate::registry::Registry;
 
@@ -59,10 +63,16 @@ impl VerdictSink {
         batch: Batch,
     ) -> Result<()> {
         let mut verdicts = Vec::with_capacity(batch.records.len());
+        let mut deletions = Vec::new();
+        let mut truncated: Option<(Lsn, i64)> = None;
         let mut dead = Vec::new();
         for m in &batch.records {
             match read(registry, m).await? {
-                Ok(v) => verdicts.push(v),
+                Ok(Record::Judged(v)) => verdicts.push(v),
+                Ok(Record::Deleted(d)) => deletions.push(d),
+                Ok(Record::Truncated { version, position }) => {
+                    truncated = truncated.max(Some((version, position)))
+                }
                 Err(reason) => dead.push((m, reason)),
             }
         }
@@ -71,6 +81,10 @@ impl VerdictSink {
         let tx = client.transaction().await?;
         offsets::hold(&tx, CONSUMER, &self.topics.verdicts, &batch.epochs).await?;
         upsert(&tx, &verdicts).await?;
+        record_deletions(&tx, &deletions).await?;
+        if let Some(at) = truncated {
+            deleted_before(&tx, at).await?;
+        }
         offsets::advance(
             &tx,
             CONSUMER,
@@ -81,14 +95,15 @@ impl VerdictSink {
         crate::failpoint::hit(crate::failpoint::VERDICTS_BEFORE_COMMIT);
         tx.commit().await?;
         metrics::events_in(CONSUMER).inc_by(batch.records.len() as u64);
-        metrics::events_out(CONSUMER, "applied").inc_by(verdicts.len() as u64);
+        metrics::events_out(CONSUMER, "applied")
+            .inc_by((verdicts.len() + deletions.len()) as u64 + u64::from(truncated.is_some()));
         metrics::dead_letters(CONSUMER).inc_by(dead.len() as u64);
         metrics::transactions(CONSUMER).inc();
         Ok(())
     }
 }
 
-async fn read(registry: &Registry, m: &OwnedMessage) -> Result<Result<Verdict, String>> {
+async fn read(registry: &Registry, m: &OwnedMessage) -> Result<Result<Record, String>> {
     Ok(match registry.resolve(m.payload()).await? {
         Err(reason) => Err(reason),
         Ok(framed) => {
@@ -111,6 +126,7 @@ pub async fn upsert(tx: &tokio_postgres::Transaction<'_>, verdicts: &[Verdict]) 
     let ids: Vec<i64> = rows.iter().map(|v| v.review_id).collect();
     let versions: Vec<String> = rows.iter().map(|v| v.version.to_string()).collect();
     let positions: Vec<i64> = rows.iter().map(|v| v.position).collect();
+    let courses: Vec<Option<i64>> = rows.iter().map(|v| v.course_id).collect();
     let kinds: Vec<&str> = rows
         .iter()
         .map(|v| if v.fraud { "fraud" } else { "valid" })
@@ -124,21 +140,75 @@ pub async fn upsert(tx: &tokio_postgres::Transaction<'_>, verdicts: &[Verdict]) 
         rows.iter().map(|v| serde_json::json!(v.oversize)).collect();
     tx.execute(
         "INSERT INTO review_verdicts
-             (review_id, version, position, verdict, score, reasons, model, digest, oversize)
+             (review_id, version, position, verdict, score, reasons, model, digest, oversize,
+              course_id)
          SELECT id, version::pg_lsn, position, verdict, score,
                 ARRAY(SELECT jsonb_array_elements_text(reasons)), model, digest,
-                ARRAY(SELECT jsonb_array_elements_text(oversize))
+                ARRAY(SELECT jsonb_array_elements_text(oversize)), course_id
          FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::float8[], $6::jsonb[],
-                     $7::text[], $8::text[], $9::jsonb[])
-              AS u(id, version, position, verdict, score, reasons, model, digest, oversize)
+                     $7::text[], $8::text[], $9::jsonb[], $10::bigint[])
+              AS u(id, version, position, verdict, score, reasons, model, digest, oversize,
+                   course_id)
          ON CONFLICT (review_id, version) DO UPDATE
             SET position = EXCLUDED.position, verdict = EXCLUDED.verdict, score = EXCLUDED.score,
+                course_id = EXCLUDED.course_id,
                 reasons = EXCLUDED.reasons, model = EXCLUDED.model, digest = EXCLUDED.digest,
                 oversize = EXCLUDED.oversize, judged_at = now()
             WHERE review_verdicts.position <= EXCLUDED.position",
         &[
             &ids, &versions, &positions, &kinds, &scores, &reasons, &models, &digests, &oversize,
+            &courses,
         ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records deletes: the newest (version, position) per review id wins.
+pub async fn record_deletions(
+    tx: &tokio_postgres::Transaction<'_>,
+    deletions: &[Deletion],
+) -> Result<()> {
+    // One row per review in a statement (ON CONFLICT cannot touch a row twice).
+    let mut newest: HashMap<i64, &Deletion> = HashMap::new();
+    for d in deletions {
+        let slot = newest.entry(d.review_id).or_insert(d);
+        if (d.version, d.position) > (slot.version, slot.position) {
+            *slot = d;
+        }
+    }
+    if newest.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<&Deletion> = newest.into_values().collect();
+    let ids: Vec<i64> = rows.iter().map(|d| d.review_id).collect();
+    let courses: Vec<Option<i64>> = rows.iter().map(|d| d.course_id).collect();
+    let versions: Vec<String> = rows.iter().map(|d| d.version.to_string()).collect();
+    let positions: Vec<i64> = rows.iter().map(|d| d.position).collect();
+    tx.execute(
+        "INSERT INTO review_deletions (review_id, course_id, version, position)
+         SELECT id, course_id, version::pg_lsn, position
+         FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[])
+              AS u(id, course_id, version, position)
+         ON CONFLICT (review_id) DO UPDATE
+            SET course_id = EXCLUDED.course_id, version = EXCLUDED.version,
+                position = EXCLUDED.position, deleted_at = now()
+            WHERE (review_deletions.version, review_deletions.position)
+                < (EXCLUDED.version, EXCLUDED.position)",
+        &[&ids, &courses, &versions, &positions],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records that every review without a row whose newest verdict is older than `at` was
+/// deleted as the pipeline saw it (a TRUNCATE, or a snapshot replay); the newest point wins.
+pub async fn deleted_before(tx: &tokio_postgres::Transaction<'_>, at: (Lsn, i64)) -> Result<()> {
+    tx.execute(
+        "UPDATE verdicts_state
+            SET deleted_before_lsn = $1::text::pg_lsn, deleted_before_position = $2
+          WHERE (deleted_before_lsn, deleted_before_position) < ($1::text::pg_lsn, $2)",
+        &[&at.0.to_string(), &at.1],
     )
     .await?;
     Ok(())

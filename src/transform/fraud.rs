@@ -1,6 +1,7 @@
 //! The fraud worker: reviews.changes in; reviews.valid (the changelog of the set of valid
-//! reviews), reviews.fraud (flagged versions) and reviews.verdicts (one verdict per version)
-//! out; undecodable records to the dead-letter topic.
+//! reviews), reviews.fraud (flagged versions) and reviews.verdicts (one verdict per version,
+//! and a record of each delete and TRUNCATE, so `verify` can tell a seen delete from a lost
+//! one) out; undecodable records to the dead-letter topic.
 //!
 //! Guarantee: exactly-once. A batch's outputs and its input offsets commit in one Kafka
 //! transaction, so read_committed consumers see every input's outputs once, or not at all.
@@ -76,6 +77,8 @@ impl Counters {
 /// Registry ids of the output schemas that do not depend on the input's.
 #[derive(Clone, Copy)]
 struct OutputIds {
+    /// Where a truncate's record goes: the changes partition it came in, modulo this.
+    verdict_partitions: i32,
     valid_key: u32,
     review_key: u32,
     verdict_value: u32,
@@ -119,8 +122,13 @@ impl Fraud {
                 topics.valid, topics.changes
             )));
         }
+        let verdict_partitions = {
+            let probe: BaseConsumer = client_config(kafka).create()?;
+            kafka::partition_count(&probe, &topics.verdicts)?
+        };
         let key = &envelope::KEY_SCHEMA;
         let ids = OutputIds {
+            verdict_partitions,
             valid_key: registry
                 .register(&format!("{}-key", topics.valid), key)
                 .await?,
@@ -379,6 +387,9 @@ impl Session {
         if let (Some(row), Some(j)) = (&event.after, &after) {
             out.extend(self.verdict_records(&event, row, j)?);
         }
+        if let Some(gone) = deletion(&event) {
+            out.push(self.deletion_record(&gone, m.partition())?);
+        }
         if let Some(value) = self.valid_change(&event, schema_id, body, &before, &after)? {
             out.push(Output {
                 kind: Kind::Valid,
@@ -463,6 +474,31 @@ impl Session {
         Ok(out)
     }
 
+    /// The verdicts topic's record of a deletion: keyed by the review like its verdicts, so
+    /// it follows them in their partition. A truncate comes in on every changes partition;
+    /// the sink keeps the newest, so each copy may go to any partition (to the one it came
+    /// in on, modulo the verdict topic's).
+    fn deletion_record(&self, gone: &verdict::Record, partition: i32) -> Result<Output> {
+        let (key, partition) = match gone {
+            verdict::Record::Deleted(d) => (
+                Some(wire::frame(
+                    self.ids.review_key,
+                    &envelope::encode_key(d.review_id)?,
+                )),
+                None,
+            ),
+            _ => (None, Some(partition % self.ids.verdict_partitions.max(1))),
+        };
+        Ok(Output {
+            kind: Kind::Verdict,
+            topic: self.fraud.topics.verdicts.clone(),
+            partition,
+            key,
+            value: wire::frame(self.ids.verdict_value, &verdict::encode_record(gone)?),
+            headers: None,
+        })
+    }
+
     /// The record decoded, or why it is poison. Only registry or broker trouble is an error.
     fn read<'m>(&mut self, m: &'m OwnedMessage) -> Result<Result<Read<'m>, Poison>> {
         let framed = match self.runtime.block_on(self.registry.resolve(m.payload()))? {
@@ -516,6 +552,24 @@ impl Session {
             "fraud progress"
         );
     }
+}
+
+/// What a change ends: a review deleted, or whose id an UPDATE changed (the old id is gone
+/// as surely), or every review (a TRUNCATE).
+fn deletion(event: &ChangeEvent) -> Option<verdict::Record> {
+    let (version, position) = (event.source.lsn, event.source.position);
+    let gone = match (event.op, &event.before, &event.after) {
+        (Op::Truncate, _, _) => return Some(verdict::Record::Truncated { version, position }),
+        (Op::Delete, Some(before), _) => before,
+        (Op::Update, Some(before), Some(after)) if before.id != after.id => before,
+        _ => return None,
+    };
+    Some(verdict::Record::Deleted(verdict::Deletion {
+        review_id: gone.id,
+        course_id: gone.course_id,
+        version,
+        position,
+    }))
 }
 
 /// The after image's columns carried as oversize markers, by name: what the verdict judged.

@@ -6,10 +6,14 @@
 //!   review on that side);
 //! - the rows (`rows`): every current row of `reviews` has exactly one verdict for its current
 //!   image, the one the model gives it, so a lost insert or edit fails even when no figure
-//!   moved (a row judged fraud, a text-only edit).
+//!   moved (a row judged fraud, a text-only edit);
+//! - the reviews that are gone (`deleted`): a review with verdicts but no row was deleted,
+//!   and the pipeline must have seen that delete, so a lost delete fails even when no
+//!   figure moved (a review judged fraud).
 //!
 //! Every difference names the review (for a row) and its course.
 
+mod deleted;
 mod rows;
 
 use std::fmt;
@@ -65,6 +69,8 @@ pub struct Report {
     pub courses: i64,
     /// Rows of `reviews` checked (0 for a check of the figures alone).
     pub reviews: i64,
+    /// Reviews with verdicts but no row (deleted) that were checked for a seen delete.
+    pub gone: i64,
     /// Figures first (by course, then figure), then reviews by id.
     pub differences: Vec<Difference>,
 }
@@ -87,6 +93,7 @@ pub async fn verify_at(client: &Client, today: Option<NaiveDate>) -> Result<Repo
         let mut report = figures_at(client, today).await?;
         let mut reviews = Vec::new();
         report.reviews = rows::check(client, &mut reviews).await?;
+        report.gone = deleted::check(client, &mut reviews).await?;
         reviews.sort_by_key(|d| d.review_id);
         report.differences.extend(reviews);
         Ok::<_, crate::Error>(report)
@@ -152,6 +159,7 @@ pub async fn figures_at(client: &Client, today: Option<NaiveDate>) -> Result<Rep
     Ok(Report {
         courses,
         reviews: 0,
+        gone: 0,
         differences,
     })
 }
