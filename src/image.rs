@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 
 use crate::change::ReviewRow;
 use crate::review::Rating;
@@ -101,7 +101,7 @@ pub enum Rule {
     NoCourse,
     /// rating is NULL, NaN, infinite, or not one of 0.5, 1.0, ... 5.0.
     RatingOffScale,
-    /// created_at is NULL, ±infinity, or outside [CREATED_AT_MIN, CREATED_AT_END).
+    /// created_at is NULL, ±infinity, or outside `review::CREATED_AT_RANGE`.
     CreatedAtOutOfRange,
 }
 
@@ -113,26 +113,6 @@ impl Rule {
             Rule::CreatedAtOutOfRange => "created_at_out_of_range",
         }
     }
-}
-
-/// The first instant a created_at may be: 0001-01-01T00:00:00Z (no BC dates: a calendar day
-/// of year 0 or before is not a day a review could have been written, and ISO 8601 readers
-/// disagree about how to number them).
-pub fn created_at_min() -> DateTime<Utc> {
-    day(1, 1, 1)
-}
-
-/// The first instant past the range: 10000-01-01T00:00:00Z (four-digit years only, so every
-/// reader of course_stats' last_review_at can print it).
-pub fn created_at_end() -> DateTime<Utc> {
-    day(10000, 1, 1)
-}
-
-fn day(year: i32, month: u32, d: u32) -> DateTime<Utc> {
-    NaiveDate::from_ymd_opt(year, month, d)
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc())
-        .unwrap_or_default()
 }
 
 impl ReviewImage {
@@ -154,7 +134,7 @@ impl ReviewImage {
             .created_at
             .value()
             .copied()
-            .filter(|t| (created_at_min()..created_at_end()).contains(t));
+            .filter(|t| crate::review::created_at_in_range(*t));
         if created_at.is_none() {
             broken.push(Rule::CreatedAtOutOfRange);
         }
@@ -195,6 +175,25 @@ impl From<&ReviewRow> for ReviewImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use chrono::NaiveDate;
+
+    /// The documented edges of `review::CREATED_AT_RANGE`.
+    fn day(year: i32) -> DateTime<Utc> {
+        NaiveDate::from_ymd_opt(year, 1, 1)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc()
+    }
+
+    fn created_at_min() -> DateTime<Utc> {
+        day(1)
+    }
+
+    fn created_at_end() -> DateTime<Utc> {
+        day(10000)
+    }
 
     fn image() -> ReviewImage {
         let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
