@@ -353,10 +353,8 @@ impl Replay {
             .batch_execute(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
                  SET TRANSACTION SNAPSHOT '{}';
-                 {}
                  LOCK TABLE {TABLE_SCHEMA}.{TABLE} IN ACCESS SHARE MODE;",
-                snapshot.replace('\'', "''"),
-                crate::db::text_output_sql(true)
+                snapshot.replace('\'', "''")
             ))
             .await?;
         if table_filenode(&reader, TABLE).await? != filenode {

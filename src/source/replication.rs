@@ -12,7 +12,8 @@
 //!   nothing here confirms on its own, so a change is never skipped by this module.
 //! - Server input never panics: malformed frames and server errors become `Error`s naming
 //!   what failed, with the server's message and SQLSTATE.
-//! - The session runs with `db::TEXT_OUTPUT_SETTINGS` (UTF8, ISO dates in UTC, ISO 8601
+//! - The session runs with `db::TEXT_OUTPUT_SETTINGS` (the startup options `db::target`
+//!   adds to every connection: UTF8, ISO dates in UTC, ISO 8601
 //!   intervals, hex bytea, no timeouts), so text values depend neither on the server's
 //!   defaults nor on a role's `ALTER ROLE ... SET`.
 //!
@@ -118,7 +119,6 @@ impl ReplicationConnection {
                 config.get_application_name().unwrap_or("reviewflow"),
             ),
         ];
-        params.extend(crate::db::TEXT_OUTPUT_SETTINGS.iter().copied());
         if let Some(options) = config.get_options() {
             params.push(("options", options));
         }

@@ -116,10 +116,8 @@ impl Snapshot<'_> {
         pg.batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
              SET TRANSACTION SNAPSHOT '{}';
-             {}
              LOCK TABLE {TABLE_SCHEMA}.{table} IN ACCESS SHARE MODE;",
-            self.snapshot_name.replace('\'', "''"),
-            crate::db::text_output_sql(true)
+            self.snapshot_name.replace('\'', "''")
         ))
         .await?;
         if table_filenode(&pg, self.table).await? != self.filenode_before {

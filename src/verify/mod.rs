@@ -81,7 +81,8 @@ pub async fn verify(client: &Client) -> Result<Report> {
 }
 
 /// The whole check, the figures as of the UTC day `today` (None: the server's), in one
-/// read-only snapshot under the session settings cdc reads values with.
+/// read-only snapshot under the session settings cdc reads values with (set here as well as
+/// at connection start: `client` may come from a caller that did not connect through `db`).
 pub async fn verify_at(client: &Client, today: Option<NaiveDate>) -> Result<Report> {
     client
         .batch_execute(&format!(
