@@ -1,5 +1,6 @@
 //! A position in PostgreSQL's write-ahead log. Commit LSNs order transactions; together with
-//! a change's position inside its transaction they identify every change event exactly.
+//! a change's position inside its transaction they identify every change event exactly
+//! (`SourcePosition`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -31,6 +32,41 @@ impl FromStr for Lsn {
     }
 }
 
+/// Where a change stands in the source's history: its transaction's commit LSN (for a
+/// snapshot read, the slot's consistent point), then its index inside that transaction (or
+/// the row's inside the snapshot). It is unique per change and increases along the stream,
+/// so every consumer drops an event at or below the last one it applied; the derived order
+/// (commit LSN first) is that rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourcePosition {
+    pub lsn: Lsn,
+    pub position: i64,
+}
+
+impl SourcePosition {
+    pub const fn new(lsn: Lsn, position: i64) -> Self {
+        SourcePosition { lsn, position }
+    }
+
+    /// The last position a change committed before `lsn` can have: a commit LSN is either
+    /// below a point or not, so every change of an earlier transaction is at or below it.
+    pub const fn last_before(lsn: Lsn) -> Self {
+        SourcePosition::new(Lsn(lsn.0.saturating_sub(1)), i64::MAX)
+    }
+}
+
+impl fmt::Display for SourcePosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.lsn, self.position)
+    }
+}
+
+impl From<(Lsn, i64)> for SourcePosition {
+    fn from((lsn, position): (Lsn, i64)) -> Self {
+        SourcePosition::new(lsn, position)
+    }
+}
+
 impl From<tokio_postgres::types::PgLsn> for Lsn {
     fn from(l: tokio_postgres::types::PgLsn) -> Self {
         Lsn(u64::from(l))
@@ -45,7 +81,16 @@ impl From<Lsn> for tokio_postgres::types::PgLsn {
 
 #[cfg(test)]
 mod tests {
-    use super::Lsn;
+    use super::{Lsn, SourcePosition};
+
+    #[test]
+    fn positions_order_by_commit_then_inside_it() {
+        let a = SourcePosition::new(Lsn(10), 5);
+        assert!(a < SourcePosition::new(Lsn(10), 6));
+        assert!(a < SourcePosition::new(Lsn(11), 0));
+        assert!(SourcePosition::last_before(Lsn(11)) > a);
+        assert!(SourcePosition::last_before(Lsn(11)) < SourcePosition::new(Lsn(11), 0));
+    }
 
     #[test]
     fn text_form_round_trips() {
