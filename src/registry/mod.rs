@@ -96,6 +96,18 @@ impl Registry {
     }
 }
 
+/// The subject a topic's record values are registered under: Confluent's default
+/// TopicNameStrategy, which DESIGN.md fixes so that standard consumers find our schemas.
+pub fn value_subject(topic: &str) -> String {
+    format!("{topic}-value")
+}
+
+/// The subject a topic's record keys are registered under (TopicNameStrategy, as
+/// [`value_subject`]).
+pub fn key_subject(topic: &str) -> String {
+    format!("{topic}-key")
+}
+
 /// A record value in the wire format, with the schema it was written with.
 pub struct Framed<'a> {
     pub schema: Arc<Schema>,
@@ -197,6 +209,12 @@ mod tests {
         assert!(text.contains("timestamp-micros"), "{text}");
         let again = Schema::parse_str(&text).unwrap();
         assert_eq!(normalised(&again).unwrap(), text);
+    }
+
+    #[test]
+    fn subjects_follow_the_topic_name_strategy() {
+        assert_eq!(value_subject("reviews.changes"), "reviews.changes-value");
+        assert_eq!(key_subject("reviews.changes"), "reviews.changes-key");
     }
 
     fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}

@@ -48,7 +48,7 @@ use crate::error::{Error, Result};
 use crate::kafka::{client_config, ensure_topic, partition_count};
 use crate::lsn::Lsn;
 use crate::metrics;
-use crate::registry::Registry;
+use crate::registry::{key_subject, value_subject, Registry};
 
 pub struct Cdc {
     pub settings: Settings,
@@ -376,7 +376,7 @@ impl<'a> Streamer<'a> {
         let topic = &self.cdc.topics.changes;
         self.key_schema_id = self
             .registry
-            .register(&format!("{topic}-key"), &crate::avro::envelope::KEY_SCHEMA)
+            .register(&key_subject(topic), &crate::avro::envelope::KEY_SCHEMA)
             .await?;
         self.ledger().idle_at(start);
         let interval = Duration::from_secs(self.cdc.config.status_interval_secs.max(1));
@@ -488,7 +488,7 @@ impl<'a> Streamer<'a> {
                         r.name
                     ))
                 })?;
-                let subject = format!("{}-value", self.cdc.topics.changes);
+                let subject = value_subject(&self.cdc.topics.changes);
                 let schema_id = self.registry.register(&subject, schema.envelope()).await?;
                 tracing::info!(table = %r.name, schema_id, columns = r.columns.len(), "table schema registered");
                 self.tables.insert(

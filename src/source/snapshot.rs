@@ -39,7 +39,7 @@ use crate::config::KafkaSettings;
 use crate::error::{Error, Result};
 use crate::kafka::{client_config, read_committed_to_end};
 use crate::lsn::Lsn;
-use crate::registry::Registry;
+use crate::registry::{key_subject, value_subject, Registry};
 
 pub const TABLE_SCHEMA: &str = "public";
 
@@ -133,12 +133,12 @@ impl Snapshot<'_> {
         )?;
         let value_id = self
             .registry
-            .register(&format!("{}-value", self.topic), schema.envelope())
+            .register(&value_subject(&self.topic), schema.envelope())
             .await?;
         let key_id = self
             .registry
             .register(
-                &format!("{}-key", self.topic),
+                &key_subject(&self.topic),
                 &crate::avro::envelope::KEY_SCHEMA,
             )
             .await?;
@@ -245,10 +245,7 @@ impl Snapshot<'_> {
         let marker_schema = marker_schema();
         let marker_id = self
             .registry
-            .register(
-                &format!("{}-value", marker_topic(self.topic)),
-                &marker_schema,
-            )
+            .register(&value_subject(&marker_topic(self.topic)), &marker_schema)
             .await?;
         let key = marker_key(self.registry, &marker_topic(self.topic), self.slot).await?;
         let value = wire::frame(
@@ -355,7 +352,7 @@ pub async fn withdraw_marker(
 /// The markers' key: the slot name, an Avro string in the wire format.
 async fn marker_key(registry: &Registry, marker_topic: &str, slot: &str) -> Result<Vec<u8>> {
     let id = registry
-        .register(&format!("{marker_topic}-key"), &Schema::String)
+        .register(&key_subject(marker_topic), &Schema::String)
         .await?;
     Ok(wire::frame(
         id,

@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::image::ReviewImage;
 use crate::kafka::{self, client_config};
 use crate::metrics;
-use crate::registry::Registry;
+use crate::registry::{key_subject, value_subject, Registry};
 use crate::transform::score::{self, Judgement, Scorer};
 
 pub struct Fraud {
@@ -129,22 +129,18 @@ impl Fraud {
         let key = &envelope::KEY_SCHEMA;
         let ids = OutputIds {
             verdict_partitions,
-            valid_key: registry
-                .register(&format!("{}-key", topics.valid), key)
-                .await?,
+            valid_key: registry.register(&key_subject(&topics.valid), key).await?,
             review_key: registry
-                .register(&format!("{}-key", topics.verdicts), key)
+                .register(&key_subject(&topics.verdicts), key)
                 .await?,
             verdict_value: registry
-                .register(&format!("{}-value", topics.verdicts), &verdict::SCHEMA)
+                .register(&value_subject(&topics.verdicts), &verdict::SCHEMA)
                 .await?,
             fraud_value: registry
-                .register(&format!("{}-value", topics.fraud), &verdict::SCHEMA)
+                .register(&value_subject(&topics.fraud), &verdict::SCHEMA)
                 .await?,
         };
-        registry
-            .register(&format!("{}-key", topics.fraud), key)
-            .await?;
+        registry.register(&key_subject(&topics.fraud), key).await?;
         let counters = Arc::new(Counters::new());
         let this = Arc::new(self);
         tracing::info!(model = scorer.model(), input = %this.topics.changes, "fraud worker starting");
@@ -528,7 +524,7 @@ impl Session {
         if let Some(id) = self.valid_ids.get(&input_id) {
             return Ok(*id);
         }
-        let subject = format!("{}-value", self.fraud.topics.valid);
+        let subject = value_subject(&self.fraud.topics.valid);
         let id = self
             .runtime
             .block_on(self.registry.register(&subject, writer))?;
