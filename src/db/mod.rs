@@ -3,6 +3,7 @@
 //! embedded migrations that the owner applies at start-up (refinery serialises concurrent
 //! runs).
 
+mod quote;
 pub mod roles;
 pub mod tls;
 
@@ -10,6 +11,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
+
+pub use quote::{quote_ident, quote_literal, readable_ident};
 
 /// How connection-string errors name the setting: the string itself may hold a password.
 const WHAT: &str = "the database URL (DATABASE_URL or a stage's own *_DATABASE_URL)";

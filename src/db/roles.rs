@@ -14,6 +14,7 @@
 
 use tokio_postgres::Client;
 
+use super::{quote_ident, quote_literal};
 use crate::config::DbRole;
 use crate::error::Result;
 
@@ -57,12 +58,4 @@ pub async fn create_login(admin: &Client, role: DbRole, user: &str, password: &s
         ))
         .await?;
     Ok(())
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
 }

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use tokio_postgres::Client;
 
 use crate::avro::ColumnType;
+use crate::db::quote_ident;
 use crate::error::{Error, Result};
 
 /// A session of its own whose search_path is only pg_catalog, so a type outside it is
@@ -69,11 +70,7 @@ impl TypeCatalog {
     /// but never judged or counted, so a review would be lost downstream. A table without an
     /// `id` column (course_stats) is not concerned.
     pub async fn refuse_nullable_id(&self, namespace: &str, table: &str) -> Result<()> {
-        let qualified = format!(
-            "\"{}\".\"{}\"",
-            namespace.replace('"', "\"\""),
-            table.replace('"', "\"\"")
-        );
+        let qualified = format!("{}.{}", quote_ident(namespace), quote_ident(table));
         let nullable: Option<bool> = self
             .client
             .query_opt(

@@ -19,6 +19,7 @@ use tokio_postgres::Client;
 
 use super::pgoutput::Relation;
 use super::snapshot::TABLE_SCHEMA;
+use crate::db::readable_ident;
 use crate::error::{Error, Result};
 
 /// What cdc reads and how: enough to judge the source's settings.
@@ -103,7 +104,7 @@ pub fn relation_refusal(source: &Source<'_>, relation: &Relation) -> Option<Erro
 
 async fn check_publication(pg: &Client, source: &Source<'_>, table: &str) -> Result<()> {
     let publication = source.publication;
-    let quoted = quote_ident(publication);
+    let quoted = readable_ident(publication);
     let Some(row) = pg
         .query_opt(
             "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1",
@@ -197,18 +198,6 @@ async fn check_publication(pg: &Client, source: &Source<'_>, table: &str) -> Res
         }
     }
     Ok(())
-}
-
-fn quote_ident(name: &str) -> String {
-    let plain = name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && !name.starts_with(|c: char| c.is_ascii_digit());
-    if plain {
-        name.to_string()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
-    }
 }
 
 #[cfg(test)]

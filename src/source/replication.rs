@@ -40,6 +40,7 @@ use tokio_postgres::config::Host;
 use tokio_postgres::fallible_iterator::FallibleIterator;
 use tokio_util::codec::{Decoder, Encoder, Framed};
 
+use crate::db::{quote_ident, quote_literal};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 
@@ -641,15 +642,6 @@ fn validate_slot_name(slot: &str) -> Result<()> {
     Ok(())
 }
 
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// The replication grammar's literals know no backslash escapes, only doubled quotes.
-fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
-
 /// A statement shortened for error messages.
 fn statement(sql: &str) -> String {
     match sql.char_indices().nth(120) {
@@ -897,8 +889,6 @@ mod tests {
 
     #[test]
     fn names_are_quoted_and_checked() {
-        assert_eq!(quote_ident(r#"a"b"#), r#""a""b""#);
-        assert_eq!(quote_literal(&quote_ident("it's")), r#"'"it''s"'"#);
         assert!(validate_slot_name("reviewflow_1").is_ok());
         for bad in ["", "Upper", "a-b", "x\"y", &"a".repeat(64)] {
             assert!(validate_slot_name(bad).is_err(), "{bad}");

@@ -36,6 +36,7 @@ use super::size::RecordLimits;
 use crate::avro::{wire, Cell, RowSchema};
 use crate::change::{Op, Source};
 use crate::config::KafkaSettings;
+use crate::db::{quote_ident, quote_literal};
 use crate::error::{Error, Result};
 use crate::kafka::{client_config, read_committed_to_end};
 use crate::lsn::Lsn;
@@ -100,7 +101,7 @@ pub async fn table_filenode(pg: &tokio_postgres::Client, table: &str) -> Result<
         .query_one(
             &format!(
                 "SELECT pg_relation_filenode('{TABLE_SCHEMA}.{}')::oid",
-                quote(table)
+                quote_ident(table)
             ),
             &[],
         )
@@ -111,13 +112,13 @@ pub async fn table_filenode(pg: &tokio_postgres::Client, table: &str) -> Result<
 impl Snapshot<'_> {
     /// Reads the table in the exported snapshot and commits it, with its marker, to Kafka.
     pub async fn run(self) -> Result<i64> {
-        let table = quote(self.table);
+        let table = quote_ident(self.table);
         let pg = crate::db::connect(self.database_url).await?;
         pg.batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
-             SET TRANSACTION SNAPSHOT '{}';
+             SET TRANSACTION SNAPSHOT {};
              LOCK TABLE {TABLE_SCHEMA}.{table} IN ACCESS SHARE MODE;",
-            self.snapshot_name.replace('\'', "''")
+            quote_literal(self.snapshot_name)
         ))
         .await?;
         if table_filenode(&pg, self.table).await? != self.filenode_before {
@@ -177,7 +178,7 @@ impl Snapshot<'_> {
 
         let select = columns
             .iter()
-            .map(|(name, oid, _)| output_text(&quote(name), *oid))
+            .map(|(name, oid, _)| output_text(&quote_ident(name), *oid))
             .collect::<Vec<_>>()
             .join(", ");
         let rows = pg
@@ -426,7 +427,7 @@ pub async fn table_columns(
         .query(
             "SELECT attname::text, atttypid::oid, atttypmod FROM pg_attribute
              WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            &[&format!("{TABLE_SCHEMA}.{}", quote(table))],
+            &[&format!("{TABLE_SCHEMA}.{}", quote_ident(table))],
         )
         .await?;
     Ok(rows
@@ -451,10 +452,6 @@ fn output_text(column: &str, type_oid: u32) -> String {
     } else {
         format!("textsend(CASE WHEN {column} IS NULL THEN NULL ELSE format('%s', {column}) END)")
     }
-}
-
-fn quote(identifier: &str) -> String {
-    format!("\"{}\"", identifier.replace('"', "\"\""))
 }
 
 fn progress_bar(total: i64) -> ProgressBar {

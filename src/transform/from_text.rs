@@ -6,6 +6,7 @@
 use crate::avro::envelope::ChangeReaders;
 use crate::avro::{oversize_marker, Cell, RowSchema};
 use crate::change::{Op, Source};
+use crate::db::quote_ident;
 use crate::error::{Error, Result};
 use crate::image::ReviewImage;
 use crate::lsn::Lsn;
@@ -16,7 +17,7 @@ use crate::transform::score::{self, Judgement, Scorer};
 pub fn text_columns<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
     names
         .into_iter()
-        .map(|name| format!("\"{}\"::text", name.replace('"', "\"\"")))
+        .map(|name| format!("{}::text", quote_ident(name)))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -22,6 +22,7 @@ use tokio_postgres::{Client, Row};
 
 use super::Difference;
 use crate::avro::RowSchema;
+use crate::db::quote_ident;
 use crate::error::Result;
 use crate::source::snapshot::{table_columns, TABLE_SCHEMA};
 use crate::transform::from_text::{cells_of, TextJudge};
@@ -50,7 +51,7 @@ pub async fn check(client: &Client, differences: &mut Vec<Difference>) -> Result
          FROM {TABLE_SCHEMA}.{TABLE} r LEFT JOIN newest v ON v.review_id = r.id",
         names
             .iter()
-            .map(|n| format!("r.\"{}\"::text", n.replace('"', "\"\"")))
+            .map(|n| format!("r.{}::text", quote_ident(n)))
             .collect::<Vec<_>>()
             .join(", ")
     );
