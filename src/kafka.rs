@@ -15,6 +15,8 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use crate::config::{shown_setting, KafkaSettings, TopicSettings, WorkerSettings};
 use crate::error::{Error, Result};
 
+pub mod produce;
+
 pub fn client_config(kafka: &KafkaSettings) -> ClientConfig {
     configured(ClientConfig::new(), kafka)
 }
@@ -344,6 +346,13 @@ pub fn partition_lags<C: ConsumerContext + 'static>(
             ))
         })
         .collect()
+}
+
+/// How many partitions a topic has, asked through a consumer made for the question (for a
+/// caller that holds no consumer of its own). Blocking.
+pub fn topic_partitions(kafka: &KafkaSettings, topic: &str) -> Result<i32> {
+    let probe: BaseConsumer = client_config(kafka).create()?;
+    partition_count(&probe, topic)
 }
 
 /// How many partitions a topic has, from the broker's metadata.

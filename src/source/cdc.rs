@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
-use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -33,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::acks::AckLedger;
 use super::columns::TypeCatalog;
 use super::pgoutput::{self, PgOutput, Tuple, Value};
-use super::produce::{send_blocking, wire_key};
+use super::produce::wire_key;
 use super::refusals;
 use super::replication::{
     pg_epoch_micros_to_unix_micros, ReplicationConnection, ReplicationMessage, ReplicationStream,
@@ -45,7 +44,8 @@ use crate::avro::{wire, Cell, RowSchema};
 use crate::change::{Op, Source};
 use crate::config::{CdcConfig, Settings, TopicSettings};
 use crate::error::{Error, Result};
-use crate::kafka::{client_config, ensure_topic, partition_count};
+use crate::kafka::produce::send as send_record;
+use crate::kafka::{client_config, ensure_topic, topic_partitions};
 use crate::lsn::Lsn;
 use crate::metrics;
 use crate::registry::{key_subject, value_subject, Registry};
@@ -346,8 +346,7 @@ impl<'a> Streamer<'a> {
                 ledger: ledger.clone(),
                 acked: metrics::events_out(&cdc.stage(), "changes"),
             })?;
-        let metadata: BaseConsumer = client_config(&cdc.settings.kafka).create()?;
-        let partitions = partition_count(&metadata, &cdc.topics.changes)?;
+        let partitions = topic_partitions(&cdc.settings.kafka, &cdc.topics.changes)?;
         Ok(Streamer {
             cdc,
             registry,
@@ -633,7 +632,7 @@ impl<'a> Streamer<'a> {
     /// guarantee) and refuses every later record with a bare "fatal error", often before the
     /// refused record's own report arrives: the refusal, which says what to fix, is the error.
     async fn send(&self, record: BaseRecord<'_, [u8], [u8], Box<u64>>) -> Result<()> {
-        let Err(e) = send_blocking(&self.producer, record).await else {
+        let Err(e) = send_record(&self.producer, record).await else {
             return Ok(());
         };
         for _ in 0..100 {

@@ -31,13 +31,14 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 use super::columns::TypeCatalog;
-use super::produce::{send_blocking, wire_key};
+use super::produce::wire_key;
 use super::size::RecordLimits;
 use crate::avro::{wire, Cell, RowSchema};
 use crate::change::{Op, Source};
 use crate::config::KafkaSettings;
 use crate::db::{quote_ident, quote_literal};
 use crate::error::{Error, Result};
+use crate::kafka::produce::send as send_record;
 use crate::kafka::{client_config, read_committed_to_end};
 use crate::lsn::Lsn;
 use crate::registry::{key_subject, value_subject, Registry};
@@ -228,7 +229,7 @@ impl Snapshot<'_> {
                 Some(key) => record.key(key),
                 None => record.partition(0),
             };
-            send_blocking(&producer, record).await?;
+            send_record(&producer, record).await?;
             position += 1;
             progress.inc(1);
             if position % 100_000 == 0 {
@@ -267,7 +268,7 @@ impl Snapshot<'_> {
                 ]))?,
         );
         let marker_topic = marker_topic(self.topic);
-        send_blocking(
+        send_record(
             &producer,
             BaseRecord::<[u8], [u8], ()>::to(&marker_topic)
                 .key(&key)
@@ -305,14 +306,11 @@ impl Snapshot<'_> {
         let value = wire::frame(value_id, &schema.encode(Op::Truncate, None, None, &source)?);
         let partitions = {
             let (kafka, topic) = (self.kafka.clone(), self.topic.to_string());
-            tokio::task::spawn_blocking(move || {
-                let metadata: rdkafka::consumer::BaseConsumer = client_config(&kafka).create()?;
-                crate::kafka::partition_count(&metadata, &topic)
-            })
-            .await??
+            tokio::task::spawn_blocking(move || crate::kafka::topic_partitions(&kafka, &topic))
+                .await??
         };
         for partition in 0..partitions {
-            send_blocking(
+            send_record(
                 producer,
                 BaseRecord::<[u8], [u8], ()>::to(self.topic)
                     .partition(partition)
@@ -340,7 +338,7 @@ pub async fn withdraw_marker(
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .create()?;
-    send_blocking(
+    send_record(
         &producer,
         BaseRecord::<[u8], [u8], ()>::to(&topic).key(&key),
     )

@@ -94,10 +94,7 @@ impl Fraud {
         let registry = Registry::connect(&self.settings).await?;
         let (kafka, topics) = (&self.settings.kafka, &self.topics);
         kafka::ensure_history_topic(kafka, topics, &topics.changes, topics.partitions).await?;
-        let partitions = {
-            let probe: BaseConsumer = client_config(kafka).create()?;
-            kafka::partition_count(&probe, &topics.changes)?
-        };
+        let partitions = kafka::topic_partitions(kafka, &topics.changes)?;
         // The valid changelog keeps each change in its input partition.
         kafka::ensure_history_topic(kafka, topics, &topics.valid, partitions).await?;
         for t in [&topics.fraud, &topics.verdicts] {
@@ -111,10 +108,7 @@ impl Fraud {
             &[],
         )
         .await?;
-        let valid_partitions = {
-            let probe: BaseConsumer = client_config(kafka).create()?;
-            kafka::partition_count(&probe, &topics.valid)?
-        };
+        let valid_partitions = kafka::topic_partitions(kafka, &topics.valid)?;
         if valid_partitions < partitions {
             return Err(Error::Config(format!(
                 "{} has {valid_partitions} partitions but {} has {partitions}: the valid changelog \
@@ -122,10 +116,7 @@ impl Fraud {
                 topics.valid, topics.changes
             )));
         }
-        let verdict_partitions = {
-            let probe: BaseConsumer = client_config(kafka).create()?;
-            kafka::partition_count(&probe, &topics.verdicts)?
-        };
+        let verdict_partitions = kafka::topic_partitions(kafka, &topics.verdicts)?;
         let key = &envelope::KEY_SCHEMA;
         let ids = OutputIds {
             verdict_partitions,
@@ -613,14 +604,5 @@ fn send(producer: &BaseProducer, out: &Output) -> Result<()> {
     if let Some(h) = &out.headers {
         record = record.headers(h.clone());
     }
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                record = back;
-                producer.poll(Duration::from_millis(10));
-            }
-            Err((e, _)) => return Err(e.into()),
-        }
-    }
+    kafka::produce::send_polling(producer, record)
 }

@@ -1,0 +1,76 @@
+//! Handing a record to librdkafka. One rule for every producer of the pipeline: a full
+//! producer queue is back-pressure, not a failure, so the record is handed again once the
+//! queue has drained, and a slow broker slows the stage down instead of stopping it. Any other
+//! refusal is the caller's error.
+//!
+//! Two functions, because two kinds of producer drain their queue differently:
+//! - [`send`], for a `ThreadedProducer` (cdc's stream, the snapshot): its own thread serves
+//!   the queue, so waiting is an async sleep that leaves the runtime free. Deliveries are
+//!   reported to the producer's context (cdc's ack ledger) or confirmed by the transaction's
+//!   commit (the snapshot).
+//! - [`send_polling`], for a `BaseProducer` (fraud's transactional producer, driven from a
+//!   blocking thread): nothing else serves its queue, so waiting is polling it, which is also
+//!   what runs its delivery callbacks.
+//!
+//! The sinks' dead letters use neither: each must be acknowledged before the batch's
+//! transaction commits, so they go through a `FutureProducer` that awaits every delivery (and
+//! itself waits out a full queue, up to its queue timeout).
+
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext, ThreadedProducer};
+
+use crate::error::Result;
+
+/// A record librdkafka did not take: back to the caller to hand again when only the queue was
+/// full, else the error.
+fn again_when_full<R>((error, record): (KafkaError, R)) -> Result<R> {
+    match error {
+        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => Ok(record),
+        e => Err(e.into()),
+    }
+}
+
+/// Hands `record` to a threaded producer, waiting (without blocking the runtime) while its
+/// queue is full.
+pub async fn send<'a, C: ProducerContext + 'static>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'a, [u8], [u8], C::DeliveryOpaque>,
+) -> Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err(refused) => record = again_when_full(refused)?,
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Hands `record` to a base producer, polling it (which drains the queue) while it is full.
+/// Blocking.
+pub fn send_polling<'a, C: ProducerContext + 'static>(
+    producer: &BaseProducer<C>,
+    mut record: BaseRecord<'a, [u8], [u8], C::DeliveryOpaque>,
+) -> Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err(refused) => record = again_when_full(refused)?,
+        }
+        producer.poll(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_full_queue_is_tried_again() {
+        let full = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
+        assert_eq!(again_when_full((full, 7)).unwrap(), 7);
+        let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        assert!(again_when_full((too_large, 7)).is_err());
+    }
+}
