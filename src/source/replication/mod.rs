@@ -38,7 +38,7 @@ use crate::lsn::Lsn;
 use wire::Wire;
 
 /// 2000-01-01T00:00:00Z, PostgreSQL's epoch, in microseconds since the Unix epoch.
-pub(super) const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
 
 /// Protocol timestamps count microseconds from 2000-01-01 UTC; this shifts them to 1970.
 pub fn pg_epoch_micros_to_unix_micros(micros: i64) -> i64 {
