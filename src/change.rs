@@ -5,7 +5,6 @@ use chrono::{DateTime, Utc};
 
 use crate::image::ReviewImage;
 use crate::lsn::Lsn;
-use crate::review::Rating;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
@@ -60,22 +59,6 @@ impl Source {
     pub fn id(&self) -> (Lsn, i64) {
         (self.lsn, self.position)
     }
-}
-
-/// A row that can count (`image::ReviewImage::countable`): the columns figures and models
-/// read. Columns added later travel in the Avro record but are not needed here.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ReviewRow {
-    pub id: i64,
-    pub course_id: i64,
-    /// No rule reads it, so a row without one still counts.
-    pub user_id: Option<i64>,
-    pub rating: Rating,
-    pub title: Option<String>,
-    pub content: Option<String>,
-    pub created_at: DateTime<Utc>,
-    /// None: NULL, or not an instant (infinity, a year past what the type counts).
-    pub updated_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

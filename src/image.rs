@@ -12,7 +12,6 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use crate::change::ReviewRow;
 use crate::review::Rating;
 
 /// One column's carried value.
@@ -92,6 +91,22 @@ pub struct ReviewImage {
     pub content: Option<String>,
     pub created_at: Carried<DateTime<Utc>>,
     pub updated_at: Carried<DateTime<Utc>>,
+}
+
+/// A row that can count ([`ReviewImage::countable`]): the columns figures and models
+/// read. Columns added later travel in the Avro record but are not needed here.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReviewRow {
+    pub id: i64,
+    pub course_id: i64,
+    /// No rule reads it, so a row without one still counts.
+    pub user_id: Option<i64>,
+    pub rating: Rating,
+    pub title: Option<String>,
+    pub content: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// None: NULL, or not an instant (infinity, a year past what the type counts).
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 /// Why a row cannot count; `name` is the reason a verdict gives.

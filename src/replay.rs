@@ -818,8 +818,9 @@ mod tests {
     use chrono::{TimeZone, Utc};
 
     use super::*;
-    use crate::change::{ChangeEvent, ReviewRow, Source};
+    use crate::change::{ChangeEvent, Source};
     use crate::image::ReviewImage;
+    use crate::image::ReviewRow;
     use crate::review::Rating;
 
     fn event(op: Op, lsn: u64, position: i64, course: i64) -> ValidChange {

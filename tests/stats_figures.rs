@@ -10,7 +10,7 @@ use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::Client;
 
-use reviewflow::change::ReviewRow;
+use reviewflow::image::ReviewRow;
 use reviewflow::lsn::Lsn;
 use reviewflow::review::Rating;
 use reviewflow::sink::stats::figures::{apply, lock_state, reset, roll_days, Deltas};

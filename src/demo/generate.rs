@@ -267,7 +267,7 @@ mod tests {
         let at = chrono::Utc::now();
         for change in run(3, 3_000) {
             let Change::Insert(r) = change else { continue };
-            let row = crate::change::ReviewRow {
+            let row = crate::image::ReviewRow {
                 id: 1,
                 course_id: r.course_id,
                 user_id: Some(r.user_id),

@@ -175,7 +175,7 @@ impl Pipeline {
     }
 
     /// The rows of `reviews` as the pipeline's stages see them, in id order.
-    pub async fn reviews(&self) -> Vec<reviewflow::change::ReviewRow> {
+    pub async fn reviews(&self) -> Vec<reviewflow::image::ReviewRow> {
         self.db()
             .await
             .query(
@@ -186,7 +186,7 @@ impl Pipeline {
             .await
             .unwrap()
             .iter()
-            .map(|r| reviewflow::change::ReviewRow {
+            .map(|r| reviewflow::image::ReviewRow {
                 id: r.get(0),
                 course_id: r.get(1),
                 user_id: r.get(2),

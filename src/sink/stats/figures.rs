@@ -19,8 +19,8 @@ use chrono::{DateTime, Days, NaiveDate, Timelike, Utc};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Transaction;
 
-use crate::change::ReviewRow;
 use crate::error::Result;
+use crate::image::ReviewRow;
 use crate::lsn::Lsn;
 
 /// The table-wide state of the stats worker, read under a row lock that serializes all stats

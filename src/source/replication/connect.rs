@@ -9,13 +9,12 @@ use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_postgres::config::Host;
 use tokio_postgres::fallible_iterator::FallibleIterator;
 use tokio_util::codec::Framed;
 
-use super::wire::{log_notice, Backend, Codec, ServerError, Wire};
+use super::wire::{log_notice, Backend, Codec, ServerError, Socket, Wire};
 use super::ReplicationConnection;
 use crate::error::{Error, Result};
 
@@ -70,10 +69,6 @@ impl ReplicationConnection {
         Ok(ReplicationConnection { wire })
     }
 }
-
-/// The connection under the protocol: TCP, or TLS over it.
-pub(super) trait Socket: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for T {}
 
 /// (stream, "host:port", host) of the first host that accepts.
 async fn open_tcp(config: &tokio_postgres::Config) -> Result<(TcpStream, String, String)> {

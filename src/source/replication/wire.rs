@@ -8,10 +8,10 @@ use std::io;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use postgres_protocol::message::backend::{ErrorFields, ErrorResponseBody, Header, Message};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_postgres::fallible_iterator::FallibleIterator;
 use tokio_util::codec::{Decoder, Encoder, Framed};
 
-use super::connect::Socket;
 use crate::error::{Error, Result};
 
 /// The fields of an ErrorResponse worth reporting.
@@ -109,6 +109,10 @@ impl Encoder<Bytes> for Codec {
         Ok(())
     }
 }
+
+/// The connection under the protocol: TCP, or TLS over it.
+pub(super) trait Socket: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for T {}
 
 /// The framed socket and the name it is reported under.
 pub(super) struct Wire {

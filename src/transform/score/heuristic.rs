@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use super::{Judgement, Scorer};
-use crate::change::ReviewRow;
+use crate::image::ReviewRow;
 
 /// Bump when a signal or weight changes: old verdicts were made by the old function.
 const VERSION: &str = "heuristic-v1";

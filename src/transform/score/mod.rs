@@ -7,9 +7,9 @@
 pub mod heuristic;
 pub mod seed;
 
-use crate::change::ReviewRow;
 use crate::error::{Error, Result};
 use crate::image::ReviewImage;
+use crate::image::ReviewRow;
 
 /// What a scorer says about one version of a review.
 #[derive(Clone, Debug, PartialEq)]

@@ -33,7 +33,7 @@ use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 
 use super::{Judgement, Scorer};
-use crate::change::ReviewRow;
+use crate::image::ReviewRow;
 
 /// The record hashed. Changing anything here (even a field name) re-rolls every verdict, so it
 /// needs a new model string.
