@@ -135,12 +135,12 @@ impl Snapshot<'_> {
         )?;
         let value_id = self
             .registry
-            .register(&value_subject(&self.topic), schema.envelope())
+            .register(&value_subject(self.topic), schema.envelope())
             .await?;
         let key_id = self
             .registry
             .register(
-                &key_subject(&self.topic),
+                &key_subject(self.topic),
                 &crate::avro::envelope::KEY_SCHEMA,
             )
             .await?;
