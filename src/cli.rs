@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    BenchConfig, CdcConfig, Connections, DbRole, DemoConfig, FraudConfig, ImportConfig,
-    MetricsSettings, Settings, StatsConfig, TopicSettings, VerdictsConfig, WorkerSettings,
+    CdcConfig, Connections, DbRole, DemoConfig, FraudConfig, ImportConfig, MetricsSettings,
+    Settings, StatsConfig, TopicSettings, VerdictsConfig, WorkerSettings,
 };
 use crate::error::Result;
 use crate::stack::{self, StackConfig};
@@ -147,9 +147,17 @@ pub enum Command {
     /// The whole benchmark on the local stack (saturation, latency, CDC backlog, workers,
     /// memory, beside pg_recvlogical, Kafka's ProducerPerformance and the peers): prints the
     /// figures, writes BENCHMARKS.md and a latency plot (PNG).
+    #[cfg(feature = "bench")]
     Bench {
         #[command(flatten)]
-        bench: BenchConfig,
+        bench: crate::config::BenchConfig,
+    },
+    /// The benchmark, which this build leaves out: build with `--features bench`.
+    #[cfg(not(feature = "bench"))]
+    #[command(hide = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
     },
 }
 
@@ -431,6 +439,13 @@ impl Cli {
                 outcome?;
                 Ok(ExitCode::SUCCESS)
             }
+            #[cfg(not(feature = "bench"))]
+            Command::Bench { .. } => Err(crate::Error::Config(
+                "this reviewflow is built without the benchmark: run it with \
+                 `cargo run --release --features bench -- bench ...`"
+                    .into(),
+            )),
+            #[cfg(feature = "bench")]
             Command::Bench { bench } => {
                 // The bench creates databases and slots: the owner's connection.
                 let settings = self

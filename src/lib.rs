@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod avro;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod change;
 pub mod cli;

@@ -1,6 +1,7 @@
 //! `reviewflow bench --quick` end to end on the test stack: every figure is measured (real,
 //! non-zero), the report and the plot are written, a missing peer is reported as skipped
-//! (never as a figure), and nothing is left behind (slots, database).
+//! (never as a figure), and nothing is left behind (slots, database). The benchmark is a cargo
+//! feature, so this test runs only with it: `cargo test --features bench --test bench`.
 
 mod common;
 

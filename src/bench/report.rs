@@ -305,7 +305,8 @@ impl Report {
         let _ = writeln!(
             o,
             "Written by `reviewflow bench` on {}. Speed is measured here, never asserted in \
-             tests. Reproduce with:\n\n```\n{}\n```\n",
+             tests. Reproduce with a build that has the benchmark (`cargo build --release \
+             --features bench`):\n\n```\n{}\n```\n",
             self.date, self.command
         );
         let _ = writeln!(
