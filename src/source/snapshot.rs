@@ -139,10 +139,7 @@ impl Snapshot<'_> {
             .await?;
         let key_id = self
             .registry
-            .register(
-                &key_subject(self.topic),
-                &crate::avro::envelope::KEY_SCHEMA,
-            )
+            .register(&key_subject(self.topic), &crate::avro::envelope::KEY_SCHEMA)
             .await?;
         let course = schema
             .column_index("course_id")
