@@ -23,12 +23,15 @@ use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext, ThreadedProdu
 
 use crate::error::Result;
 
-/// A record librdkafka did not take: back to the caller to hand again when only the queue was
-/// full, else the error.
-fn again_when_full<R>((error, record): (KafkaError, R)) -> Result<R> {
-    match error {
-        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => Ok(record),
-        e => Err(e.into()),
+/// What became of a record handed to librdkafka: taken (None), back to the caller to hand
+/// again because only the queue was full (Some), or refused (the error).
+fn again_when_full<R>(sent: std::result::Result<(), (KafkaError, R)>) -> Result<Option<R>> {
+    match sent {
+        Ok(()) => Ok(None),
+        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record)) => {
+            Ok(Some(record))
+        }
+        Err((e, _)) => Err(e.into()),
     }
 }
 
@@ -38,13 +41,11 @@ pub async fn send<'a, C: ProducerContext + 'static>(
     producer: &ThreadedProducer<C>,
     mut record: BaseRecord<'a, [u8], [u8], C::DeliveryOpaque>,
 ) -> Result<()> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err(refused) => record = again_when_full(refused)?,
-        }
+    while let Some(back) = again_when_full(producer.send(record))? {
+        record = back;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    Ok(())
 }
 
 /// Hands `record` to a base producer, polling it (which drains the queue) while it is full.
@@ -53,13 +54,11 @@ pub fn send_polling<'a, C: ProducerContext + 'static>(
     producer: &BaseProducer<C>,
     mut record: BaseRecord<'a, [u8], [u8], C::DeliveryOpaque>,
 ) -> Result<()> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err(refused) => record = again_when_full(refused)?,
-        }
+    while let Some(back) = again_when_full(producer.send(record))? {
+        record = back;
         producer.poll(Duration::from_millis(10));
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -68,9 +67,10 @@ mod tests {
 
     #[test]
     fn only_a_full_queue_is_tried_again() {
+        assert_eq!(again_when_full::<i32>(Ok(())).unwrap(), None);
         let full = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
-        assert_eq!(again_when_full((full, 7)).unwrap(), 7);
+        assert_eq!(again_when_full(Err((full, 7))).unwrap(), Some(7));
         let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
-        assert!(again_when_full((too_large, 7)).is_err());
+        assert!(again_when_full(Err((too_large, 7))).is_err());
     }
 }
