@@ -20,7 +20,7 @@ use super::offsets;
 use crate::avro::verdict::{self, Deletion, Record, Verdict};
 use crate::config::{Settings, TopicSettings, VerdictsConfig, WorkerSettings};
 use crate::error::Result;
-use crate::lsn::Lsn;
+use crate::lsn::SourcePosition;
 use crate::metrics;
 use crate::registry::Registry;
 
@@ -64,14 +64,14 @@ impl VerdictSink {
     ) -> Result<()> {
         let mut verdicts = Vec::with_capacity(batch.records.len());
         let mut deletions = Vec::new();
-        let mut truncated: Option<(Lsn, i64)> = None;
+        let mut truncated: Option<SourcePosition> = None;
         let mut dead = Vec::new();
         for m in &batch.records {
             match read(registry, m).await? {
                 Ok(Record::Judged(v)) => verdicts.push(v),
                 Ok(Record::Deleted(d)) => deletions.push(d),
                 Ok(Record::Truncated { version, position }) => {
-                    truncated = truncated.max(Some((version, position)))
+                    truncated = truncated.max(Some(SourcePosition::new(version, position)))
                 }
                 Err(reason) => dead.push((m, reason)),
             }
@@ -203,12 +203,15 @@ pub async fn record_deletions(
 
 /// Records that every review without a row whose newest verdict is older than `at` was
 /// deleted as the pipeline saw it (a TRUNCATE, or a snapshot replay); the newest point wins.
-pub async fn deleted_before(tx: &tokio_postgres::Transaction<'_>, at: (Lsn, i64)) -> Result<()> {
+pub async fn deleted_before(
+    tx: &tokio_postgres::Transaction<'_>,
+    at: SourcePosition,
+) -> Result<()> {
     tx.execute(
         "UPDATE verdicts_state
             SET deleted_before_lsn = $1::text::pg_lsn, deleted_before_position = $2
           WHERE (deleted_before_lsn, deleted_before_position) < ($1::text::pg_lsn, $2)",
-        &[&at.0.to_string(), &at.1],
+        &[&at.lsn.to_string(), &at.position],
     )
     .await?;
     Ok(())

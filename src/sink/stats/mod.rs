@@ -29,6 +29,7 @@ use crate::avro::envelope::ChangeReaders;
 use crate::change::{ChangeEvent, Op, ReviewRow};
 use crate::config::{Settings, StatsConfig, TopicSettings, WorkerSettings};
 use crate::error::Result;
+use crate::lsn::SourcePosition;
 use crate::metrics;
 use crate::registry::Registry;
 use figures::{Deltas, StatsState};
@@ -187,11 +188,11 @@ impl Fold {
         let event = &change.event;
         let id = event.source.id();
         let last = self.applied.entry(partition).or_default();
-        if last.is_some_and(|l| id <= l) || state.voids(id) {
+        if last.is_some_and(|l| SourcePosition::from(id) <= l) || state.voids(id) {
             self.skipped += 1;
             return Ok(());
         }
-        *last = Some(id);
+        *last = Some(id.into());
         self.changes += 1;
         if event.op == Op::Truncate {
             // What came before it is void: apply it first, then start from nothing.
