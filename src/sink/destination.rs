@@ -85,15 +85,12 @@ pub trait Destination: Sync {
     }
 
     /// Work due with time rather than records, in its own transaction.
-    fn tick(&self, pool: &Pool) -> impl Future<Output = Result<()>> + Send {
-        let _ = pool;
+    fn tick(&self, _pool: &Pool) -> impl Future<Output = Result<()>> + Send {
         async { Ok(()) }
     }
 
     /// Called once a batch committed, with what its `write` returned for it.
-    fn committed(&self, receipt: Self::Receipt) {
-        let _ = receipt;
-    }
+    fn committed(&self, _receipt: Self::Receipt) {}
 }
 
 /// What a `write` did, as the loop needs it.
