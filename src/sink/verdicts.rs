@@ -1,9 +1,10 @@
 //! The verdict sink: reviews.verdicts into review_verdicts.
 //!
 //! Guarantee: exactly-once. Each batch's rows and its input offsets commit in one PostgreSQL
-//! transaction, under the partition epochs it was read with (see `Destination`). Rows are upserted
-//! by (review id, version), and within a version the change with the highest position wins,
-//! so the table holds the final verdict of every version whatever the delivery order.
+//! transaction, under the partition epochs it was read with (see `Destination`). Rows are
+//! upserted by (review id, version), and within a version the change with the highest
+//! position wins, so the table holds the final verdict of every version whatever the
+//! delivery order.
 //! Deletions go to review_deletions (the newest per review) and truncates to verdicts_state
 //! (the newest), in the same transaction; both keep a maximum, so order and copies do not
 //! matter either.
