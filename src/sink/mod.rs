@@ -3,12 +3,14 @@
 //! transaction, so a crash at any instant neither loses nor applies a record twice; offsets
 //! live in PostgreSQL (`offsets`), read by a consumer that seeks to them (`feed`).
 
+pub mod args;
 pub mod dead_letters;
 pub mod feed;
 pub mod offsets;
 pub mod stats;
 pub mod verdicts;
 
+pub use args::{StatsConfig, VerdictsConfig};
 pub use verdicts::VerdictSink;
 
 use crate::config::{Settings, TopicSettings, WorkerSettings};
@@ -32,7 +34,13 @@ impl Parts {
         (topic, group, consumer): (&str, &str, &'static str),
     ) -> Result<Parts> {
         let kafka = &settings.kafka;
-        crate::kafka::ensure_history_topic(kafka, topics, topic, topics.partitions).await?;
+        crate::kafka::ensure_history_topic(
+            kafka,
+            topic,
+            topics.partitions,
+            topics.replication_factor,
+        )
+        .await?;
         // Its own dead letters' topic too: a sink started before fraud must not wait for it.
         let (partitions, replication) = (topics.partitions, topics.replication_factor);
         crate::kafka::ensure_topic(kafka, &topics.dead_letters, partitions, replication, &[])

@@ -27,10 +27,11 @@ use super::feed::{self, Batch};
 use super::offsets::{self, Advance, Applied};
 use crate::avro::envelope::ChangeReaders;
 use crate::change::{ChangeEvent, Op, ReviewRow};
-use crate::config::{Settings, StatsConfig, TopicSettings, WorkerSettings};
+use crate::config::{Settings, TopicSettings, WorkerSettings};
 use crate::error::Result;
 use crate::metrics;
 use crate::registry::Registry;
+use crate::sink::StatsConfig;
 use figures::{Deltas, StatsState};
 use notify::Touched;
 
