@@ -40,7 +40,7 @@ pub struct CdcConfig {
 }
 
 impl CdcConfig {
-    /// The reader that streams course_stats into the compacted figures topic.
+    /// The reader that streams course_stats into the compacted stats topic (`--stats-topic`).
     pub fn for_course_stats(&self) -> CdcConfig {
         CdcConfig {
             slot: format!("{}_stats", self.slot),
