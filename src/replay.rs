@@ -75,7 +75,7 @@ use crate::avro::envelope::ChangeReaders;
 use crate::avro::verdict::Verdict;
 use crate::avro::RowSchema;
 use crate::change::Op;
-use crate::config::{FraudConfig, KafkaSettings, Settings, TopicSettings};
+use crate::config::{KafkaSettings, Settings, TopicSettings};
 use crate::error::{Error, Result};
 use crate::kafka::{client_config, partition_count};
 use crate::lsn::{Lsn, SourcePosition};
@@ -86,6 +86,7 @@ use crate::sink::stats::{ValidChange, CONSUMER};
 use crate::source::replication::ReplicationConnection;
 use crate::source::snapshot::{table_filenode, TABLE_SCHEMA};
 use crate::transform::from_text::{cells_of, text_columns, TextJudge};
+use crate::transform::FraudConfig;
 
 /// The table whose derived state is rebuilt.
 const TABLE: &str = "reviews";

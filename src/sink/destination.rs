@@ -202,7 +202,13 @@ impl Parts {
         worker: &WorkerSettings,
     ) -> Result<Parts> {
         let (kafka, topic) = (&settings.kafka, sink.topic());
-        crate::kafka::ensure_history_topic(kafka, topics, topic, topics.partitions).await?;
+        crate::kafka::ensure_history_topic(
+            kafka,
+            topic,
+            topics.partitions,
+            topics.replication_factor,
+        )
+        .await?;
         // Its own dead letters' topic too: a sink started before fraud must not wait for it.
         let (partitions, replication) = (topics.partitions, topics.replication_factor);
         crate::kafka::ensure_topic(kafka, &topics.dead_letters, partitions, replication, &[])

@@ -7,6 +7,7 @@
 //! and how to write a batch (`Destination`): `stats` into the course figures, `verdicts`
 //! into the verdict tables.
 
+pub mod args;
 pub mod dead_letters;
 pub mod destination;
 pub mod feed;
@@ -14,5 +15,6 @@ pub mod offsets;
 pub mod stats;
 pub mod verdicts;
 
+pub use args::{StatsConfig, VerdictsConfig};
 pub use destination::{run, Destination, Written};
 pub use verdicts::VerdictSink;

@@ -18,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::offsets::Applied;
 use super::{Destination, Written};
+use super::VerdictsConfig;
 use crate::avro::verdict::{self, Deletion, Record, Verdict};
-use crate::config::{Settings, TopicSettings, VerdictsConfig, WorkerSettings};
+use crate::config::{Settings, TopicSettings, WorkerSettings};
 use crate::error::Result;
 use crate::failpoint::Point;
 use crate::lsn::SourcePosition;

@@ -26,12 +26,13 @@ use super::offsets::Applied;
 use super::{Destination, Written};
 use crate::avro::envelope::ChangeReaders;
 use crate::change::{ChangeEvent, Op, ReviewRow};
-use crate::config::{Settings, StatsConfig, TopicSettings, WorkerSettings};
+use crate::config::{Settings, TopicSettings, WorkerSettings};
 use crate::error::Result;
 use crate::failpoint::Point;
 use crate::lsn::SourcePosition;
 use crate::metrics;
 use crate::registry::Registry;
+use crate::sink::StatsConfig;
 use figures::{Deltas, StatsState};
 use notify::Touched;
 

@@ -1,0 +1,43 @@
+//! The developer's tools: `demo` (load that makes the figures move) and `bench`.
+
+use std::process::ExitCode;
+
+use crate::config::DbRole;
+use crate::db;
+use crate::demo::DemoConfig;
+use crate::error::Result;
+
+use super::{connect, Context};
+
+pub(super) async fn demo(cx: &Context, demo: DemoConfig) -> Result<ExitCode> {
+    let deployment = connect::prepare(cx, DbRole::Api).await?;
+    let mut client = db::connect(deployment.url(DbRole::Api)?).await?;
+    let wrote = crate::demo::run(&demo, &mut client, &cx.shutdown).await?;
+    println!(
+        "demo wrote {} changes: {} inserts, {} edits, {} deletes ({} spammy)",
+        wrote.total(),
+        wrote.inserts,
+        wrote.edits,
+        wrote.deletes,
+        wrote.spam
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn bench(cx: &Context, bench: crate::bench::BenchConfig) -> Result<ExitCode> {
+    // The bench creates databases and slots: the owner's connection.
+    let settings = connect::resolve(cx).await?.settings(DbRole::Owner)?;
+    let command = std::iter::once("reviewflow".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    crate::bench::Bench {
+        settings,
+        stack: cx.stack.clone(),
+        config: bench,
+        topics: cx.topics.clone(),
+    }
+    .execute(command, cx.shutdown.clone())
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
