@@ -129,7 +129,7 @@ impl From<rdkafka::error::KafkaError> for Error {
     fn from(e: rdkafka::error::KafkaError) -> Self {
         match e {
             rdkafka::error::KafkaError::ClientConfig(_, desc, key, value) => {
-                let shown = crate::config::shown_setting(&key, &value);
+                let shown = crate::secret::shown_setting(&key, &value);
                 let desc = if shown != value && !value.is_empty() {
                     desc.replace(&value, shown)
                 } else {

@@ -188,7 +188,7 @@ impl From<&ReviewRow> for ReviewImage {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     use chrono::NaiveDate;
@@ -210,7 +210,8 @@ mod tests {
         day(10000)
     }
 
-    fn image() -> ReviewImage {
+    /// A review that counts, for tests that need one image to vary.
+    pub(crate) fn image() -> ReviewImage {
         let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         ReviewImage {
             id: 7,

@@ -12,8 +12,9 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::config::{shown_setting, KafkaSettings, TopicSettings, WorkerSettings};
+use crate::config::{BatchLimits, KafkaSettings};
 use crate::error::{Error, Result};
+use crate::secret::shown_setting;
 
 pub mod produce;
 
@@ -35,7 +36,7 @@ pub fn client_config(kafka: &KafkaSettings) -> ClientConfig {
 pub fn worker_consumer_config(
     kafka: &KafkaSettings,
     group: &str,
-    limits: &WorkerSettings,
+    limits: &BatchLimits,
 ) -> ClientConfig {
     let mut bounded = ClientConfig::new();
     bounded
@@ -234,15 +235,15 @@ pub const HISTORY_SETTINGS: &[(&str, &str)] = &[
 /// because `replay` rebuilds derived state from it.
 pub async fn ensure_history_topic(
     kafka: &KafkaSettings,
-    topics: &TopicSettings,
     name: &str,
     partitions: i32,
+    replication_factor: i32,
 ) -> Result<i32> {
     ensure_topic(
         kafka,
         name,
         partitions,
-        topics.replication_factor,
+        replication_factor,
         HISTORY_SETTINGS,
     )
     .await
@@ -277,11 +278,11 @@ pub fn dead_letter_headers(
 /// The next batch: the first record (waiting up to half a second for it, so a shutdown is
 /// noticed), then whatever else has already arrived, up to `max_records`. So a batch is what
 /// came in while the previous one was processed: small and quick when the load is light, full
-/// under a backlog, with no fixed window added to every record's latency. A `max_wait_ms`
+/// under a backlog, with no fixed window added to every record's latency. A `max_wait`
 /// above 0 lingers that long for more once the first has arrived. Blocking.
 pub fn poll_batch<C: ConsumerContext + 'static>(
     consumer: &BaseConsumer<C>,
-    limits: &WorkerSettings,
+    limits: &BatchLimits,
     stage: &str,
 ) -> Vec<OwnedMessage> {
     let mut batch = Vec::new();
@@ -295,8 +296,7 @@ pub fn poll_batch<C: ConsumerContext + 'static>(
             // information and the consumer carries on.
             Some(Err(e)) => report_consumer_error(stage, &e),
         }
-        let until = *deadline
-            .get_or_insert_with(|| Instant::now() + Duration::from_millis(limits.max_wait_ms));
+        let until = *deadline.get_or_insert_with(|| Instant::now() + limits.max_wait);
         wait = until.saturating_duration_since(Instant::now());
     }
     batch

@@ -23,6 +23,7 @@ pub mod registry;
 pub mod replay;
 pub mod retry;
 pub mod review;
+pub mod secret;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

@@ -75,10 +75,10 @@ use crate::avro::envelope::ChangeReaders;
 use crate::avro::verdict::Verdict;
 use crate::avro::RowSchema;
 use crate::change::Op;
-use crate::config::{FraudConfig, KafkaSettings, Settings, TopicSettings};
+use crate::config::{KafkaSettings, Settings, TopicSettings};
 use crate::error::{Error, Result};
 use crate::kafka::{client_config, partition_count};
-use crate::lsn::Lsn;
+use crate::lsn::{Lsn, SourcePosition};
 use crate::registry::Registry;
 use crate::sink::offsets::{self, Advance, Applied};
 use crate::sink::stats::figures::{self, Deltas};
@@ -86,6 +86,7 @@ use crate::sink::stats::{ValidChange, CONSUMER};
 use crate::source::replication::ReplicationConnection;
 use crate::source::snapshot::{table_filenode, TABLE_SCHEMA};
 use crate::transform::from_text::{cells_of, text_columns, TextJudge};
+use crate::transform::FraudConfig;
 
 /// The table whose derived state is rebuilt.
 const TABLE: &str = "reviews";
@@ -276,7 +277,7 @@ impl Replay {
         // Every row the snapshot held now has a verdict at (cp, -1); a review whose newest
         // verdict is older and has no row was gone by the consistent point, so its delete
         // is accounted for, whether the fraud worker saw it or not.
-        crate::sink::verdicts::deleted_before(&tx, (cp, -1)).await?;
+        crate::sink::verdicts::deleted_before(&tx, (cp, -1).into()).await?;
         // Every partition a worker may hold: those Kafka knew before the slot, and those
         // claimed in sink_offsets (a topic created since). A partition Kafka did not report
         // resumes from its start; the changes the snapshot holds are skipped there too.
@@ -300,7 +301,7 @@ impl Replay {
                     .get(p)
                     .map_or(0, |c| c.next_offset)
                     .min(before.get(p).copied().unwrap_or(0)),
-                applied: Some(before_snapshot),
+                applied: Some(before_snapshot.into()),
             })
             .collect();
         offsets::advance(&tx, CONSUMER, &topic, &progress).await?;
@@ -700,11 +701,14 @@ impl PartitionFold {
     fn push(&mut self, change: &ValidChange, floor: Option<Id>) {
         let event = &change.event;
         let id = event.source.id();
-        if self.last.is_some_and(|last| id <= last) {
+        if self
+            .last
+            .is_some_and(|last| SourcePosition::from(id) <= last)
+        {
             self.duplicates += 1;
             return;
         }
-        self.last = Some(id);
+        self.last = Some(id.into());
         if event.op != Op::Truncate {
             self.changes += 1;
         }
@@ -862,7 +866,7 @@ mod tests {
             f.push(&event(Op::Create, lsn, pos, lsn as i64), None);
         }
         assert_eq!((f.changes, f.kept, f.duplicates), (4, 4, 2));
-        assert_eq!(f.last, Some((Lsn(30), 0)));
+        assert_eq!(f.last, Some((Lsn(30), 0).into()));
         assert_eq!(f.deltas.courses(), 3);
     }
 

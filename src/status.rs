@@ -10,6 +10,7 @@ use rdkafka::TopicPartitionList;
 
 use crate::config::{KafkaSettings, Settings, TopicSettings};
 use crate::error::Result;
+use crate::sink::offsets::Stored;
 use crate::source::status::{pending, slot_status};
 
 /// What to report on.
@@ -59,23 +60,12 @@ pub async fn report(settings: &Settings, place: &Place<'_>, peek: i32) -> Result
             }
         }
     }
-    let sinks = client
-        .query(
-            "SELECT consumer, topic, partition, next_offset, owner FROM sink_offsets
-             ORDER BY consumer, topic, partition",
-            &[],
-        )
-        .await?;
+    let sinks = crate::sink::offsets::stored(&client).await?;
     let kafka = settings.kafka.clone();
     let (changes, fraud_group) = (place.topics.changes.clone(), place.fraud_group.to_string());
-    let sink_rows: Vec<(String, String, i32, i64, Option<String>)> = sinks
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
-        .collect();
-    let lines = tokio::task::spawn_blocking(move || {
-        worker_lines(&kafka, &changes, &fraud_group, &sink_rows)
-    })
-    .await??;
+    let lines =
+        tokio::task::spawn_blocking(move || worker_lines(&kafka, &changes, &fraud_group, &sinks))
+            .await??;
     for line in lines {
         println!("{line}");
     }
@@ -87,7 +77,7 @@ fn worker_lines(
     kafka: &KafkaSettings,
     changes: &str,
     fraud_group: &str,
-    sinks: &[(String, String, i32, i64, Option<String>)],
+    sinks: &[Stored],
 ) -> Result<Vec<String>> {
     let probe: BaseConsumer = crate::kafka::client_config(kafka)
         .set("group.id", fraud_group)
@@ -127,12 +117,19 @@ fn worker_lines(
             }
         }
     }
-    for (consumer, topic, partition, next, owner) in sinks {
-        let owner = owner
+    for s in sinks {
+        let owner = s
+            .owner
             .as_deref()
             .map(|o| format!(" (owner {o})"))
             .unwrap_or_default();
-        out.push(line(consumer, topic, *partition, *next, &owner));
+        out.push(line(
+            &s.consumer,
+            &s.topic,
+            s.partition,
+            s.next_offset,
+            &owner,
+        ));
     }
     if out.len() == 1 {
         out.push("  none has started yet".into());

@@ -4,6 +4,7 @@
 //! with the offending field named. GET /openapi.json describes all of it (tests/openapi.rs
 //! checks the description against the running router).
 
+mod args;
 mod auth;
 mod error;
 mod events;
@@ -22,6 +23,7 @@ use axum::Router;
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
+pub use args::ApiArgs;
 pub use auth::ApiToken;
 pub use error::ApiError;
 pub use events::CourseEvents;

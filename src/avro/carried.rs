@@ -178,40 +178,12 @@ mod tests {
             field("created_at", ts.clone()),
             field("updated_at", ts),
         ];
-        Schema::parse(&json!({
-            "type": "record", "name": "Envelope", "namespace": "t",
-            "fields": [
-                {"name": "op", "type": "string"},
-                {"name": "before", "type": ["null", {"type": "record", "name": "Row", "fields": fields}], "default": null},
-                {"name": "after", "type": ["null", "Row"], "default": null},
-                {"name": "source", "type": {"type": "record", "name": "Source", "fields": [
-                    {"name": "schema", "type": "string"},
-                    {"name": "table", "type": "string"},
-                    {"name": "lsn", "type": "long"},
-                    {"name": "position", "type": "long"},
-                    {"name": "txid", "type": ["null", "long"], "default": null},
-                    {"name": "commit_time", "type": {"type": "long", "logicalType": "timestamp-micros"}},
-                    {"name": "snapshot", "type": "boolean"}
-                ]}},
-                {"name": "digest", "type": ["null", "string"], "default": null},
-                {"name": "oversize", "type": {"type": "array", "items": "string"}, "default": []}
-            ]
-        }))
-        .unwrap()
+        Schema::parse(&crate::avro::row::envelope_json("t", fields)).unwrap()
     }
 
     fn encode_with(schema: &Schema, after: Vec<(&str, Value)>) -> Vec<u8> {
         // Every field, in schema order; those not given are null.
-        let fields = [
-            "id",
-            "course_id",
-            "user_id",
-            "rating",
-            "title",
-            "content",
-            "created_at",
-            "updated_at",
-        ];
+        let fields = crate::avro::digest::COLUMNS;
         let row = Value::Record(
             fields
                 .iter()

@@ -119,28 +119,8 @@ impl RowSchema {
                 kind,
             });
         }
-        let envelope = json!({
-            "type": "record", "name": "Envelope",
-            "namespace": format!("reviewflow.{}.{}", avro_name(namespace), avro_name(table)),
-            "fields": [
-                {"name": "op", "type": "string"},
-                {"name": "before", "type": ["null", {"type": "record", "name": "Row", "fields": fields}], "default": null},
-                {"name": "after", "type": ["null", "Row"], "default": null},
-                {"name": "source", "type": {"type": "record", "name": "Source", "fields": [
-                    {"name": "schema", "type": "string"},
-                    {"name": "table", "type": "string"},
-                    {"name": "lsn", "type": "long"},
-                    {"name": "position", "type": "long"},
-                    {"name": "txid", "type": ["null", "long"], "default": null},
-                    {"name": "commit_time", "type": {"type": "long", "logicalType": "timestamp-micros"}},
-                    {"name": "snapshot", "type": "boolean"}
-                ]}},
-                {"name": "digest", "type": ["null", "string"], "default": null,
-                 "doc": "sha256 of the after image's contract columns as PostgreSQL prints them (docs/guarantees.md)"},
-                {"name": "oversize", "type": {"type": "array", "items": "string"}, "default": [],
-                 "doc": "columns carried as an oversize marker, as before.NAME or after.NAME (docs/values.md)"}
-            ]
-        });
+        let namespace = format!("reviewflow.{}.{}", avro_name(namespace), avro_name(table));
+        let envelope = envelope_json(&namespace, fields);
         // A table has a handful of schema versions in a process's life; leaking each lets the
         // writer keep its resolved names instead of resolving them again for every event.
         let envelope: &'static Schema = Box::leak(Box::new(Schema::parse(&envelope)?));
@@ -327,6 +307,33 @@ impl RowSchema {
             .collect();
         optional(Some(Value::Record(fields)))
     }
+}
+
+/// The change envelope around a table's row record (`fields`): one definition for the
+/// schema every reader and the registry see (DESIGN.md's envelope).
+pub(crate) fn envelope_json(namespace: &str, fields: Vec<serde_json::Value>) -> serde_json::Value {
+    json!({
+        "type": "record", "name": "Envelope",
+        "namespace": namespace,
+        "fields": [
+            {"name": "op", "type": "string"},
+            {"name": "before", "type": ["null", {"type": "record", "name": "Row", "fields": fields}], "default": null},
+            {"name": "after", "type": ["null", "Row"], "default": null},
+            {"name": "source", "type": {"type": "record", "name": "Source", "fields": [
+                {"name": "schema", "type": "string"},
+                {"name": "table", "type": "string"},
+                {"name": "lsn", "type": "long"},
+                {"name": "position", "type": "long"},
+                {"name": "txid", "type": ["null", "long"], "default": null},
+                {"name": "commit_time", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+                {"name": "snapshot", "type": "boolean"}
+            ]}},
+            {"name": "digest", "type": ["null", "string"], "default": null,
+             "doc": "sha256 of the after image's contract columns as PostgreSQL prints them (docs/guarantees.md)"},
+            {"name": "oversize", "type": {"type": "array", "items": "string"}, "default": [],
+             "doc": "columns carried as an oversize marker, as before.NAME or after.NAME (docs/values.md)"}
+        ]
+    })
 }
 
 fn optional(value: Option<Value>) -> Value {

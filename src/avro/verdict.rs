@@ -305,7 +305,6 @@ fn optional_string(s: &Option<String>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::Decimal;
 
     fn verdict() -> Verdict {
         Verdict {
@@ -331,17 +330,9 @@ mod tests {
             Record::Judged(v.clone())
         );
         v.review = Some(ReviewImage {
-            id: 7,
-            course_id: Some(3),
-            user_id: Some(9),
-            rating: Carried::Value(Decimal {
-                unscaled: 45,
-                scale: 1,
-            }),
-            title: None,
             content: Some("see http://spam".into()),
-            created_at: Carried::Value(chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap()),
             updated_at: Carried::Value(chrono::DateTime::from_timestamp(1_700_000_100, 0).unwrap()),
+            ..crate::image::tests::image()
         });
         let decoded = decode(&SCHEMA, &encode(&v).unwrap())
             .unwrap()

@@ -11,6 +11,7 @@
 //! Guarantee: whatever happens (failure, Ctrl-C), the run's processes are stopped, its slots
 //! dropped, its database dropped and its topics deleted before it returns.
 
+mod args;
 mod cdc;
 mod latency;
 mod load;
@@ -30,9 +31,10 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BenchConfig, Settings, TopicSettings};
+use crate::config::{Settings, TopicSettings};
 use crate::error::{Error, Result};
 use crate::stack::StackConfig;
+pub use args::BenchConfig;
 use procs::Stage;
 use report::Report;
 

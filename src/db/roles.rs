@@ -15,8 +15,32 @@
 use tokio_postgres::Client;
 
 use super::{quote_ident, quote_literal};
-use crate::config::DbRole;
 use crate::error::Result;
+
+/// As whom a part connects to PostgreSQL: the owner (migrations and the operator's tools:
+/// migrate, verify, replay, status) or one of the least-privilege roles (their groups below).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DbRole {
+    Owner,
+    /// cdc: replication, and reads of the published tables.
+    Cdc,
+    /// api, import, demo: writes reviews, reads the figures.
+    Api,
+    /// fraud, verdicts, stats: writes the figures, verdicts and offsets.
+    Worker,
+}
+
+impl DbRole {
+    /// The variable that gives this role's connection string.
+    pub fn variable(self) -> &'static str {
+        match self {
+            DbRole::Owner => "DATABASE_URL",
+            DbRole::Cdc => "CDC_DATABASE_URL",
+            DbRole::Api => "API_DATABASE_URL",
+            DbRole::Worker => "WORKER_DATABASE_URL",
+        }
+    }
+}
 
 impl DbRole {
     /// The NOLOGIN group role migration V5 creates and grants to (None for the owner).

@@ -6,6 +6,7 @@
 //! Guarantee: it only touches reviews it inserted itself in this run, and the sequence of
 //! changes is a function of the seed (see `generate`).
 
+mod args;
 mod generate;
 mod words;
 
@@ -15,9 +16,9 @@ use chrono::Utc;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::DemoConfig;
 use crate::error::Result;
 
+pub use args::DemoConfig;
 pub use generate::{Change, Generator, NewReview, Rng};
 
 /// How often changes are written: small enough that the rate looks steady.

@@ -10,6 +10,7 @@
 //! be re-run after any failure or interruption to finish the job. A result that is not a
 //! valid review is skipped with a warning naming it, and counted; it never stops the import.
 
+mod args;
 mod record;
 mod resource;
 mod store;
@@ -22,9 +23,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{shown_url, ImportConfig};
 use crate::error::{Error, Result};
+use crate::secret::shown_url;
 
+pub use args::ImportConfig;
 pub use record::{convert, user_id, Imported, Skipped};
 pub use resource::ReviewsResource;
 

@@ -12,9 +12,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::shown_url;
 use crate::error::{causes, Error, Result};
 use crate::retry::{self, Backoff};
+use crate::secret::shown_url;
 
 const FIRST_PAUSE: Duration = Duration::from_millis(500);
 const MAX_PAUSE: Duration = Duration::from_secs(30);

@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 
 use super::http::MEDIA_TYPE;
 use super::{normalised, parse_stored, Memo};
-use crate::config::shown_url as shown;
 use crate::error::{causes, Error, Result};
+use crate::secret::shown_url as shown;
 
 /// Tries per call; with the pauses below a registry that stays down costs about 1.4 s.
 const ATTEMPTS: u32 = 4;

@@ -92,7 +92,7 @@ fn consume(
         failure: Mutex::default(),
     };
     let consumer: BaseConsumer<Claims> =
-        kafka::worker_consumer_config(&config.kafka, &config.group, &config.limits)
+        kafka::worker_consumer_config(&config.kafka, &config.group, &config.limits.batch_limits())
             // A read_committed fetch whose new records are still in an open transaction waits
             // at the broker for up to this long, even after the commit makes them readable:
             // librdkafka's 500 ms default put up to half a second on the stats hop's tail

@@ -6,6 +6,9 @@
 //! its partitions' rows and checks the epoch it claimed is still current. The lock makes a
 //! new owner's claim wait for an old owner's batch in flight, so the claim reads the offset
 //! that batch committed; after the claim, the old owner's check fails and its batch rolls back.
+//!
+//! Every statement on `sink_offsets` is here, the operator's and the tests' reads too, so
+//! the table's meaning is written once.
 
 use std::collections::HashMap;
 
@@ -14,7 +17,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use tokio_postgres::{GenericClient, Transaction};
 
 use crate::error::{Error, Result};
-use crate::lsn::Lsn;
+use crate::lsn::{Lsn, SourcePosition};
 
 /// A partition taken over: where to resume, and the epoch this owner holds it under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,8 +26,9 @@ pub struct Claim {
     pub epoch: i64,
 }
 
-/// The source position (commit LSN, position) of the last change applied from a partition.
-pub type Applied = Option<(Lsn, i64)>;
+/// The source position of the last change applied from a partition; `None` for a sink that
+/// does not track one, or a partition nothing was applied from yet.
+pub type Applied = Option<SourcePosition>;
 
 /// Takes `partitions` of `topic` over for `owner`, fencing whoever held them.
 pub async fn claim(
@@ -88,7 +92,7 @@ pub async fn hold(
             });
         }
         let position = match (r.get::<_, Option<i64>>(3), r.get::<_, Option<i64>>(4)) {
-            (Some(lsn), Some(pos)) => Some((Lsn(lsn as u64), pos)),
+            (Some(lsn), Some(pos)) => Some(SourcePosition::new(Lsn(lsn as u64), pos)),
             _ => None,
         };
         applied.insert(partition, position);
@@ -122,9 +126,12 @@ pub async fn advance(
     let next: Vec<i64> = progress.iter().map(|a| a.next_offset).collect();
     let lsns: Vec<Option<i64>> = progress
         .iter()
-        .map(|a| a.applied.map(|(l, _)| l.0 as i64))
+        .map(|a| a.applied.map(|p| p.lsn.0 as i64))
         .collect();
-    let positions: Vec<Option<i64>> = progress.iter().map(|a| a.applied.map(|(_, p)| p)).collect();
+    let positions: Vec<Option<i64>> = progress
+        .iter()
+        .map(|a| a.applied.map(|p| p.position))
+        .collect();
     tx.execute(
         "UPDATE sink_offsets s
          SET next_offset = u.next, last_lsn = coalesce(u.lsn, s.last_lsn),
@@ -151,4 +158,36 @@ pub fn progress(records: &[OwnedMessage]) -> Vec<Advance> {
             applied: None,
         })
         .collect()
+}
+
+/// A partition's row as `status` and the tests read it, with no lock: where its sink
+/// resumes, and who claimed it last.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub consumer: String,
+    pub topic: String,
+    pub partition: i32,
+    pub next_offset: i64,
+    pub owner: Option<String>,
+}
+
+/// Every partition of every sink, ordered by consumer, topic and partition.
+pub async fn stored(client: &impl GenericClient) -> Result<Vec<Stored>> {
+    let rows = client
+        .query(
+            "SELECT consumer, topic, partition, next_offset, owner FROM sink_offsets
+             ORDER BY consumer, topic, partition",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Stored {
+            consumer: r.get(0),
+            topic: r.get(1),
+            partition: r.get(2),
+            next_offset: r.get(3),
+            owner: r.get(4),
+        })
+        .collect())
 }

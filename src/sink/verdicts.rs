@@ -1,9 +1,10 @@
 //! The verdict sink: reviews.verdicts into review_verdicts.
 //!
 //! Guarantee: exactly-once. Each batch's rows and its input offsets commit in one PostgreSQL
-//! transaction, under the partition epochs it was read with (see `offsets`). Rows are upserted
-//! by (review id, version), and within a version the change with the highest position wins,
-//! so the table holds the final verdict of every version whatever the delivery order.
+//! transaction, under the partition epochs it was read with (see `Destination`). Rows are
+//! upserted by (review id, version), and within a version the change with the highest
+//! position wins, so the table holds the final verdict of every version whatever the
+//! delivery order.
 //! Deletions go to review_deletions (the newest per review) and truncates to verdicts_state
 //! (the newest), in the same transaction; both keep a maximum, so order and copies do not
 //! matter either.
@@ -12,16 +13,17 @@
 use std::collections::HashMap;
 
 use rdkafka::message::{Message, OwnedMessage};
+use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
 
-use super::dead_letters::DeadLetters;
-use super::feed::{self, Batch};
-use super::offsets;
+use super::offsets::Applied;
+use super::VerdictsConfig;
+use super::{Destination, Written};
 use crate::avro::verdict::{self, Deletion, Record, Verdict};
-use crate::config::{Settings, TopicSettings, VerdictsConfig, WorkerSettings};
+use crate::config::{Settings, TopicSettings, WorkerSettings};
 use crate::error::Result;
-use crate::lsn::Lsn;
-use crate::metrics;
+use crate::failpoint::Point;
+use crate::lsn::SourcePosition;
 use crate::registry::Registry;
 
 /// Its rows in sink_offsets.
@@ -36,84 +38,72 @@ pub struct VerdictSink {
 
 impl VerdictSink {
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        let topic = (&*self.topics.verdicts, &*self.config.group, CONSUMER);
-        let parts = super::Parts::new(&self.settings, &self.topics, &self.worker, topic).await?;
-        let (registry, pool, dead_letters) = (&parts.registry, &parts.pool, &parts.dead_letters);
-        crate::retry::sessions("verdicts", &shutdown, || async {
-            let stop = shutdown.child_token();
-            let _stop_feed = stop.clone().drop_guard();
-            let mut batches = feed::start(parts.feed.clone(), pool.clone(), stop);
-            loop {
-                let batch = tokio::select! {
-                    b = batches.next() => b,
-                    _ = shutdown.cancelled() => None,
-                };
-                let Some(batch) = batch else { return Ok(()) };
-                self.apply(pool, registry, dead_letters, batch?).await?;
-            }
-        })
-        .await
-    }
-
-    async fn apply(
-        &self,
-        pool: &deadpool_postgres::Pool,
-        registry: &Registry,
-        dead_letters: &DeadLetters,
-        batch: Batch,
-    ) -> Result<()> {
-        let mut verdicts = Vec::with_capacity(batch.records.len());
-        let mut deletions = Vec::new();
-        let mut truncated: Option<(Lsn, i64)> = None;
-        let mut dead = Vec::new();
-        for m in &batch.records {
-            match read(registry, m).await? {
-                Ok(Record::Judged(v)) => verdicts.push(v),
-                Ok(Record::Deleted(d)) => deletions.push(d),
-                Ok(Record::Truncated { version, position }) => {
-                    truncated = truncated.max(Some((version, position)))
-                }
-                Err(reason) => dead.push((m, reason)),
-            }
-        }
-        dead_letters.send(&dead).await?;
-        let mut client = pool.get().await?;
-        let tx = client.transaction().await?;
-        offsets::hold(&tx, CONSUMER, &self.topics.verdicts, &batch.epochs).await?;
-        upsert(&tx, &verdicts).await?;
-        record_deletions(&tx, &deletions).await?;
-        if let Some(at) = truncated {
-            deleted_before(&tx, at).await?;
-        }
-        offsets::advance(
-            &tx,
-            CONSUMER,
-            &self.topics.verdicts,
-            &offsets::progress(&batch.records),
-        )
-        .await?;
-        crate::failpoint::hit(crate::failpoint::VERDICTS_BEFORE_COMMIT);
-        tx.commit().await?;
-        metrics::events_in(CONSUMER).inc_by(batch.records.len() as u64);
-        metrics::events_out(CONSUMER, "applied")
-            .inc_by((verdicts.len() + deletions.len()) as u64 + u64::from(truncated.is_some()));
-        metrics::dead_letters(CONSUMER).inc_by(dead.len() as u64);
-        metrics::transactions(CONSUMER).inc();
-        Ok(())
+        super::run(&self, &self.settings, &self.topics, &self.worker, shutdown).await
     }
 }
 
-async fn read(registry: &Registry, m: &OwnedMessage) -> Result<Result<Record, String>> {
-    Ok(match registry.resolve(m.payload()).await? {
-        Err(reason) => Err(reason),
-        Ok(framed) => {
-            verdict::decode(&framed.schema, framed.body).map_err(|e| format!("not a verdict: {e}"))
+impl Destination for VerdictSink {
+    const CONSUMER: &'static str = CONSUMER;
+    const BEFORE_COMMIT: Point = crate::failpoint::VERDICTS_BEFORE_COMMIT;
+    type Record = Record;
+    type Decoder = ();
+    type Receipt = ();
+
+    fn topic(&self) -> &str {
+        &self.topics.verdicts
+    }
+
+    fn group(&self) -> &str {
+        &self.config.group
+    }
+
+    async fn decode(
+        &self,
+        registry: &Registry,
+        _: &mut (),
+        m: &OwnedMessage,
+    ) -> Result<Result<Record, String>> {
+        Ok(match registry.resolve(m.payload()).await? {
+            Err(reason) => Err(reason),
+            Ok(framed) => verdict::decode(&framed.schema, framed.body)
+                .map_err(|e| format!("not a verdict: {e}")),
+        })
+    }
+
+    async fn write(
+        &self,
+        tx: &Transaction<'_>,
+        _: HashMap<i32, Applied>,
+        records: Vec<(&OwnedMessage, Record)>,
+    ) -> Result<Written<()>> {
+        let mut verdicts = Vec::with_capacity(records.len());
+        let mut deletions = Vec::new();
+        let mut truncated: Option<SourcePosition> = None;
+        for (_, record) in records {
+            match record {
+                Record::Judged(v) => verdicts.push(v),
+                Record::Deleted(d) => deletions.push(d),
+                Record::Truncated { version, position } => {
+                    truncated = truncated.max(Some(SourcePosition::new(version, position)))
+                }
+            }
         }
-    })
+        upsert(tx, &verdicts).await?;
+        record_deletions(tx, &deletions).await?;
+        if let Some(at) = truncated {
+            deleted_before(tx, at).await?;
+        }
+        Ok(Written {
+            // Writes keep the newest by (version, position): no position to track.
+            positions: HashMap::new(),
+            applied: (verdicts.len() + deletions.len()) as u64 + u64::from(truncated.is_some()),
+            receipt: (),
+        })
+    }
 }
 
 /// Upserts verdicts by (review id, version); within a version the higher position wins.
-pub async fn upsert(tx: &tokio_postgres::Transaction<'_>, verdicts: &[Verdict]) -> Result<()> {
+pub async fn upsert(tx: &Transaction<'_>, verdicts: &[Verdict]) -> Result<()> {
     // One row per (review, version) in a statement: the change with the highest position.
     let mut last: HashMap<(i64, crate::lsn::Lsn), &Verdict> = HashMap::new();
     for v in verdicts {
@@ -165,10 +155,7 @@ pub async fn upsert(tx: &tokio_postgres::Transaction<'_>, verdicts: &[Verdict]) 
 }
 
 /// Records deletes: the newest (version, position) per review id wins.
-pub async fn record_deletions(
-    tx: &tokio_postgres::Transaction<'_>,
-    deletions: &[Deletion],
-) -> Result<()> {
+pub async fn record_deletions(tx: &Transaction<'_>, deletions: &[Deletion]) -> Result<()> {
     // One row per review in a statement (ON CONFLICT cannot touch a row twice).
     let mut newest: HashMap<i64, &Deletion> = HashMap::new();
     for d in deletions {
@@ -203,12 +190,12 @@ pub async fn record_deletions(
 
 /// Records that every review without a row whose newest verdict is older than `at` was
 /// deleted as the pipeline saw it (a TRUNCATE, or a snapshot replay); the newest point wins.
-pub async fn deleted_before(tx: &tokio_postgres::Transaction<'_>, at: (Lsn, i64)) -> Result<()> {
+pub async fn deleted_before(tx: &Transaction<'_>, at: SourcePosition) -> Result<()> {
     tx.execute(
         "UPDATE verdicts_state
             SET deleted_before_lsn = $1::text::pg_lsn, deleted_before_position = $2
           WHERE (deleted_before_lsn, deleted_before_position) < ($1::text::pg_lsn, $2)",
-        &[&at.0.to_string(), &at.1],
+        &[&at.lsn.to_string(), &at.position],
     )
     .await?;
     Ok(())

@@ -40,9 +40,10 @@ use super::replication::{
 use super::size::{record_limits, RecordLimits};
 use super::slot::{drop_slot, SlotState};
 use super::snapshot::{self, Snapshot, SnapshotHistory};
+use super::CdcConfig;
 use crate::avro::{wire, Cell, RowSchema};
 use crate::change::{Op, Source};
-use crate::config::{CdcConfig, Settings, TopicSettings};
+use crate::config::{Settings, TopicSettings};
 use crate::error::{Error, Result};
 use crate::kafka::produce::send as send_record;
 use crate::kafka::{client_config, ensure_topic, topic_partitions};

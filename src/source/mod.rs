@@ -3,6 +3,7 @@
 //! reads from Kafka topics downstream of `reviews.changes`.
 
 mod acks;
+pub mod args;
 pub mod cdc;
 mod columns;
 pub mod pgoutput;
@@ -14,4 +15,5 @@ mod slot;
 pub mod snapshot;
 pub mod status;
 
+pub use args::CdcConfig;
 pub use cdc::Cdc;

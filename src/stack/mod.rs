@@ -3,6 +3,7 @@
 //! folder that reviewflow owns. `up` is idempotent and waits until both accept connections;
 //! `down` stops exactly the processes `up` started (recognised by their data folder).
 
+mod folders;
 mod kafka;
 mod postgres;
 mod process;
@@ -11,7 +12,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::config;
+use crate::db::roles::DbRole;
 use crate::error::{Error, Result};
 
 pub use kafka::KAFKA_VERSION;
@@ -66,11 +67,13 @@ pub struct StackConfig {
 
 impl StackConfig {
     pub fn home(&self) -> PathBuf {
-        self.home_dir.clone().unwrap_or_else(config::default_home)
+        self.home_dir.clone().unwrap_or_else(folders::default_home)
     }
 
     pub fn cache(&self) -> PathBuf {
-        self.cache_dir.clone().unwrap_or_else(config::default_cache)
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(folders::default_cache)
     }
 }
 
@@ -134,8 +137,7 @@ pub fn kafka_sasl_ssl(cfg: &StackConfig) -> Result<(String, PathBuf)> {
 
 /// Login users of the least-privilege groups on the local stack (see `db::roles`), made when
 /// missing, with passwords kept in the data folder: (role, its URL variable's value).
-pub async fn roles(cfg: &StackConfig) -> Result<Vec<(config::DbRole, String)>> {
-    use config::DbRole;
+pub async fn roles(cfg: &StackConfig) -> Result<Vec<(DbRole, String)>> {
     let owner = postgres::running_url(cfg)?;
     // The groups come with the migrations.
     crate::db::migrate(&owner).await?;
@@ -274,7 +276,7 @@ pub fn status(cfg: &StackConfig) -> Vec<(String, Result<String>)> {
     vec![
         (
             "postgres".to_string(),
-            postgres::running_url(cfg).map(|u| config::redact_url(&u)),
+            postgres::running_url(cfg).map(|u| crate::secret::redact_url(&u)),
         ),
         ("kafka".to_string(), kafka::running_address(cfg)),
     ]
@@ -326,11 +328,11 @@ mod tests {
     #[test]
     fn urls_lose_their_password_for_display() {
         assert_eq!(
-            crate::config::redact_url("postgres://reviewflow:s3cret@127.0.0.1:54329/reviewflow"),
+            crate::secret::redact_url("postgres://reviewflow:s3cret@127.0.0.1:54329/reviewflow"),
             "postgres://reviewflow:***@127.0.0.1:54329/reviewflow"
         );
         assert_eq!(
-            crate::config::redact_url("postgres://h/db"),
+            crate::secret::redact_url("postgres://h/db"),
             "postgres://h/db"
         );
     }

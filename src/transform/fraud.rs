@@ -27,9 +27,10 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
+use super::FraudConfig;
 use crate::avro::{envelope, verdict, wire};
 use crate::change::{ChangeEvent, Op};
-use crate::config::{FraudConfig, Settings, TopicSettings, WorkerSettings};
+use crate::config::{Settings, TopicSettings, WorkerSettings};
 use crate::error::{Error, Result};
 use crate::image::ReviewImage;
 use crate::kafka::{self, client_config};
@@ -93,12 +94,13 @@ impl Fraud {
             score::scorer(self.config.scorer, self.config.fraud_threshold)?.into();
         let registry = Registry::connect(&self.settings).await?;
         let (kafka, topics) = (&self.settings.kafka, &self.topics);
-        kafka::ensure_history_topic(kafka, topics, &topics.changes, topics.partitions).await?;
+        let replication = topics.replication_factor;
+        kafka::ensure_history_topic(kafka, &topics.changes, topics.partitions, replication).await?;
         let partitions = kafka::topic_partitions(kafka, &topics.changes)?;
         // The valid changelog keeps each change in its input partition.
-        kafka::ensure_history_topic(kafka, topics, &topics.valid, partitions).await?;
+        kafka::ensure_history_topic(kafka, &topics.valid, partitions, replication).await?;
         for t in [&topics.fraud, &topics.verdicts] {
-            kafka::ensure_history_topic(kafka, topics, t, topics.partitions).await?;
+            kafka::ensure_history_topic(kafka, t, topics.partitions, replication).await?;
         }
         kafka::ensure_topic(
             kafka,
@@ -223,9 +225,12 @@ struct Poison(String);
 impl Session {
     fn run(mut self, shutdown: &CancellationToken) -> Result<()> {
         let f = self.fraud.clone();
-        let consumer: BaseConsumer<RebalanceWatch> =
-            kafka::worker_consumer_config(&f.settings.kafka, &f.config.group, &f.worker)
-                .create_with_context(RebalanceWatch::default())?;
+        let consumer: BaseConsumer<RebalanceWatch> = kafka::worker_consumer_config(
+            &f.settings.kafka,
+            &f.config.group,
+            &f.worker.batch_limits(),
+        )
+        .create_with_context(RebalanceWatch::default())?;
         let producer: BaseProducer = client_config(&f.settings.kafka)
             .set("transactional.id", f.transactional_id())
             .set("enable.idempotence", "true")
@@ -248,7 +253,7 @@ impl Session {
         let mut last_report = Instant::now();
         while !shutdown.is_cancelled() {
             let generation = consumer.context().revocations.load(Ordering::SeqCst);
-            let batch = kafka::poll_batch(&consumer, &f.worker, "fraud");
+            let batch = kafka::poll_batch(&consumer, &f.worker.batch_limits(), "fraud");
             if consumer.context().revocations.load(Ordering::SeqCst) != generation {
                 // The partitions were reassigned from their committed offsets: whatever of
                 // this batch is still ours will be read again.

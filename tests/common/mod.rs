@@ -5,13 +5,14 @@
 
 pub mod pipeline;
 
-use reviewflow::config::{Connections, Settings};
+use reviewflow::config::{Connections, DbRole, LocalStack, Settings};
 use reviewflow::stack::StackConfig;
 use tokio::sync::OnceCell;
 
 static SETTINGS: OnceCell<Settings> = OnceCell::const_new();
 
-/// Connection settings of the shared stack.
+/// Connection settings of the shared stack, as its owner. The local stack is started only
+/// when DATABASE_URL or KAFKA_BOOTSTRAP_SERVERS is not set.
 pub async fn settings() -> Settings {
     SETTINGS
         .get_or_init(|| async {
@@ -21,10 +22,21 @@ pub async fn settings() -> Settings {
                 schema_registry_url: std::env::var("SCHEMA_REGISTRY_URL").ok(),
                 ..Connections::default()
             };
+            let local = if connections.needs_local_stack() {
+                let up = reviewflow::stack::up(&stack_config())
+                    .await
+                    .expect("the local stack starts (see reviewflow stack up)");
+                Some(LocalStack {
+                    database_url: up.database_url,
+                    kafka_bootstrap_servers: up.kafka_bootstrap_servers,
+                })
+            } else {
+                None
+            };
             let settings = connections
-                .resolve(&stack_config())
-                .await
-                .expect("the local stack starts (see reviewflow stack up)");
+                .resolve(local.as_ref())
+                .and_then(|d| d.settings(DbRole::Owner))
+                .expect("the shared stack's connections");
             drop_stale_test_slots(&settings.database_url).await;
             settings
         })

@@ -161,16 +161,12 @@ impl Pipeline {
     }
 
     async fn sink_offsets(&self, consumer: &str, topic: &str) -> BTreeMap<i32, i64> {
-        self.db()
-            .await
-            .query(
-                "SELECT partition, next_offset FROM sink_offsets WHERE consumer = $1 AND topic = $2",
-                &[&consumer, &topic],
-            )
+        reviewflow::sink::offsets::stored(&self.db().await)
             .await
             .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
+            .into_iter()
+            .filter(|s| s.consumer == consumer && s.topic == topic)
+            .map(|s| (s.partition, s.next_offset))
             .collect()
     }
 

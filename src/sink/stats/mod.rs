@@ -17,21 +17,23 @@ pub mod notify;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use rdkafka::message::{Message, OwnedMessage};
 use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
 
-use super::dead_letters::DeadLetters;
-use super::feed::{self, Batch};
-use super::offsets::{self, Advance, Applied};
+use super::offsets::Applied;
+use super::{Destination, Written};
 use crate::avro::envelope::ChangeReaders;
 use crate::change::{ChangeEvent, Op};
-use crate::config::{Settings, StatsConfig, TopicSettings, WorkerSettings};
+use crate::config::{Settings, TopicSettings, WorkerSettings};
 use crate::error::Result;
+use crate::failpoint::Point;
 use crate::image::ReviewRow;
+use crate::lsn::SourcePosition;
 use crate::metrics;
 use crate::registry::Registry;
+use crate::sink::StatsConfig;
 use figures::{Deltas, StatsState};
 use notify::Touched;
 
@@ -47,39 +49,77 @@ pub struct StatsWorker {
 
 impl StatsWorker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        let topic = (&*self.topics.valid, &*self.config.group, CONSUMER);
-        let parts = super::Parts::new(&self.settings, &self.topics, &self.worker, topic).await?;
-        let (registry, pool, dead_letters) = (&parts.registry, &parts.pool, &parts.dead_letters);
-        crate::retry::sessions("stats", &shutdown, || async {
-            let stop = shutdown.child_token();
-            let _stop_feed = stop.clone().drop_guard();
-            let mut batches = feed::start(parts.feed.clone(), pool.clone(), stop);
-            let mut readers = ChangeReaders::default();
-            // Midnight passes whether or not reviews arrive.
-            let mut clock = tokio::time::interval(Duration::from_secs(30));
-            loop {
-                tokio::select! {
-                    batch = batches.next() => match batch {
-                        Some(batch) => {
-                            let input = Input { registry, readers: &mut readers, dead_letters };
-                            self.apply(pool, input, batch?).await?
-                        }
-                        None => return Ok(()),
-                    },
-                    _ = clock.tick() => self.roll(pool).await?,
-                    _ = shutdown.cancelled() => return Ok(()),
-                }
-            }
-        })
-        .await
+        super::run(&self, &self.settings, &self.topics, &self.worker, shutdown).await
     }
 
     /// Today as the 90-day window sees it (UTC), shifted when a test asks.
     fn today(&self) -> NaiveDate {
         (chrono::Utc::now() + chrono::TimeDelta::days(self.config.clock_shift_days)).date_naive()
     }
+}
 
-    async fn roll(&self, pool: &deadpool_postgres::Pool) -> Result<()> {
+impl Destination for StatsWorker {
+    const CONSUMER: &'static str = CONSUMER;
+    const BEFORE_COMMIT: Point = crate::failpoint::STATS_BEFORE_COMMIT;
+    type Record = ValidChange;
+    type Decoder = ChangeReaders;
+    /// Source commit times of the changes applied (not skipped), for the latency histogram.
+    type Receipt = Vec<DateTime<Utc>>;
+
+    fn topic(&self) -> &str {
+        &self.topics.valid
+    }
+
+    fn group(&self) -> &str {
+        &self.config.group
+    }
+
+    async fn decode(
+        &self,
+        registry: &Registry,
+        readers: &mut ChangeReaders,
+        m: &OwnedMessage,
+    ) -> Result<Result<ValidChange, String>> {
+        read(registry, readers, m).await
+    }
+
+    async fn write(
+        &self,
+        tx: &Transaction<'_>,
+        applied: HashMap<i32, Applied>,
+        records: Vec<(&OwnedMessage, ValidChange)>,
+    ) -> Result<Written<Self::Receipt>> {
+        let mut state = figures::lock_state(tx).await?;
+        let today = self
+            .today()
+            .max(state.rolled_through.unwrap_or(NaiveDate::MIN));
+        figures::roll_days(tx, &mut state, today).await?;
+        let mut fold = Fold::new(applied);
+        let mut committed = Vec::with_capacity(records.len());
+        for (m, event) in &records {
+            let before = fold.changes;
+            fold.push(tx, &mut state, today, m.partition(), event)
+                .await?;
+            if fold.changes > before {
+                committed.push(event.event.source.commit_time);
+            }
+        }
+        // Delivered to the api's listeners only if this transaction commits.
+        notify::notify(tx, &fold.touched()).await?;
+        let positions = fold.finish(tx, today).await?;
+        Ok(Written {
+            positions,
+            applied: committed.len() as u64,
+            receipt: committed,
+        })
+    }
+
+    /// Midnight passes whether or not reviews arrive.
+    fn timer(&self) -> Option<Duration> {
+        Some(Duration::from_secs(30))
+    }
+
+    async fn tick(&self, pool: &deadpool_postgres::Pool) -> Result<()> {
         let mut client = pool.get().await?;
         let tx = client.transaction().await?;
         let mut state = figures::lock_state(&tx).await?;
@@ -91,67 +131,14 @@ impl StatsWorker {
         Ok(())
     }
 
-    async fn apply(
-        &self,
-        pool: &deadpool_postgres::Pool,
-        input: Input<'_>,
-        batch: Batch,
-    ) -> Result<()> {
-        let mut events = Vec::with_capacity(batch.records.len());
-        let mut dead = Vec::new();
-        for m in &batch.records {
-            match read(input.registry, input.readers, m).await? {
-                Ok(event) => events.push((m, event)),
-                Err(reason) => dead.push((m, reason)),
-            }
-        }
-        input.dead_letters.send(&dead).await?;
-        let topic = &self.topics.valid;
-        let mut client = pool.get().await?;
-        let tx = client.transaction().await?;
-        let applied = offsets::hold(&tx, CONSUMER, topic, &batch.epochs).await?;
-        let mut state = figures::lock_state(&tx).await?;
-        let today = self
-            .today()
-            .max(state.rolled_through.unwrap_or(NaiveDate::MIN));
-        figures::roll_days(&tx, &mut state, today).await?;
-        let mut fold = Fold::new(applied);
-        // Source commit times of the changes applied (not skipped), for the latency histogram.
-        let mut committed = Vec::with_capacity(events.len());
-        for (m, event) in &events {
-            let before = fold.changes;
-            fold.push(&tx, &mut state, today, m.partition(), event)
-                .await?;
-            if fold.changes > before {
-                committed.push(event.event.source.commit_time);
-            }
-        }
-        // Delivered to the api's listeners only if this transaction commits.
-        notify::notify(&tx, &fold.touched()).await?;
-        let applied = fold.finish(&tx, today).await?;
-        let progress: Vec<Advance> = offsets::progress(&batch.records)
-            .into_iter()
-            .map(|a| Advance {
-                applied: applied.get(&a.partition).copied().flatten(),
-                ..a
-            })
-            .collect();
-        offsets::advance(&tx, CONSUMER, topic, &progress).await?;
-        // The crash that hurts most: figures written, offsets written, nothing committed.
-        crate::failpoint::hit(crate::failpoint::STATS_BEFORE_COMMIT);
-        tx.commit().await?;
-        let now = chrono::Utc::now();
-        for commit_time in &committed {
+    fn committed(&self, commit_times: Vec<DateTime<Utc>>) {
+        let now = Utc::now();
+        for commit_time in &commit_times {
             let latency = (now - *commit_time).to_std().unwrap_or_default();
             metrics::metrics()
                 .commit_to_stats
                 .observe(latency.as_secs_f64());
         }
-        metrics::events_in(CONSUMER).inc_by(batch.records.len() as u64);
-        metrics::events_out(CONSUMER, "applied").inc_by(committed.len() as u64);
-        metrics::dead_letters(CONSUMER).inc_by(dead.len() as u64);
-        metrics::transactions(CONSUMER).inc();
-        Ok(())
     }
 }
 
@@ -188,11 +175,11 @@ impl Fold {
         let event = &change.event;
         let id = event.source.id();
         let last = self.applied.entry(partition).or_default();
-        if last.is_some_and(|l| id <= l) || state.voids(id) {
+        if last.is_some_and(|l| SourcePosition::from(id) <= l) || state.voids(id) {
             self.skipped += 1;
             return Ok(());
         }
-        *last = Some(id);
+        *last = Some(id.into());
         self.changes += 1;
         if event.op == Op::Truncate {
             // What came before it is void: apply it first, then start from nothing.
@@ -227,13 +214,6 @@ impl Fold {
         figures::apply(tx, &self.deltas, today).await?;
         Ok(self.applied)
     }
-}
-
-/// How a batch's records are read, and where those that cannot be go.
-struct Input<'a> {
-    registry: &'a Registry,
-    readers: &'a mut ChangeReaders,
-    dead_letters: &'a DeadLetters,
 }
 
 /// A change of the valid set, with its images as the rows that count.
