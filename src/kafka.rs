@@ -1,7 +1,8 @@
 //! Kafka client settings shared by every producer and consumer: the bootstrap servers plus
 //! the librdkafka settings of the configuration (TLS, SASL: a properties file, `KAFKA_*`
 //! variables, `--kafka-option`s), logged without their secrets. Every client the pipeline
-//! builds starts from `client_config`, the workers' consumers from `worker_consumer_config`.
+//! builds starts from `client_config`, the workers' consumers from `worker_consumer_config`;
+//! every record is handed to its producer by `produce`'s one rule.
 
 use std::time::{Duration, Instant};
 
