@@ -48,6 +48,8 @@ impl DeadLetters {
             if let Some(key) = m.key() {
                 record = record.key(key);
             }
+            // Not kafka::produce: a dead letter must be acknowledged before the batch's
+            // transaction commits, so each send awaits its delivery.
             self.producer
                 .send(record, Duration::from_secs(30))
                 .await
