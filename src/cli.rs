@@ -133,6 +133,9 @@ pub enum Command {
         from: crate::replay::ReplayFrom,
         #[command(flatten)]
         fraud: FraudConfig,
+        /// The stats worker's settings: the rebuild keeps its clock.
+        #[command(flatten)]
+        stats: StatsConfig,
     },
     /// Import a course's reviews from an API shaped like Udemy's API 2.0 (idempotent).
     Import {
@@ -402,7 +405,7 @@ impl Cli {
                 crate::status::report(&settings, &place, peek).await?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Replay { from, fraud } => {
+            Command::Replay { from, fraud, stats } => {
                 if from == crate::replay::ReplayFrom::Snapshot {
                     // A bad model setting fails before anything is touched.
                     crate::transform::score::scorer(fraud.scorer, fraud.fraud_threshold)?;
@@ -414,6 +417,7 @@ impl Cli {
                     topics: self.topics,
                     fraud,
                     owner: format!("replay@{}", self.workers.instance()),
+                    clock_shift_days: stats.clock_shift_days,
                 };
                 let summary = replay.run(from, &shutdown).await?;
                 println!("{summary}");

@@ -39,7 +39,7 @@ use super::replication::{
     pg_epoch_micros_to_unix_micros, ReplicationConnection, ReplicationMessage, ReplicationStream,
 };
 use super::size::{record_limits, RecordLimits};
-use super::slot::{drop_slot, SlotState};
+use super::slot::{self, drop_slot, SlotLifetime, SlotState};
 use super::snapshot::{self, Snapshot, SnapshotHistory};
 use crate::avro::{wire, Cell, RowSchema};
 use crate::change::{Op, Source};
@@ -169,8 +169,7 @@ impl Cdc {
                         .await?;
                 }
                 let filenode_before = snapshot::table_filenode(&pg, &cfg.table).await?;
-                let created = conn.create_slot(&cfg.slot).await?;
-                tracing::info!(slot = %cfg.slot, lsn = %created.consistent_point, "created replication slot");
+                let created = slot::create(&mut conn, &cfg.slot, SlotLifetime::Permanent).await?;
                 Snapshot {
                     table: &cfg.table,
                     database_url: &self.settings.database_url,

@@ -10,7 +10,7 @@ mod produce;
 pub mod refusals;
 pub mod replication;
 pub mod size;
-mod slot;
+pub mod slot;
 pub mod snapshot;
 pub mod status;
 
