@@ -13,5 +13,6 @@ pub mod size;
 pub mod slot;
 pub mod snapshot;
 pub mod status;
+mod stream;
 
 pub use cdc::Cdc;
