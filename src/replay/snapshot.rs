@@ -12,7 +12,7 @@ use crate::source::snapshot::{table_filenode, SnapshotReader, TABLE_SCHEMA};
 use crate::transform::from_text::TextJudge;
 use crate::transform::score::Scorer;
 
-use super::{progress_bar, TABLE};
+use super::TABLE;
 
 /// The judged snapshot.
 pub(super) struct SnapshotRead {
@@ -44,10 +44,7 @@ pub(super) async fn read_snapshot(database_url: &str, scorer: &dyn Scorer) -> Re
     let consistent_point = created.consistent_point;
     let reader = SnapshotReader::open(pg, TABLE, &created.snapshot_name, filenode).await?;
     tracing::info!(slot = %name, %consistent_point, "reading the temporary slot's snapshot");
-    let bar = progress_bar(
-        reader.total,
-        "snapshot {bar:40} {pos}/{len} rows {per_sec} eta {eta}",
-    );
+    let bar = reader.progress_bar();
     let mut judge = TextJudge::new(RowSchema::new(
         TABLE_SCHEMA,
         TABLE,

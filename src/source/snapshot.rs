@@ -166,6 +166,16 @@ impl SnapshotReader {
         Ok(SnapshotRows(Box::pin(rows)))
     }
 
+    /// A progress bar over the snapshot's rows, for a terminal.
+    pub fn progress_bar(&self) -> ProgressBar {
+        let bar = ProgressBar::new(self.total.max(0) as u64);
+        bar.set_style(
+            ProgressStyle::with_template("snapshot {bar:40} {pos}/{len} rows {per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    }
+
     /// Ends the snapshot's transaction, once every row was read.
     pub async fn close(self) -> Result<()> {
         self.pg.batch_execute("COMMIT").await?;
@@ -239,7 +249,7 @@ impl Snapshot<'_> {
             .ok_or_else(|| Error::Config("reviews has no course_id column".into()))?;
         let total = reader.total;
         tracing::info!(rows = total, lsn = %self.consistent_point, "snapshot started");
-        let progress = progress_bar(total);
+        let progress = reader.progress_bar();
 
         let producer: Arc<ThreadedProducer<_>> = Arc::new(
             client_config(self.kafka)
@@ -532,13 +542,4 @@ fn output_text(column: &str, type_oid: u32) -> String {
 
 fn quote(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
-}
-
-fn progress_bar(total: i64) -> ProgressBar {
-    let bar = ProgressBar::new(total.max(0) as u64);
-    bar.set_style(
-        ProgressStyle::with_template("snapshot {bar:40} {pos}/{len} rows {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
 }
