@@ -10,11 +10,11 @@
 //!   gathered, from every partition, comes back in its [`Step::Reset`] and the fold goes on
 //!   from nothing.
 //!
-//! A reset can take back a change that was newer than the TRUNCATE only when a partition was
-//! folded past a truncate it does not carry. cdc sends every TRUNCATE to every partition, in
-//! order with the rest, so a stream read as it comes (the worker) never does that. A reader
-//! that folds whole partitions one after another (replay) can; the fold notes such a
-//! partition ([`Partition::newer_than`]) and the reader folds it again above the truncate
+//! A reset takes back a change newer than the TRUNCATE only from a partition that does not
+//! carry that truncate and was folded past it first. cdc sends every TRUNCATE to every
+//! partition, in order with the rest, so the worker relies on never meeting one. replay,
+//! which folds whole partitions one after another and may meet a topic that lacks one, asks
+//! the fold ([`Partition::newer_than`]) and folds such a partition again above the truncate
 //! point, since folded figures cannot be split afterwards.
 
 use std::collections::{BTreeMap, HashMap};
