@@ -133,9 +133,15 @@ pub enum Command {
         from: crate::replay::ReplayFrom,
         #[command(flatten)]
         fraud: FraudConfig,
-        /// The stats worker's settings: the rebuild keeps its clock.
-        #[command(flatten)]
-        stats: StatsConfig,
+        /// The stats worker's clock shift (its `--clock-shift-days`, for tests of the 90-day
+        /// window): the rebuilt figures are those of the day the worker lives in.
+        #[arg(
+            long,
+            env = "REVIEWFLOW_CLOCK_SHIFT_DAYS",
+            default_value_t = 0,
+            hide = true
+        )]
+        clock_shift_days: i64,
     },
     /// Import a course's reviews from an API shaped like Udemy's API 2.0 (idempotent).
     Import {
@@ -405,7 +411,11 @@ impl Cli {
                 crate::status::report(&settings, &place, peek).await?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Replay { from, fraud, stats } => {
+            Command::Replay {
+                from,
+                fraud,
+                clock_shift_days,
+            } => {
                 if from == crate::replay::ReplayFrom::Snapshot {
                     // A bad model setting fails before anything is touched.
                     crate::transform::score::scorer(fraud.scorer, fraud.fraud_threshold)?;
@@ -417,7 +427,7 @@ impl Cli {
                     topics: self.topics,
                     fraud,
                     owner: format!("replay@{}", self.workers.instance()),
-                    clock_shift_days: stats.clock_shift_days,
+                    clock_shift_days,
                 };
                 let summary = replay.run(from, &shutdown).await?;
                 println!("{summary}");
