@@ -3,7 +3,8 @@
 //! codecs (tokio-postgres has no CopyBoth API).
 //!
 //! Role: the session a slot is created on (`slot::create`, with its exported snapshot), then
-//! stream the slot's changes (pgoutput, protocol version 1) and report back how far they are safe.
+//! stream the slot's changes (pgoutput, protocol version 1) and report back how far they are
+//! safe.
 //!
 //! Guarantees:
 //! - `ReplicationStream::next` is cancel-safe: a message partly read when its future is
