@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::image::ReviewImage;
-use crate::lsn::Lsn;
+use crate::lsn::{Lsn, SourcePosition};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
@@ -40,8 +40,8 @@ impl Op {
     }
 }
 
-/// Where a change came from. (lsn, position) is unique per change and increases along the
-/// stream, so a consumer drops any event at or below the last one it applied.
+/// Where a change came from. Its `id` is unique per change and increases along the stream,
+/// so a consumer drops any event at or below the last one it applied.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Source {
     pub schema: String,
@@ -56,8 +56,8 @@ pub struct Source {
 }
 
 impl Source {
-    pub fn id(&self) -> (Lsn, i64) {
-        (self.lsn, self.position)
+    pub fn id(&self) -> SourcePosition {
+        SourcePosition::new(self.lsn, self.position)
     }
 }
 

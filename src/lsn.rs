@@ -67,6 +67,12 @@ impl From<(Lsn, i64)> for SourcePosition {
     }
 }
 
+impl From<SourcePosition> for (Lsn, i64) {
+    fn from(p: SourcePosition) -> Self {
+        (p.lsn, p.position)
+    }
+}
+
 impl From<tokio_postgres::types::PgLsn> for Lsn {
     fn from(l: tokio_postgres::types::PgLsn) -> Self {
         Lsn(u64::from(l))

@@ -154,6 +154,8 @@ pub enum Command {
         from: crate::replay::ReplayFrom,
         #[command(flatten)]
         fraud: FraudConfig,
+        #[command(flatten)]
+        clock: crate::sink::StatsClock,
     },
     /// Import a course's reviews from an API shaped like Udemy's API 2.0 (idempotent).
     Import {
@@ -226,7 +228,7 @@ impl Cli {
                 fraud_group,
             } => tools::status(&cx, &slot, &publication, &fraud_group, peek).await,
             Command::Verify => tools::verify(&cx).await,
-            Command::Replay { from, fraud } => tools::replay(&cx, from, fraud).await,
+            Command::Replay { from, fraud, clock } => tools::replay(&cx, from, fraud, clock).await,
             Command::Import { import } => tools::import(&cx, import).await,
             Command::Demo { demo } => dev::demo(&cx, demo).await,
             #[cfg(feature = "bench")]

@@ -1,13 +1,13 @@
 //! The commands of a replication session before it streams: simple queries (SQL or
-//! replication commands, rows as text), creating the slot with an exported snapshot, and
-//! START_REPLICATION, which turns the session into a [`ReplicationStream`].
+//! replication commands such as `slot::create`'s, rows as text), and START_REPLICATION, which
+//! turns the session into a [`ReplicationStream`].
 
 use postgres_protocol::message::backend::{DataRowBody, Message};
 use postgres_protocol::message::frontend;
 use tokio_postgres::fallible_iterator::FallibleIterator;
 
 use super::wire::{log_notice, Backend, ServerError};
-use super::{CreatedSlot, ReplicationConnection, ReplicationStream};
+use super::{ReplicationConnection, ReplicationStream};
 use crate::db::{quote_ident, quote_literal};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
@@ -77,31 +77,6 @@ impl ReplicationConnection {
         }
     }
 
-    /// Creates logical slot `slot` (pgoutput) and exports a snapshot of the database as of
-    /// its consistent point. The snapshot is only importable until the next command on this
-    /// connection: read it elsewhere first, then call `start`.
-    pub async fn create_slot(&mut self, slot: &str) -> Result<CreatedSlot> {
-        validate_slot_name(slot)?;
-        let sql = format!(
-            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
-            quote_ident(slot)
-        );
-        let rows = self.simple_query(&sql).await?;
-        let column = |i: usize| rows.first().and_then(|r| r.get(i)).cloned().flatten();
-        let consistent_point = column(1)
-            .ok_or_else(|| Error::Replication(format!("{sql}: no consistent_point returned")))?;
-        let consistent_point = consistent_point
-            .parse::<Lsn>()
-            .map_err(|e| Error::Replication(format!("{sql}: consistent_point: {e}")))?;
-        let snapshot_name = column(2)
-            .ok_or_else(|| Error::Replication(format!("{sql}: no snapshot_name returned")))?;
-        tracing::info!(slot, %consistent_point, snapshot = %snapshot_name, "created replication slot");
-        Ok(CreatedSlot {
-            consistent_point,
-            snapshot_name,
-        })
-    }
-
     /// Streams `slot` from `from` (`Lsn::ZERO`: from the slot's confirmed position), with
     /// the tables of `publication` (an exact name, not case-folded).
     pub async fn start(
@@ -167,7 +142,7 @@ fn text_row(body: &DataRowBody) -> std::result::Result<Vec<Option<String>>, Stri
 }
 
 /// PostgreSQL's rule for slot names; checked here so a bad name fails before any I/O.
-fn validate_slot_name(slot: &str) -> Result<()> {
+pub(in crate::source) fn validate_slot_name(slot: &str) -> Result<()> {
     let valid_chars = slot
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');

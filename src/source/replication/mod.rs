@@ -2,8 +2,9 @@
 //! plain TCP connection opened with `replication=database`, using postgres-protocol's message
 //! codecs (tokio-postgres has no CopyBoth API).
 //!
-//! Role: create the pipeline's slot together with an exported snapshot, then stream the
-//! slot's changes (pgoutput, protocol version 1) and report back how far they are safe.
+//! Role: the session a slot is created on (`slot::create`, with its exported snapshot), then
+//! stream the slot's changes (pgoutput, protocol version 1) and report back how far they are
+//! safe.
 //!
 //! Guarantees:
 //! - `ReplicationStream::next` is cancel-safe: a message partly read when its future is
@@ -24,13 +25,15 @@
 //! SCRAM-SHA-256 (without channel binding).
 //!
 //! Parts: `connect` (TCP, TLS and authentication, SCRAM included), `commands` (queries and
-//! the slot commands), `stream` (the CopyBoth change stream and status updates), and `wire`
+//! START_REPLICATION), `stream` (the CopyBoth change stream and status updates), and `wire`
 //! (framing, server errors) under all three.
 
 mod commands;
 mod connect;
 mod stream;
 mod wire;
+
+pub(super) use commands::validate_slot_name;
 
 use bytes::Bytes;
 
@@ -48,15 +51,6 @@ pub fn pg_epoch_micros_to_unix_micros(micros: i64) -> i64 {
 /// A replication-mode session that has not started streaming yet.
 pub struct ReplicationConnection {
     wire: Wire,
-}
-
-/// What `CREATE_REPLICATION_SLOT` returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CreatedSlot {
-    /// Changes committed after this LSN are streamed; everything before is in the snapshot.
-    pub consistent_point: Lsn,
-    /// For `SET TRANSACTION SNAPSHOT`, valid until the next command on this connection.
-    pub snapshot_name: String,
 }
 
 /// A slot's change stream (CopyBoth mode).
