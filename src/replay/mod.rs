@@ -212,11 +212,7 @@ impl Replay {
                 partition: r.partition,
                 next_offset: r.high,
                 // The last read, void or not: the worker goes on after it.
-                applied: read
-                    .fold
-                    .partition(r.partition)
-                    .and_then(|p| p.seen)
-                    .map(Into::into),
+                applied: read.fold.partition(r.partition).and_then(|p| p.seen),
             })
             .collect();
         offsets::advance(&tx, CONSUMER, &topic, &progress).await?;
@@ -273,7 +269,7 @@ impl Replay {
         // Every row the snapshot held now has a verdict at verdict_position(cp); a review
         // whose newest verdict is older and has no row was gone by the consistent point, so
         // its delete is accounted for, whether the fraud worker saw it or not.
-        crate::sink::verdicts::deleted_before(&tx, verdict_position(cp).into()).await?;
+        crate::sink::verdicts::deleted_before(&tx, verdict_position(cp)).await?;
         // Every partition a worker may hold: those Kafka knew before the slot, and those
         // claimed in sink_offsets (a topic created since). A partition Kafka did not report
         // resumes from its start; the changes the snapshot holds are skipped there too.
@@ -297,7 +293,7 @@ impl Replay {
                     .get(p)
                     .map_or(0, |c| c.next_offset)
                     .min(before.get(p).copied().unwrap_or(0)),
-                applied: Some(before_snapshot.into()),
+                applied: Some(before_snapshot),
             })
             .collect();
         offsets::advance(&tx, CONSUMER, &topic, &progress).await?;

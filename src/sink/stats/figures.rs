@@ -40,8 +40,7 @@ impl StatsState {
     }
 
     /// Whether the change at `id` is void: at or before the last TRUNCATE applied.
-    pub fn voids(&self, id: impl Into<SourcePosition>) -> bool {
-        let id = id.into();
+    pub fn voids(&self, id: SourcePosition) -> bool {
         self.truncated().is_some_and(|t| id <= t)
     }
 }
@@ -264,9 +263,8 @@ pub async fn roll_days(
 pub async fn reset(
     tx: &Transaction<'_>,
     state: &mut StatsState,
-    id: impl Into<SourcePosition>,
+    id: SourcePosition,
 ) -> Result<bool> {
-    let id = id.into();
     if state.voids(id) {
         return Ok(false);
     }
