@@ -68,7 +68,7 @@ pub enum Error {
         slot: String,
         /// What happened to it, for the operator.
         state: String,
-        snapshot_lsn: crate::lsn::Lsn,
+        snapshot_lsn: crate::contract::lsn::Lsn,
         topic: String,
     },
 

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use rdkafka::Message;
 use reviewflow::avro::wire;
-use reviewflow::change::{ChangeEvent, Op};
-use reviewflow::image::ReviewImage;
-use reviewflow::lsn::SourcePosition;
+use reviewflow::contract::change::{ChangeEvent, Op};
+use reviewflow::contract::image::ReviewImage;
+use reviewflow::contract::lsn::SourcePosition;
 use reviewflow::registry::Registry;
 
 /// course_id, user_id, rating, title, content, created_at (µs): what a row is compared by.

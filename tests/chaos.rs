@@ -110,7 +110,7 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
 
     p.wait_until_caught_up().await;
     let db = p.db().await;
-    let report = reviewflow::verify::verify(&db).await.unwrap();
+    let report = reviewflow::tools::verify::verify(&db).await.unwrap();
     // Every current row of the table has a verdict of its current image (by SQL; verify's
     // own check of the rows is in its differences).
     let (reviews, unjudged) = p.current_versions_without_one_verdict().await;

@@ -243,7 +243,7 @@ async fn a_course_is_imported_last_page_first_and_again_without_writes() {
         assert_eq!(row.get::<_, i64>(1), COURSE);
         assert_eq!(
             row.get::<_, i64>(2),
-            reviewflow::import::user_id(expected.get("user"))
+            reviewflow::tools::import::user_id(expected.get("user"))
         );
         assert_eq!(row.get::<_, f64>(3), expected["rating"].as_f64().unwrap());
         assert_eq!(row.get::<_, Option<String>>(4), None);

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::pipeline::Pipeline;
 use common::Running;
-use reviewflow::verify::{verify, Difference};
+use reviewflow::tools::verify::{verify, Difference};
 use tokio::sync::Mutex;
 
 /// Three whole pipelines at once would starve a small machine: one at a time.

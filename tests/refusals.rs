@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::pipeline::Pipeline;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use reviewflow::change::Op;
+use reviewflow::contract::change::Op;
 
 /// A pipeline on its own database whose stages log to a file.
 async fn pipeline(name: &str) -> Pipeline {

@@ -12,7 +12,7 @@ use common::pipeline::Pipeline;
 use reviewflow::transform::score::{self, ScorerKind};
 
 async fn differences(p: &Pipeline) -> Vec<String> {
-    reviewflow::verify::verify(&p.db().await)
+    reviewflow::tools::verify::verify(&p.db().await)
         .await
         .unwrap()
         .differences

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reviewflow::lsn::Lsn;
+use reviewflow::contract::lsn::Lsn;
 use reviewflow::source::pgoutput::{self, Begin, Commit, PgOutput, Relation, Value};
 use reviewflow::source::replication::{
     pg_epoch_micros_to_unix_micros, ReplicationConnection, ReplicationMessage, ReplicationStream,

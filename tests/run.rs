@@ -45,7 +45,9 @@ async fn run_serves_the_whole_pipeline_and_stops_cleanly_on_sigterm() {
         assert_eq!(answer.status(), reqwest::StatusCode::CREATED);
     }
     p.wait_until_caught_up().await;
-    let report = reviewflow::verify::verify(&p.db().await).await.unwrap();
+    let report = reviewflow::tools::verify::verify(&p.db().await)
+        .await
+        .unwrap();
     assert_eq!(report.courses, 3);
     assert!(report.differences.is_empty(), "{:?}", report.differences);
     let stats: serde_json::Value = http

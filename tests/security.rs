@@ -111,7 +111,9 @@ async fn the_pipeline_runs_with_three_least_privilege_roles() {
     .unwrap();
 
     p.wait_until_caught_up().await;
-    let report = reviewflow::verify::verify(&p.db().await).await.unwrap();
+    let report = reviewflow::tools::verify::verify(&p.db().await)
+        .await
+        .unwrap();
     assert_eq!(report.courses, 4);
     assert!(report.differences.is_empty(), "{:?}", report.differences);
     let stats: serde_json::Value = http
@@ -668,7 +670,9 @@ async fn secrets_never_appear_in_a_stages_output() {
         .unwrap();
     assert_eq!(refused.status(), reqwest::StatusCode::UNAUTHORIZED);
     p.wait_until_caught_up().await;
-    let report = reviewflow::verify::verify(&p.db().await).await.unwrap();
+    let report = reviewflow::tools::verify::verify(&p.db().await)
+        .await
+        .unwrap();
     assert!(report.differences.is_empty(), "{:?}", report.differences);
     p.stop(running).await;
     let output = format!("{}{}", out.join().unwrap(), err.join().unwrap());

@@ -127,7 +127,7 @@ where
         .events()
         .await
         .iter()
-        .filter(|(_, _, e)| e.op == reviewflow::change::Op::Truncate)
+        .filter(|(_, _, e)| e.op == reviewflow::contract::change::Op::Truncate)
         .count();
     assert_eq!(truncates, 3, "the table was restated once");
     db.execute("SELECT pg_drop_replication_slot($1)", &[&p.slot()])

@@ -6,7 +6,7 @@ mod common;
 use chrono::{NaiveDate, Utc};
 use common::pipeline::Pipeline;
 use reviewflow::sink::stats::notify::{self, Touched};
-use reviewflow::verify;
+use reviewflow::tools::verify;
 
 /// Once the pipeline caught up, `verify` (as of `today`; None: the server's today) must
 /// report no difference at all.

@@ -10,11 +10,11 @@ use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::Client;
 
-use reviewflow::image::ReviewRow;
-use reviewflow::lsn::{Lsn, SourcePosition};
-use reviewflow::review::Rating;
+use reviewflow::contract::image::ReviewRow;
+use reviewflow::contract::lsn::{Lsn, SourcePosition};
+use reviewflow::contract::review::Rating;
 use reviewflow::sink::stats::figures::{apply, lock_state, reset, roll_days, Deltas};
-use reviewflow::verify::figures_at;
+use reviewflow::tools::verify::figures_at;
 
 /// The source table, its verdicts and the valid-set changelog, kept in step.
 struct Sim {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use reviewflow::verify::figures_at;
+use reviewflow::tools::verify::figures_at;
 
 const SETUP: &str = "
 INSERT INTO reviews (id, course_id, user_id, rating, created_at) VALUES

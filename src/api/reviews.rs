@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
-use crate::review::{self, Rating, MAX_CONTENT_CHARS, MAX_TITLE_CHARS};
+use crate::contract::review::{self, Rating, MAX_CONTENT_CHARS, MAX_TITLE_CHARS};
 
 /// The body of POST /reviews, before validation.
 #[derive(Debug, Deserialize)]

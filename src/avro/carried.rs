@@ -7,8 +7,8 @@ use apache_avro::types::Value;
 use chrono::{DateTime, Utc};
 
 use super::pgtext::decimal_unscaled;
+use crate::contract::image::{Carried, Decimal, ReviewImage};
 use crate::error::{Error, Result};
-use crate::image::{Carried, Decimal, ReviewImage};
 
 /// A row image, every value tolerated: a column that is NULL, carried in its union's string
 /// branch (NaN, infinity, a year its type cannot count, an oversize marker), or of a type it
@@ -154,7 +154,7 @@ mod tests {
 
     use super::*;
     use crate::avro::decode_change;
-    use crate::review::Rating;
+    use crate::contract::review::Rating;
 
     /// The row record of the value mapping with special values: every field a union
     /// ["null", T, "string"], the string branch for what T cannot hold.
@@ -227,7 +227,7 @@ mod tests {
 
     #[test]
     fn special_values_and_nulls_decode_as_carried_and_do_not_count() {
-        use crate::image::Rule;
+        use crate::contract::image::Rule;
         let decimal = |scale| json!({"type": "bytes", "logicalType": "decimal", "precision": 4, "scale": scale});
         let schema = three_branch_envelope(decimal(1));
         let null = || Value::Union(0, Box::new(Value::Null));

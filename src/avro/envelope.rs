@@ -10,9 +10,9 @@ use apache_avro::writer::datum::GenericDatumWriter;
 use chrono::{DateTime, Utc};
 
 use super::carried;
-use crate::change::{ChangeEvent, Op, Source};
+use crate::contract::change::{ChangeEvent, Op, Source};
+use crate::contract::lsn::Lsn;
 use crate::error::{Error, Result};
-use crate::lsn::Lsn;
 
 pub use super::row::{Cell, RowSchema};
 
@@ -210,7 +210,7 @@ fn missing(field: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::review::Rating;
+    use crate::contract::review::Rating;
 
     /// The columns of `reviews` as pgoutput's Relation message describes them.
     pub fn review_columns() -> Vec<(String, u32, i32)> {
@@ -263,7 +263,7 @@ mod tests {
             (before.id, before.course_id, before.user_id),
             (7, Some(42), Some(9))
         );
-        let stars = |i: &crate::image::ReviewImage| i.countable().unwrap().rating;
+        let stars = |i: &crate::contract::image::ReviewImage| i.countable().unwrap().rating;
         assert_eq!(stars(&before), Rating::from_stars(4.5).unwrap());
         assert_eq!(stars(&after), Rating::from_stars(1.0).unwrap());
         assert_eq!(

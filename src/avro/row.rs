@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::digest;
 use super::pgtext::Kind;
-use crate::change::{Op, Source};
+use crate::contract::change::{Op, Source};
 use crate::error::{Error, Result};
 
 /// One column's value as the replication stream carries it: NULL, or PostgreSQL's text form.

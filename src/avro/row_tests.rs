@@ -3,7 +3,7 @@ use apache_avro::schema::RecordSchema;
 use chrono::DateTime;
 
 use super::*;
-use crate::lsn::Lsn;
+use crate::contract::lsn::Lsn;
 
 fn source() -> Source {
     Source {

@@ -14,9 +14,9 @@ use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 use serde_json::json;
 
+use crate::contract::image::{Carried, ReviewImage};
+use crate::contract::lsn::Lsn;
 use crate::error::{Error, Result};
-use crate::image::{Carried, ReviewImage};
-use crate::lsn::Lsn;
 
 /// One verdict. On `reviews.fraud` it carries the review as judged; on `reviews.verdicts`
 /// it does not (the sink needs only the figures, and the review is in `reviews.changes`).
@@ -332,7 +332,7 @@ mod tests {
         v.review = Some(ReviewImage {
             content: Some("see http://spam".into()),
             updated_at: Carried::Value(chrono::DateTime::from_timestamp(1_700_000_100, 0).unwrap()),
-            ..crate::image::tests::image()
+            ..crate::contract::image::tests::image()
         });
         let decoded = decode(&SCHEMA, &encode(&v).unwrap())
             .unwrap()

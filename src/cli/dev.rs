@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use crate::config::DbRole;
 use crate::db;
-use crate::demo::DemoConfig;
+use crate::dev::demo::DemoConfig;
 use crate::error::Result;
 
 use super::{connect, Context};
@@ -12,7 +12,7 @@ use super::{connect, Context};
 pub(super) async fn demo(cx: &Context, demo: DemoConfig) -> Result<ExitCode> {
     let deployment = connect::prepare(cx, DbRole::Api).await?;
     let mut client = db::connect(deployment.url(DbRole::Api)?).await?;
-    let wrote = crate::demo::run(&demo, &mut client, &cx.shutdown).await?;
+    let wrote = crate::dev::demo::run(&demo, &mut client, &cx.shutdown).await?;
     println!(
         "demo wrote {} changes: {} inserts, {} edits, {} deletes ({} spammy)",
         wrote.total(),
@@ -25,14 +25,14 @@ pub(super) async fn demo(cx: &Context, demo: DemoConfig) -> Result<ExitCode> {
 }
 
 #[cfg(feature = "bench")]
-pub(super) async fn bench(cx: &Context, bench: crate::bench::BenchConfig) -> Result<ExitCode> {
+pub(super) async fn bench(cx: &Context, bench: crate::dev::bench::BenchConfig) -> Result<ExitCode> {
     // The bench creates databases and slots: the owner's connection.
     let settings = connect::resolve(cx).await?.settings(DbRole::Owner)?;
     let command = std::iter::once("reviewflow".to_string())
         .chain(std::env::args().skip(1))
         .collect::<Vec<_>>()
         .join(" ");
-    crate::bench::Bench {
+    crate::dev::bench::Bench {
         settings,
         stack: cx.stack.clone(),
         config: bench,

@@ -22,13 +22,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiArgs;
 use crate::config::{Connections, MetricsSettings, TopicSettings, WorkerSettings};
-use crate::demo::DemoConfig;
+use crate::dev::demo::DemoConfig;
 use crate::error::Result;
-use crate::import::ImportConfig;
 use crate::sink::{StatsConfig, VerdictsConfig};
 use crate::source::args::{DEFAULT_PUBLICATION, DEFAULT_SLOT};
 use crate::source::CdcConfig;
 use crate::stack::StackConfig;
+use crate::tools::import::ImportConfig;
 use crate::transform::args::DEFAULT_GROUP;
 use crate::transform::FraudConfig;
 
@@ -151,7 +151,7 @@ pub enum Command {
         /// `reviews`, judged by the fraud model configured below (also rewrites
         /// review_verdicts: how a new model version is rolled out).
         #[arg(long, value_enum, default_value = "kafka")]
-        from: crate::replay::ReplayFrom,
+        from: crate::tools::replay::ReplayFrom,
         #[command(flatten)]
         fraud: FraudConfig,
         #[command(flatten)]
@@ -173,7 +173,7 @@ pub enum Command {
     #[cfg(feature = "bench")]
     Bench {
         #[command(flatten)]
-        bench: crate::bench::BenchConfig,
+        bench: crate::dev::bench::BenchConfig,
     },
     /// The benchmark, which this build leaves out: build with `--features bench`.
     #[cfg(not(feature = "bench"))]

@@ -4,11 +4,12 @@
 use std::process::ExitCode;
 
 use crate::config::DbRole;
+use crate::db;
 use crate::error::Result;
-use crate::import::ImportConfig;
-use crate::replay::ReplayFrom;
+use crate::tools::import::ImportConfig;
+use crate::tools::replay::ReplayFrom;
+use crate::tools::verify;
 use crate::transform::FraudConfig;
-use crate::{db, verify};
 
 use super::{connect, Context};
 
@@ -36,13 +37,13 @@ pub(super) async fn status(
     let settings = connect::prepare(cx, DbRole::Owner)
         .await?
         .settings(DbRole::Owner)?;
-    let place = crate::status::Place {
+    let place = crate::tools::status::Place {
         topics: &cx.topics,
         slot,
         publication,
         fraud_group,
     };
-    crate::status::report(&settings, &place, peek).await?;
+    crate::tools::status::report(&settings, &place, peek).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -80,7 +81,7 @@ pub(super) async fn replay(
     let settings = connect::prepare(cx, DbRole::Owner)
         .await?
         .settings(DbRole::Owner)?;
-    let replay = crate::replay::Replay {
+    let replay = crate::tools::replay::Replay {
         settings,
         topics: cx.topics.clone(),
         fraud,
@@ -95,8 +96,9 @@ pub(super) async fn replay(
 pub(super) async fn import(cx: &Context, import: ImportConfig) -> Result<ExitCode> {
     let deployment = connect::prepare(cx, DbRole::Api).await?;
     let mut client = db::connect(deployment.url(DbRole::Api)?).await?;
-    let mut summary = crate::import::Summary::default();
-    let outcome = crate::import::import(&import, &mut client, &mut summary, &cx.shutdown).await;
+    let mut summary = crate::tools::import::Summary::default();
+    let outcome =
+        crate::tools::import::import(&import, &mut client, &mut summary, &cx.shutdown).await;
     // Partial work is reported too: what was stored stays stored.
     println!("{summary}");
     outcome?;

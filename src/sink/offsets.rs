@@ -16,8 +16,8 @@ use rdkafka::message::{Message, OwnedMessage};
 
 use tokio_postgres::{GenericClient, Transaction};
 
+use crate::contract::lsn::{Lsn, SourcePosition};
 use crate::error::{Error, Result};
-use crate::lsn::{Lsn, SourcePosition};
 
 /// A partition taken over: where to resume, and the epoch this owner holds it under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -21,9 +21,9 @@ use super::VerdictsConfig;
 use super::{Destination, Written};
 use crate::avro::verdict::{self, Deletion, Record, Verdict};
 use crate::config::{Settings, TopicSettings, WorkerSettings};
+use crate::contract::lsn::SourcePosition;
 use crate::error::Result;
 use crate::failpoint::Point;
-use crate::lsn::SourcePosition;
 use crate::registry::Registry;
 
 /// Its rows in sink_offsets.
@@ -105,7 +105,7 @@ impl Destination for VerdictSink {
 /// Upserts verdicts by (review id, version); within a version the higher position wins.
 pub async fn upsert(tx: &Transaction<'_>, verdicts: &[Verdict]) -> Result<()> {
     // One row per (review, version) in a statement: the change with the highest position.
-    let mut last: HashMap<(i64, crate::lsn::Lsn), &Verdict> = HashMap::new();
+    let mut last: HashMap<(i64, crate::contract::lsn::Lsn), &Verdict> = HashMap::new();
     for v in verdicts {
         let slot = last.entry((v.review_id, v.version)).or_insert(v);
         if v.position >= slot.position {

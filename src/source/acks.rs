@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use crate::lsn::Lsn;
+use crate::contract::lsn::Lsn;
 
 #[derive(Debug)]
 struct Pending {

@@ -29,9 +29,9 @@ use super::snapshot::{self, Snapshot, SnapshotHistory};
 use super::stream::Streamer;
 use super::CdcConfig;
 use crate::config::{Settings, TopicSettings};
+use crate::contract::lsn::Lsn;
 use crate::error::{Error, Result};
 use crate::kafka::ensure_topic;
-use crate::lsn::Lsn;
 use crate::metrics;
 use crate::registry::Registry;
 

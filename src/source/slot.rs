@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use super::replication::{validate_slot_name, ReplicationConnection};
+use crate::contract::lsn::Lsn;
 use crate::db::quote_ident;
 use crate::error::{Error, Result};
-use crate::lsn::Lsn;
 
 /// How long a slot lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -36,13 +36,13 @@ use super::columns::TypeCatalog;
 use super::produce::wire_key;
 use super::size::RecordLimits;
 use crate::avro::{wire, Cell, RowSchema};
-use crate::change::{Op, Source};
 use crate::config::KafkaSettings;
+use crate::contract::change::{Op, Source};
+use crate::contract::lsn::Lsn;
 use crate::db::{quote_ident, quote_literal};
 use crate::error::{Error, Result};
 use crate::kafka::produce::send as send_record;
 use crate::kafka::{client_config, read_committed_to_end};
-use crate::lsn::Lsn;
 use crate::registry::{key_subject, value_subject, Registry};
 
 pub const TABLE_SCHEMA: &str = "public";

@@ -67,7 +67,7 @@ pub async fn pending(
         .await?;
     let mut out = Pending::default();
     let mut columns: std::collections::HashMap<u32, Vec<String>> = Default::default();
-    let mut commit_lsn = crate::lsn::Lsn::ZERO;
+    let mut commit_lsn = crate::contract::lsn::Lsn::ZERO;
     let show = |names: Option<&Vec<String>>, tuple: &Tuple| -> String {
         tuple
             .iter()

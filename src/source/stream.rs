@@ -22,11 +22,11 @@ use super::refusals;
 use super::replication::{pg_epoch_micros_to_unix_micros, ReplicationMessage, ReplicationStream};
 use super::size::RecordLimits;
 use crate::avro::{wire, Cell, RowSchema};
-use crate::change::{Op, Source};
+use crate::contract::change::{Op, Source};
+use crate::contract::lsn::Lsn;
 use crate::error::{Error, Result};
 use crate::kafka::produce::send as send_record;
 use crate::kafka::{client_config, topic_partitions};
-use crate::lsn::Lsn;
 use crate::metrics;
 use crate::registry::{key_subject, value_subject, Registry};
 

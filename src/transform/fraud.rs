@@ -29,10 +29,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::FraudConfig;
 use crate::avro::{envelope, verdict, wire};
-use crate::change::{ChangeEvent, Op};
 use crate::config::{Settings, TopicSettings, WorkerSettings};
+use crate::contract::change::{ChangeEvent, Op};
+use crate::contract::image::ReviewImage;
 use crate::error::{Error, Result};
-use crate::image::ReviewImage;
 use crate::kafka::{self, client_config};
 use crate::metrics;
 use crate::registry::{key_subject, value_subject, Registry};

@@ -5,11 +5,11 @@
 
 use crate::avro::envelope::ChangeReaders;
 use crate::avro::{oversize_marker, Cell, RowSchema};
-use crate::change::{Op, Source};
+use crate::contract::change::{Op, Source};
+use crate::contract::image::ReviewImage;
+use crate::contract::lsn::Lsn;
 use crate::db::quote_ident;
 use crate::error::{Error, Result};
-use crate::image::ReviewImage;
-use crate::lsn::Lsn;
 use crate::transform::score::{self, Judgement, Scorer};
 
 /// `"a"::text, "b"::text, ...`: the columns as PostgreSQL prints them (under

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use rdkafka::Message;
 use reviewflow::avro::{decode_change, wire};
-use reviewflow::change::ChangeEvent;
 use reviewflow::config::Settings;
-use reviewflow::lsn::SourcePosition;
+use reviewflow::contract::change::ChangeEvent;
+use reviewflow::contract::lsn::SourcePosition;
 use reviewflow::registry::Registry;
 
 use super::Running;
@@ -171,7 +171,7 @@ impl Pipeline {
     }
 
     /// The rows of `reviews` as the pipeline's stages see them, in id order.
-    pub async fn reviews(&self) -> Vec<reviewflow::image::ReviewRow> {
+    pub async fn reviews(&self) -> Vec<reviewflow::contract::image::ReviewRow> {
         self.db()
             .await
             .query(
@@ -182,11 +182,11 @@ impl Pipeline {
             .await
             .unwrap()
             .iter()
-            .map(|r| reviewflow::image::ReviewRow {
+            .map(|r| reviewflow::contract::image::ReviewRow {
                 id: r.get(0),
                 course_id: r.get(1),
                 user_id: r.get(2),
-                rating: reviewflow::review::Rating::from_stars(r.get(3)).unwrap(),
+                rating: reviewflow::contract::review::Rating::from_stars(r.get(3)).unwrap(),
                 title: r.get(4),
                 content: r.get(5),
                 created_at: r.get(6),
@@ -288,7 +288,9 @@ impl Pipeline {
     /// `verify` finds no difference (the figures, and every current row of `reviews` with
     /// one verdict of its current image, the model's), and the table agrees by SQL too.
     pub async fn assert_exact(&self) {
-        let report = reviewflow::verify::verify(&self.db().await).await.unwrap();
+        let report = reviewflow::tools::verify::verify(&self.db().await)
+            .await
+            .unwrap();
         assert!(
             report.differences.is_empty(),
             "verify: {} differences, first {:?}",

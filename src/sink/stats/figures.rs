@@ -19,9 +19,9 @@ use chrono::{DateTime, Days, NaiveDate, Timelike, Utc};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Transaction;
 
+use crate::contract::image::ReviewRow;
+use crate::contract::lsn::{Lsn, SourcePosition};
 use crate::error::Result;
-use crate::image::ReviewRow;
-use crate::lsn::{Lsn, SourcePosition};
 
 /// The table-wide state of the stats worker, read under a row lock that serializes all stats
 /// writers.
@@ -427,7 +427,7 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
-    use crate::review::Rating;
+    use crate::contract::review::Rating;
 
     fn row(id: i64, course_id: i64, halves: u8, created_at: DateTime<Utc>) -> ReviewRow {
         ReviewRow {

@@ -20,9 +20,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::figures::Deltas;
-use crate::change::{ChangeEvent, Op};
-use crate::image::ReviewRow;
-use crate::lsn::SourcePosition;
+use crate::contract::change::{ChangeEvent, Op};
+use crate::contract::image::ReviewRow;
+use crate::contract::lsn::SourcePosition;
 
 /// A change of the valid set, with its images as the rows that count.
 pub struct ValidChange {
@@ -36,7 +36,7 @@ impl ValidChange {
     /// count fraud, so such an image on the valid changelog is a bug upstream, which goes to
     /// the dead-letter topic with the rules it breaks rather than stop this worker.
     pub fn of(event: ChangeEvent) -> std::result::Result<ValidChange, String> {
-        let count = |image: &Option<crate::image::ReviewImage>, which: &str| {
+        let count = |image: &Option<crate::contract::image::ReviewImage>, which: &str| {
             image
                 .as_ref()
                 .map(|i| i.countable())
@@ -218,10 +218,10 @@ mod tests {
     use chrono::{TimeZone, Utc};
 
     use super::*;
-    use crate::change::{ChangeEvent, Source};
-    use crate::image::{Carried, Decimal, ReviewImage};
-    use crate::lsn::Lsn;
-    use crate::review::Rating;
+    use crate::contract::change::{ChangeEvent, Source};
+    use crate::contract::image::{Carried, Decimal, ReviewImage};
+    use crate::contract::lsn::Lsn;
+    use crate::contract::review::Rating;
 
     fn change(after: ReviewImage) -> ChangeEvent {
         ChangeEvent {
@@ -272,7 +272,7 @@ mod tests {
 
     fn event(op: Op, lsn: u64, position: i64, course: i64) -> ValidChange {
         let at = Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap();
-        let row = crate::image::ReviewRow {
+        let row = crate::contract::image::ReviewRow {
             id: course * 100,
             course_id: course,
             user_id: Some(1),

@@ -13,8 +13,8 @@
 
 use bytes::Bytes;
 
+use crate::contract::lsn::Lsn;
 use crate::error::{Error, Result};
-use crate::lsn::Lsn;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum PgOutput {

@@ -8,9 +8,9 @@ use tokio_postgres::fallible_iterator::FallibleIterator;
 
 use super::wire::{log_notice, Backend, ServerError};
 use super::{ReplicationConnection, ReplicationStream};
+use crate::contract::lsn::Lsn;
 use crate::db::{quote_ident, quote_literal};
 use crate::error::{Error, Result};
-use crate::lsn::Lsn;
 
 impl ReplicationConnection {
     /// Runs `sql` with the simple-query protocol: SQL, or a replication command such as

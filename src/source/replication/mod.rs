@@ -37,7 +37,7 @@ pub(super) use commands::validate_slot_name;
 
 use bytes::Bytes;
 
-use crate::lsn::Lsn;
+use crate::contract::lsn::Lsn;
 use wire::Wire;
 
 /// 2000-01-01T00:00:00Z, PostgreSQL's epoch, in microseconds since the Unix epoch.

@@ -9,8 +9,8 @@ use postgres_protocol::message::frontend;
 
 use super::wire::{log_notice, Backend, ServerError};
 use super::{ReplicationMessage, ReplicationStream, PG_EPOCH_UNIX_MICROS};
+use crate::contract::lsn::Lsn;
 use crate::error::{Error, Result};
-use crate::lsn::Lsn;
 
 impl ReplicationStream {
     /// The next message; `Ok(None)` once the server has ended the stream (CopyDone).

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use super::{Judgement, Scorer};
-use crate::image::ReviewRow;
+use crate::contract::image::ReviewRow;
 
 /// Bump when a signal or weight changes: old verdicts were made by the old function.
 const VERSION: &str = "heuristic-v1";
@@ -333,7 +333,7 @@ mod tests {
     use chrono::{TimeZone, Utc};
 
     use super::*;
-    use crate::review::Rating;
+    use crate::contract::review::Rating;
 
     fn row(title: Option<&str>, content: Option<&str>, halves: u8) -> ReviewRow {
         let at = Utc.timestamp_opt(1_700_000_000, 0).unwrap();

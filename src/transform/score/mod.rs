@@ -8,10 +8,10 @@ pub mod heuristic;
 pub mod seed;
 
 use crate::avro::verdict::Verdict;
+use crate::contract::image::ReviewImage;
+use crate::contract::image::ReviewRow;
+use crate::contract::lsn::SourcePosition;
 use crate::error::{Error, Result};
-use crate::image::ReviewImage;
-use crate::image::ReviewRow;
-use crate::lsn::SourcePosition;
 
 /// What a scorer says about one version of a review.
 #[derive(Clone, Debug, PartialEq)]
@@ -117,8 +117,8 @@ pub fn scorer(kind: ScorerKind, threshold: f64) -> Result<Box<dyn Scorer>> {
 #[cfg(test)]
 mod tests {
     use super::{judge, scorer, scorer_for_model, ScorerKind};
+    use crate::contract::image::{Carried, Decimal, ReviewImage};
     use crate::error::Error;
-    use crate::image::{Carried, Decimal, ReviewImage};
 
     #[test]
     fn model_strings_parse_back_to_their_scorer() {

@@ -33,7 +33,7 @@ use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 
 use super::{Judgement, Scorer};
-use crate::image::ReviewRow;
+use crate::contract::image::ReviewRow;
 
 /// The record hashed. Changing anything here (even a field name) re-rolls every verdict, so it
 /// needs a new model string.
@@ -178,7 +178,7 @@ mod tests {
     use apache_avro::GenericSingleObjectWriter;
 
     use super::*;
-    use crate::review::Rating;
+    use crate::contract::review::Rating;
 
     fn review(id: i64) -> ReviewRow {
         let created_at = Utc

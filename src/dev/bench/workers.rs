@@ -191,7 +191,7 @@ async fn stats(
     run.stop("verdicts", "backlog").await?;
     let client = crate::db::connect(&run.settings.database_url).await?;
     let verify_started = Instant::now();
-    let report = crate::verify::verify(&client).await?;
+    let report = crate::tools::verify::verify(&client).await?;
     let verify_secs = verify_started.elapsed().as_secs_f64();
     bar.finish_and_clear();
     if !report.differences.is_empty() {

@@ -23,7 +23,7 @@ use tokio_postgres::Client;
 
 use crate::error::Result;
 
-pub const TRUTH_SQL: &str = include_str!("../../sql/truth.sql");
+pub const TRUTH_SQL: &str = include_str!("../../../sql/truth.sql");
 
 /// How truth.sql names "today", kept so the file stays runnable by hand in psql; `verify_at`
 /// swaps it for a parameter to compute the truth as of any day.

@@ -3,8 +3,8 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::image::ReviewImage;
-use crate::lsn::{Lsn, SourcePosition};
+use crate::contract::image::ReviewImage;
+use crate::contract::lsn::{Lsn, SourcePosition};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {

@@ -10,7 +10,7 @@ use plotters::style::{register_font, FontStyle};
 use super::latency::RatePoint;
 use crate::error::{Error, Result};
 
-const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono.ttf");
+const FONT: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSansMono.ttf");
 const FAMILY: &str = "sans-serif";
 const SIZE: (u32, u32) = (960, 600);
 

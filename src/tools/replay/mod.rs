@@ -67,8 +67,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Settings, TopicSettings};
+use crate::contract::lsn::SourcePosition;
 use crate::error::{Error, Result};
-use crate::lsn::SourcePosition;
 use crate::registry::Registry;
 use crate::sink::offsets::{self, Advance};
 use crate::sink::stats::figures::{self, StatsState};

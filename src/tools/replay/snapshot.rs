@@ -3,8 +3,8 @@
 
 use crate::avro::verdict::Verdict;
 use crate::avro::RowSchema;
+use crate::contract::lsn::{Lsn, SourcePosition};
 use crate::error::Result;
-use crate::lsn::{Lsn, SourcePosition};
 use crate::sink::stats::figures::Deltas;
 use crate::source::replication::ReplicationConnection;
 use crate::source::slot::{self, SlotLifetime};

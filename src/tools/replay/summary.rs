@@ -3,7 +3,7 @@
 use std::fmt;
 
 use super::TABLE;
-use crate::lsn::Lsn;
+use crate::contract::lsn::Lsn;
 
 /// What a Kafka replay did.
 #[derive(Debug, Default, Clone, PartialEq)]

@@ -12,7 +12,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use crate::review::Rating;
+use crate::contract::review::Rating;
 
 /// One column's carried value.
 #[derive(Clone, Debug, PartialEq)]
@@ -149,7 +149,7 @@ impl ReviewImage {
             .created_at
             .value()
             .copied()
-            .filter(|t| crate::review::created_at_in_range(*t));
+            .filter(|t| crate::contract::review::created_at_in_range(*t));
         if created_at.is_none() {
             broken.push(Rule::CreatedAtOutOfRange);
         }

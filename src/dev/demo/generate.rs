@@ -4,7 +4,7 @@
 use chrono::Duration;
 
 use super::words::*;
-use crate::review::Rating;
+use crate::contract::review::Rating;
 
 /// Half stars 1..=10 with these weights (percent): most reviews are 4 or 5 stars, as on
 /// real course sites.
@@ -267,7 +267,7 @@ mod tests {
         let at = chrono::Utc::now();
         for change in run(3, 3_000) {
             let Change::Insert(r) = change else { continue };
-            let row = crate::image::ReviewRow {
+            let row = crate::contract::image::ReviewRow {
                 id: 1,
                 course_id: r.course_id,
                 user_id: Some(r.user_id),

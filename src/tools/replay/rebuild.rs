@@ -4,8 +4,8 @@
 use chrono::NaiveDate;
 use tokio_postgres::Transaction;
 
+use crate::contract::lsn::SourcePosition;
 use crate::error::Result;
-use crate::lsn::SourcePosition;
 use crate::sink::stats::CONSUMER;
 
 /// The derived tables emptied and the state reset, in the rebuild transaction (which holds

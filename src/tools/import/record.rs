@@ -1,11 +1,11 @@
 //! One result of the reviews resource turned into a row of `reviews`, or into the reason it
-//! cannot be one. The rules are the API's (`crate::review`): an imported review is one that
+//! cannot be one. The rules are the API's (`crate::contract::review`): an imported review is one that
 //! POST /reviews would have accepted, so no figure depends on how a review arrived.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::review::{self, Rating, MAX_CONTENT_CHARS, MAX_TITLE_CHARS};
+use crate::contract::review::{self, Rating, MAX_CONTENT_CHARS, MAX_TITLE_CHARS};
 
 /// A review ready to be stored under its id at the source.
 #[derive(Debug, Clone, PartialEq)]

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::latency::{self, Listener, RatePoint};
 use super::load::Writer;
 use super::{spinner, timed, wait_until, Run};
-use crate::demo::Rng;
+use crate::dev::demo::Rng;
 use crate::error::{Error, Result};
 
 pub const STAGES: [&str; 5] = ["api", "cdc", "fraud", "stats", "verdicts"];
