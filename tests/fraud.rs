@@ -13,12 +13,13 @@ use reviewflow::avro::{verdict, wire};
 use reviewflow::contract::change::{ChangeEvent, Op};
 use reviewflow::contract::image::ReviewImage;
 use reviewflow::contract::lsn::Lsn;
+use reviewflow::contract::verdict::Verdict;
 use reviewflow::registry::Registry;
 use reviewflow::transform::score::{self, ScorerKind};
 
 /// Every verdict on the verdicts topic (read_committed); its records of deletes are not
 /// verdicts and are left out.
-async fn verdicts(p: &Pipeline) -> Vec<verdict::Verdict> {
+async fn verdicts(p: &Pipeline) -> Vec<Verdict> {
     let registry = Registry::connect(&p.settings).await.unwrap();
     let mut out = Vec::new();
     for m in common::consume_all(&p.settings.kafka, &p.output("verdicts")).await {

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use reviewflow::api::{self, AppState};
-use reviewflow::sink::stats::notify::{self, Touched};
+use reviewflow::contract::notify::Touched;
+use reviewflow::sink::stats::notify;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::ChildStdout;
 

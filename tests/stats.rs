@@ -5,7 +5,7 @@ mod common;
 
 use chrono::{NaiveDate, Utc};
 use common::pipeline::Pipeline;
-use reviewflow::sink::stats::notify::{self, Touched};
+use reviewflow::contract::notify::{self, Touched};
 use reviewflow::tools::verify;
 
 /// Once the pipeline caught up, `verify` (as of `today`; None: the server's today) must

@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::stats::{course_id, read_stats};
 use super::{ApiError, AppState};
+use crate::contract::notify::{self, Touched};
 use crate::retry::Backoff;
-use crate::sink::stats::notify::{self, Touched};
 
 /// What the listener broadcasts: a course to re-read, or all of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,4 +6,6 @@
 pub mod change;
 pub mod image;
 pub mod lsn;
+pub mod notify;
 pub mod review;
+pub mod verdict;

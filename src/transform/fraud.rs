@@ -32,6 +32,7 @@ use crate::avro::{envelope, verdict, wire};
 use crate::config::{Settings, TopicSettings, WorkerSettings};
 use crate::contract::change::{ChangeEvent, Op};
 use crate::contract::image::ReviewImage;
+use crate::contract::verdict::{Deletion, Record};
 use crate::error::{Error, Result};
 use crate::kafka::{self, client_config};
 use crate::metrics;
@@ -464,9 +465,9 @@ impl Session {
     /// it follows them in their partition. A truncate comes in on every changes partition;
     /// the sink keeps the newest, so each copy may go to any partition (to the one it came
     /// in on, modulo the verdict topic's).
-    fn deletion_record(&self, gone: &verdict::Record, partition: i32) -> Result<Output> {
+    fn deletion_record(&self, gone: &Record, partition: i32) -> Result<Output> {
         let (key, partition) = match gone {
-            verdict::Record::Deleted(d) => (
+            Record::Deleted(d) => (
                 Some(wire::frame(
                     self.ids.review_key,
                     &envelope::encode_key(d.review_id)?,
@@ -542,15 +543,15 @@ impl Session {
 
 /// What a change ends: a review deleted, or whose id an UPDATE changed (the old id is gone
 /// as surely), or every review (a TRUNCATE).
-fn deletion(event: &ChangeEvent) -> Option<verdict::Record> {
+fn deletion(event: &ChangeEvent) -> Option<Record> {
     let (version, position) = (event.source.lsn, event.source.position);
     let gone = match (event.op, &event.before, &event.after) {
-        (Op::Truncate, _, _) => return Some(verdict::Record::Truncated { version, position }),
+        (Op::Truncate, _, _) => return Some(Record::Truncated { version, position }),
         (Op::Delete, Some(before), _) => before,
         (Op::Update, Some(before), Some(after)) if before.id != after.id => before,
         _ => return None,
     };
-    Some(verdict::Record::Deleted(verdict::Deletion {
+    Some(Record::Deleted(Deletion {
         review_id: gone.id,
         course_id: gone.course_id,
         version,

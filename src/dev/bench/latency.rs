@@ -14,8 +14,8 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use super::load::Writer;
+use crate::contract::notify::{self, Touched};
 use crate::error::{Error, Result};
-use crate::sink::stats::notify::{self, Touched};
 
 /// How long the tail waits for a notification before it calls the rest missing.
 const QUIET: Duration = Duration::from_secs(60);

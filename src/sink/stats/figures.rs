@@ -250,7 +250,11 @@ pub async fn roll_days(
         .map(|r| r.get(0))
         .collect();
     // Delivered to the api's listeners only if the rollover commits.
-    super::notify::notify(tx, &super::notify::Touched::Courses(refreshed.clone())).await?;
+    super::notify::notify(
+        tx,
+        &crate::contract::notify::Touched::Courses(refreshed.clone()),
+    )
+    .await?;
     tx.execute("UPDATE stats_state SET rolled_through = $1", &[&today])
         .await?;
     state.rolled_through = Some(today);

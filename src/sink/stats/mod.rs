@@ -27,6 +27,7 @@ use super::offsets::Applied;
 use super::{Destination, Written};
 use crate::avro::envelope::ChangeReaders;
 use crate::config::{Settings, TopicSettings, WorkerSettings};
+use crate::contract::notify::Touched;
 use crate::error::Result;
 use crate::failpoint::Point;
 use crate::metrics;
@@ -34,7 +35,6 @@ use crate::registry::Registry;
 use crate::sink::StatsConfig;
 pub use fold::ValidChange;
 use fold::{Fold, Step};
-use notify::Touched;
 
 /// Its rows in sink_offsets.
 pub const CONSUMER: &str = "stats";

@@ -1,9 +1,9 @@
 //! Reading `reviews` for `replay --from snapshot`: a temporary slot exports a snapshot, read
 //! by the reader cdc's initial snapshot uses, and every row is judged by the configured model.
 
-use crate::avro::verdict::Verdict;
 use crate::avro::RowSchema;
 use crate::contract::lsn::{Lsn, SourcePosition};
+use crate::contract::verdict::Verdict;
 use crate::error::Result;
 use crate::sink::stats::figures::Deltas;
 use crate::source::replication::ReplicationConnection;

@@ -7,10 +7,10 @@
 pub mod heuristic;
 pub mod seed;
 
-use crate::avro::verdict::Verdict;
 use crate::contract::image::ReviewImage;
 use crate::contract::image::ReviewRow;
 use crate::contract::lsn::SourcePosition;
+use crate::contract::verdict::Verdict;
 use crate::error::{Error, Result};
 
 /// What a scorer says about one version of a review.
