@@ -13,6 +13,7 @@ pub mod db;
 pub mod demo;
 pub mod error;
 pub mod failpoint;
+pub mod health;
 pub mod image;
 pub mod import;
 pub mod kafka;

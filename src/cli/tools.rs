@@ -28,21 +28,13 @@ pub(super) async fn migrate(cx: &Context) -> Result<ExitCode> {
 
 pub(super) async fn status(
     cx: &Context,
-    slot: &str,
-    publication: &str,
-    fraud_group: &str,
+    place: &crate::status::Place<'_>,
     peek: i32,
 ) -> Result<ExitCode> {
     let settings = connect::prepare(cx, DbRole::Owner)
         .await?
         .settings(DbRole::Owner)?;
-    let place = crate::status::Place {
-        topics: &cx.topics,
-        slot,
-        publication,
-        fraud_group,
-    };
-    crate::status::report(&settings, &place, peek).await?;
+    crate::status::report(&settings, place, peek).await?;
     Ok(ExitCode::SUCCESS)
 }
 
