@@ -39,6 +39,31 @@ async fn healthz(base: &str) -> (StatusCode, Value) {
     (status, answer.json().await.unwrap())
 }
 
+/// The answer has only the fields, and the values, GET /openapi.json documents for it (the
+/// degraded form is not reached by tests/openapi.rs, which runs no stage).
+fn assert_documented(health: &Value) {
+    let doc: Value = serde_json::from_str(reviewflow::api::OPENAPI).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let allowed = |schema: &str, field: &str, value: &Value| {
+        let property = &schemas[schema]["properties"][field];
+        assert!(property.is_object(), "{schema} documents {field}: {health}");
+        if let Some(values) = property["enum"].as_array() {
+            assert!(
+                values.contains(value),
+                "{schema}.{field} may be {value}: {health}"
+            );
+        }
+    };
+    for (field, value) in health.as_object().unwrap() {
+        allowed("Health", field, value);
+    }
+    for stage in health["stages"].as_object().unwrap().values() {
+        for (field, value) in stage.as_object().unwrap() {
+            allowed("StageState", field, value);
+        }
+    }
+}
+
 async fn metrics(base: &str) -> String {
     let answer = reqwest::get(format!("{base}/metrics")).await.unwrap();
     assert_eq!(answer.status(), StatusCode::OK);
@@ -163,6 +188,7 @@ async fn a_refused_setting_inside_run_stops_cdc_alone_and_healthz_names_the_fix(
     assert_eq!(status, StatusCode::OK, "{health}");
     assert_eq!(health["status"], json!("degraded"), "{health}");
     assert_eq!(health["database"], json!("ok"), "{health}");
+    assert_documented(&health);
     let reason = health["stages"]["cdc"]["reason"]
         .as_str()
         .unwrap_or_default();
