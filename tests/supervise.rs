@@ -18,9 +18,15 @@ fn free_address() -> String {
     listener.local_addr().unwrap().to_string()
 }
 
-/// `reviewflow run` on the pipeline, its API at `address`, its log to the pipeline's log.
+/// `reviewflow run` on the pipeline, its API at `address`, its log to the pipeline's log,
+/// and the figures' topic its own (the default one is shared, with other runs' markers).
 fn spawn_run(p: &Pipeline, address: &str, failpoint: Option<&str>) -> common::Running {
-    p.spawn("run", failpoint, &[("API_LISTEN", address)])
+    let figures = p.output("course-stats");
+    let env = [
+        ("API_LISTEN", address),
+        ("REVIEWFLOW_STATS_TOPIC", &figures),
+    ];
+    p.spawn("run", failpoint, &env)
 }
 
 fn logged(log: &Path) -> String {
@@ -136,7 +142,7 @@ async fn a_stage_failing_inside_run_restarts_while_the_api_keeps_answering() {
     })
     .await;
     let text = metrics(&base).await;
-    for stage in ["cdc", "verdicts", "stats"] {
+    for stage in ["cdc", "cdc-course_stats", "verdicts", "stats"] {
         assert!(
             text.contains(&format!("reviewflow_stage_up{{stage=\"{stage}\"}} 1\n")),
             "{stage} is up: {text}"
@@ -201,7 +207,7 @@ async fn a_refused_setting_inside_run_stops_cdc_alone_and_healthz_names_the_fix(
             "the reason names {needle:?}: {health}"
         );
     }
-    for stage in ["fraud", "verdicts", "stats"] {
+    for stage in ["fraud", "verdicts", "stats", "cdc-course_stats"] {
         assert_eq!(
             health["stages"][stage],
             json!({"state": "running"}),
