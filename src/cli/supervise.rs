@@ -13,6 +13,7 @@
 //! their failure ends `run`, as before, for the orchestrator to restart it. SIGTERM and
 //! Ctrl-C cancel the one token: the API stops, and every stage drains its batch and returns.
 
+use std::future::Future;
 use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
@@ -62,15 +63,27 @@ async fn supervise(
     shutdown: CancellationToken,
 ) {
     let name = stage.name();
-    let result = crate::retry::sessions(name, &shutdown, || {
-        let attempt = stage.clone().run(
+    restarted(name, &shutdown, || {
+        let attempt = stage.clone();
+        attempt.run(
             settings.clone(),
             topics.clone(),
             worker.clone(),
             shutdown.clone(),
-        );
-        // A task of its own: a panic in a stage is then its failure, not the process's.
-        let attempt = tokio::spawn(attempt);
+        )
+    })
+    .await;
+}
+
+/// Runs `start()`'s stage in the shared restart loop, each attempt a task of its own: a
+/// panic in a stage is then its failure, restarted like any other, not the process's.
+async fn restarted<F, Fut>(name: &str, shutdown: &CancellationToken, mut start: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    let result = crate::retry::sessions(name, shutdown, || {
+        let attempt = tokio::spawn(start());
         async move { attempt.await? }
     })
     .await;
@@ -80,6 +93,44 @@ async fn supervise(
             error = %e,
             "stage failed and stays stopped until the fix is made and run restarted; \
              the API and the other stages keep running"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A stage that panics is restarted; when it then fails on a refused setting it stays
+    /// stopped, the setting's message as the reason.
+    #[tokio::test]
+    async fn a_panicking_stage_restarts_and_a_refused_one_stays_stopped() {
+        let attempts = Arc::new(AtomicU32::new(0));
+        let counted = attempts.clone();
+        restarted("unit-supervised", &CancellationToken::new(), move || {
+            let attempt = counted.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                if attempt == 1 {
+                    panic!("a bug in the stage");
+                }
+                Err(crate::Error::Config("refused: set X".into()))
+            }
+        })
+        .await;
+        assert_eq!(attempts.load(Ordering::SeqCst), 2);
+        let report = &crate::health::stages()["unit-supervised"];
+        assert_eq!(report.state, "stopped");
+        assert_eq!(
+            report.reason.as_deref(),
+            Some("configuration: refused: set X")
+        );
+        let text = crate::metrics::encode(&[]);
+        assert!(
+            text.contains("reviewflow_stage_restarts_total{stage=\"unit-supervised\"} 1\n"),
+            "{text}"
         );
     }
 }
