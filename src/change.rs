@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::image::ReviewImage;
-use crate::lsn::Lsn;
+use crate::lsn::{Lsn, SourcePosition};
 use crate::review::Rating;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -41,8 +41,8 @@ impl Op {
     }
 }
 
-/// Where a change came from. (lsn, position) is unique per change and increases along the
-/// stream, so a consumer drops any event at or below the last one it applied.
+/// Where a change came from. Its `id` is unique per change and increases along the stream,
+/// so a consumer drops any event at or below the last one it applied.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Source {
     pub schema: String,
@@ -57,8 +57,8 @@ pub struct Source {
 }
 
 impl Source {
-    pub fn id(&self) -> (Lsn, i64) {
-        (self.lsn, self.position)
+    pub fn id(&self) -> SourcePosition {
+        SourcePosition::new(self.lsn, self.position)
     }
 }
 

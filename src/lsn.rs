@@ -61,12 +61,6 @@ impl fmt::Display for SourcePosition {
     }
 }
 
-impl From<(Lsn, i64)> for SourcePosition {
-    fn from((lsn, position): (Lsn, i64)) -> Self {
-        SourcePosition::new(lsn, position)
-    }
-}
-
 impl From<tokio_postgres::types::PgLsn> for Lsn {
     fn from(l: tokio_postgres::types::PgLsn) -> Self {
         Lsn(u64::from(l))

@@ -13,7 +13,7 @@ use rdkafka::Message;
 use reviewflow::avro::wire;
 use reviewflow::change::{ChangeEvent, Op};
 use reviewflow::image::ReviewImage;
-use reviewflow::lsn::Lsn;
+use reviewflow::lsn::SourcePosition;
 use reviewflow::registry::Registry;
 
 /// course_id, user_id, rating, title, content, created_at (µs): what a row is compared by.
@@ -236,7 +236,7 @@ async fn snapshot_and_stream_meet_with_every_row_exactly_once_under_concurrent_w
     p.stop(cdc).await;
 
     let events = p.events().await;
-    let ids: Vec<(Lsn, i64)> = events.iter().map(|(_, _, e)| e.source.id()).collect();
+    let ids: Vec<SourcePosition> = events.iter().map(|(_, _, e)| e.source.id()).collect();
     assert_eq!(
         ids.len(),
         ids.iter().collect::<HashSet<_>>().len(),
@@ -313,7 +313,7 @@ async fn a_crash_between_acknowledgement_and_confirm_loses_nothing_and_resends_k
     p.stop(cdc).await;
 
     let events = p.events().await;
-    let mut first_seen: BTreeMap<(Lsn, i64), &ChangeEvent> = BTreeMap::new();
+    let mut first_seen: BTreeMap<SourcePosition, &ChangeEvent> = BTreeMap::new();
     let mut duplicates = 0;
     for (_, _, e) in &events {
         if let Some(earlier) = first_seen.insert(e.source.id(), e) {

@@ -294,7 +294,7 @@ async fn killed_inside_a_transaction_every_input_is_judged_exactly_once() {
     .await;
     assert_one_verdict_per_version(&p).await;
     let valid = p.events_of(&p.output("valid")).await;
-    let mut per_change: HashMap<(Lsn, i64), usize> = HashMap::new();
+    let mut per_change: HashMap<reviewflow::lsn::SourcePosition, usize> = HashMap::new();
     for (_, _, e) in &valid {
         *per_change.entry(e.source.id()).or_default() += 1;
     }

@@ -13,6 +13,7 @@ use reviewflow::source::pgoutput::{self, Begin, Commit, PgOutput, Relation, Valu
 use reviewflow::source::replication::{
     pg_epoch_micros_to_unix_micros, ReplicationConnection, ReplicationMessage, ReplicationStream,
 };
+use reviewflow::source::slot::{self, SlotLifetime};
 use tokio::time::{timeout_at, Instant};
 use tokio_postgres::Client;
 
@@ -183,7 +184,9 @@ async fn snapshot_and_stream_meet_and_every_change_decodes() {
         vec![vec![Some("1".to_string()), None]]
     );
 
-    let created = repl.create_slot(&slot).await.expect("create slot");
+    let created = slot::create(&mut repl, &slot, SlotLifetime::Permanent)
+        .await
+        .expect("create slot");
     assert!(created.consistent_point > Lsn::ZERO);
     assert!(!created.snapshot_name.is_empty());
 
@@ -363,7 +366,9 @@ async fn unchanged_toasted_values_come_from_the_old_row() {
     let db = reviewflow::db::connect(&url).await.expect("connect");
     let slot = slot_name("toast");
     let mut repl = ReplicationConnection::connect(&url).await.expect("connect");
-    let created = repl.create_slot(&slot).await.expect("create slot");
+    let created = slot::create(&mut repl, &slot, SlotLifetime::Permanent)
+        .await
+        .expect("create slot");
     let mut stream = repl
         .start(&slot, created.consistent_point, PUBLICATION)
         .await
@@ -442,7 +447,9 @@ async fn answered_keepalives_keep_an_idle_stream_alive() {
     let db = reviewflow::db::connect(&url).await.expect("connect");
     let slot = slot_name("keepalive");
     let mut setup = ReplicationConnection::connect(&url).await.expect("connect");
-    let created = setup.create_slot(&slot).await.expect("create slot");
+    let created = slot::create(&mut setup, &slot, SlotLifetime::Permanent)
+        .await
+        .expect("create slot");
     // START_REPLICATION belongs to start(); sent as a query it is ended at once and the
     // session stays usable for queries.
     let err = setup

@@ -11,7 +11,7 @@ use tokio_postgres::types::PgLsn;
 use tokio_postgres::Client;
 
 use reviewflow::change::ReviewRow;
-use reviewflow::lsn::Lsn;
+use reviewflow::lsn::{Lsn, SourcePosition};
 use reviewflow::review::Rating;
 use reviewflow::sink::stats::figures::{apply, lock_state, reset, roll_days, Deltas};
 use reviewflow::verify::figures_at;
@@ -499,9 +499,11 @@ async fn a_truncate_empties_the_figures_once() {
     let tx = sim.db.transaction().await.unwrap();
     let mut state = lock_state(&tx).await.unwrap();
     assert_eq!(state.truncated_lsn, Lsn::ZERO);
-    assert!(reset(&tx, &mut state, (Lsn(0x1_0000_0100), 3))
-        .await
-        .unwrap());
+    assert!(
+        reset(&tx, &mut state, SourcePosition::new(Lsn(0x1_0000_0100), 3))
+            .await
+            .unwrap()
+    );
     assert_eq!(
         (state.truncated_lsn, state.truncated_position),
         (Lsn(0x1_0000_0100), 3)
@@ -524,15 +526,15 @@ async fn a_truncate_empties_the_figures_once() {
         "the truncate's source position is stored"
     );
     for older_or_same in [
-        (Lsn(0x50), 9),
-        (Lsn(0x1_0000_0100), 2),
-        (Lsn(0x1_0000_0100), 3),
+        SourcePosition::new(Lsn(0x50), 9),
+        SourcePosition::new(Lsn(0x1_0000_0100), 2),
+        SourcePosition::new(Lsn(0x1_0000_0100), 3),
     ] {
         assert!(!reset(&tx, &mut state, older_or_same).await.unwrap());
     }
     // A change later in the truncating transaction counts; an earlier one is void.
-    assert!(!state.voids((Lsn(0x1_0000_0100), 4)));
-    assert!(state.voids((Lsn(0x1_0000_0100), 2)));
+    assert!(!state.voids(SourcePosition::new(Lsn(0x1_0000_0100), 4)));
+    assert!(state.voids(SourcePosition::new(Lsn(0x1_0000_0100), 2)));
     tx.commit().await.unwrap();
     assert_eq!(sim.count("course_stats").await, 1);
     sim.assert_true_at(today).await;

@@ -35,6 +35,14 @@ pub struct StatsConfig {
     )]
     pub topic: String,
 
+    #[command(flatten)]
+    pub clock: StatsClock,
+}
+
+/// The 90-day window's clock: the stats worker's, and `replay`'s, which must rebuild the
+/// figures of the day the worker lives in.
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+pub struct StatsClock {
     /// Moves the worker's "today" by this many days: for tests of the 90-day window.
     #[arg(
         long,
@@ -43,4 +51,11 @@ pub struct StatsConfig {
         hide = true
     )]
     pub clock_shift_days: i64,
+}
+
+impl StatsClock {
+    /// Today as the 90-day window sees it (UTC).
+    pub fn today(&self) -> chrono::NaiveDate {
+        super::stats::figures::today(self.clock_shift_days)
+    }
 }

@@ -11,9 +11,10 @@ mod produce;
 pub mod refusals;
 pub mod replication;
 pub mod size;
-mod slot;
+pub mod slot;
 pub mod snapshot;
 pub mod status;
+mod stream;
 
 pub use args::CdcConfig;
 pub use cdc::Cdc;

@@ -2,8 +2,9 @@
 //! plain TCP connection opened with `replication=database`, using postgres-protocol's message
 //! codecs (tokio-postgres has no CopyBoth API).
 //!
-//! Role: create the pipeline's slot together with an exported snapshot, then stream the
-//! slot's changes (pgoutput, protocol version 1) and report back how far they are safe.
+//! Role: the session a slot is created on (`slot::create`, with its exported snapshot), then
+//! stream the slot's changes (pgoutput, protocol version 1) and report back how far they are
+//! safe.
 //!
 //! Guarantees:
 //! - `ReplicationStream::next` is cancel-safe: a message partly read when its future is
@@ -54,15 +55,6 @@ pub fn pg_epoch_micros_to_unix_micros(micros: i64) -> i64 {
 /// A replication-mode session that has not started streaming yet.
 pub struct ReplicationConnection {
     wire: Wire,
-}
-
-/// What `CREATE_REPLICATION_SLOT` returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CreatedSlot {
-    /// Changes committed after this LSN are streamed; everything before is in the snapshot.
-    pub consistent_point: Lsn,
-    /// For `SET TRANSACTION SNAPSHOT`, valid until the next command on this connection.
-    pub snapshot_name: String,
 }
 
 /// A slot's change stream (CopyBoth mode).
@@ -203,31 +195,6 @@ impl ReplicationConnection {
             None => Ok(rows),
             Some(e) => Err(Error::Replication(format!("{}: {e}", statement(sql)))),
         }
-    }
-
-    /// Creates logical slot `slot` (pgoutput) and exports a snapshot of the database as of
-    /// its consistent point. The snapshot is only importable until the next command on this
-    /// connection: read it elsewhere first, then call `start`.
-    pub async fn create_slot(&mut self, slot: &str) -> Result<CreatedSlot> {
-        validate_slot_name(slot)?;
-        let sql = format!(
-            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
-            quote_ident(slot)
-        );
-        let rows = self.simple_query(&sql).await?;
-        let column = |i: usize| rows.first().and_then(|r| r.get(i)).cloned().flatten();
-        let consistent_point = column(1)
-            .ok_or_else(|| Error::Replication(format!("{sql}: no consistent_point returned")))?;
-        let consistent_point = consistent_point
-            .parse::<Lsn>()
-            .map_err(|e| Error::Replication(format!("{sql}: consistent_point: {e}")))?;
-        let snapshot_name = column(2)
-            .ok_or_else(|| Error::Replication(format!("{sql}: no snapshot_name returned")))?;
-        tracing::info!(slot, %consistent_point, snapshot = %snapshot_name, "created replication slot");
-        Ok(CreatedSlot {
-            consistent_point,
-            snapshot_name,
-        })
     }
 
     /// Streams `slot` from `from` (`Lsn::ZERO`: from the slot's confirmed position), with
@@ -629,7 +596,7 @@ fn log_notice(body: &postgres_protocol::message::backend::NoticeResponseBody) {
 }
 
 /// PostgreSQL's rule for slot names; checked here so a bad name fails before any I/O.
-fn validate_slot_name(slot: &str) -> Result<()> {
+pub(super) fn validate_slot_name(slot: &str) -> Result<()> {
     let valid_chars = slot
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
@@ -641,7 +608,7 @@ fn validate_slot_name(slot: &str) -> Result<()> {
     Ok(())
 }
 
-fn quote_ident(name: &str) -> String {
+pub(super) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

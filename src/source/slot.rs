@@ -1,9 +1,63 @@
-//! The replication slot as cdc finds it at the start of a session, and how it lets go of one
+//! The replication slot: how one is created with its exported snapshot (cdc's, and replay's
+//! temporary one), how cdc finds its own at the start of a session, and how it lets go of one
 //! it replaces.
 
 use std::time::Duration;
 
+use super::replication::{quote_ident, validate_slot_name, ReplicationConnection};
 use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+
+/// How long a slot lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotLifetime {
+    /// Until it is dropped: cdc's, whose confirmed position outlives the process.
+    Permanent,
+    /// Until the replication session ends: replay's, wanted only for its snapshot.
+    Temporary,
+}
+
+/// What `CREATE_REPLICATION_SLOT` returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedSlot {
+    /// Changes committed after this LSN are streamed; everything before is in the snapshot.
+    pub consistent_point: Lsn,
+    /// For `SET TRANSACTION SNAPSHOT`, valid until the next command on this connection.
+    pub snapshot_name: String,
+}
+
+/// Creates logical slot `slot` (pgoutput) on `conn` and exports a snapshot of the database
+/// as of its consistent point. The snapshot is only importable until the next command on
+/// `conn`: read it elsewhere first (`snapshot::SnapshotReader`), then stream or close.
+pub async fn create(
+    conn: &mut ReplicationConnection,
+    slot: &str,
+    lifetime: SlotLifetime,
+) -> Result<CreatedSlot> {
+    validate_slot_name(slot)?;
+    let temporary = match lifetime {
+        SlotLifetime::Permanent => "",
+        SlotLifetime::Temporary => " TEMPORARY",
+    };
+    let sql = format!(
+        "CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput (SNAPSHOT 'export')",
+        quote_ident(slot)
+    );
+    let rows = conn.simple_query(&sql).await?;
+    let column = |i: usize| rows.first().and_then(|r| r.get(i)).cloned().flatten();
+    let consistent_point = column(1)
+        .ok_or_else(|| Error::Replication(format!("{sql}: no consistent_point returned")))?;
+    let consistent_point = consistent_point
+        .parse::<Lsn>()
+        .map_err(|e| Error::Replication(format!("{sql}: consistent_point: {e}")))?;
+    let snapshot_name =
+        column(2).ok_or_else(|| Error::Replication(format!("{sql}: no snapshot_name returned")))?;
+    tracing::info!(slot, ?lifetime, %consistent_point, snapshot = %snapshot_name, "created replication slot");
+    Ok(CreatedSlot {
+        consistent_point,
+        snapshot_name,
+    })
+}
 
 /// Drops `slot` once its walsender has let go of it (the stream was just closed).
 pub(super) async fn drop_slot(pg: &tokio_postgres::Client, slot: &str) -> Result<()> {

@@ -1,5 +1,6 @@
 //! The initial snapshot: every row of `reviews` as it was at the slot's consistent point,
-//! read through the snapshot the slot exported, emitted as op=r events.
+//! read through the snapshot the slot exported, emitted as op=r events. The reading itself
+//! ([`SnapshotReader`]) is shared with `replay --from snapshot`, which judges the rows instead.
 //!
 //! TRUNCATE (and a rewriting ALTER) is not MVCC-safe: a snapshot reader would see the emptied
 //! table. The snapshot holds ACCESS SHARE, so later ones wait and stream after it; one that
@@ -18,6 +19,7 @@
 //! key), so a crash during the restatement is retried as one, never resumed from a slot whose
 //! snapshot is missing.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +27,7 @@ use apache_avro::schema::Schema;
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use chrono::Utc;
-use futures_util::{pin_mut, TryStreamExt};
+use futures_util::TryStreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
@@ -94,6 +96,116 @@ pub enum SnapshotHistory {
     Restating,
 }
 
+/// A table as a slot's exported snapshot shows it, while this lives: the snapshot's
+/// transaction open, the table locked in ACCESS SHARE mode so a later TRUNCATE waits (and
+/// streams after it), and checked not to have been truncated or rewritten between the slot's
+/// creation and the lock.
+pub struct SnapshotReader {
+    pg: tokio_postgres::Client,
+    /// Quoted, with its schema.
+    table: String,
+    /// (name, type OID, type modifier) of the table's columns, in order.
+    pub columns: Vec<(String, u32, i32)>,
+    /// The rows the snapshot holds.
+    pub total: i64,
+}
+
+impl SnapshotReader {
+    /// Opens `table` in the exported snapshot `snapshot_name`, on `pg`, which nothing else
+    /// uses meanwhile. `filenode_before` is the table's file node read just before the slot
+    /// was created. An `Error::Replication` says to create a slot and try again.
+    pub async fn open(
+        pg: tokio_postgres::Client,
+        table: &str,
+        snapshot_name: &str,
+        filenode_before: u32,
+    ) -> Result<SnapshotReader> {
+        let quoted = format!("{TABLE_SCHEMA}.{}", quote(table));
+        pg.batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
+             SET TRANSACTION SNAPSHOT '{}';
+             LOCK TABLE {quoted} IN ACCESS SHARE MODE;",
+            snapshot_name.replace('\'', "''")
+        ))
+        .await?;
+        if table_filenode(&pg, table).await? != filenode_before {
+            return Err(Error::Replication(format!(
+                "{TABLE_SCHEMA}.{table} was truncated or rewritten while the snapshot was \
+                 starting; taking it again"
+            )));
+        }
+        let columns = table_columns(&pg, table).await?;
+        let total: i64 = pg
+            .query_one(&format!("SELECT count(*) FROM {quoted}"), &[])
+            .await?
+            .get(0);
+        Ok(SnapshotReader {
+            pg,
+            table: quoted,
+            columns,
+            total,
+        })
+    }
+
+    /// Every row, each value as its type's output function writes it: what the replication
+    /// stream carries for the same row.
+    pub async fn rows(&self) -> Result<SnapshotRows> {
+        let select = self
+            .columns
+            .iter()
+            .map(|(name, oid, _)| output_text(&quote(name), *oid))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = self
+            .pg
+            .query_raw(
+                &format!("SELECT {select} FROM {}", self.table),
+                std::iter::empty::<i32>(),
+            )
+            .await?;
+        Ok(SnapshotRows(Box::pin(rows)))
+    }
+
+    /// A progress bar over the snapshot's rows, for a terminal.
+    pub fn progress_bar(&self) -> ProgressBar {
+        let bar = ProgressBar::new(self.total.max(0) as u64);
+        bar.set_style(
+            ProgressStyle::with_template("snapshot {bar:40} {pos}/{len} rows {per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    }
+
+    /// Ends the snapshot's transaction, once every row was read.
+    pub async fn close(self) -> Result<()> {
+        self.pg.batch_execute("COMMIT").await?;
+        Ok(())
+    }
+}
+
+/// The rows of a [`SnapshotReader`], in no particular order.
+pub struct SnapshotRows(Pin<Box<tokio_postgres::RowStream>>);
+
+impl SnapshotRows {
+    pub async fn next(&mut self) -> Result<Option<SnapshotRow>> {
+        Ok(self.0.try_next().await?.map(SnapshotRow))
+    }
+}
+
+pub struct SnapshotRow(tokio_postgres::Row);
+
+impl SnapshotRow {
+    /// The row's values, in the order of the reader's columns.
+    pub fn cells(&self) -> Result<Vec<Cell<'_>>> {
+        (0..self.0.len())
+            .map(|i| {
+                let text = self.0.try_get::<_, Option<&[u8]>>(i)?;
+                Ok(text.map_or(Cell::Null, Cell::Text))
+            })
+            .collect()
+    }
+}
+
 /// The table's current file node: TRUNCATE and rewriting ALTERs give it a new one.
 pub async fn table_filenode(pg: &tokio_postgres::Client, table: &str) -> Result<u32> {
     let row = pg
@@ -111,25 +223,15 @@ pub async fn table_filenode(pg: &tokio_postgres::Client, table: &str) -> Result<
 impl Snapshot<'_> {
     /// Reads the table in the exported snapshot and commits it, with its marker, to Kafka.
     pub async fn run(self) -> Result<i64> {
-        let table = quote(self.table);
         let pg = crate::db::connect(self.database_url).await?;
-        pg.batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
-             SET TRANSACTION SNAPSHOT '{}';
-             LOCK TABLE {TABLE_SCHEMA}.{table} IN ACCESS SHARE MODE;",
-            self.snapshot_name.replace('\'', "''")
-        ))
-        .await?;
-        if table_filenode(&pg, self.table).await? != self.filenode_before {
-            return Err(Error::Replication(
-                "the table was truncated or rewritten while the snapshot was starting; taking it again".into(),
-            ));
-        }
-        let columns = table_columns(&pg, self.table).await?;
+        let reader =
+            SnapshotReader::open(pg, self.table, self.snapshot_name, self.filenode_before).await?;
         let schema = RowSchema::new(
             TABLE_SCHEMA,
             self.table,
-            self.types.describe(&columns, &Default::default()).await?,
+            self.types
+                .describe(&reader.columns, &Default::default())
+                .await?,
         )?;
         let value_id = self
             .registry
@@ -145,12 +247,9 @@ impl Snapshot<'_> {
         let course = schema
             .column_index("course_id")
             .ok_or_else(|| Error::Config("reviews has no course_id column".into()))?;
-        let total: i64 = pg
-            .query_one(&format!("SELECT count(*) FROM {TABLE_SCHEMA}.{table}"), &[])
-            .await?
-            .get(0);
+        let total = reader.total;
         tracing::info!(rows = total, lsn = %self.consistent_point, "snapshot started");
-        let progress = progress_bar(total);
+        let progress = reader.progress_bar();
 
         let producer: Arc<ThreadedProducer<_>> = Arc::new(
             client_config(self.kafka)
@@ -175,28 +274,11 @@ impl Snapshot<'_> {
                 .await?;
         }
 
-        let select = columns
-            .iter()
-            .map(|(name, oid, _)| output_text(&quote(name), *oid))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let rows = pg
-            .query_raw(
-                &format!("SELECT {select} FROM {TABLE_SCHEMA}.{table}"),
-                std::iter::empty::<i32>(),
-            )
-            .await?;
-        pin_mut!(rows);
+        let mut rows = reader.rows().await?;
         let started = Utc::now();
         let mut position = 0i64;
-        while let Some(row) = rows.try_next().await? {
-            let texts = (0..columns.len())
-                .map(|i| row.try_get::<_, Option<&[u8]>>(i))
-                .collect::<Result<Vec<_>, _>>()?;
-            let cells: Vec<Cell> = texts
-                .iter()
-                .map(|t| t.map_or(Cell::Null, Cell::Text))
-                .collect();
+        while let Some(row) = rows.next().await? {
+            let cells = row.cells()?;
             let source = Source {
                 schema: TABLE_SCHEMA.into(),
                 table: self.table.into(),
@@ -216,10 +298,12 @@ impl Snapshot<'_> {
                 tracing::warn!(row = position, columns = ?encoded.oversize,
                     "a row larger than the topic allows carries these values as oversize markers");
             }
-            let key = texts[course]
-                .and_then(|t| std::str::from_utf8(t).ok()?.parse().ok())
-                .map(|course_id| wire_key(key_id, course_id))
-                .transpose()?;
+            let key = match cells[course] {
+                Cell::Text(t) => std::str::from_utf8(t).ok().and_then(|t| t.parse().ok()),
+                Cell::Null => None,
+            }
+            .map(|course_id| wire_key(key_id, course_id))
+            .transpose()?;
             let value = wire::frame(value_id, &encoded.body);
             let record = BaseRecord::<[u8], [u8], ()>::to(self.topic).payload(&value);
             // As the stream does: no course id, no key, and always the same partition.
@@ -279,7 +363,7 @@ impl Snapshot<'_> {
         let p = producer.clone();
         tokio::task::spawn_blocking(move || p.commit_transaction(Duration::from_secs(300)))
             .await??;
-        pg.batch_execute("COMMIT").await?;
+        reader.close().await?;
         tracing::info!(rows = position, lsn = %self.consistent_point, "snapshot committed");
         Ok(position)
     }
@@ -458,13 +542,4 @@ fn output_text(column: &str, type_oid: u32) -> String {
 
 fn quote(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
-}
-
-fn progress_bar(total: i64) -> ProgressBar {
-    let bar = ProgressBar::new(total.max(0) as u64);
-    bar.set_style(
-        ProgressStyle::with_template("snapshot {bar:40} {pos}/{len} rows {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
 }

@@ -442,19 +442,13 @@ impl Session {
         row: &ReviewImage,
         j: &Judgement,
     ) -> Result<Vec<Output>> {
-        let mut v = verdict::Verdict {
-            review_id: row.id,
-            course_id: row.course_id,
-            version: event.source.lsn,
-            position: event.source.position,
-            fraud: j.fraud,
-            score: j.score,
-            reasons: j.reasons.clone(),
-            model: self.scorer.model().to_string(),
-            digest: event.digest.clone(),
-            oversize: judged_oversize(event),
-            review: None,
-        };
+        let mut v = j.verdict(
+            row,
+            event.source.id(),
+            self.scorer.model(),
+            event.digest.clone(),
+            judged_oversize(event),
+        );
         let key = wire::frame(self.ids.review_key, &envelope::encode_key(row.id)?);
         let topics = &self.fraud.topics;
         let mut out = vec![Output {

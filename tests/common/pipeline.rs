@@ -10,7 +10,7 @@ use rdkafka::Message;
 use reviewflow::avro::{decode_change, wire};
 use reviewflow::change::ChangeEvent;
 use reviewflow::config::Settings;
-use reviewflow::lsn::Lsn;
+use reviewflow::lsn::SourcePosition;
 use reviewflow::registry::Registry;
 
 use super::Running;
@@ -269,8 +269,7 @@ impl Pipeline {
     /// source's order, then re-sends. A change seen there for the first time behind a newer
     /// one is a gap filled late, which the sinks skip as a duplicate: that change is lost.
     pub async fn assert_no_change_filled_in_late(&self) {
-        type Change = (Lsn, i64);
-        let mut seen: HashMap<i32, (BTreeSet<Change>, Change)> = HashMap::new();
+        let mut seen: HashMap<i32, (BTreeSet<SourcePosition>, SourcePosition)> = HashMap::new();
         let mut late = Vec::new();
         for (partition, _, event) in self.events().await {
             let id = event.source.id();

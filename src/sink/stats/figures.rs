@@ -21,7 +21,7 @@ use tokio_postgres::Transaction;
 
 use crate::change::ReviewRow;
 use crate::error::Result;
-use crate::lsn::Lsn;
+use crate::lsn::{Lsn, SourcePosition};
 
 /// The table-wide state of the stats worker, read under a row lock that serializes all stats
 /// writers.
@@ -33,10 +33,15 @@ pub struct StatsState {
 }
 
 impl StatsState {
-    /// Whether the change at `id` (commit LSN, position) is void: at or before the last
-    /// TRUNCATE applied.
-    pub fn voids(&self, id: (Lsn, i64)) -> bool {
-        self.truncated_lsn > Lsn::ZERO && id <= (self.truncated_lsn, self.truncated_position)
+    /// The source position of the last TRUNCATE applied, if there was one.
+    pub fn truncated(&self) -> Option<SourcePosition> {
+        (self.truncated_lsn > Lsn::ZERO)
+            .then(|| SourcePosition::new(self.truncated_lsn, self.truncated_position))
+    }
+
+    /// Whether the change at `id` is void: at or before the last TRUNCATE applied.
+    pub fn voids(&self, id: SourcePosition) -> bool {
+        self.truncated().is_some_and(|t| id <= t)
     }
 }
 
@@ -89,6 +94,17 @@ pub struct Deltas {
 }
 
 impl Deltas {
+    /// Adds `other`'s changes to these.
+    pub fn absorb(&mut self, other: Deltas) {
+        for (key, f) in other.days {
+            self.days.entry(key).or_default().add(&f);
+        }
+        for (key, n) in other.times {
+            *self.times.entry(key).or_default() += n;
+        }
+        self.touched.extend(other.touched);
+    }
+
     /// Adds (`sign` = +1) or retracts (`sign` = -1) one review image.
     pub fn add(&mut self, row: &ReviewRow, sign: i64) {
         debug_assert!(sign == 1 || sign == -1, "sign is +1 or -1, got {sign}");
@@ -241,14 +257,18 @@ pub async fn roll_days(
     Ok(refreshed.len() as u64)
 }
 
-/// TRUNCATE of reviews at source position `id` (commit LSN, position): empties the derived
-/// tables unless a truncate at or after it was already applied (a re-sent event, or the same
-/// truncate seen on another partition). Returns whether it emptied them.
-pub async fn reset(tx: &Transaction<'_>, state: &mut StatsState, id: (Lsn, i64)) -> Result<bool> {
+/// TRUNCATE of reviews at source position `id`: empties the derived tables unless a truncate
+/// at or after it was already applied (a re-sent event, or the same truncate seen on another
+/// partition). Returns whether it emptied them.
+pub async fn reset(
+    tx: &Transaction<'_>,
+    state: &mut StatsState,
+    id: SourcePosition,
+) -> Result<bool> {
     if state.voids(id) {
         return Ok(false);
     }
-    let (lsn, position) = id;
+    let SourcePosition { lsn, position } = id;
     // course_stats is streamed to the compacted topic course-stats, where only row deletes
     // (which carry the key) can say a course's figures are gone; the helper tables are not
     // streamed, so TRUNCATE, whose cost does not grow with their size, empties them.
@@ -262,6 +282,12 @@ pub async fn reset(tx: &Transaction<'_>, state: &mut StatsState, id: (Lsn, i64))
     state.truncated_lsn = lsn;
     state.truncated_position = position;
     Ok(true)
+}
+
+/// Today as the 90-day window sees it (UTC), moved by `clock_shift_days` when a test asks
+/// (`REVIEWFLOW_CLOCK_SHIFT_DAYS`): the stats worker's clock, and replay's.
+pub fn today(clock_shift_days: i64) -> NaiveDate {
+    (Utc::now() + chrono::TimeDelta::days(clock_shift_days)).date_naive()
 }
 
 /// The last day outside the 90-day window ending `today`: a review is recent when its day is

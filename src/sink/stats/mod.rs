@@ -12,6 +12,7 @@
 //! consumers and decoding, not concurrent writes.
 
 pub mod figures;
+pub mod fold;
 pub mod notify;
 
 use std::collections::HashMap;
@@ -25,15 +26,14 @@ use tokio_util::sync::CancellationToken;
 use super::offsets::Applied;
 use super::{Destination, Written};
 use crate::avro::envelope::ChangeReaders;
-use crate::change::{ChangeEvent, Op, ReviewRow};
 use crate::config::{Settings, TopicSettings, WorkerSettings};
 use crate::error::Result;
 use crate::failpoint::Point;
-use crate::lsn::SourcePosition;
 use crate::metrics;
 use crate::registry::Registry;
 use crate::sink::StatsConfig;
-use figures::{Deltas, StatsState};
+pub use fold::ValidChange;
+use fold::{Fold, Step};
 use notify::Touched;
 
 /// Its rows in sink_offsets.
@@ -51,9 +51,8 @@ impl StatsWorker {
         super::run(&self, &self.settings, &self.topics, &self.worker, shutdown).await
     }
 
-    /// Today as the 90-day window sees it (UTC), shifted when a test asks.
     fn today(&self) -> NaiveDate {
-        (chrono::Utc::now() + chrono::TimeDelta::days(self.config.clock_shift_days)).date_naive()
+        self.config.clock.today()
     }
 }
 
@@ -93,19 +92,31 @@ impl Destination for StatsWorker {
             .today()
             .max(state.rolled_through.unwrap_or(NaiveDate::MIN));
         figures::roll_days(tx, &mut state, today).await?;
-        let mut fold = Fold::new(applied);
+        let mut fold = Fold::new(applied, state.truncated());
         let mut committed = Vec::with_capacity(records.len());
+        let mut reset = false;
         for (m, event) in &records {
-            let before = fold.changes;
-            fold.push(tx, &mut state, today, m.partition(), event)
-                .await?;
-            if fold.changes > before {
-                committed.push(event.event.source.commit_time);
+            match fold.push(m.partition(), event) {
+                Step::Duplicate | Step::Void => continue,
+                Step::Folded => {}
+                Step::Reset(voided) => {
+                    // What came before it is void: apply it first, then start from nothing.
+                    figures::apply(tx, &voided, today).await?;
+                    reset |= figures::reset(tx, &mut state, event.event.source.id()).await?;
+                }
             }
+            committed.push(event.event.source.commit_time);
         }
+        let deltas = fold.take_deltas();
+        let touched = if reset {
+            Touched::All
+        } else {
+            Touched::Courses(deltas.touched().collect())
+        };
         // Delivered to the api's listeners only if this transaction commits.
-        notify::notify(tx, &fold.touched()).await?;
-        let positions = fold.finish(tx, today).await?;
+        notify::notify(tx, &touched).await?;
+        figures::apply(tx, &deltas, today).await?;
+        let positions = fold.applied();
         Ok(Written {
             positions,
             applied: committed.len() as u64,
@@ -141,115 +152,6 @@ impl Destination for StatsWorker {
     }
 }
 
-/// Changes folded into deltas in stream order, skipping what was applied before (per
-/// partition, by source position) and what a TRUNCATE voided. Shared with `replay`.
-pub struct Fold {
-    applied: HashMap<i32, Applied>,
-    deltas: Deltas,
-    /// A TRUNCATE was applied: every course changed.
-    reset: bool,
-    pub changes: u64,
-    pub skipped: u64,
-}
-
-impl Fold {
-    pub fn new(applied: HashMap<i32, Applied>) -> Self {
-        Fold {
-            applied,
-            deltas: Deltas::default(),
-            reset: false,
-            changes: 0,
-            skipped: 0,
-        }
-    }
-
-    pub async fn push(
-        &mut self,
-        tx: &Transaction<'_>,
-        state: &mut StatsState,
-        today: NaiveDate,
-        partition: i32,
-        change: &ValidChange,
-    ) -> Result<()> {
-        let event = &change.event;
-        let id = event.source.id();
-        let last = self.applied.entry(partition).or_default();
-        if last.is_some_and(|l| SourcePosition::from(id) <= l) || state.voids(id) {
-            self.skipped += 1;
-            return Ok(());
-        }
-        *last = Some(id.into());
-        self.changes += 1;
-        if event.op == Op::Truncate {
-            // What came before it is void: apply it first, then start from nothing.
-            figures::apply(tx, &std::mem::take(&mut self.deltas), today).await?;
-            self.reset |= figures::reset(tx, state, id).await?;
-            return Ok(());
-        }
-        if let Some(before) = &change.before {
-            self.deltas.add(before, -1);
-        }
-        if let Some(after) = &change.after {
-            self.deltas.add(after, 1);
-        }
-        Ok(())
-    }
-
-    /// The courses whose figures this fold changes (so far), for the notification.
-    pub fn touched(&self) -> Touched {
-        if self.reset {
-            Touched::All
-        } else {
-            Touched::Courses(self.deltas.touched().collect())
-        }
-    }
-
-    /// Applies what is left; returns the last source position applied per partition.
-    pub async fn finish(
-        self,
-        tx: &Transaction<'_>,
-        today: NaiveDate,
-    ) -> Result<HashMap<i32, Applied>> {
-        figures::apply(tx, &self.deltas, today).await?;
-        Ok(self.applied)
-    }
-}
-
-/// A change of the valid set, with its images as the rows that count.
-pub struct ValidChange {
-    pub event: ChangeEvent,
-    pub before: Option<ReviewRow>,
-    pub after: Option<ReviewRow>,
-}
-
-impl ValidChange {
-    /// The change, or why it cannot be one: the fraud worker judges every row that cannot
-    /// count fraud, so such an image on the valid changelog is a bug upstream, which goes to
-    /// the dead-letter topic with the rules it breaks rather than stop this worker.
-    pub fn of(event: ChangeEvent) -> std::result::Result<ValidChange, String> {
-        let count = |image: &Option<crate::image::ReviewImage>, which: &str| {
-            image
-                .as_ref()
-                .map(|i| i.countable())
-                .transpose()
-                .map_err(|rules| {
-                    let names: Vec<&str> = rules.iter().map(|r| r.name()).collect();
-                    format!(
-                        "the {which} image of review {} cannot count ({}), yet it is on the \
-                         valid changelog",
-                        image.as_ref().map_or(0, |i| i.id),
-                        names.join(", ")
-                    )
-                })
-        };
-        Ok(ValidChange {
-            before: count(&event.before, "before")?,
-            after: count(&event.after, "after")?,
-            event,
-        })
-    }
-}
-
 /// A record of the valid changelog decoded, or why it cannot be (a dead letter); an `Err`
 /// is only registry trouble. Shared with `replay`.
 pub(crate) async fn read(
@@ -264,59 +166,4 @@ pub(crate) async fn read(
             .map_err(|e| format!("not a change event of reviews: {e}"))
             .and_then(ValidChange::of),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::change::Source;
-    use crate::image::{Carried, Decimal, ReviewImage};
-    use crate::lsn::Lsn;
-
-    fn change(after: ReviewImage) -> ChangeEvent {
-        ChangeEvent {
-            op: Op::Create,
-            before: None,
-            after: Some(after),
-            source: Source {
-                schema: "public".into(),
-                table: "reviews".into(),
-                lsn: Lsn(16),
-                position: 0,
-                txid: None,
-                commit_time: chrono::DateTime::default(),
-                snapshot: false,
-            },
-            digest: None,
-            oversize: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn an_image_that_cannot_count_is_a_dead_letter_naming_its_rules_not_a_panic() {
-        let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
-        let good = ReviewImage {
-            id: 4,
-            course_id: Some(2),
-            user_id: None,
-            rating: Carried::Value(Decimal {
-                unscaled: 30,
-                scale: 1,
-            }),
-            title: None,
-            content: None,
-            created_at: Carried::Value(at),
-            updated_at: Carried::Null,
-        };
-        let valid = ValidChange::of(change(good.clone())).unwrap();
-        assert_eq!(valid.after.unwrap().rating.stars(), 3.0);
-        let mut bad = good;
-        bad.course_id = None;
-        bad.rating = Carried::Text("NaN".into());
-        let reason = ValidChange::of(change(bad)).err().unwrap();
-        assert!(
-            reason.contains("review 4") && reason.contains("no_course, rating_off_scale"),
-            "{reason}"
-        );
-    }
 }

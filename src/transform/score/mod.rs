@@ -7,9 +7,11 @@
 pub mod heuristic;
 pub mod seed;
 
+use crate::avro::verdict::Verdict;
 use crate::change::ReviewRow;
 use crate::error::{Error, Result};
 use crate::image::ReviewImage;
+use crate::lsn::SourcePosition;
 
 /// What a scorer says about one version of a review.
 #[derive(Clone, Debug, PartialEq)]
@@ -19,6 +21,34 @@ pub struct Judgement {
     pub score: f64,
     /// Stable snake_case names of what made the score, strongest first.
     pub reasons: Vec<String>,
+}
+
+impl Judgement {
+    /// The verdict it gives on `image`, the version at source position `at`, by `model`:
+    /// what the fraud worker sends and replay writes (without the review, which only
+    /// reviews.fraud carries). `digest` and `oversize` describe the image judged.
+    pub fn verdict(
+        &self,
+        image: &ReviewImage,
+        at: SourcePosition,
+        model: &str,
+        digest: Option<String>,
+        oversize: Vec<String>,
+    ) -> Verdict {
+        Verdict {
+            review_id: image.id,
+            course_id: image.course_id,
+            version: at.lsn,
+            position: at.position,
+            fraud: self.fraud,
+            score: self.score,
+            reasons: self.reasons.clone(),
+            model: model.to_string(),
+            digest,
+            oversize,
+            review: None,
+        }
+    }
 }
 
 /// A fraud model: a pure function of the review row (same row -> same judgement, always), so

@@ -1,0 +1,506 @@
+//! cdc's stream: the slot's pgoutput messages turned into change events and produced to
+//! `reviews.changes`, with the ack ledger that lets the slot's confirmed position move only
+//! past transactions Kafka took whole (see `cdc` for the guarantees).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use tokio_util::sync::CancellationToken;
+
+use super::acks::AckLedger;
+use super::cdc::Cdc;
+use super::columns::TypeCatalog;
+use super::pgoutput::{self, PgOutput, Tuple, Value};
+use super::produce::{send_blocking, wire_key};
+use super::refusals;
+use super::replication::{pg_epoch_micros_to_unix_micros, ReplicationMessage, ReplicationStream};
+use super::size::RecordLimits;
+use crate::avro::{wire, Cell, RowSchema};
+use crate::change::{Op, Source};
+use crate::error::{Error, Result};
+use crate::kafka::{client_config, partition_count};
+use crate::lsn::Lsn;
+use crate::metrics;
+use crate::registry::Registry;
+
+struct AckContext {
+    ledger: Arc<Mutex<AckLedger>>,
+    /// Changes Kafka acknowledged.
+    acked: Counter,
+}
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Box<u64>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: Self::DeliveryOpaque) {
+        let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(_) => {
+                ledger.acked(*seq);
+                self.acked.inc();
+            }
+            Err((e, record)) => ledger.failed(refusal(record.topic(), e)),
+        }
+    }
+}
+
+/// Why Kafka did not take a change, saying what to change where the broker refused it by
+/// its own settings (the slot stays where it is meanwhile, and cdc tries again).
+fn refusal(topic: &str, e: &KafkaError) -> String {
+    use RDKafkaErrorCode as Code;
+    let fix = match e.rdkafka_error_code() {
+        Some(Code::MessageSizeTooLarge) => format!(
+            "the record batch is larger than topic {topic}'s max.message.bytes (or the broker's \
+             message.max.bytes) allows: was it lowered while cdc ran? The next session reads the \
+             limit again and carries the largest values of a change too large as oversize markers \
+             (docs/values.md); a limit below {} bytes must be raised, e.g. kafka-configs.sh \
+             --bootstrap-server ... --alter --entity-type topics --entity-name {topic} --add-config \
+             max.message.bytes=1048588",
+            super::size::TOPIC_MINIMUM
+        ),
+        Some(Code::PolicyViolation | Code::InvalidRecord | Code::InvalidConfig) => {
+            format!("the broker's policy or topic {topic}'s configuration refuses the record; fix it")
+        }
+        Some(Code::TopicAuthorizationFailed | Code::ClusterAuthorizationFailed) => {
+            format!("this client may not write to topic {topic}: grant it WRITE (and IDEMPOTENT_WRITE)")
+        }
+        Some(Code::KafkaStorageError) => {
+            format!("the broker cannot store topic {topic}'s records (a full or failed log disk)")
+        }
+        _ => String::new(),
+    };
+    let fix = if fix.is_empty() {
+        String::new()
+    } else {
+        format!(": {fix}")
+    };
+    format!(
+        "kafka refused a change for topic {topic} ({e}){fix}. The slot does not advance past it; \
+         cdc tries again until Kafka takes it"
+    )
+}
+
+/// The version of a table's columns that events are currently encoded with.
+struct TableVersion {
+    schema: RowSchema,
+    schema_id: u32,
+    course: usize,
+    namespace: String,
+    name: String,
+}
+
+struct OpenTransaction {
+    seq: u64,
+    lsn: Lsn,
+    xid: i64,
+    commit_time: chrono::DateTime<chrono::Utc>,
+    position: i64,
+}
+
+pub(super) struct Streamer<'a> {
+    cdc: &'a Cdc,
+    registry: Registry,
+    types: TypeCatalog,
+    /// Non-builtin types as the stream's Type messages named them.
+    announced: HashMap<u32, String>,
+    limits: RecordLimits,
+    producer: Arc<ThreadedProducer<AckContext>>,
+    ledger: Arc<Mutex<AckLedger>>,
+    tables: HashMap<u32, TableVersion>,
+    txn: Option<OpenTransaction>,
+    key_schema_id: u32,
+    partitions: i32,
+    /// Changes read from the slot, and source transactions whose Commit was read.
+    changes_read: Counter,
+    transactions: Counter,
+    /// A Relation message showed a replica identity that is refused.
+    pub(super) identity_refused: bool,
+    oversize: Counter,
+}
+
+impl<'a> Streamer<'a> {
+    pub(super) fn new(
+        cdc: &'a Cdc,
+        registry: Registry,
+        types: TypeCatalog,
+        limits: RecordLimits,
+    ) -> Result<Self> {
+        let ledger = Arc::new(Mutex::new(AckLedger::new(Lsn::ZERO)));
+        let producer: ThreadedProducer<AckContext> = client_config(&cdc.settings.kafka)
+            .set("enable.idempotence", "true")
+            // The sinks skip what is behind the last change they applied, so a partition
+            // must never get a change after a newer one. By default librdkafka answers a
+            // refused batch by renumbering and sending the batches behind it, and a batch
+            // that timed out leaves the same gap; the refused change, sent again by the next
+            // session, then lands behind newer ones and is lost. Instead: a refusal stops this
+            // producer (the session starts over from the slot), and nothing times out.
+            .set("enable.gapless.guarantee", "true")
+            .set("message.timeout.ms", "0")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "500000")
+            .set("compression.type", "lz4")
+            // No batch over the topic's max.message.bytes: the broker would refuse it whole.
+            .set("message.max.bytes", limits.batch.to_string())
+            // Java clients' partitioner, so every client agrees where a course lives.
+            .set("partitioner", "murmur2_random")
+            .create_with_context(AckContext {
+                ledger: ledger.clone(),
+                acked: metrics::events_out(&cdc.stage(), "changes"),
+            })?;
+        let metadata: BaseConsumer = client_config(&cdc.settings.kafka).create()?;
+        let partitions = partition_count(&metadata, &cdc.topics.changes)?;
+        Ok(Streamer {
+            cdc,
+            registry,
+            types,
+            announced: HashMap::new(),
+            limits,
+            producer: Arc::new(producer),
+            ledger,
+            tables: HashMap::new(),
+            txn: None,
+            key_schema_id: 0,
+            partitions,
+            changes_read: metrics::events_in(&cdc.stage()),
+            transactions: metrics::transactions(&cdc.stage()),
+            identity_refused: false,
+            oversize: metrics::oversize_values(&cdc.stage()),
+        })
+    }
+
+    pub(super) async fn run(
+        &mut self,
+        mut stream: ReplicationStream,
+        start: Lsn,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        let topic = &self.cdc.topics.changes;
+        self.key_schema_id = self
+            .registry
+            .register(&format!("{topic}-key"), &crate::avro::envelope::KEY_SCHEMA)
+            .await?;
+        self.ledger().idle_at(start);
+        let interval = Duration::from_secs(self.cdc.config.status_interval_secs.max(1));
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let (mut received, mut reported, mut last_report) = (start, Lsn::ZERO, Instant::now());
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let producer = self.producer.clone();
+                    tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30))).await??;
+                    let confirmed = self.ledger().confirmed();
+                    stream.send_status(received, confirmed, confirmed, false).await?;
+                    tracing::info!(confirmed = %confirmed, "cdc stopped");
+                    return Ok(());
+                }
+                _ = tick.tick() => {
+                    let (confirmed, failure) = {
+                        let l = self.ledger();
+                        (l.confirmed(), l.failure().map(str::to_string))
+                    };
+                    if let Some(failure) = failure {
+                        return Err(Error::Delivery(failure));
+                    }
+                    if confirmed != reported || last_report.elapsed() >= interval {
+                        // Asking for a reply on the regular update makes the server send its WAL
+                        // end, which an idle reader confirms: the heartbeat that frees WAL.
+                        let ask = last_report.elapsed() >= interval;
+                        // Kafka has these events, the slot does not know yet: the worst crash.
+                        crate::failpoint::hit(crate::failpoint::CDC_BEFORE_STATUS)?;
+                        stream.send_status(received.max(confirmed), confirmed, confirmed, ask).await?;
+                        tracing::debug!(%confirmed, %received, in_flight = self.ledger().in_flight(), "standby status sent");
+                        (reported, last_report) = (confirmed, Instant::now());
+                    }
+                }
+                message = stream.next() => match message? {
+                    None => return Err(Error::Replication("the server ended the replication stream".into())),
+                    Some(ReplicationMessage::Keepalive { wal_end, reply_requested, .. }) => {
+                        received = received.max(wal_end);
+                        if self.txn.is_none() {
+                            self.ledger().idle_at(wal_end);
+                        }
+                        if reply_requested {
+                            let confirmed = self.ledger().confirmed();
+                            stream.send_status(received.max(confirmed), confirmed, confirmed, false).await?;
+                            (reported, last_report) = (confirmed, Instant::now());
+                        }
+                    }
+                    Some(ReplicationMessage::XLogData { wal_end, data, .. }) => {
+                        received = received.max(wal_end);
+                        self.apply(pgoutput::decode(data)?).await?;
+                    }
+                },
+            }
+        }
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, AckLedger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn apply(&mut self, message: PgOutput) -> Result<()> {
+        match message {
+            PgOutput::Begin(b) => {
+                let seq = self.ledger().begin();
+                let commit_time = chrono::DateTime::from_timestamp_micros(
+                    pg_epoch_micros_to_unix_micros(b.commit_time_micros),
+                )
+                .unwrap_or_default();
+                self.txn = Some(OpenTransaction {
+                    seq,
+                    lsn: b.final_lsn,
+                    xid: i64::from(b.xid),
+                    commit_time,
+                    position: 0,
+                });
+            }
+            PgOutput::Commit(c) => {
+                let txn = self
+                    .txn
+                    .take()
+                    .ok_or_else(|| Error::Decode("Commit without Begin".into()))?;
+                crate::failpoint::hit(crate::failpoint::CDC_BEFORE_COMMIT_READ)?;
+                self.ledger().committed(txn.seq, c.end_lsn);
+                self.transactions.inc();
+            }
+            PgOutput::Relation(r) => {
+                if let Some(refusal) = refusals::relation_refusal(&self.cdc.source(), &r) {
+                    self.identity_refused = true;
+                    return Err(refusal);
+                }
+                let columns: Vec<(String, u32, i32)> = r
+                    .columns
+                    .iter()
+                    .map(|c| (c.name.clone(), c.type_oid, c.type_modifier))
+                    .collect();
+                let columns = self.types.describe(&columns, &self.announced).await?;
+                let namespace = if r.namespace.is_empty() {
+                    "pg_catalog".to_string()
+                } else {
+                    r.namespace.clone()
+                };
+                // The catalog as it is now: a change made before the constraint was dropped is
+                // refused too, which holds the slot there until the fix.
+                self.types.refuse_nullable_id(&namespace, &r.name).await?;
+                let schema = RowSchema::new(&namespace, &r.name, columns)?;
+                let course = schema.column_index("course_id").ok_or_else(|| {
+                    Error::Config(format!(
+                        "{namespace}.{} has no course_id column to key by",
+                        r.name
+                    ))
+                })?;
+                let subject = format!("{}-value", self.cdc.topics.changes);
+                let schema_id = self.registry.register(&subject, schema.envelope()).await?;
+                tracing::info!(table = %r.name, schema_id, columns = r.columns.len(), "table schema registered");
+                self.tables.insert(
+                    r.id,
+                    TableVersion {
+                        schema,
+                        schema_id,
+                        course,
+                        namespace,
+                        name: r.name,
+                    },
+                );
+            }
+            PgOutput::Insert { relation_id, new } => {
+                self.change(relation_id, Op::Create, None, Some(new))
+                    .await?
+            }
+            PgOutput::Update {
+                relation_id,
+                old,
+                new,
+                ..
+            } => self.change(relation_id, Op::Update, old, Some(new)).await?,
+            PgOutput::Delete {
+                relation_id, old, ..
+            } => {
+                self.change(relation_id, Op::Delete, Some(old), None)
+                    .await?
+            }
+            PgOutput::Truncate { relation_ids, .. } => {
+                if self.cdc.config.compacted {
+                    return Err(Error::Config(format!(
+                        "a TRUNCATE cannot be written to the compacted topic {} (its records need a key): \
+                         publish only insert, update and delete for this table \
+                         (CREATE PUBLICATION ... WITH (publish = 'insert, update, delete'))",
+                        self.cdc.topics.changes
+                    )));
+                }
+                for relation_id in relation_ids {
+                    self.truncate(relation_id).await?;
+                }
+            }
+            PgOutput::Type {
+                id,
+                namespace,
+                name,
+            } => {
+                self.announced.insert(id, format!("{namespace}.{name}"));
+            }
+            PgOutput::Origin { .. } | PgOutput::Message { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn next_source(&mut self, table: &TableVersion) -> Result<(u64, Source)> {
+        let txn = self
+            .txn
+            .as_mut()
+            .ok_or_else(|| Error::Decode("change outside a transaction".into()))?;
+        let source = Source {
+            schema: table.namespace.clone(),
+            table: table.name.clone(),
+            lsn: txn.lsn,
+            position: txn.position,
+            txid: Some(txn.xid),
+            commit_time: txn.commit_time,
+            snapshot: false,
+        };
+        txn.position += 1;
+        Ok((txn.seq, source))
+    }
+
+    async fn change(
+        &mut self,
+        relation_id: u32,
+        op: Op,
+        old: Option<Tuple>,
+        new: Option<Tuple>,
+    ) -> Result<()> {
+        self.changes_read.inc();
+        let table = self
+            .tables
+            .remove(&relation_id)
+            .ok_or_else(|| Error::Decode(format!("change of unknown relation {relation_id}")))?;
+        let result = self.produce_change(&table, op, old, new).await;
+        self.tables.insert(relation_id, table);
+        result
+    }
+
+    async fn produce_change(
+        &mut self,
+        table: &TableVersion,
+        op: Op,
+        old: Option<Tuple>,
+        new: Option<Tuple>,
+    ) -> Result<()> {
+        let before = old.as_ref().map(|t| cells(t, None)).transpose()?;
+        let after = new
+            .as_ref()
+            .map(|t| cells(t, before.as_deref()))
+            .transpose()?;
+        let course_id =
+            after
+                .as_ref()
+                .or(before.as_ref())
+                .and_then(|row| match row.get(table.course) {
+                    Some(Cell::Text(t)) => std::str::from_utf8(t).ok()?.parse::<i64>().ok(),
+                    _ => None,
+                });
+        let (seq, source) = self.next_source(table)?;
+        let encoded = table.schema.encode_within(
+            op,
+            before.as_deref(),
+            after.as_deref(),
+            &source,
+            self.limits.body,
+        )?;
+        if !encoded.oversize.is_empty() {
+            self.oversize.inc_by(encoded.oversize.len() as u64);
+            tracing::warn!(lsn = %source.lsn, position = source.position, columns = ?encoded.oversize,
+                "a change larger than the topic allows carries these values as oversize markers");
+        }
+        let value = wire::frame(table.schema_id, &encoded.body);
+        let key = course_id
+            .map(|c| wire_key(self.key_schema_id, c))
+            .transpose()?;
+        self.ledger().produced(seq);
+        let record =
+            BaseRecord::with_opaque_to(&self.cdc.topics.changes, Box::new(seq)).payload(&value[..]);
+        // A change without a course id has no key; its partition is fixed, so such changes
+        // keep their order.
+        let record = match &key {
+            Some(key) => record.key(&key[..]),
+            None => record.partition(0),
+        };
+        self.send(record).await?;
+        crate::failpoint::hit(crate::failpoint::CDC_AFTER_PRODUCE)?;
+        Ok(())
+    }
+
+    /// Hands a record to the producer. After a refusal the producer stops (the gapless
+    /// guarantee) and refuses every later record with a bare "fatal error", often before the
+    /// refused record's own report arrives: the refusal, which says what to fix, is the error.
+    async fn send(&self, record: BaseRecord<'_, [u8], [u8], Box<u64>>) -> Result<()> {
+        let Err(e) = send_blocking(&self.producer, record).await else {
+            return Ok(());
+        };
+        for _ in 0..100 {
+            if let Some(refusal) = self.ledger().failure() {
+                return Err(Error::Delivery(refusal.to_string()));
+            }
+            if self.producer.client().fatal_error().is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(e)
+    }
+
+    /// A truncate concerns every course, so every partition gets it, in order with the rest.
+    async fn truncate(&mut self, relation_id: u32) -> Result<()> {
+        self.changes_read.inc();
+        let table = self
+            .tables
+            .remove(&relation_id)
+            .ok_or_else(|| Error::Decode(format!("truncate of unknown relation {relation_id}")))?;
+        let result = async {
+            let (seq, source) = self.next_source(&table)?;
+            let body = table.schema.encode(Op::Truncate, None, None, &source)?;
+            let value = wire::frame(table.schema_id, &body);
+            for partition in 0..self.partitions {
+                self.ledger().produced(seq);
+                let record = BaseRecord::<[u8], [u8], _>::with_opaque_to(
+                    &self.cdc.topics.changes,
+                    Box::new(seq),
+                )
+                .partition(partition)
+                .payload(&value[..]);
+                self.send(record).await?;
+            }
+            Ok(())
+        }
+        .await;
+        self.tables.insert(relation_id, table);
+        result
+    }
+}
+
+/// A tuple as Avro cells; an unchanged TOASTed value is taken from the old image, which
+/// REPLICA IDENTITY FULL makes complete.
+fn cells<'t>(tuple: &'t Tuple, old: Option<&[Cell<'t>]>) -> Result<Vec<Cell<'t>>> {
+    tuple
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            Value::Null => Ok(Cell::Null),
+            Value::Text(t) => Ok(Cell::Text(t)),
+            Value::UnchangedToast => old.and_then(|o| o.get(i).copied()).ok_or_else(|| {
+                Error::Decode(format!("column {i} is an unchanged TOASTed value and the old row is missing; is REPLICA IDENTITY FULL set?"))
+            }),
+        })
+        .collect()
+}
