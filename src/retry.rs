@@ -51,6 +51,9 @@ pub async fn sleep(delay: Duration, shutdown: &CancellationToken) -> bool {
     }
 }
 
+/// A stage's reason once shutdown ended it.
+const STOPPING: &str = "stopped: the process is shutting down";
+
 /// Runs a stage's sessions until one ends cleanly (shutdown) or fails in a way a restart
 /// cannot cure; other failures (a broker or database that went away, a fenced transaction)
 /// start a new session after a backoff, reset once a session has lived a minute. What the
@@ -72,7 +75,14 @@ where
         crate::health::running(stage);
         match session().await {
             Ok(()) => {
-                crate::health::stopped(stage, "ended (the process is stopping)");
+                // Only shutdown should end a stage; one that ends by itself must not pass for
+                // a stage that was asked to stop.
+                let why = if shutdown.is_cancelled() {
+                    STOPPING
+                } else {
+                    "ended by itself, though nothing asked it to stop: see its log, and restart it"
+                };
+                crate::health::stopped(stage, why);
                 return Ok(());
             }
             Err(e) if e.needs_operator() => {
@@ -90,7 +100,7 @@ where
                 crate::health::restarting(stage, attempt, delay, &e.to_string());
                 tracing::warn!(stage, error = %e, retry_in = ?delay, attempt, "session failed; starting a new one");
                 if !sleep(delay, shutdown).await {
-                    crate::health::stopped(stage, "ended (the process is stopping)");
+                    crate::health::stopped(stage, STOPPING);
                     return Ok(());
                 }
             }
