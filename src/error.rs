@@ -90,6 +90,10 @@ pub enum Error {
 
     #[error("import: {0}")]
     Import(String),
+
+    /// A test's simulated failure (src/failpoint.rs): one a new session cures.
+    #[error("failpoint {0} reached (REVIEWFLOW_FAILPOINT): a simulated failure")]
+    Failpoint(&'static str),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -2,12 +2,19 @@
 //! through that point abort the process on the spot, like a kill -9 there, so exactly-once
 //! is shown where a crash hurts most rather than at random.
 //!
+//! `REVIEWFLOW_FAILPOINT=cdc.after_produce:3:error` makes that pass fail the stage's session
+//! with an error instead: inside `run` an abort would kill every stage, the API included,
+//! whereas an error is what a stage that lost its broker or database returns, so it shows
+//! the stage restarting beside the others that keep running.
+//!
 //! Every point that exists is a constant below, with the crash it simulates; stages pass
 //! the constant to `hit`, and tests arm it with `Point::at`, so a point cannot be misspelt
 //! on either side.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+
+use crate::error::{Error, Result};
 
 /// A named place where a test may crash the process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,25 +58,74 @@ impl Point {
     pub fn at(self, pass: u64) -> String {
         format!("{}:{pass}", self.0)
     }
+
+    /// The `REVIEWFLOW_FAILPOINT` value that fails the stage's session with an error (which
+    /// a new session cures) at the `pass`-th pass through this point.
+    pub fn erring_at(self, pass: u64) -> String {
+        format!("{}:{pass}:error", self.0)
+    }
 }
 
-static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
+/// What the armed pass does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Abort,
+    Error,
+}
+
+/// The armed point, pass and mode, as `REVIEWFLOW_FAILPOINT` spells them.
+fn parse(spec: &str) -> (String, u64, Mode) {
+    let mut parts = spec.splitn(3, ':');
+    let name = parts.next().unwrap_or_default().to_string();
+    let count = parts.next().and_then(|c| c.parse().ok()).unwrap_or(1);
+    let mode = match parts.next() {
+        Some("error") => Mode::Error,
+        _ => Mode::Abort,
+    };
+    (name, count, mode)
+}
+
+static ARMED: OnceLock<Option<(String, u64, Mode)>> = OnceLock::new();
 static PASSES: AtomicU64 = AtomicU64::new(0);
 
-/// Aborts the process when `point` is the armed one and this is the armed pass.
-pub fn hit(point: Point) {
+/// When `point` is the armed one and this is the armed pass: aborts the process, or, armed
+/// with `:error`, returns the error a failed session would.
+pub fn hit(point: Point) -> Result<()> {
     let armed = ARMED.get_or_init(|| {
         let spec = std::env::var("REVIEWFLOW_FAILPOINT").ok()?;
-        let (name, count) = spec.split_once(':').unwrap_or((&spec, "1"));
-        if !ALL.iter().any(|p| p.0 == name) {
+        let armed = parse(&spec);
+        if !ALL.iter().any(|p| p.0 == armed.0) {
+            let name = &armed.0;
             eprintln!("REVIEWFLOW_FAILPOINT names no failpoint: {name:?} (see src/failpoint.rs)");
         }
-        Some((name.to_string(), count.parse().unwrap_or(1)))
+        Some(armed)
     });
-    if let Some((name, count)) = armed {
+    if let Some((name, count, mode)) = armed {
         if name == point.0 && PASSES.fetch_add(1, Ordering::SeqCst) + 1 == *count {
+            if *mode == Mode::Error {
+                eprintln!("failpoint {name} reached: failing the session");
+                return Err(Error::Failpoint(point.0));
+            }
             eprintln!("failpoint {name} reached: aborting");
             std::process::abort();
         }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_names_its_point_pass_and_mode() {
+        let spec = FRAUD_BEFORE_COMMIT.erring_at(3);
+        assert_eq!(parse(&spec), ("fraud.before_commit".into(), 3, Mode::Error));
+        let spec = FRAUD_BEFORE_COMMIT.at(2);
+        assert_eq!(parse(&spec), ("fraud.before_commit".into(), 2, Mode::Abort));
+        assert_eq!(
+            parse("cdc.after_produce"),
+            ("cdc.after_produce".into(), 1, Mode::Abort)
+        );
     }
 }

@@ -71,6 +71,8 @@ pub struct Metrics {
     pub session_failures: Family<StageLabel, Counter>,
     pub oversize_values: Family<StageLabel, Counter>,
     pub consumer_lag: Family<PartitionLabels, Gauge>,
+    pub stage_up: Family<StageLabel, Gauge>,
+    pub stage_restarts: Family<StageLabel, Counter>,
     pub commit_to_stats: Histogram,
 }
 
@@ -92,6 +94,8 @@ impl Metrics {
             session_failures: Family::default(),
             oversize_values: Family::default(),
             consumer_lag: Family::default(),
+            stage_up: Family::default(),
+            stage_restarts: Family::default(),
             commit_to_stats: Histogram::new(LATENCY_BUCKETS),
             registry: Registry::default(),
         };
@@ -140,6 +144,17 @@ impl Metrics {
             "Records in a partition past the consumer's position, as the worker last computed it",
             m.consumer_lag.clone(),
         );
+        registry.register(
+            "stage_up",
+            "1 while the stage runs a session; 0 while it waits to restart after a failure, or \
+             after it stopped (GET /healthz says why)",
+            m.stage_up.clone(),
+        );
+        registry.register(
+            "stage_restarts",
+            "Times the stage failed and was started again after a backoff (src/retry.rs)",
+            m.stage_restarts.clone(),
+        );
         registry.register_with_unit(
             "commit_to_stats",
             "From a change's commit in the source to its stats transaction's commit",
@@ -184,6 +199,17 @@ pub fn discarded_batches(stage: &str) -> Counter {
 pub fn session_failures(stage: &str) -> Counter {
     metrics()
         .session_failures
+        .get_or_create_owned(&stage_label(stage))
+}
+
+/// 1 while a stage runs, 0 while it restarts or after it stopped (src/health.rs sets it).
+pub fn stage_up(stage: &str) -> Gauge {
+    metrics().stage_up.get_or_create_owned(&stage_label(stage))
+}
+
+pub fn stage_restarts(stage: &str) -> Counter {
+    metrics()
+        .stage_restarts
         .get_or_create_owned(&stage_label(stage))
 }
 

@@ -51,9 +51,13 @@ pub async fn sleep(delay: Duration, shutdown: &CancellationToken) -> bool {
     }
 }
 
+/// A stage's reason once shutdown ended it.
+const STOPPING: &str = "stopped: the process is shutting down";
+
 /// Runs a stage's sessions until one ends cleanly (shutdown) or fails in a way a restart
 /// cannot cure; other failures (a broker or database that went away, a fenced transaction)
-/// start a new session after a backoff, reset once a session has lived a minute.
+/// start a new session after a backoff, reset once a session has lived a minute. What the
+/// stage is doing is reported to `health` as it changes, under the name `stage`.
 pub async fn sessions<F, Fut>(
     stage: &str,
     shutdown: &CancellationToken,
@@ -64,19 +68,39 @@ where
     Fut: Future<Output = Result<()>>,
 {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    // Failures since a session last lived a minute: the "attempt" an operator sees.
+    let mut attempt = 0;
     loop {
         let started = Instant::now();
+        crate::health::running(stage);
         match session().await {
-            Ok(()) => return Ok(()),
-            Err(e) if e.needs_operator() => return Err(e),
+            Ok(()) => {
+                // Only shutdown should end a stage; one that ends by itself must not pass for
+                // a stage that was asked to stop.
+                let why = if shutdown.is_cancelled() {
+                    STOPPING
+                } else {
+                    "ended by itself, though nothing asked it to stop: see its log, and restart it"
+                };
+                crate::health::stopped(stage, why);
+                return Ok(());
+            }
+            Err(e) if e.needs_operator() => {
+                crate::health::stopped(stage, &e.to_string());
+                return Err(e);
+            }
             Err(e) => {
                 if started.elapsed() > Duration::from_secs(60) {
                     backoff.reset();
+                    attempt = 0;
                 }
+                attempt += 1;
                 let delay = backoff.next_delay();
                 crate::metrics::session_failures(stage).inc();
-                tracing::warn!(stage, error = %e, retry_in = ?delay, "session failed; starting a new one");
+                crate::health::restarting(stage, attempt, delay, &e.to_string());
+                tracing::warn!(stage, error = %e, retry_in = ?delay, attempt, "session failed; starting a new one");
                 if !sleep(delay, shutdown).await {
+                    crate::health::stopped(stage, STOPPING);
                     return Ok(());
                 }
             }
@@ -95,5 +119,42 @@ mod tests {
         assert_eq!(delays, [100, 200, 350, 350]);
         b.reset();
         assert_eq!(b.next_delay().as_millis(), 100);
+    }
+
+    /// A transient failure restarts the session and shows it restarting; one that needs a
+    /// person ends the loop with the stage stopped and its message kept as the reason.
+    #[tokio::test]
+    async fn a_transient_failure_restarts_and_a_permanent_one_stops() {
+        let shutdown = CancellationToken::new();
+        let mut calls = 0;
+        let result = sessions("unit-sessions", &shutdown, || {
+            calls += 1;
+            let n = calls;
+            async move {
+                match n {
+                    1 => Err(crate::Error::Failpoint("unit")),
+                    _ => {
+                        // The second session runs: the restart was reported, and now it runs.
+                        let report = &crate::health::stages()["unit-sessions"];
+                        assert!(report.is_running(), "{report:?}");
+                        Err(crate::Error::Config("set X; then restart".into()))
+                    }
+                }
+            }
+        })
+        .await;
+        assert!(matches!(result, Err(crate::Error::Config(_))), "{result:?}");
+        assert_eq!(calls, 2);
+        let report = &crate::health::stages()["unit-sessions"];
+        assert_eq!(report.state, "stopped");
+        assert_eq!(
+            report.reason.as_deref(),
+            Some("configuration: set X; then restart")
+        );
+        let text = crate::metrics::encode(&[]);
+        assert!(
+            text.contains("reviewflow_stage_restarts_total{stage=\"unit-sessions\"} 1\n"),
+            "{text}"
+        );
     }
 }

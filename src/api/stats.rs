@@ -41,20 +41,32 @@ pub async fn read_stats(
     Ok(row.map(|r| r.get(0)))
 }
 
+/// 200 while the database answers, 503 when it does not. In `run`, each supervised stage
+/// is named with its state; any not running makes the status "degraded", still with 200:
+/// the API serves writes (they wait in the slot), so a load balancer must keep sending them
+/// and an orchestrator must not restart the process, which would take the API down too.
 pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let check = async {
         let client = state.pool.get().await?;
         client.query_one("SELECT 1", &[]).await?;
         Ok::<_, ApiError>(())
     };
-    match check.await {
-        Ok(()) => (
+    let stages = crate::health::stages();
+    let degraded = stages.values().any(|s| !s.is_running());
+    let (code, mut body) = match check.await {
+        Ok(()) if degraded => (
             StatusCode::OK,
-            Json(json!({"status": "ok", "database": "ok"})),
+            json!({"status": "degraded", "database": "ok"}),
         ),
+        Ok(()) => (StatusCode::OK, json!({"status": "ok", "database": "ok"})),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "database": e.error})),
+            json!({"status": "unavailable", "database": e.error}),
         ),
+    };
+    // A process that runs no stage (`reviewflow api`) keeps the two-field answer.
+    if !stages.is_empty() {
+        body["stages"] = json!(stages);
     }
+    (code, Json(body))
 }

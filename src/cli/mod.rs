@@ -3,6 +3,7 @@
 //!
 //! - `stages`: the pipeline's stages, one `Stage` each, built in one place for `run` and
 //!   for the commands that run a single stage;
+//! - `supervise`: how `run` keeps the API and the other stages up when one stage fails;
 //! - `connect`: resolving the connections (starting the local stack when no URL is given),
 //!   the migrations and the Kafka access check every part starts with;
 //! - `tools`: the operator's tools (migrate, status, verify, replay, import);
@@ -13,6 +14,7 @@ mod connect;
 mod dev;
 mod stack;
 mod stages;
+mod supervise;
 mod tools;
 
 use std::process::ExitCode;
@@ -123,7 +125,7 @@ pub enum Command {
         #[command(subcommand)]
         action: StackAction,
     },
-    /// Replication slot, lag and worker positions.
+    /// Replication slot, lag, worker positions, and the state of `run`'s stages.
     Status {
         /// The slot to report on.
         #[arg(long, env = "REVIEWFLOW_SLOT", default_value = DEFAULT_SLOT)]
@@ -141,6 +143,14 @@ pub enum Command {
             default_value = DEFAULT_GROUP
         )]
         fraud_group: String,
+        /// The API of a `reviewflow run`, asked (GET /healthz) for the state of each stage
+        /// it runs: the states live in that process, which alone knows them now.
+        #[arg(
+            long,
+            env = "REVIEWFLOW_API_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        api_url: String,
     },
     /// Compare course_stats with the from-scratch truth; exit 1 on any difference.
     Verify,
@@ -211,7 +221,7 @@ impl Cli {
                 fraud,
                 stats,
                 verdicts,
-            } => stages::run(&cx, Stage::pipeline(api, cdc, fraud, stats, verdicts)).await,
+            } => supervise::run(&cx, Stage::pipeline(api, cdc, fraud, stats, verdicts)).await,
             Command::Api { api } => stages::run(&cx, vec![Stage::Api(api)]).await,
             Command::Cdc { cdc } => stages::run(&cx, vec![Stage::Cdc(cdc)]).await,
             Command::Fraud { fraud } => stages::run(&cx, vec![Stage::Fraud(fraud)]).await,
@@ -226,7 +236,17 @@ impl Cli {
                 publication,
                 peek,
                 fraud_group,
-            } => tools::status(&cx, &slot, &publication, &fraud_group, peek).await,
+                api_url,
+            } => {
+                let place = crate::tools::status::Place {
+                    topics: &cx.topics,
+                    slot: &slot,
+                    publication: &publication,
+                    fraud_group: &fraud_group,
+                    api_url: &api_url,
+                };
+                tools::status(&cx, &place, peek).await
+            }
             Command::Verify => tools::verify(&cx).await,
             Command::Replay { from, fraud, clock } => tools::replay(&cx, from, fraud, clock).await,
             Command::Import { import } => tools::import(&cx, import).await,

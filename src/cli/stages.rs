@@ -1,6 +1,7 @@
-//! The pipeline's stages as the command line runs them: `run` is the list of all of them,
-//! `cdc`, `fraud`, `verdicts`, `stats` and `api` a list of one. Each stage is built here and
-//! only here, from its own arguments and the shared settings.
+//! The pipeline's stages as the command line runs them: `run` is the list of all of them
+//! (supervised: see `supervise`), `cdc`, `fraud`, `verdicts`, `stats` and `api` a list of
+//! one. Each stage is built here and only here, from its own arguments and the shared
+//! settings.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,7 +10,7 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiArgs};
-use crate::config::{DbRole, Settings, TopicSettings};
+use crate::config::{DbRole, Deployment, Settings, TopicSettings, WorkerSettings};
 use crate::error::Result;
 use crate::sink::{StatsConfig, VerdictsConfig};
 use crate::source::CdcConfig;
@@ -19,7 +20,7 @@ use crate::{db, sink, source, transform};
 use super::{connect, Context};
 
 /// One stage of the pipeline, with its own arguments.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) enum Stage {
     /// The REST API.
     Api(ApiArgs),
@@ -59,15 +60,23 @@ impl Stage {
         stages
     }
 
-    fn name(&self) -> &'static str {
+    /// Its name in the logs, in GET /healthz and in the metrics' `stage` label: the name its
+    /// own restart loop reports under (`Cdc::stage`, the sinks' consumer names).
+    pub(super) fn name(&self) -> &'static str {
         match self {
             Stage::Api(_) => "api",
             Stage::Cdc(_) => "cdc",
             Stage::Fraud(_) => "fraud",
             Stage::Verdicts(_) => "verdicts",
             Stage::Stats(_) => "stats",
-            Stage::CourseStats { .. } => "course-stats",
+            Stage::CourseStats { .. } => "cdc-course_stats",
         }
+    }
+
+    /// The API is what `run` is reached through: without it nothing could even say that a
+    /// stage stopped, so it is not supervised, and its failure ends `run`.
+    pub(super) fn is_api(&self) -> bool {
+        matches!(self, Stage::Api(_))
     }
 
     /// As whom the stage connects to PostgreSQL.
@@ -79,14 +88,15 @@ impl Stage {
         }
     }
 
-    /// Runs the stage until `shutdown` (or until it fails).
-    async fn run(
+    /// Runs the stage until `shutdown` (or until it fails). Owns all it uses, so that `run`
+    /// can start it as a task of its own, again after a failure.
+    pub(super) async fn run(
         self,
         settings: Settings,
-        cx: &Context,
+        topics: TopicSettings,
+        worker: WorkerSettings,
         shutdown: CancellationToken,
     ) -> Result<()> {
-        let (topics, worker) = (cx.topics.clone(), cx.workers.clone());
         match self {
             Stage::Api(args) => {
                 let pool = db::pool(&settings.database_url, 16)?;
@@ -143,26 +153,65 @@ impl Stage {
     }
 }
 
-type Running<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
+pub(super) type Running<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
 
-/// Runs `stages` side by side in this process, beside the metrics server when
-/// `--metrics-listen` is set. The migrations come first, as the first stage's role; every
-/// stage's connection is resolved before any starts, so a missing one starts nothing.
-pub(super) async fn run(cx: &Context, stages: Vec<Stage>) -> Result<ExitCode> {
+/// The connections of a list of stages, resolved before any starts, so a missing one starts
+/// nothing. The migrations come first, as the first stage's role.
+pub(super) struct Prepared {
+    pub deployment: Deployment,
+    /// The first stage's role: the metrics server's connection.
+    pub first: DbRole,
+    /// Each stage with its own role's settings.
+    pub stages: Vec<(Stage, Settings)>,
+}
+
+pub(super) async fn prepare(cx: &Context, stages: Vec<Stage>) -> Result<Prepared> {
     let first = stages.first().map_or(DbRole::Owner, Stage::role);
     let deployment = connect::prepare(cx, first).await?;
-    let shutdown = &cx.shutdown;
-    let mut running: Vec<(&str, Running<'_>)> = Vec::new();
+    let mut ready = Vec::with_capacity(stages.len());
     for stage in stages {
         let settings = deployment.settings(stage.role())?;
-        let name = stage.name();
-        running.push((name, Box::pin(stage.run(settings, cx, shutdown.clone()))));
+        ready.push((stage, settings));
     }
-    if let Some(listen) = cx.metrics.listen {
+    Ok(Prepared {
+        deployment,
+        first,
+        stages: ready,
+    })
+}
+
+impl Prepared {
+    /// The metrics server, when `--metrics-listen` is set.
+    pub(super) fn metrics_server(
+        &self,
+        cx: &Context,
+    ) -> Result<Option<(&'static str, Running<'static>)>> {
+        let Some(listen) = cx.metrics.listen else {
+            return Ok(None);
+        };
         // One connection at most, opened by a scrape: for the slots' gauges.
-        let pool = db::pool(deployment.url(first)?, 1)?;
-        let server = crate::metrics::serve(listen, Some(pool), shutdown.clone());
-        running.push(("metrics", Box::pin(server)));
+        let pool = db::pool(self.deployment.url(self.first)?, 1)?;
+        let server = crate::metrics::serve(listen, Some(pool), cx.shutdown.clone());
+        Ok(Some(("metrics", Box::pin(server))))
+    }
+}
+
+/// Runs `stages` side by side in this process, beside the metrics server when
+/// `--metrics-listen` is set: how a single-stage command runs, whose exit code is its stage's.
+pub(super) async fn run(cx: &Context, stages: Vec<Stage>) -> Result<ExitCode> {
+    let prepared = prepare(cx, stages).await?;
+    let shutdown = &cx.shutdown;
+    let mut running: Vec<(&str, Running<'_>)> = Vec::new();
+    running.extend(prepared.metrics_server(cx)?);
+    for (stage, settings) in prepared.stages {
+        let name = stage.name();
+        let future = stage.run(
+            settings,
+            cx.topics.clone(),
+            cx.workers.clone(),
+            shutdown.clone(),
+        );
+        running.push((name, Box::pin(future)));
     }
     if running.len() == 1 {
         // A stage alone is simply awaited.
@@ -173,9 +222,9 @@ pub(super) async fn run(cx: &Context, stages: Vec<Stage>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One stage ending (failing, or its work done) stops the others: a half-running pipeline
-/// would look healthy. The first failure is returned.
-async fn run_together(
+/// One stage ending (failing, or its work done) stops the others: a half-running set of
+/// them would look healthy. The first failure is returned.
+pub(super) async fn run_together(
     shutdown: &CancellationToken,
     stages: Vec<(&str, Running<'_>)>,
 ) -> Result<()> {

@@ -29,21 +29,13 @@ pub(super) async fn migrate(cx: &Context) -> Result<ExitCode> {
 
 pub(super) async fn status(
     cx: &Context,
-    slot: &str,
-    publication: &str,
-    fraud_group: &str,
+    place: &crate::tools::status::Place<'_>,
     peek: i32,
 ) -> Result<ExitCode> {
     let settings = connect::prepare(cx, DbRole::Owner)
         .await?
         .settings(DbRole::Owner)?;
-    let place = crate::tools::status::Place {
-        topics: &cx.topics,
-        slot,
-        publication,
-        fraud_group,
-    };
-    crate::tools::status::report(&settings, &place, peek).await?;
+    crate::tools::status::report(&settings, place, peek).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -174,7 +174,7 @@ async fn apply<D: Destination>(
         .collect();
     offsets::advance(&tx, D::CONSUMER, topic, &progress).await?;
     // The crash that hurts most: rows written, offsets written, nothing committed.
-    crate::failpoint::hit(D::BEFORE_COMMIT);
+    crate::failpoint::hit(D::BEFORE_COMMIT)?;
     tx.commit().await?;
     sink.committed(written.receipt);
     metrics::events_in(D::CONSUMER).inc_by(batch.records.len() as u64);

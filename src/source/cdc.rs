@@ -93,7 +93,8 @@ impl Cdc {
         )
         .await?;
         let registry = Registry::connect(&self.settings).await?;
-        crate::retry::sessions("cdc", &shutdown, || self.session(&registry, &shutdown)).await
+        let stage = self.stage();
+        crate::retry::sessions(&stage, &shutdown, || self.session(&registry, &shutdown)).await
     }
 
     async fn session(&self, registry: &Registry, shutdown: &CancellationToken) -> Result<()> {

@@ -318,7 +318,7 @@ impl Snapshot<'_> {
             }
         }
         progress.finish_and_clear();
-        crate::failpoint::hit(crate::failpoint::CDC_SNAPSHOT_BEFORE_COMMIT);
+        crate::failpoint::hit(crate::failpoint::CDC_SNAPSHOT_BEFORE_COMMIT)?;
 
         let marker = SnapshotMarker {
             slot: self.slot.into(),

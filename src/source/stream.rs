@@ -216,7 +216,7 @@ impl<'a> Streamer<'a> {
                         // end, which an idle reader confirms: the heartbeat that frees WAL.
                         let ask = last_report.elapsed() >= interval;
                         // Kafka has these events, the slot does not know yet: the worst crash.
-                        crate::failpoint::hit(crate::failpoint::CDC_BEFORE_STATUS);
+                        crate::failpoint::hit(crate::failpoint::CDC_BEFORE_STATUS)?;
                         stream.send_status(received.max(confirmed), confirmed, confirmed, ask).await?;
                         tracing::debug!(%confirmed, %received, in_flight = self.ledger().in_flight(), "standby status sent");
                         (reported, last_report) = (confirmed, Instant::now());
@@ -269,7 +269,7 @@ impl<'a> Streamer<'a> {
                     .txn
                     .take()
                     .ok_or_else(|| Error::Decode("Commit without Begin".into()))?;
-                crate::failpoint::hit(crate::failpoint::CDC_BEFORE_COMMIT_READ);
+                crate::failpoint::hit(crate::failpoint::CDC_BEFORE_COMMIT_READ)?;
                 self.ledger().committed(txn.seq, c.end_lsn);
                 self.transactions.inc();
             }
@@ -436,7 +436,7 @@ impl<'a> Streamer<'a> {
             None => record.partition(0),
         };
         self.send(record).await?;
-        crate::failpoint::hit(crate::failpoint::CDC_AFTER_PRODUCE);
+        crate::failpoint::hit(crate::failpoint::CDC_AFTER_PRODUCE)?;
         Ok(())
     }
 

@@ -1,6 +1,9 @@
 //! `reviewflow status`: where every stage is. The slot (state, WAL held, time lag, pending
 //! changes peeked from a copy), then each worker's position and lag per partition: the fraud
 //! group's committed offsets on the changes topic, and the sinks' offsets kept in PostgreSQL.
+//! Last, the state of each stage of a `reviewflow run`, as its API's GET /healthz tells: the
+//! states live in that process (src/health.rs), which alone knows them as they are; a table
+//! written by it would still say "running" after the process was killed.
 //! Read-only: nothing is consumed, committed or claimed.
 
 use std::time::Duration;
@@ -19,6 +22,8 @@ pub struct Place<'a> {
     pub slot: &'a str,
     pub publication: &'a str,
     pub fraud_group: &'a str,
+    /// The API of the `run` whose stages are reported.
+    pub api_url: &'a str,
 }
 
 pub async fn report(settings: &Settings, place: &Place<'_>, peek: i32) -> Result<()> {
@@ -69,7 +74,45 @@ pub async fn report(settings: &Settings, place: &Place<'_>, peek: i32) -> Result
     for line in lines {
         println!("{line}");
     }
+    for line in stage_lines(place.api_url).await {
+        println!("{line}");
+    }
     Ok(())
+}
+
+/// The stages of the `run` serving `api_url`, one line each, from its GET /healthz. A run
+/// that does not answer is said so, not an error: stages run alone are not in any run.
+pub async fn stage_lines(api_url: &str) -> Vec<String> {
+    let url = format!("{}/healthz", api_url.trim_end_matches('/'));
+    let asked = async {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        http.get(&url).send().await?.json::<Health>().await
+    };
+    match asked.await {
+        Ok(health) if health.stages.is_empty() => {
+            vec![format!("stages ({url}): {}, runs no stage", health.status)]
+        }
+        Ok(health) => {
+            let mut out = vec![format!("stages ({url}): {}", health.status)];
+            out.extend(health.stages.iter().map(|(name, s)| s.line(name)));
+            out
+        }
+        Err(e) => vec![format!(
+            "stages: no `reviewflow run` answered at {url} ({}); name its API with --api-url \
+             (REVIEWFLOW_API_URL)",
+            crate::error::causes(&e)
+        )],
+    }
+}
+
+/// The part of GET /healthz that `status` shows.
+#[derive(serde::Deserialize)]
+struct Health {
+    status: String,
+    #[serde(default)]
+    stages: std::collections::BTreeMap<String, crate::health::StageReport>,
 }
 
 /// One line per worker partition: position, end of the topic, records behind. Blocking.

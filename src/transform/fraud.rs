@@ -333,10 +333,10 @@ impl Session {
             .ok_or_else(|| Error::Config("the fraud consumer has no group metadata".into()))?;
         producer.send_offsets_to_transaction(&offsets, &group, Duration::from_secs(30))?;
         // The crash that hurts most: everything produced, nothing committed.
-        crate::failpoint::hit(crate::failpoint::FRAUD_BEFORE_COMMIT);
+        crate::failpoint::hit(crate::failpoint::FRAUD_BEFORE_COMMIT)?;
         await_deliveries(producer, Duration::from_secs(60))?;
         producer.commit_transaction(Duration::from_secs(60))?;
-        crate::failpoint::hit(crate::failpoint::FRAUD_AFTER_COMMIT);
+        crate::failpoint::hit(crate::failpoint::FRAUD_AFTER_COMMIT)?;
         Ok(produced)
     }
 
