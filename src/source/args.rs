@@ -40,6 +40,26 @@ pub struct CdcConfig {
 }
 
 impl CdcConfig {
+    /// Its label in the metrics: `cdc` for the reader of `reviews`, `cdc-<table>` for another
+    /// table's (in `run`, course_stats's).
+    pub fn stage(&self) -> String {
+        if self.table == "reviews" {
+            "cdc".into()
+        } else {
+            format!("cdc-{}", self.table)
+        }
+    }
+
+    /// What the refusals judge, with `topic` the changes topic named in their advice.
+    pub(super) fn source<'a>(&'a self, topic: &'a str) -> super::refusals::Source<'a> {
+        super::refusals::Source {
+            table: &self.table,
+            publication: &self.publication,
+            compacted: self.compacted,
+            topic,
+        }
+    }
+
     /// The reader that streams course_stats into the compacted stats topic (`--stats-topic`).
     pub fn for_course_stats(&self) -> CdcConfig {
         CdcConfig {

@@ -42,16 +42,6 @@ pub struct Cdc {
 }
 
 impl Cdc {
-    /// Its label in the metrics: `cdc` for the reader of `reviews`, `cdc-<table>` for another
-    /// table's (in `run`, course_stats's).
-    pub fn stage(&self) -> String {
-        if self.config.table == "reviews" {
-            "cdc".into()
-        } else {
-            format!("cdc-{}", self.config.table)
-        }
-    }
-
     /// Runs until `shutdown`; reconnects with backoff after PostgreSQL or Kafka failures.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let kafka = &self.settings.kafka;
@@ -93,7 +83,7 @@ impl Cdc {
         )
         .await?;
         let registry = Registry::connect(&self.settings).await?;
-        let stage = self.stage();
+        let stage = self.config.stage();
         crate::retry::sessions(&stage, &shutdown, || self.session(&registry, &shutdown)).await
     }
 
@@ -102,7 +92,7 @@ impl Cdc {
         // It runs with TimeZone=UTC and DateStyle=ISO: the text forms the Avro mapping parses.
         let mut conn = ReplicationConnection::connect(&self.settings.database_url).await?;
         let pg = crate::db::connect(&self.settings.database_url).await?;
-        refusals::check(&pg, &self.source()).await?;
+        refusals::check(&pg, &self.config.source(&self.topics.changes)).await?;
         let types = TypeCatalog::connect(&self.settings.database_url).await?;
         types
             .refuse_nullable_id(snapshot::TABLE_SCHEMA, &cfg.table)
@@ -167,7 +157,7 @@ impl Cdc {
                     registry,
                     types: &types,
                     limits,
-                    oversize: metrics::oversize_values(&self.stage()),
+                    oversize: metrics::oversize_values(&self.config.stage()),
                     filenode_before,
                     restate,
                 }
@@ -177,7 +167,12 @@ impl Cdc {
             }
         };
         let stream = conn.start(&cfg.slot, start, &cfg.publication).await?;
-        let mut streamer = Streamer::new(self, registry.clone(), types, limits)?;
+        let mut streamer = Streamer::new(
+            (&self.settings, &self.config, &self.topics),
+            registry.clone(),
+            types,
+            limits,
+        )?;
         let result = streamer.run(stream, start, shutdown).await;
         if streamer.identity_refused && cfg.new_snapshot && result.is_err() {
             // The table is FULL now (the session's check passed) but the slot still holds
@@ -190,15 +185,5 @@ impl Cdc {
             )));
         }
         result
-    }
-
-    /// What the refusals judge.
-    pub(super) fn source(&self) -> refusals::Source<'_> {
-        refusals::Source {
-            table: &self.config.table,
-            publication: &self.config.publication,
-            compacted: self.config.compacted,
-            topic: &self.topics.changes,
-        }
     }
 }

@@ -14,14 +14,15 @@ use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
 
 use super::acks::AckLedger;
-use super::cdc::Cdc;
 use super::columns::TypeCatalog;
 use super::pgoutput::{self, PgOutput, Tuple, Value};
 use super::produce::wire_key;
 use super::refusals;
 use super::replication::{pg_epoch_micros_to_unix_micros, ReplicationMessage, ReplicationStream};
 use super::size::RecordLimits;
+use super::CdcConfig;
 use crate::avro::{wire, Cell, RowSchema};
+use crate::config::{Settings, TopicSettings};
 use crate::contract::change::{Op, Source};
 use crate::contract::lsn::Lsn;
 use crate::error::{Error, Result};
@@ -107,7 +108,8 @@ struct OpenTransaction {
 }
 
 pub(super) struct Streamer<'a> {
-    cdc: &'a Cdc,
+    config: &'a CdcConfig,
+    topics: &'a TopicSettings,
     registry: Registry,
     types: TypeCatalog,
     /// Non-builtin types as the stream's Type messages named them.
@@ -129,13 +131,13 @@ pub(super) struct Streamer<'a> {
 
 impl<'a> Streamer<'a> {
     pub(super) fn new(
-        cdc: &'a Cdc,
+        (settings, config, topics): (&Settings, &'a CdcConfig, &'a TopicSettings),
         registry: Registry,
         types: TypeCatalog,
         limits: RecordLimits,
     ) -> Result<Self> {
         let ledger = Arc::new(Mutex::new(AckLedger::new(Lsn::ZERO)));
-        let producer: ThreadedProducer<AckContext> = client_config(&cdc.settings.kafka)
+        let producer: ThreadedProducer<AckContext> = client_config(&settings.kafka)
             .set("enable.idempotence", "true")
             // The sinks skip what is behind the last change they applied, so a partition
             // must never get a change after a newer one. By default librdkafka answers a
@@ -156,11 +158,12 @@ impl<'a> Streamer<'a> {
             .set("partitioner", "murmur2_random")
             .create_with_context(AckContext {
                 ledger: ledger.clone(),
-                acked: metrics::events_out(&cdc.stage(), "changes"),
+                acked: metrics::events_out(&config.stage(), "changes"),
             })?;
-        let partitions = topic_partitions(&cdc.settings.kafka, &cdc.topics.changes)?;
+        let partitions = topic_partitions(&settings.kafka, &topics.changes)?;
         Ok(Streamer {
-            cdc,
+            config,
+            topics,
             registry,
             types,
             announced: HashMap::new(),
@@ -171,10 +174,10 @@ impl<'a> Streamer<'a> {
             txn: None,
             key_schema_id: 0,
             partitions,
-            changes_read: metrics::events_in(&cdc.stage()),
-            transactions: metrics::transactions(&cdc.stage()),
+            changes_read: metrics::events_in(&config.stage()),
+            transactions: metrics::transactions(&config.stage()),
             identity_refused: false,
-            oversize: metrics::oversize_values(&cdc.stage()),
+            oversize: metrics::oversize_values(&config.stage()),
         })
     }
 
@@ -184,13 +187,13 @@ impl<'a> Streamer<'a> {
         start: Lsn,
         shutdown: &CancellationToken,
     ) -> Result<()> {
-        let topic = &self.cdc.topics.changes;
+        let topic = &self.topics.changes;
         self.key_schema_id = self
             .registry
             .register(&key_subject(topic), &crate::avro::envelope::KEY_SCHEMA)
             .await?;
         self.ledger().idle_at(start);
-        let interval = Duration::from_secs(self.cdc.config.status_interval_secs.max(1));
+        let interval = Duration::from_secs(self.config.status_interval_secs.max(1));
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let (mut received, mut reported, mut last_report) = (start, Lsn::ZERO, Instant::now());
         loop {
@@ -274,7 +277,9 @@ impl<'a> Streamer<'a> {
                 self.transactions.inc();
             }
             PgOutput::Relation(r) => {
-                if let Some(refusal) = refusals::relation_refusal(&self.cdc.source(), &r) {
+                if let Some(refusal) =
+                    refusals::relation_refusal(&self.config.source(&self.topics.changes), &r)
+                {
                     self.identity_refused = true;
                     return Err(refusal);
                 }
@@ -299,7 +304,7 @@ impl<'a> Streamer<'a> {
                         r.name
                     ))
                 })?;
-                let subject = value_subject(&self.cdc.topics.changes);
+                let subject = value_subject(&self.topics.changes);
                 let schema_id = self.registry.register(&subject, schema.envelope()).await?;
                 tracing::info!(table = %r.name, schema_id, columns = r.columns.len(), "table schema registered");
                 self.tables.insert(
@@ -330,12 +335,12 @@ impl<'a> Streamer<'a> {
                     .await?
             }
             PgOutput::Truncate { relation_ids, .. } => {
-                if self.cdc.config.compacted {
+                if self.config.compacted {
                     return Err(Error::Config(format!(
                         "a TRUNCATE cannot be written to the compacted topic {} (its records need a key): \
                          publish only insert, update and delete for this table \
                          (CREATE PUBLICATION ... WITH (publish = 'insert, update, delete'))",
-                        self.cdc.topics.changes
+                        self.topics.changes
                     )));
                 }
                 for relation_id in relation_ids {
@@ -428,7 +433,7 @@ impl<'a> Streamer<'a> {
             .transpose()?;
         self.ledger().produced(seq);
         let record =
-            BaseRecord::with_opaque_to(&self.cdc.topics.changes, Box::new(seq)).payload(&value[..]);
+            BaseRecord::with_opaque_to(&self.topics.changes, Box::new(seq)).payload(&value[..]);
         // A change without a course id has no key; its partition is fixed, so such changes
         // keep their order.
         let record = match &key {
@@ -473,7 +478,7 @@ impl<'a> Streamer<'a> {
             for partition in 0..self.partitions {
                 self.ledger().produced(seq);
                 let record = BaseRecord::<[u8], [u8], _>::with_opaque_to(
-                    &self.cdc.topics.changes,
+                    &self.topics.changes,
                     Box::new(seq),
                 )
                 .partition(partition)
