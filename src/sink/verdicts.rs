@@ -17,8 +17,8 @@ use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
 
 use super::offsets::Applied;
-use super::{Destination, Written};
 use super::VerdictsConfig;
+use super::{Destination, Written};
 use crate::avro::verdict::{self, Deletion, Record, Verdict};
 use crate::config::{Settings, TopicSettings, WorkerSettings};
 use crate::error::Result;
