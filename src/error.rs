@@ -78,6 +78,19 @@ pub enum Error {
     #[error("local stack: {0}")]
     Stack(String),
 
+    #[error(
+        "local stack: its PostgreSQL data folder {} was made by PostgreSQL {found}, and PostgreSQL \
+         {wanted} cannot open it: start the stack with --pg-version {found} \
+         (REVIEWFLOW_PG_VERSION={found}), or delete its data with `reviewflow stack down --purge` \
+         to start afresh on {wanted}",
+        data.display()
+    )]
+    PgVersionMismatch {
+        data: std::path::PathBuf,
+        found: String,
+        wanted: u8,
+    },
+
     #[error("{context}: {source}")]
     Io {
         context: String,

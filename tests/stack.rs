@@ -184,3 +184,34 @@ async fn up_env_status_down_leaves_nothing_running() {
     assert_eq!(code, 0, "{out}");
     let _ = std::fs::remove_dir_all(&stack.home);
 }
+
+#[test]
+fn a_data_folder_of_another_major_version_is_refused_before_anything_starts() {
+    let stack = Stack {
+        home: std::env::temp_dir().join(format!("rf-stack-version-{}", common::unique())),
+    };
+    // What initdb of PostgreSQL 18 leaves: the data folder names its major version.
+    let data = stack.home.join("postgres/data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("PG_VERSION"), "18\n").unwrap();
+
+    let (code, out) = stack.run(&["stack", "up", "--pg-version", "15"]);
+    assert_ne!(code, 0, "PostgreSQL 15 must not start on 18's data: {out}");
+    assert!(
+        out.contains("made by PostgreSQL 18")
+            && out.contains("--pg-version 18")
+            && out.contains("stack down --purge"),
+        "the message names the version and both ways out: {out}"
+    );
+    assert!(
+        stack.processes().is_empty(),
+        "nothing was started: {:?}",
+        stack.processes()
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("PG_VERSION")).unwrap(),
+        "18\n",
+        "the data is left as it was"
+    );
+    let _ = std::fs::remove_dir_all(&stack.home);
+}

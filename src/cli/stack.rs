@@ -9,7 +9,8 @@ use crate::stack::{self, StackConfig};
 
 #[derive(Subcommand, Debug, Clone, Copy)]
 pub enum StackAction {
-    /// Start PostgreSQL and Kafka (fetching Kafka once) and wait until both accept connections.
+    /// Start PostgreSQL and Kafka (fetching Kafka, and PostgreSQL 16-18, once) and wait until
+    /// both accept connections.
     Up,
     /// Stop exactly the processes `up` started; data is kept unless --purge.
     Down {
@@ -37,7 +38,7 @@ pub(super) async fn execute(action: StackAction, cfg: &StackConfig) -> Result<Ex
         StackAction::Up => {
             let info = stack::up(cfg).await?;
             println!("local stack is up (data in {})", cfg.home().display());
-            println!("  postgres: {}", info.database_url);
+            println!("  postgres {}: {}", cfg.pg_version, info.database_url);
             println!("  kafka:    {}", info.kafka_bootstrap_servers);
             if let Ok((address, user, _)) = stack::kafka_sasl(cfg) {
                 println!(

@@ -157,15 +157,21 @@ async fn check_publication(pg: &Client, source: &Source<'_>, table: &str) -> Res
     }
     // pg_publication_tables resolves FOR ALL TABLES and FOR TABLES IN SCHEMA. Row filters and
     // column lists (PostgreSQL 15) are read through jsonb, so older servers answer NULL.
+    // Generated columns do not count: pgoutput never sends them by default, and PostgreSQL 18
+    // leaves them out of `attnames` where 15 lists them.
     let listed = pg
         .query_opt(
-            "SELECT to_jsonb(t) ->> 'rowfilter', \
-                    jsonb_array_length(to_jsonb(t) -> 'attnames'), \
-                    (SELECT count(*)::int FROM pg_attribute a \
-                      WHERE a.attrelid = format('%I.%I', t.schemaname, t.tablename)::regclass \
-                        AND a.attnum > 0 AND NOT a.attisdropped) \
+            "WITH own AS ( \
+               SELECT t.*, array(SELECT a.attname::text FROM pg_attribute a \
+                  WHERE a.attrelid = format('%I.%I', t.schemaname, t.tablename)::regclass \
+                    AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '') AS plain \
                FROM pg_publication_tables t \
-              WHERE t.pubname = $1 AND t.schemaname = $2 AND t.tablename = $3",
+              WHERE t.pubname = $1 AND t.schemaname = $2 AND t.tablename = $3) \
+             SELECT to_jsonb(t) ->> 'rowfilter', \
+                    cardinality(plain) - (SELECT count(*)::int FROM unnest(plain) c \
+                      WHERE NOT (to_jsonb(t) -> 'attnames') ? c), \
+                    cardinality(plain) \
+               FROM own t",
             &[&publication, &TABLE_SCHEMA, &source.table],
         )
         .await?;

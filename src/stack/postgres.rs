@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::process::Command;
 
 use super::process::{self, Account};
-use super::{write_file, StackConfig};
+use super::{postgres_builds, write_file, StackConfig};
 use crate::error::{Error, Result};
 
 const USER: &str = "reviewflow";
@@ -31,11 +31,14 @@ pub async fn up(cfg: &StackConfig) -> Result<String> {
     )?;
     let data = root.join("data");
 
-    if !data.join("PG_VERSION").exists() {
-        init(cfg, &root, account.as_ref()).await?;
-    }
+    // Before anything else: a running cluster of another version is refused as well.
+    postgres_builds::check_data_version(cfg, &data)?;
     if let Ok(url) = running_url(cfg) {
         return Ok(url);
+    }
+    let bin = postgres_builds::server_bin(cfg, account.as_ref()).await?;
+    if !data.join("PG_VERSION").exists() {
+        init(cfg, &bin, &root, account.as_ref()).await?;
     }
     if !process::port_free(cfg.pg_port) {
         return Err(Error::Stack(format!(
@@ -52,9 +55,12 @@ pub async fn up(cfg: &StackConfig) -> Result<String> {
         0o644,
     )?;
     chown(&data.join("reviewflow.conf"), account.as_ref())?;
-    tracing::info!(data = %data.display(), port = cfg.pg_port, "starting PostgreSQL");
+    tracing::info!(
+        data = %data.display(), port = cfg.pg_port, version = cfg.pg_version,
+        "starting PostgreSQL"
+    );
     let log = root.join("postgres.log");
-    let mut start = pg_tool(cfg, "pg_ctl", account.as_ref());
+    let mut start = pg_tool(&bin, "pg_ctl", account.as_ref());
     start
         .arg("start")
         .arg("-w")
@@ -88,12 +94,26 @@ pub async fn down(cfg: &StackConfig) -> Result<()> {
     } else {
         None
     };
-    let mut stop = pg_tool(cfg, "pg_ctl", account.as_ref());
-    stop.arg("stop")
-        .args(["-m", "fast", "-w", "-t", "60"])
-        .arg("-D")
-        .arg(root.join("data"));
-    if let Err(e) = process::run("pg_ctl stop", &mut stop).await {
+    let data = root.join("data");
+    // The pg_ctl of the version that made the data, whatever version today's flags name.
+    let bin = postgres_builds::data_version(&data)
+        .and_then(|v| v.parse().ok())
+        .and_then(|major| postgres_builds::installed_bin(cfg, major));
+    let stopped = match bin {
+        Some(bin) => {
+            let mut stop = pg_tool(&bin, "pg_ctl", account.as_ref());
+            stop.arg("stop")
+                .args(["-m", "fast", "-w", "-t", "60"])
+                .arg("-D")
+                .arg(&data);
+            process::run("pg_ctl stop", &mut stop).await.map(drop)
+        }
+        None => Err(Error::Stack(format!(
+            "no pg_ctl for the PostgreSQL of {}",
+            data.display()
+        ))),
+    };
+    if let Err(e) = stopped {
         tracing::warn!(error = %e, pid, "pg_ctl stop failed; terminating the postmaster");
         process::terminate(pid, Duration::from_secs(30)).await;
     }
@@ -144,10 +164,7 @@ async fn cluster_root(home: &Path, account: Option<&Account>) -> Result<PathBuf>
         std::fs::create_dir_all(&inside).map_err(|e| Error::io_path("create", &inside, e))?;
         return Ok(inside);
     };
-    let mut probe = Command::new("test");
-    probe.arg("-x").arg(home).uid(account.uid).gid(account.gid);
-    let reachable = probe.status().await.map(|s| s.success()).unwrap_or(false);
-    let root = if reachable {
+    let root = if process::reachable(home, account).await {
         inside
     } else {
         let name = home.to_string_lossy().trim_matches('/').replace('/', "_");
@@ -164,7 +181,7 @@ async fn cluster_root(home: &Path, account: Option<&Account>) -> Result<PathBuf>
     Ok(root)
 }
 
-async fn init(cfg: &StackConfig, root: &Path, account: Option<&Account>) -> Result<()> {
+async fn init(cfg: &StackConfig, bin: &Path, root: &Path, account: Option<&Account>) -> Result<()> {
     let home = cfg.home();
     let password = random_hex(18)?;
     write_file(&home.join("postgres.password"), password.as_bytes(), 0o600)?;
@@ -172,7 +189,7 @@ async fn init(cfg: &StackConfig, root: &Path, account: Option<&Account>) -> Resu
     write_file(&pwfile, password.as_bytes(), 0o600)?;
     chown(&pwfile, account)?;
     tracing::info!(cluster = %root.display(), "creating the PostgreSQL cluster (initdb)");
-    let mut initdb = pg_tool(cfg, "initdb", account);
+    let mut initdb = pg_tool(bin, "initdb", account);
     initdb
         .arg("-D")
         .arg(root.join("data"))
@@ -258,8 +275,8 @@ async fn create_database(cfg: &StackConfig) -> Result<()> {
     Ok(())
 }
 
-fn pg_tool(cfg: &StackConfig, tool: &str, account: Option<&Account>) -> Command {
-    let mut cmd = Command::new(cfg.pg_bin.join(tool));
+fn pg_tool(bin: &Path, tool: &str, account: Option<&Account>) -> Command {
+    let mut cmd = Command::new(bin.join(tool));
     if let Some(a) = account {
         cmd.uid(a.uid).gid(a.gid).current_dir("/");
     }

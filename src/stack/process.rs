@@ -51,6 +51,13 @@ pub async fn unprivileged_account() -> Result<Account> {
     ))
 }
 
+/// Whether `account` may enter `dir` (root's home, say, is closed to it).
+pub async fn reachable(dir: &std::path::Path, account: &Account) -> bool {
+    let mut probe = Command::new("test");
+    probe.arg("-x").arg(dir).uid(account.uid).gid(account.gid);
+    probe.status().await.map(|s| s.success()).unwrap_or(false)
+}
+
 /// Runs a tool to completion; a failure carries the tail of what it printed.
 pub async fn run(what: &str, cmd: &mut Command) -> Result<String> {
     let out = cmd

@@ -149,7 +149,7 @@ async fn recvlogical(
     end: &str,
     shutdown: &CancellationToken,
 ) -> Result<f64> {
-    let tool = run.stack.pg_bin.join("pg_recvlogical");
+    let tool = crate::stack::client_tool(&run.stack, "pg_recvlogical");
     let started = Instant::now();
     let child = tokio::process::Command::new(&tool)
         .args(["-d", &run.settings.database_url, "--slot", slot, "--start"])
