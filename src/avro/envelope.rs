@@ -210,6 +210,7 @@ fn missing(field: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::avro::row::tests::source;
     use crate::contract::review::Rating;
 
     /// The columns of `reviews` as pgoutput's Relation message describes them.
@@ -229,18 +230,6 @@ mod tests {
         ])
         .map(|(n, o, m)| (n.to_string(), o, m))
         .collect()
-    }
-
-    fn source() -> Source {
-        Source {
-            schema: "public".into(),
-            table: "reviews".into(),
-            lsn: Lsn(0x16_B374_D848),
-            position: 3,
-            txid: Some(771),
-            commit_time: DateTime::from_timestamp_micros(1_795_581_617_993_809).unwrap(),
-            snapshot: false,
-        }
     }
 
     #[test]

@@ -392,4 +392,4 @@ fn field_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
 
 #[cfg(test)]
 #[path = "row_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -5,7 +5,8 @@ use chrono::DateTime;
 use super::*;
 use crate::contract::lsn::Lsn;
 
-fn source() -> Source {
+/// One source position, for the tests of the envelope that carries it.
+pub(crate) fn source() -> Source {
     Source {
         schema: "public".into(),
         table: "reviews".into(),
