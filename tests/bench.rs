@@ -49,7 +49,6 @@ async fn the_quick_bench_measures_every_figure_and_cleans_up() {
     for path in [
         "/saturation/secs",
         "/saturation/reviews",
-        "/saturation/slowest_second",
         "/cdc/backlog",
         "/cdc/recvlogical_secs",
         "/cdc/ours_secs",
@@ -63,6 +62,17 @@ async fn the_quick_bench_measures_every_figure_and_cleans_up() {
     ] {
         positive(path);
     }
+    // The slowest second is a speed figure: on a loaded 2-core machine the pipeline can make
+    // no progress for a whole second (a checkpoint, a rebalance), and the benchmark must
+    // report that rather than fail. Only that it was measured is asserted here.
+    let slowest = figures
+        .pointer("/saturation/slowest_second")
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or_else(|| panic!("no figure /saturation/slowest_second in {figures:#}"));
+    assert!(
+        slowest >= 0.0 && slowest.is_finite(),
+        "/saturation/slowest_second = {slowest}"
+    );
     let rates = figures["latency"].as_array().unwrap();
     assert_eq!(rates.len(), 2, "two rates in the quick form");
     for (i, _) in rates.iter().enumerate() {
