@@ -191,3 +191,34 @@ pub async fn stored(client: &impl GenericClient) -> Result<Vec<Stored>> {
         })
         .collect())
 }
+
+/// The partitions of `topic` that `consumer` has a row for (claimed at some time).
+pub async fn partitions(
+    client: &impl GenericClient,
+    consumer: &str,
+    topic: &str,
+) -> Result<Vec<i32>> {
+    Ok(stored(client)
+        .await?
+        .into_iter()
+        .filter(|s| s.consumer == consumer && s.topic == topic)
+        .map(|s| s.partition)
+        .collect())
+}
+
+/// Clears the last applied source position of `partitions`, so that one where a rebuild
+/// read nothing keeps none (`advance` leaves a position it is not given as it was).
+pub async fn forget_applied(
+    tx: &Transaction<'_>,
+    consumer: &str,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<()> {
+    tx.execute(
+        "UPDATE sink_offsets SET last_lsn = NULL, last_position = NULL
+         WHERE consumer = $1 AND topic = $2 AND partition = ANY($3)",
+        &[&consumer, &topic, &partitions],
+    )
+    .await?;
+    Ok(())
+}

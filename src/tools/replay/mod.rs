@@ -77,7 +77,7 @@ use crate::sink::stats::CONSUMER;
 use crate::transform::score;
 use crate::transform::FraudConfig;
 use kafka::{fold_ranges, watermarks, Range};
-use rebuild::{claimed_partitions, course_count, forget_applied, rebuild_start};
+use rebuild::{course_count, rebuild_start};
 use snapshot::{read_snapshot, verdict_position};
 pub use summary::{KafkaSummary, SnapshotSummary, Summary};
 
@@ -205,7 +205,7 @@ impl Replay {
         let today = self.today(&state);
         rebuild_start(&tx, cut.unwrap_or_default(), today).await?;
         figures::apply(&tx, &read.fold.take_deltas(), today).await?;
-        forget_applied(&tx, &topic, &partitions).await?;
+        offsets::forget_applied(&tx, CONSUMER, &topic, &partitions).await?;
         let progress: Vec<Advance> = ranges
             .iter()
             .map(|r| Advance {
@@ -274,7 +274,7 @@ impl Replay {
         // claimed in sink_offsets (a topic created since). A partition Kafka did not report
         // resumes from its start; the changes the snapshot holds are skipped there too.
         let mut partitions: BTreeSet<i32> = before.keys().copied().collect();
-        partitions.extend(claimed_partitions(&tx, &topic).await?);
+        partitions.extend(offsets::partitions(&tx, CONSUMER, &topic).await?);
         let partitions: Vec<i32> = partitions.into_iter().collect();
         let claims = if partitions.is_empty() {
             HashMap::new()

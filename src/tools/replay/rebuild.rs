@@ -1,12 +1,11 @@
 //! The statements of the rebuild transaction that are replay's own: the derived tables
-//! emptied, and the stats consumer's rows in sink_offsets read and cleared.
+//! emptied and the state reset.
 
 use chrono::NaiveDate;
 use tokio_postgres::Transaction;
 
 use crate::contract::lsn::SourcePosition;
 use crate::error::Result;
-use crate::sink::stats::CONSUMER;
 
 /// The derived tables emptied and the state reset, in the rebuild transaction (which holds
 /// the state lock).
@@ -26,35 +25,6 @@ pub(super) async fn rebuild_start(
     )
     .await?;
     Ok(())
-}
-
-/// Clears the last applied position of `partitions`, so that one where the replay read
-/// nothing keeps none (offsets::advance leaves a position it is not given as it was).
-pub(super) async fn forget_applied(
-    tx: &Transaction<'_>,
-    topic: &str,
-    partitions: &[i32],
-) -> Result<()> {
-    tx.execute(
-        "UPDATE sink_offsets SET last_lsn = NULL, last_position = NULL
-         WHERE consumer = $1 AND topic = $2 AND partition = ANY($3)",
-        &[&CONSUMER, &topic, &partitions],
-    )
-    .await?;
-    Ok(())
-}
-
-/// Partitions of `topic` the stats consumer has rows for.
-pub(super) async fn claimed_partitions(tx: &Transaction<'_>, topic: &str) -> Result<Vec<i32>> {
-    Ok(tx
-        .query(
-            "SELECT partition FROM sink_offsets WHERE consumer = $1 AND topic = $2",
-            &[&CONSUMER, &topic],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
 }
 
 pub(super) async fn course_count(tx: &Transaction<'_>) -> Result<i64> {
