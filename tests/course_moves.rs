@@ -27,6 +27,9 @@ struct Record {
     event: ChangeEvent,
 }
 
+/// What a record is checked by: op, review id, key, position, headers.
+type Shape = (Op, i64, Option<i64>, i64, Vec<(String, Option<i64>)>);
+
 async fn records(p: &Pipeline) -> Vec<Record> {
     let registry = Registry::connect(&p.settings).await.unwrap();
     let mut out = Vec::new();
@@ -108,7 +111,7 @@ async fn a_move_is_a_delete_under_the_old_course_then_a_create_under_the_new() {
     assert_eq!(unique.len(), 8 + 3000, "each change once, a move as two");
 
     let txn: Vec<&Record> = unique.values().take(8).collect();
-    let shape: Vec<(Op, i64, Option<i64>, i64, Vec<(String, Option<i64>)>)> = txn
+    let shape: Vec<Shape> = txn
         .iter()
         .map(|r| {
             let image = r.event.after.as_ref().or(r.event.before.as_ref()).unwrap();

@@ -425,7 +425,9 @@ impl<'a> Streamer<'a> {
             })
         };
         let (old_course, new_course) = (course(&before), course(&after));
-        if op != Op::Update || old_course == new_course {
+        // Without an old image (the compacted reader allows REPLICA IDENTITY DEFAULT, which
+        // sends none when the key stays) there is no move to see.
+        if op != Op::Update || before.is_none() || old_course == new_course {
             let key = self.key(new_course.or(old_course))?;
             let (before, after) = (before.as_deref(), after.as_deref());
             return self.emit(table, op, (before, after), &key, None).await;
