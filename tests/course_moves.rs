@@ -222,8 +222,13 @@ async fn mover(p: &Pipeline, seed: u64, ids: std::ops::Range<i64>, courses: Vec<
         for _ in 0..1 + rng.next(3) {
             let id = ids.start + rng.next((next - ids.start) as u64) as i64;
             let c = course(&mut rng);
-            sql.push(match rng.next(3) {
-                0 => format!(
+            sql.push(match rng.next(20) {
+                // A new id as well: the old review ends (its delete is recorded), so later
+                // moves of the old id find no row.
+                0 => {
+                    format!("UPDATE reviews SET id = id + 100000, course_id = {c} WHERE id = {id}")
+                }
+                1..=6 => format!(
                     "UPDATE reviews SET course_id = {c}, rating = {} WHERE id = {id}",
                     (1 + rng.next(10)) as f64 / 2.0
                 ),
@@ -305,11 +310,23 @@ async fn reviews_moved_between_partitions_under_load_never_make_a_figure_negativ
         })
         .count();
     assert!(crossing > 50, "moves crossed partitions ({crossing})");
-    // No review was deleted, so no delete may be recorded: a move's delete half is none.
-    let deletions: i64 = db
-        .query_one("SELECT count(*) FROM review_deletions", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(deletions, 0, "a move records no deletion of the review");
+    // Only the ids that changed were deleted: a move's delete half records no deletion,
+    // an id change's does (verify, above, finds each of those seen).
+    let (moved_away, live): (i64, i64) = {
+        let r = db
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE EXISTS
+                     (SELECT FROM reviews r WHERE r.id = d.review_id))
+                 FROM review_deletions d",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(live, 0, "a move records no deletion of the review");
+    assert!(
+        moved_away > 0,
+        "ids changed with their course, and their deletes are recorded"
+    );
 }
