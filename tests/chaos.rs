@@ -1,8 +1,9 @@
 //! Fault injection: a workload of inserts, edits and deletes runs while, at random instants,
 //! a stage (cdc, fraud, verdicts, stats) is killed with SIGKILL and restarted, the Kafka
 //! broker is killed and restarted, or PostgreSQL is. At the end the pipeline must catch up,
-//! `verify` must find no difference, and every review's current version must have its
-//! verdict. The short form runs in CI; the long form by hand:
+//! `verify` must find no difference, every review's current version must have its verdict,
+//! and a reader of course_stats must never have seen a negative figure. The short
+//! form runs in CI; the long form by hand:
 //!   REVIEWFLOW_CHAOS_SECONDS=900 cargo test --release --test chaos -- --nocapture
 
 mod common;
@@ -63,6 +64,9 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
         .map(|s| (*s, p.spawn(s, None, &small)))
         .collect();
 
+    // A website's view: course_stats read every few milliseconds must never show a negative
+    // figure, whatever is killed (the workload moves reviews between courses).
+    let watch = common::watch::NegativeWatch::start(&p.url, Duration::from_millis(5));
     let stop = Arc::new(AtomicBool::new(false));
     let committed = Arc::new(AtomicU64::new(0));
     let writer = tokio::spawn(workload(
@@ -109,6 +113,7 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
     writer.await.unwrap();
 
     p.wait_until_caught_up().await;
+    let seen = watch.finish().await;
     let db = p.db().await;
     let report = reviewflow::tools::verify::verify(&db).await.unwrap();
     // Every current row of the table has a verdict of its current image (by SQL; verify's
@@ -116,16 +121,29 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
     let (reviews, unjudged) = p.current_versions_without_one_verdict().await;
     println!(
         "chaos: {trials} trials over {seconds} s, faults {faults:?}, {} transactions committed, \
-         {} reviews, {} differences, {} current rows without a verdict of their image",
+         {} reviews, {} differences, {} current rows without a verdict of their image, \
+         {} negative figures in {} reads of course_stats",
         committed.load(Ordering::Relaxed),
         reviews,
         report.differences.len(),
-        unjudged.len()
+        unjudged.len(),
+        seen.negatives.len(),
+        seen.reads
     );
     assert!(committed.load(Ordering::Relaxed) > 100, "the workload ran");
     assert!(
         faults.len() >= 3,
         "several kinds of fault were injected: {faults:?}"
+    );
+    assert!(
+        seen.reads > 100,
+        "the watcher read course_stats ({} reads)",
+        seen.reads
+    );
+    assert!(
+        seen.negatives.is_empty(),
+        "negative figures seen: {:?}",
+        &seen.negatives[..seen.negatives.len().min(10)]
     );
     assert!(
         report.differences.is_empty(),

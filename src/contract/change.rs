@@ -6,6 +6,17 @@ use chrono::{DateTime, Utc};
 use crate::contract::image::ReviewImage;
 use crate::contract::lsn::{Lsn, SourcePosition};
 
+/// Header on the delete half of a course move: the record key (the course) the review moves
+/// to, serialized like the record key itself (Confluent wire format, Avro long), or a null
+/// value for a move to no course. Debezium names its header for a key change
+/// `__debezium.newkey`; this is reviewflow's. A delete carrying it retracts the review from
+/// its old course; the review itself lives on (the create half follows).
+pub const NEW_KEY_HEADER: &str = "reviewflow.newkey";
+
+/// Header on the create half of a course move: the record key the review moved from, as
+/// [`NEW_KEY_HEADER`] is written (Debezium's `__debezium.oldkey`).
+pub const OLD_KEY_HEADER: &str = "reviewflow.oldkey";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
     Create,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +23,7 @@ use super::size::RecordLimits;
 use super::CdcConfig;
 use crate::avro::{wire, Cell, RowSchema};
 use crate::config::{Settings, TopicSettings};
-use crate::contract::change::{Op, Source};
+use crate::contract::change::{Op, Source, NEW_KEY_HEADER, OLD_KEY_HEADER};
 use crate::contract::lsn::Lsn;
 use crate::error::{Error, Result};
 use crate::kafka::produce::send as send_record;
@@ -95,6 +95,8 @@ struct TableVersion {
     schema: RowSchema,
     schema_id: u32,
     course: usize,
+    /// The review id's column: an UPDATE that changes it is no move of one review.
+    id: Option<usize>,
     namespace: String,
     name: String,
 }
@@ -304,6 +306,7 @@ impl<'a> Streamer<'a> {
                         r.name
                     ))
                 })?;
+                let id = schema.column_index("id");
                 let subject = value_subject(&self.topics.changes);
                 let schema_id = self.registry.register(&subject, schema.envelope()).await?;
                 tracing::info!(table = %r.name, schema_id, columns = r.columns.len(), "table schema registered");
@@ -313,6 +316,7 @@ impl<'a> Streamer<'a> {
                         schema,
                         schema_id,
                         course,
+                        id,
                         namespace,
                         name: r.name,
                     },
@@ -394,6 +398,14 @@ impl<'a> Streamer<'a> {
         result
     }
 
+    /// A change as its records. An UPDATE that moves a review to another course is split,
+    /// as Debezium splits a primary-key change: a delete keyed by the old course, then a
+    /// create keyed by the new one, so each course's partition carries that course's
+    /// changes in commit order and no worker meets a retraction before the addition it
+    /// takes back. Each half takes the next position of the transaction: positions number
+    /// the records a transaction became, so they stay strictly increasing, and the
+    /// transaction, re-read whole after a crash, becomes the same records at the same
+    /// positions.
     async fn produce_change(
         &mut self,
         table: &TableVersion,
@@ -406,39 +418,93 @@ impl<'a> Streamer<'a> {
             .as_ref()
             .map(|t| cells(t, before.as_deref()))
             .transpose()?;
-        let course_id =
-            after
-                .as_ref()
-                .or(before.as_ref())
-                .and_then(|row| match row.get(table.course) {
-                    Some(Cell::Text(t)) => std::str::from_utf8(t).ok()?.parse::<i64>().ok(),
-                    _ => None,
-                });
+        let course = |row: &Option<Vec<Cell<'_>>>| {
+            row.as_ref().and_then(|row| match row.get(table.course) {
+                Some(Cell::Text(t)) => std::str::from_utf8(t).ok()?.parse::<i64>().ok(),
+                _ => None,
+            })
+        };
+        let (old_course, new_course) = (course(&before), course(&after));
+        // Without an old image (the compacted reader allows REPLICA IDENTITY DEFAULT, which
+        // sends none when the key stays) there is no move to see.
+        if op != Op::Update || before.is_none() || old_course == new_course {
+            let key = self.key(new_course.or(old_course))?;
+            let (before, after) = (before.as_deref(), after.as_deref());
+            return self.emit(table, op, (before, after), &key, None).await;
+        }
+        let (old_key, new_key) = (self.key(old_course)?, self.key(new_course)?);
+        // The headers say the review lives on under the other key. An UPDATE that changes
+        // the id as well ends one review and begins another: a plain delete and create,
+        // and the old id's delete is recorded as any other.
+        let same_review = table
+            .id
+            .is_none_or(|i| before.as_ref().map(|r| r.get(i)) == after.as_ref().map(|r| r.get(i)));
+        let header = |name: &str, key: &Option<Vec<u8>>| {
+            same_review.then(|| {
+                OwnedHeaders::new().insert(Header {
+                    key: name,
+                    value: key.as_deref(),
+                })
+            })
+        };
+        let (moved_to, moved_from) = (
+            header(NEW_KEY_HEADER, &new_key),
+            header(OLD_KEY_HEADER, &old_key),
+        );
+        self.emit(
+            table,
+            Op::Delete,
+            (before.as_deref(), None),
+            &old_key,
+            moved_to,
+        )
+        .await?;
+        self.emit(
+            table,
+            Op::Create,
+            (None, after.as_deref()),
+            &new_key,
+            moved_from,
+        )
+        .await
+    }
+
+    /// The record key of a course: None for no course.
+    fn key(&self, course: Option<i64>) -> Result<Option<Vec<u8>>> {
+        course.map(|c| wire_key(self.key_schema_id, c)).transpose()
+    }
+
+    /// Produces one change record at the transaction's next position.
+    async fn emit(
+        &mut self,
+        table: &TableVersion,
+        op: Op,
+        (before, after): (Option<&[Cell<'_>]>, Option<&[Cell<'_>]>),
+        key: &Option<Vec<u8>>,
+        headers: Option<OwnedHeaders>,
+    ) -> Result<()> {
         let (seq, source) = self.next_source(table)?;
-        let encoded = table.schema.encode_within(
-            op,
-            before.as_deref(),
-            after.as_deref(),
-            &source,
-            self.limits.body,
-        )?;
+        let encoded = table
+            .schema
+            .encode_within(op, before, after, &source, self.limits.body)?;
         if !encoded.oversize.is_empty() {
             self.oversize.inc_by(encoded.oversize.len() as u64);
             tracing::warn!(lsn = %source.lsn, position = source.position, columns = ?encoded.oversize,
                 "a change larger than the topic allows carries these values as oversize markers");
         }
         let value = wire::frame(table.schema_id, &encoded.body);
-        let key = course_id
-            .map(|c| wire_key(self.key_schema_id, c))
-            .transpose()?;
         self.ledger().produced(seq);
         let record =
             BaseRecord::with_opaque_to(&self.topics.changes, Box::new(seq)).payload(&value[..]);
         // A change without a course id has no key; its partition is fixed, so such changes
         // keep their order.
-        let record = match &key {
+        let record = match key {
             Some(key) => record.key(&key[..]),
             None => record.partition(0),
+        };
+        let record = match headers {
+            Some(headers) => record.headers(headers),
+            None => record,
         };
         self.send(record).await?;
         crate::failpoint::hit(crate::failpoint::CDC_AFTER_PRODUCE)?;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod pipeline;
+pub mod watch;
 
 use reviewflow::config::{Connections, DbRole, LocalStack, Settings};
 use reviewflow::stack::StackConfig;

@@ -5,11 +5,11 @@
 
 use std::sync::Arc;
 
-use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 
 use super::Session;
 use crate::avro::{envelope, verdict, wire};
-use crate::contract::change::{ChangeEvent, Op};
+use crate::contract::change::{ChangeEvent, Op, NEW_KEY_HEADER, OLD_KEY_HEADER};
 use crate::contract::image::ReviewImage;
 use crate::contract::verdict::{Deletion, Record};
 use crate::error::Result;
@@ -79,7 +79,14 @@ impl Session {
         if let (Some(row), Some(j)) = (&event.after, &after) {
             out.extend(self.verdict_records(&event, row, j)?);
         }
-        if let Some(gone) = deletion(&event) {
+        // The delete half of a course move retracts the review from its old course; the
+        // review lives on (its create half follows, judged), so no deletion is recorded:
+        // reviews.verdicts would say the review is gone, which it is not.
+        let moved = move_headers(m);
+        let lives_on = event.op == Op::Delete
+            && m.headers()
+                .is_some_and(|h| h.iter().any(|h| h.key == NEW_KEY_HEADER));
+        if let Some(gone) = deletion(&event).filter(|_| !lives_on) {
             out.push(self.deletion_record(&gone, m.partition())?);
         }
         if let Some(value) = self.valid_change(&event, schema_id, body, &before, &after)? {
@@ -89,7 +96,8 @@ impl Session {
                 partition: Some(m.partition()),
                 key: key.map(|k| wire::frame(self.ids.valid_key, k)),
                 value,
-                headers: None,
+                // The valid changelog marks a move's halves as reviews.changes does.
+                headers: moved,
             });
         }
         Ok(out)
@@ -239,6 +247,21 @@ fn deletion(event: &ChangeEvent) -> Option<Record> {
         version,
         position,
     }))
+}
+
+/// The headers that mark a record as half of a course move, when it is one.
+fn move_headers(m: &OwnedMessage) -> Option<OwnedHeaders> {
+    let headers = m.headers()?;
+    let mut moved = None;
+    for h in headers.iter() {
+        if h.key == NEW_KEY_HEADER || h.key == OLD_KEY_HEADER {
+            moved = Some(moved.unwrap_or_else(OwnedHeaders::new).insert(Header {
+                key: h.key,
+                value: h.value,
+            }));
+        }
+    }
+    moved
 }
 
 /// The after image's columns carried as oversize markers, by name: what the verdict judged.
