@@ -537,3 +537,40 @@ impl rdkafka::ClientContext for AccessWatch {
 }
 
 impl ConsumerContext for AccessWatch {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(settings: &[(&str, &str)]) -> KafkaSettings {
+        KafkaSettings {
+            bootstrap_servers: "b:9092".into(),
+            client: settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn both_group_protocols_and_any_assignor_are_followed_and_a_static_member_is_refused() {
+        for ok in [
+            vec![],
+            vec![("partition.assignment.strategy", "cooperative-sticky")],
+            vec![("group.protocol", "classic")],
+            vec![("group.protocol", "consumer")],
+        ] {
+            assert!(check_group_settings(&with(&ok)).is_ok(), "{ok:?}");
+        }
+        let refused = check_group_settings(&with(&[("group.instance.id", "one")]));
+        assert!(
+            matches!(&refused, Err(Error::Config(m)) if m.contains("Remove group.instance.id")),
+            "{refused:?}"
+        );
+        let unknown = check_group_settings(&with(&[("group.protocol", "eager")]));
+        assert!(
+            matches!(&unknown, Err(Error::Config(m)) if m.contains("group.protocol=consumer")),
+            "{unknown:?}"
+        );
+    }
+}
