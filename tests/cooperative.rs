@@ -65,21 +65,41 @@ fn start(
     p.log = Some(log.clone());
     let mut env = vec![
         ("REVIEWFLOW_INSTANCE", name),
-        ("REVIEWFLOW_BATCH_RECORDS", "20"),
+        // Batches that linger, so a rebalance often lands while one is being collected, with
+        // records of partitions that move and of partitions that stay.
+        ("REVIEWFLOW_BATCH_RECORDS", "500"),
+        ("REVIEWFLOW_BATCH_MS", "300"),
     ];
     env.extend_from_slice(protocol);
     let running = STAGES.iter().map(|s| p.spawn(s, None, &env)).collect();
     Instance { name, log, running }
 }
 
-async fn wait_assigned(i: &Instance) {
-    for stage in STAGES {
-        common::eventually(
-            &format!("{stage} instance {} is assigned partitions", i.name),
-            120,
-            || async { assigned(&i.log, stage).iter().any(|n| *n > 0) },
-        )
-        .await;
+/// Writes until every stage of `i` holds `partitions` partitions in all (or at least one,
+/// for `None`): the rebalance lands in the middle of a stream, while batches are collected.
+async fn write_until(
+    db: &tokio_postgres::Client,
+    rng: &mut common::Rng,
+    i: &Instance,
+    partitions: Option<usize>,
+) {
+    let done = || {
+        STAGES.iter().all(|s| {
+            let got = assigned(&i.log, s);
+            match partitions {
+                None => got.iter().any(|n| *n > 0),
+                Some(n) => got.iter().sum::<usize>() >= n,
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "instance {} was not assigned its partitions within 120 s",
+            i.name
+        );
+        common::write_random(db, rng, 5).await;
     }
 }
 
@@ -92,26 +112,23 @@ async fn joins_leaves_and_a_kill(name: &str, protocol: &[(&'static str, &'static
     let mut rng = common::Rng(0x5eed_c009);
 
     let a = start(&mut p, "a", protocol);
-    common::write_random(&db, &mut rng, 100).await;
-    wait_assigned(&a).await;
+    write_until(&db, &mut rng, &a, None).await;
     // b joins mid-stream: a gives up some partitions and keeps the others un-sought.
     let b = start(&mut p, "b", protocol);
-    common::write_random(&db, &mut rng, 100).await;
-    wait_assigned(&b).await;
-    common::write_random(&db, &mut rng, 100).await;
+    write_until(&db, &mut rng, &b, None).await;
+    common::write_random(&db, &mut rng, 50).await;
     // a leaves cleanly mid-stream: b takes its partitions over, keeping its own.
     for stage in a.running {
         p.stop(stage).await;
     }
-    common::write_random(&db, &mut rng, 100).await;
+    common::write_random(&db, &mut rng, 50).await;
     // c joins, then b is killed with SIGKILL mid-stream: c claims b's partitions once b's
     // membership lapses (fencing what b left open).
     let c = start(&mut p, "c", protocol);
-    common::write_random(&db, &mut rng, 100).await;
-    wait_assigned(&c).await;
-    common::write_random(&db, &mut rng, 50).await;
+    write_until(&db, &mut rng, &c, None).await;
     drop(b.running);
-    common::write_random(&db, &mut rng, 100).await;
+    write_until(&db, &mut rng, &c, Some(3)).await;
+    common::write_random(&db, &mut rng, 50).await;
 
     p.wait_until_caught_up().await;
     p.assert_exact().await;
