@@ -104,6 +104,20 @@ pub enum Error {
     #[error("import: {0}")]
     Import(String),
 
+    #[error(
+        "another process on this host already runs {group} as instance {instance} (pid {holder}, \
+         lock {}): two processes with one name fence each other's Kafka transactions for ever. \
+         Give each process its own name with --instance (REVIEWFLOW_INSTANCE), the same one at \
+         every restart",
+        lock.display()
+    )]
+    InstanceClash {
+        group: String,
+        instance: String,
+        holder: String,
+        lock: PathBuf,
+    },
+
     /// A test's simulated failure (src/failpoint.rs): one a new session cures.
     #[error("failpoint {0} reached (REVIEWFLOW_FAILPOINT): a simulated failure")]
     Failpoint(&'static str),
@@ -120,6 +134,7 @@ impl Error {
             Error::IncompatibleSchema { .. }
                 | Error::SlotLost { .. }
                 | Error::Config(_)
+                | Error::InstanceClash { .. }
                 | Error::Decode(_)
                 | Error::Avro(_)
         )

@@ -10,7 +10,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, Top
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::{BatchLimits, KafkaSettings};
@@ -55,6 +55,30 @@ pub fn worker_consumer_config(
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest");
     config
+}
+
+/// Refuses, at a worker's start, the consumer-group settings a user could pass (`KAFKA_*`,
+/// `--kafka-option`) that exactly-once cannot follow. Both rebalancing protocols are followed
+/// (any `partition.assignment.strategy`, `group.protocol` classic or consumer: see
+/// docs/configuration.md); a static `group.instance.id` is not: one value reaches every
+/// process given the same settings, and two members with one id fence each other.
+pub fn check_group_settings(kafka: &KafkaSettings) -> Result<()> {
+    if kafka.setting("group.instance.id").is_some() {
+        return Err(Error::Config(
+            "Kafka client setting group.instance.id is set, but the workers' consumers are \
+             dynamic group members: one static id reaches every process given these settings, \
+             and two members with one id fence each other. Remove group.instance.id \
+             (KAFKA_GROUP_INSTANCE_ID or --kafka-option); name each process with --instance"
+                .into(),
+        ));
+    }
+    match kafka.setting("group.protocol") {
+        None | Some("classic" | "consumer") => Ok(()),
+        Some(other) => Err(Error::Config(format!(
+            "Kafka client setting group.protocol={other}: the workers follow group.protocol=classic \
+             (the default) or group.protocol=consumer (KIP-848, Kafka 4); set one of them"
+        ))),
+    }
 }
 
 /// The bootstrap servers and the configured librdkafka settings on top of `config`.
@@ -281,18 +305,23 @@ pub fn dead_letter_headers(
 /// came in while the previous one was processed: small and quick when the load is light, full
 /// under a backlog, with no fixed window added to every record's latency. A `max_wait`
 /// above 0 lingers that long for more once the first has arrived. Blocking.
-pub fn poll_batch<C: ConsumerContext + 'static>(
+///
+/// Each record comes with what `tag` said of it the moment it was polled: a rebalance runs
+/// inside `poll`, so only then can a record be told apart from one read under another
+/// assignment of its partition.
+pub fn poll_batch<C: ConsumerContext + 'static, T>(
     consumer: &BaseConsumer<C>,
     limits: &BatchLimits,
     stage: &str,
-) -> Vec<OwnedMessage> {
+    tag: impl Fn(&C, i32) -> T,
+) -> Vec<(T, OwnedMessage)> {
     let mut batch = Vec::new();
     let mut wait = Duration::from_millis(500);
     let mut deadline = None;
     while batch.len() < limits.max_records {
         match consumer.poll(wait) {
             None => break,
-            Some(Ok(m)) => batch.push(m.detach()),
+            Some(Ok(m)) => batch.push((tag(consumer.context(), m.partition()), m.detach())),
             // librdkafka retries broker failures itself; they are reported here for
             // information and the consumer carries on.
             Some(Err(e)) => report_consumer_error(stage, &e),
@@ -508,3 +537,40 @@ impl rdkafka::ClientContext for AccessWatch {
 }
 
 impl ConsumerContext for AccessWatch {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(settings: &[(&str, &str)]) -> KafkaSettings {
+        KafkaSettings {
+            bootstrap_servers: "b:9092".into(),
+            client: settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn both_group_protocols_and_any_assignor_are_followed_and_a_static_member_is_refused() {
+        for ok in [
+            vec![],
+            vec![("partition.assignment.strategy", "cooperative-sticky")],
+            vec![("group.protocol", "classic")],
+            vec![("group.protocol", "consumer")],
+        ] {
+            assert!(check_group_settings(&with(&ok)).is_ok(), "{ok:?}");
+        }
+        let refused = check_group_settings(&with(&[("group.instance.id", "one")]));
+        assert!(
+            matches!(&refused, Err(Error::Config(m)) if m.contains("Remove group.instance.id")),
+            "{refused:?}"
+        );
+        let unknown = check_group_settings(&with(&[("group.protocol", "eager")]));
+        assert!(
+            matches!(&unknown, Err(Error::Config(m)) if m.contains("group.protocol=consumer")),
+            "{unknown:?}"
+        );
+    }
+}

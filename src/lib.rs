@@ -53,6 +53,7 @@ pub mod stack;
 pub mod error;
 pub mod failpoint;
 pub mod health;
+pub mod instance;
 pub mod metrics;
 pub mod retry;
 pub mod secret;

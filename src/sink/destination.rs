@@ -187,6 +187,8 @@ async fn apply<D: Destination>(
 /// What the loop keeps for the life of a sink: the registry, a connection pool, the
 /// dead-letter producer and the feed's configuration.
 struct Parts {
+    /// Two live sinks with one owner name would make `sink_offsets` unreadable to a person.
+    _instance: Option<crate::instance::InstanceLock>,
     registry: Registry,
     pool: Pool,
     dead_letters: DeadLetters,
@@ -202,6 +204,8 @@ impl Parts {
         worker: &WorkerSettings,
     ) -> Result<Parts> {
         let (kafka, topic) = (&settings.kafka, sink.topic());
+        crate::kafka::check_group_settings(kafka)?;
+        let instance = crate::instance::claim(sink.group(), &worker.instance())?;
         crate::kafka::ensure_history_topic(
             kafka,
             topic,
@@ -214,6 +218,7 @@ impl Parts {
         crate::kafka::ensure_topic(kafka, &topics.dead_letters, partitions, replication, &[])
             .await?;
         Ok(Parts {
+            _instance: instance,
             registry: Registry::connect(settings).await?,
             pool: crate::db::pool(&settings.database_url, 4)?,
             dead_letters: DeadLetters::new(kafka, &topics.dead_letters, D::CONSUMER)?,

@@ -4,19 +4,24 @@
 //!
 //! The consumer runs on a blocking thread; the claim of an assignment happens inside the
 //! rebalance callback, so no record of a partition is read before it is claimed and sought.
-//! A batch collected across a rebalance is dropped: its partitions were re-sought.
+//! Eager and incremental rebalancing (cooperative-sticky, the consumer group protocol) are
+//! both followed: each record waiting to be handed over carries the epoch its partition was
+//! claimed under when it was read, and is dropped if that is no longer the partition's epoch
+//! here (revoked, or claimed again and re-sought). A kept partition's records stay: under
+//! incremental rebalancing it is neither revoked nor re-sought, so they are its next ones.
 //!
 //! Batches are pulled: records gather while the sink applies the previous batch, and the
 //! sink gets all of them when it asks for the next. So a record waits for at most one
 //! transaction before its own, and batches grow with the load by themselves.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -88,7 +93,6 @@ fn consume(
         pool,
         runtime,
         epochs: Mutex::default(),
-        generation: AtomicU64::new(0),
         failure: Mutex::default(),
     };
     let consumer: BaseConsumer<Claims> =
@@ -102,13 +106,10 @@ fn consume(
     consumer.subscribe(&[&config.topic])?;
     let limits = &config.limits;
     let mut report = Instant::now();
-    let mut pending: Vec<OwnedMessage> = Vec::new();
+    // Each with the epoch its partition was held under when it was read.
+    let mut pending: Vec<(Option<i64>, OwnedMessage)> = Vec::new();
     let mut first_at = Instant::now();
-    let mut generation = consumer.context().generation.load(Ordering::SeqCst);
     while !stop.is_cancelled() && !out.is_closed() {
-        if pending.is_empty() {
-            generation = consumer.context().generation.load(Ordering::SeqCst);
-        }
         // Blocks while there is nothing to hand over; a short wait once there is, so a sink
         // that asks gets its batch at once.
         let mut wait = Duration::from_millis(if pending.is_empty() { 500 } else { 1 });
@@ -119,7 +120,9 @@ fn consume(
                     if pending.is_empty() {
                         first_at = Instant::now();
                     }
-                    pending.push(m.detach());
+                    // Read now, after any rebalance this poll ran: the epoch it is read under.
+                    let epoch = consumer.context().epoch(m.partition());
+                    pending.push((epoch, m.detach()));
                 }
                 Some(Err(e)) => kafka::report_consumer_error(&config.consumer, &e),
             }
@@ -136,25 +139,20 @@ fn consume(
             let lag: i64 = lags.iter().map(|(_, _, lag)| lag).sum();
             tracing::info!(sink = %config.consumer, lag, "sink lag");
         }
-        if consumer.context().generation.load(Ordering::SeqCst) != generation {
-            // Read across a rebalance: the partitions still ours were sought back.
-            pending.clear();
-            continue;
-        }
+        let held = consumer.context().epochs();
+        pending.retain(|(epoch, m)| epoch.is_some() && *epoch == held.get(&m.partition()).copied());
         let lingered = first_at.elapsed() >= Duration::from_millis(limits.max_wait_ms);
         let full = pending.len() >= limits.max_records;
         if pending.is_empty() || !(full || (lingered && wanted.load(Ordering::SeqCst))) {
             continue;
         }
-        let epochs = {
-            let held = consumer.context().epochs();
-            pending
-                .iter()
-                .filter_map(|m| held.get(&m.partition()).map(|e| (m.partition(), *e)))
-                .collect()
-        };
         wanted.store(false, Ordering::SeqCst);
-        let records = std::mem::take(&mut pending);
+        let (tags, records): (Vec<_>, Vec<_>) = std::mem::take(&mut pending).into_iter().unzip();
+        let epochs = records
+            .iter()
+            .zip(tags)
+            .filter_map(|(m, epoch)| epoch.map(|e| (m.partition(), e)))
+            .collect();
         if out.blocking_send(Ok(Batch { records, epochs })).is_err() {
             break;
         }
@@ -167,9 +165,8 @@ struct Claims {
     config: FeedConfig,
     pool: Pool,
     runtime: Handle,
+    /// The partitions held, with the epoch each was claimed under.
     epochs: Mutex<HashMap<i32, i64>>,
-    /// Bumped by every assignment and revocation.
-    generation: AtomicU64,
     failure: Mutex<Option<Error>>,
 }
 
@@ -179,6 +176,11 @@ impl Claims {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    fn epoch(&self, partition: i32) -> Option<i64> {
+        let held = self.epochs.lock().unwrap_or_else(PoisonError::into_inner);
+        held.get(&partition).copied()
     }
 
     fn take_failure(&self) -> Option<Error> {
@@ -208,43 +210,59 @@ impl Claims {
 impl ClientContext for Claims {}
 
 impl ConsumerContext for Claims {
+    /// Eager rebalancing revokes and assigns everything; incremental rebalancing only what
+    /// moves, so the epochs of the partitions kept stay as they are.
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        self.epochs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
-        let assigned = match err {
+        let incremental = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let mut held = self.epochs.lock().unwrap_or_else(PoisonError::into_inner);
+        if !incremental {
+            held.clear();
+        }
+        let outcome = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.claim(tpl).and_then(|epochs| {
-                    consumer.assign(tpl)?;
-                    Ok(epochs)
+                    if incremental {
+                        consumer.incremental_assign(tpl)?;
+                    } else {
+                        consumer.assign(tpl)?;
+                    }
+                    held.extend(epochs);
+                    Ok(())
                 })
             }
-            _ => {
-                if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
-                    tracing::warn!(sink = %self.config.consumer, ?err, "rebalance failed");
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                for e in tpl.elements() {
+                    held.remove(&e.partition());
                 }
-                consumer
-                    .unassign()
-                    .map(|()| HashMap::new())
-                    .map_err(Into::into)
+                if incremental {
+                    consumer.incremental_unassign(tpl).map_err(Into::into)
+                } else {
+                    consumer.unassign().map_err(Into::into)
+                }
+            }
+            _ => {
+                // What stays assigned after a failed rebalance is not known: start over.
+                held.clear();
+                tracing::warn!(sink = %self.config.consumer, ?err, "rebalance failed");
+                Err(KafkaError::Rebalance(err.into()).into())
             }
         };
-        match assigned {
-            Ok(epochs) => {
-                *self.epochs.lock().unwrap_or_else(PoisonError::into_inner) = epochs;
-            }
-            Err(e) => {
-                // Reading unclaimed partitions would apply records twice: stop this session.
+        if let Err(e) = outcome {
+            // Reading unclaimed partitions would apply records twice: nothing more is handed
+            // over, and the session stops.
+            held.clear();
+            if !incremental {
                 let _ = consumer.unassign();
-                *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
             }
+            *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
         }
     }
 }

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -59,7 +59,8 @@ struct Counters {
     verdicts: Counter,
     dead_letters: Counter,
     transactions: Counter,
-    /// Batches dropped because a rebalance took partitions while they were collected.
+    /// Batches that lost records because a rebalance moved their partitions while they were
+    /// collected.
     discarded: Counter,
 }
 
@@ -94,6 +95,10 @@ impl Fraud {
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let scorer: Arc<dyn Scorer> =
             score::scorer(self.config.scorer, self.config.fraud_threshold)?.into();
+        kafka::check_group_settings(&self.settings.kafka)?;
+        // Held until the worker stops: a second live process with this transactional id
+        // would fence this one at every session.
+        let _instance = crate::instance::claim(&self.config.group, &self.worker.instance())?;
         let registry = Registry::connect(&self.settings).await?;
         let (kafka, topics) = (&self.settings.kafka, &self.topics);
         let replication = topics.replication_factor;
@@ -161,25 +166,51 @@ impl Fraud {
     }
 }
 
-/// Counts revocations, so a batch collected across a rebalance is recognised and dropped.
+/// Which assignment of each partition this consumer is in. Under eager rebalancing every
+/// rebalance revokes everything and re-reads it from the committed offsets; under
+/// cooperative-sticky and the consumer group protocol (KIP-848) a rebalance moves only some
+/// partitions, and the kept ones are neither revoked nor re-sought. So a record read before a
+/// rebalance is still good exactly when its partition has been ours, without a break, since:
+/// its tenure is unchanged.
 #[derive(Default)]
 struct RebalanceWatch {
-    revocations: AtomicU64,
+    tenures: Mutex<HashMap<i32, u64>>,
+    /// Tenures handed out so far: a partition assigned again gets a new one.
+    assignments: AtomicU64,
+    /// A failed rebalance: what it left assigned is not known, so the session starts over.
+    failure: Mutex<Option<KafkaError>>,
+}
+
+impl RebalanceWatch {
+    /// The partition's current tenure; `None` once it is not ours.
+    fn tenure(&self, partition: i32) -> Option<u64> {
+        let tenures = self.tenures.lock().unwrap_or_else(PoisonError::into_inner);
+        tenures.get(&partition).copied()
+    }
 }
 
 impl ClientContext for RebalanceWatch {}
 
 impl ConsumerContext for RebalanceWatch {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let mut tenures = self.tenures.lock().unwrap_or_else(PoisonError::into_inner);
         match rebalance {
             Rebalance::Revoke(tpl) => {
-                self.revocations.fetch_add(1, Ordering::SeqCst);
-                tracing::info!(partitions = tpl.count(), "fraud: partitions revoked");
+                for p in partition_numbers(tpl) {
+                    tenures.remove(&p);
+                }
+                tracing::info!(partitions = ?partition_numbers(tpl), "fraud: partitions revoked");
             }
             Rebalance::Assign(tpl) => {
+                for p in partition_numbers(tpl) {
+                    tenures.insert(p, self.assignments.fetch_add(1, Ordering::SeqCst));
+                }
                 tracing::info!(partitions = ?partition_numbers(tpl), "fraud: partitions assigned")
             }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "fraud: rebalance failed"),
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "fraud: rebalance failed; starting a new session");
+                *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.clone());
+            }
         }
     }
 }
@@ -190,7 +221,8 @@ fn partition_numbers(tpl: &TopicPartitionList) -> Vec<i32> {
 
 /// One consumer and one transactional producer, on a blocking thread: a batch is collected,
 /// then produced and committed, before the consumer is polled again, so no transaction is
-/// ever open while a rebalance runs.
+/// ever open while a rebalance runs, and a partition given up in one was committed up to
+/// what this instance read of it.
 struct Session {
     fraud: Arc<Fraud>,
     scorer: Arc<dyn Scorer>,
@@ -233,13 +265,33 @@ impl Session {
         tracing::info!(transactional_id = %f.transactional_id(), "fraud session started");
         let mut last_report = Instant::now();
         while !shutdown.is_cancelled() {
-            let generation = consumer.context().revocations.load(Ordering::SeqCst);
-            let batch = kafka::poll_batch(&consumer, &f.worker.batch_limits(), "fraud");
-            if consumer.context().revocations.load(Ordering::SeqCst) != generation {
-                // The partitions were reassigned from their committed offsets: whatever of
-                // this batch is still ours will be read again.
+            let polled = kafka::poll_batch(
+                &consumer,
+                &f.worker.batch_limits(),
+                "fraud",
+                RebalanceWatch::tenure,
+            );
+            // A record whose partition moved while the batch was collected is dropped: its
+            // partition is another's now, or was assigned again and re-read from the committed
+            // offset. The rest of each kept partition follows on from its committed offset,
+            // so the offsets this transaction commits pass only records it produces.
+            let polled_count = polled.len();
+            let watch = consumer.context();
+            if let Some(e) = watch
+                .failure
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+            {
+                return Err(e.into());
+            }
+            let batch: Vec<OwnedMessage> = polled
+                .into_iter()
+                .filter(|(tenure, m)| tenure.is_some() && *tenure == watch.tenure(m.partition()))
+                .map(|(_, m)| m)
+                .collect();
+            if batch.len() < polled_count {
                 self.counters.discarded.inc();
-                continue;
             }
             if !batch.is_empty() {
                 self.transact(&consumer, &producer, &batch)?;
