@@ -112,6 +112,13 @@ async fn up_env_status_down_leaves_nothing_running() {
         out.contains("127.0.0.1:54339") && out.contains("127.0.0.1:19192"),
         "{out}"
     );
+    let password = std::fs::read_to_string(stack.home.join("postgres.password")).unwrap();
+    let password = password.trim();
+    assert!(!password.is_empty());
+    assert!(
+        !out.contains(&*password),
+        "up keeps the password out of its output: {out}"
+    );
     let (code, again) = stack.run(&["stack", "up"]);
     assert_eq!(code, 0, "a second up finds it running: {again}");
 

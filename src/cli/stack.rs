@@ -38,7 +38,9 @@ pub(super) async fn execute(action: StackAction, cfg: &StackConfig) -> Result<Ex
         StackAction::Up => {
             let info = stack::up(cfg).await?;
             println!("local stack is up (data in {})", cfg.home().display());
-            println!("  postgres {}: {}", cfg.pg_version, info.database_url);
+            // The password stays out of logs; `stack env` prints it for the shell that asks.
+            let url = crate::secret::redact_url(&info.database_url);
+            println!("  postgres {}: {url}", cfg.pg_version);
             println!("  kafka:    {}", info.kafka_bootstrap_servers);
             if let Ok((address, user, _)) = stack::kafka_sasl(cfg) {
                 println!(
