@@ -116,7 +116,7 @@ async fn up_env_status_down_leaves_nothing_running() {
     let password = password.trim();
     assert!(!password.is_empty());
     assert!(
-        !out.contains(&*password),
+        !out.contains(password),
         "up keeps the password out of its output: {out}"
     );
     let (code, again) = stack.run(&["stack", "up"]);
