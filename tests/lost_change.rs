@@ -79,21 +79,7 @@ async fn a_lost_insert_and_a_lost_text_only_edit_fail_verify_naming_both() {
     )
     .await
     .unwrap();
-    let end: tokio_postgres::types::PgLsn = db
-        .query_one("SELECT pg_current_wal_lsn()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    common::eventually("the slot is advanced past both changes", 60, || async {
-        // The walsender of the stopped cdc may hold the slot for a moment.
-        db.query_one(
-            "SELECT pg_replication_slot_advance($1, $2)",
-            &[&p.slot(), &end],
-        )
-        .await
-        .is_ok()
-    })
-    .await;
+    lose_the_slot_tail(&p, &db).await;
 
     let _cdc = p.spawn_cdc(None);
     db.batch_execute(
