@@ -1,5 +1,9 @@
 //! The command-line arguments of the sinks (`reviewflow stats`, `reviewflow verdicts`).
 
+use chrono::{NaiveDate, Utc};
+
+use super::stats::figures::StatsState;
+
 /// The verdict sink.
 #[derive(clap::Args, Clone, Debug)]
 pub struct VerdictsConfig {
@@ -54,8 +58,15 @@ pub struct StatsClock {
 }
 
 impl StatsClock {
-    /// Today as the 90-day window sees it (UTC).
-    pub fn today(&self) -> chrono::NaiveDate {
-        super::stats::figures::today(self.clock_shift_days)
+    /// Today as the 90-day window sees it (UTC), moved by `clock_shift_days` when a test asks.
+    pub fn today(&self) -> NaiveDate {
+        (Utc::now() + chrono::TimeDelta::days(self.clock_shift_days)).date_naive()
+    }
+
+    /// The day figures are written for: today, but never before the day the rollover already
+    /// reached, so a clock that went back cannot roll the window back.
+    pub fn today_for(&self, state: &StatsState) -> NaiveDate {
+        self.today()
+            .max(state.rolled_through.unwrap_or(NaiveDate::MIN))
     }
 }

@@ -288,12 +288,6 @@ pub async fn reset(
     Ok(true)
 }
 
-/// Today as the 90-day window sees it (UTC), moved by `clock_shift_days` when a test asks
-/// (`REVIEWFLOW_CLOCK_SHIFT_DAYS`): the stats worker's clock, and replay's.
-pub fn today(clock_shift_days: i64) -> NaiveDate {
-    (Utc::now() + chrono::TimeDelta::days(clock_shift_days)).date_naive()
-}
-
 /// The last day outside the 90-day window ending `today`: a review is recent when its day is
 /// after this one (DESIGN.md: day > today - 90).
 fn window_floor(today: NaiveDate) -> NaiveDate {

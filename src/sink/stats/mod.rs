@@ -18,7 +18,7 @@ pub mod notify;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use rdkafka::message::{Message, OwnedMessage};
 use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
@@ -49,10 +49,6 @@ pub struct StatsWorker {
 impl StatsWorker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         super::run(&self, &self.settings, &self.topics, &self.worker, shutdown).await
-    }
-
-    fn today(&self) -> NaiveDate {
-        self.config.clock.today()
     }
 }
 
@@ -88,9 +84,7 @@ impl Destination for StatsWorker {
         records: Vec<(&OwnedMessage, ValidChange)>,
     ) -> Result<Written<Self::Receipt>> {
         let mut state = figures::lock_state(tx).await?;
-        let today = self
-            .today()
-            .max(state.rolled_through.unwrap_or(NaiveDate::MIN));
+        let today = self.config.clock.today_for(&state);
         figures::roll_days(tx, &mut state, today).await?;
         let mut fold = Fold::new(applied, state.truncated());
         let mut committed = Vec::with_capacity(records.len());
@@ -133,10 +127,11 @@ impl Destination for StatsWorker {
         let mut client = pool.get().await?;
         let tx = client.transaction().await?;
         let mut state = figures::lock_state(&tx).await?;
-        let refreshed = figures::roll_days(&tx, &mut state, self.today()).await?;
+        let today = self.config.clock.today();
+        let refreshed = figures::roll_days(&tx, &mut state, today).await?;
         tx.commit().await?;
         if refreshed > 0 {
-            tracing::info!(courses = refreshed, today = %self.today(), "day rollover");
+            tracing::info!(courses = refreshed, %today, "day rollover");
         }
         Ok(())
     }

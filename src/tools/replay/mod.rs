@@ -62,7 +62,6 @@ mod summary;
 
 use std::collections::{BTreeSet, HashMap};
 
-use chrono::NaiveDate;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
@@ -71,7 +70,7 @@ use crate::contract::lsn::SourcePosition;
 use crate::error::{Error, Result};
 use crate::registry::Registry;
 use crate::sink::offsets::{self, Advance};
-use crate::sink::stats::figures::{self, StatsState};
+use crate::sink::stats::figures;
 use crate::sink::stats::fold::Fold;
 use crate::sink::stats::CONSUMER;
 use crate::transform::score;
@@ -202,7 +201,7 @@ impl Replay {
         // Fences running stats workers: their batch in flight rolls back, they claim again.
         offsets::claim(&tx, CONSUMER, &topic, &partitions, &self.owner).await?;
         let state = figures::lock_state(&tx).await?;
-        let today = self.today(&state);
+        let today = self.clock.today_for(&state);
         rebuild_start(&tx, cut.unwrap_or_default(), today).await?;
         figures::apply(&tx, &read.fold.take_deltas(), today).await?;
         offsets::forget_applied(&tx, CONSUMER, &topic, &partitions).await?;
@@ -282,7 +281,7 @@ impl Replay {
             offsets::claim(&tx, CONSUMER, &topic, &partitions, &self.owner).await?
         };
         let state = figures::lock_state(&tx).await?;
-        let today = self.today(&state);
+        let today = self.clock.today_for(&state);
         rebuild_start(&tx, before_snapshot, today).await?;
         figures::apply(&tx, &read.deltas, today).await?;
         let progress: Vec<Advance> = partitions
@@ -310,13 +309,6 @@ impl Replay {
         };
         tracing::info!(?summary, "replay from snapshot committed");
         Ok(summary)
-    }
-
-    /// Today as the stats worker sees it, and not before the day its rollover reached.
-    fn today(&self, state: &StatsState) -> NaiveDate {
-        self.clock
-            .today()
-            .max(state.rolled_through.unwrap_or(NaiveDate::MIN))
     }
 }
 
