@@ -130,7 +130,7 @@ async fn replica_identity_changed_while_streaming_stops_cdc_and_new_snapshot_rec
     );
     let events = p.events().await;
     assert!(
-        events.iter().all(|(_, _, e)| e.op == Op::Read),
+        events.iter().all(|(_, _, e)| e.source.snapshot),
         "the update without a before image never reached Kafka: {events:?}"
     );
 
