@@ -116,6 +116,28 @@ pub async fn partition_done(
     Ok(true)
 }
 
+/// For `status`: a line when a snapshot is in flight, saying how far it got.
+pub async fn status_line(pg: &tokio_postgres::Client) -> Result<Option<String>> {
+    let row = pg
+        .query_one(
+            &format!(
+                "SELECT restating, cardinality(restated_partitions),
+                        (SELECT count(*) FROM {SCHEMA}.course_stats)
+                 FROM stats_state"
+            ),
+            &[],
+        )
+        .await?;
+    Ok(row.get::<_, bool>(0).then(|| {
+        format!(
+            "stats: a snapshot is in flight ({} partitions delivered its end; {} courses \
+             gathered so far); course_stats shows the figures from before it until it is whole",
+            row.get::<_, i32>(1),
+            row.get::<_, i64>(2)
+        )
+    }))
+}
+
 /// Forgets a snapshot in flight, for a rebuild that writes the real tables from the whole
 /// history itself (`replay`): the copies emptied, the figures aimed at the real tables.
 pub async fn abandon(tx: &Transaction<'_>) -> Result<()> {
