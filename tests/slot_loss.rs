@@ -125,7 +125,7 @@ where
     // Every snapshot opens with a TRUNCATE on each of the three partitions: the first one, and
     // one restatement.
     let truncates: Vec<_> = p
-        .events()
+        .marked_events()
         .await
         .into_iter()
         .filter(|(_, _, e)| e.op == reviewflow::contract::change::Op::Truncate)

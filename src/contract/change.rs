@@ -75,6 +75,13 @@ pub struct Source {
     pub snapshot: bool,
 }
 
+impl ChangeEvent {
+    /// A snapshot's TRUNCATE or end: a mark every partition carries, not a change of a row.
+    pub fn is_snapshot_mark(&self) -> bool {
+        self.source.snapshot && matches!(self.op, Op::Truncate | Op::SnapshotEnd)
+    }
+}
+
 impl Source {
     pub fn id(&self) -> SourcePosition {
         SourcePosition::new(self.lsn, self.position)

@@ -6,8 +6,8 @@
 //! commit over the new owner. A change the CDC reader sent twice (same commit LSN and
 //! position) is applied once; a TRUNCATE voids every change committed before it, whichever
 //! partition still carries one. A snapshot in flight is folded out of sight and put in place
-//! whole (see `restating`): no figure drops while cdc restates the table. Days leave the 90-day window at each UTC midnight even when
-//! no review arrives.
+//! whole (see `restating`): no figure drops while cdc restates the table. Days leave the
+//! 90-day window at each UTC midnight even when no review arrives.
 //!
 //! All stats writers serialize on the `stats_state` row (see `figures`): scaling out adds
 //! consumers and decoding, not concurrent writes.
@@ -129,7 +129,10 @@ impl Destination for StatsWorker {
                     .await?;
                 }
             }
-            committed.push(event.event.source.commit_time);
+            // A change applied; the marks around a snapshot are no change of a review.
+            if !event.event.is_snapshot_mark() {
+                committed.push(event.event.source.commit_time);
+            }
         }
         let deltas = fold.take_deltas();
         let touched = if reset {
