@@ -6,42 +6,12 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::pipeline::Pipeline;
 use common::Running;
 use reviewflow::registry::Registry;
 use reviewflow::source::failover::Server;
 use reviewflow::source::snapshot::{find_marker, record_marker, SnapshotHistory};
 
-/// cdc run once: it must exit non-zero by itself; its stderr.
-async fn cdc_refuses(p: &Pipeline) -> String {
-    let log = std::env::temp_dir().join(format!("rf-failover-{}.log", common::unique()));
-    let mut cmd = p.command("cdc");
-    cmd.stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    let mut child = Running(Some(cmd.spawn().unwrap())).take();
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "cdc resumed on a slot that is not its snapshot's: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(!status.success(), "cdc exits non-zero: {status}\n{text}");
-    text
-}
-
-/// The pipeline on a few reviews, caught up; then the marker rewritten by `server`, as if
 /// the snapshot had been read there.
 async fn recorded_elsewhere(
     name: &str,
@@ -78,7 +48,7 @@ async fn recorded_elsewhere(
 }
 
 async fn refused_then_restated(p: &Pipeline, names: &[&str]) {
-    let text = cdc_refuses(p).await;
+    let text = p.cdc_refuses(&[]).await;
     for name in names.iter().chain(&["--new-snapshot"]) {
         assert!(text.contains(name), "cdc's message names {name:?}: {text}");
     }

@@ -569,20 +569,7 @@ pub async fn record_marker(
     marker: &SnapshotMarker,
 ) -> Result<()> {
     let (key, value) = marker_record(registry, changes_topic, marker).await?;
-    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
-        client_config(kafka)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .create()?;
-    send_record(
-        &producer,
-        BaseRecord::<[u8], [u8], ()>::to(&marker_topic(changes_topic))
-            .key(&key)
-            .payload(&value),
-    )
-    .await?;
-    tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(60))).await??;
-    Ok(())
+    put_marker(kafka, &marker_topic(changes_topic), &key, Some(&value)).await
 }
 
 /// Withdraws the slot's snapshot marker (a tombstone under its key) before a restatement, so
@@ -595,18 +582,31 @@ pub async fn withdraw_marker(
 ) -> Result<()> {
     let topic = marker_topic(changes_topic);
     let key = marker_key(registry, &topic, slot).await?;
+    put_marker(kafka, &topic, &key, None).await?;
+    tracing::info!(%topic, slot, "the lost slot's snapshot marker withdrawn");
+    Ok(())
+}
+
+/// Writes one marker record (None: a tombstone) outside any snapshot, acknowledged by every
+/// in-sync replica before this returns.
+async fn put_marker(
+    kafka: &KafkaSettings,
+    topic: &str,
+    key: &[u8],
+    value: Option<&[u8]>,
+) -> Result<()> {
     let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
         client_config(kafka)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .create()?;
-    send_record(
-        &producer,
-        BaseRecord::<[u8], [u8], ()>::to(&topic).key(&key),
-    )
-    .await?;
+    let record = BaseRecord::<[u8], [u8], ()>::to(topic).key(key);
+    let record = match value {
+        Some(value) => record.payload(value),
+        None => record,
+    };
+    send_record(&producer, record).await?;
     tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(60))).await??;
-    tracing::info!(%topic, slot, "the lost slot's snapshot marker withdrawn");
     Ok(())
 }
 
