@@ -10,9 +10,12 @@ CREATE TABLE reviewflow_restating.course_review_times (LIKE course_review_times 
 
 --   restating: a snapshot's TRUNCATE was applied and its end has not arrived on every
 --              partition yet: the figures go to the copies.
+--   restating_lsn: that snapshot's consistent point, which its ends carry (an end of another
+--                  snapshot, one that died, does not count).
 --   restated_partitions: the partitions whose end arrived.
 ALTER TABLE stats_state
     ADD COLUMN restating boolean NOT NULL DEFAULT false,
+    ADD COLUMN restating_lsn bigint,
     ADD COLUMN restated_partitions integer[] NOT NULL DEFAULT '{}';
 
 GRANT USAGE ON SCHEMA reviewflow_restating TO reviewflow_worker;

@@ -32,6 +32,8 @@ pub struct StatsState {
     pub truncated_position: i64,
     /// A snapshot is in flight: the figures go to the copies (see `restating`).
     pub restating: bool,
+    /// Its consistent point, which its ends carry.
+    pub restating_lsn: Option<Lsn>,
     /// The partitions that delivered its end.
     pub restated_partitions: Vec<i32>,
 }
@@ -53,7 +55,8 @@ impl StatsState {
 pub async fn lock_state(tx: &Transaction<'_>) -> Result<StatsState> {
     let row = tx
         .query_one(
-            "SELECT rolled_through, truncated_lsn, truncated_position, restating, restated_partitions
+            "SELECT rolled_through, truncated_lsn, truncated_position, restating, restated_partitions,
+                    restating_lsn
              FROM stats_state FOR UPDATE",
             &[],
         )
@@ -65,6 +68,7 @@ pub async fn lock_state(tx: &Transaction<'_>) -> Result<StatsState> {
         truncated_position: row.get(2),
         restating: row.get(3),
         restated_partitions: row.get(4),
+        restating_lsn: row.get::<_, Option<i64>>(5).map(|l| Lsn(l as u64)),
     })
 }
 

@@ -109,7 +109,7 @@ impl Destination for StatsWorker {
                     // What came before it is void: apply it first, then start from nothing.
                     figures::apply(tx, &voided, today).await?;
                     if event.event.source.snapshot {
-                        restating::begin(tx, &mut state, &home).await?;
+                        restating::begin(tx, &mut state, &home, event.event.source.lsn).await?;
                     }
                     reset |= figures::reset(tx, &mut state, event.event.source.id()).await?
                         && !state.restating;
@@ -125,6 +125,7 @@ impl Destination for StatsWorker {
                             &home,
                             m.partition(),
                             partitions,
+                            event.event.source.lsn,
                             today,
                         )
                         .await?,

@@ -18,6 +18,7 @@
 use tokio_postgres::Transaction;
 
 use super::figures::{self, StatsState};
+use crate::contract::lsn::Lsn;
 use crate::db::quote_ident;
 use crate::error::Result;
 
@@ -49,23 +50,30 @@ pub async fn home(tx: &Transaction<'_>) -> Result<String> {
         .get(0))
 }
 
-/// A snapshot's TRUNCATE: from now on the figures go to the copies (which the caller then
-/// empties, as any TRUNCATE empties the tables in use), and no partition has delivered the
-/// snapshot's end yet.
-pub async fn begin(tx: &Transaction<'_>, state: &mut StatsState, home: &str) -> Result<()> {
+/// A TRUNCATE opening the snapshot read at `snapshot`: from now on the figures go to the
+/// copies (which the caller then empties, as any TRUNCATE empties the tables in use), and no
+/// partition has delivered the snapshot's end yet.
+pub async fn begin(
+    tx: &Transaction<'_>,
+    state: &mut StatsState,
+    home: &str,
+    snapshot: Lsn,
+) -> Result<()> {
     tx.execute(
-        "UPDATE stats_state SET restating = true, restated_partitions = '{}'",
-        &[],
+        "UPDATE stats_state SET restating = true, restating_lsn = $1, restated_partitions = '{}'",
+        &[&(snapshot.0 as i64)],
     )
     .await?;
     state.restating = true;
+    state.restating_lsn = Some(snapshot);
     state.restated_partitions.clear();
     aim(tx, state, home).await?;
     tracing::info!("a snapshot began: the figures shown stay as they are until it ends");
     Ok(())
 }
 
-/// `partition` delivered the snapshot's end; when it was the last of `partitions`, the copies
+/// `partition` delivered the end of the snapshot read at `snapshot`. When that snapshot is the
+/// one in flight and this was the last of `partitions`, the copies
 /// replace the real tables as of `today`. Returns the courses whose figures that changed
 /// (empty when the snapshot is not whole yet). The caller has applied everything folded
 /// before the end.
@@ -75,10 +83,12 @@ pub async fn partition_done(
     home: &str,
     partition: i32,
     partitions: i32,
+    snapshot: Lsn,
     today: chrono::NaiveDate,
 ) -> Result<Vec<i64>> {
-    if !state.restating {
-        // The end of a snapshot whose start a rebuild (`replay`) already folded in place.
+    if !state.restating || state.restating_lsn != Some(snapshot) {
+        // The end of a snapshot that died and was taken again, or whose start a rebuild
+        // (`replay`) already folded in place.
         return Ok(Vec::new());
     }
     if !state.restated_partitions.contains(&partition) {
@@ -105,10 +115,11 @@ pub async fn partition_done(
     aim(tx, state, home).await?;
     let changed = swap(tx).await?;
     tx.execute(
-        "UPDATE stats_state SET restating = false, restated_partitions = '{}'",
+        "UPDATE stats_state SET restating = false, restating_lsn = NULL, restated_partitions = '{}'",
         &[],
     )
     .await?;
+    state.restating_lsn = None;
     state.restated_partitions.clear();
     tracing::info!(
         changed = changed.len(),
@@ -143,7 +154,8 @@ pub async fn status_line(pg: &tokio_postgres::Client) -> Result<Option<String>> 
 /// history itself (`replay`): the copies emptied, the figures aimed at the real tables.
 pub async fn abandon(tx: &Transaction<'_>) -> Result<()> {
     tx.batch_execute(&format!(
-        "UPDATE stats_state SET restating = false, restated_partitions = '{{}}'; TRUNCATE {}",
+        "UPDATE stats_state SET restating = false, restating_lsn = NULL, \
+         restated_partitions = '{{}}'; TRUNCATE {}",
         copies()
     ))
     .await?;
