@@ -79,13 +79,14 @@ impl Destination for VerdictSink {
     ) -> Result<Written<()>> {
         let mut verdicts = Vec::with_capacity(records.len());
         let mut deletions = Vec::new();
-        let mut truncated: Option<SourcePosition> = None;
+        let (mut truncated, mut truncates): (Option<SourcePosition>, u64) = (None, 0);
         for (_, record) in records {
             match record {
                 Record::Judged(v) => verdicts.push(v),
                 Record::Deleted(d) => deletions.push(d),
                 Record::Truncated { version, position } => {
-                    truncated = truncated.max(Some(SourcePosition::new(version, position)))
+                    truncated = truncated.max(Some(SourcePosition::new(version, position)));
+                    truncates += 1;
                 }
             }
         }
@@ -97,7 +98,9 @@ impl Destination for VerdictSink {
         Ok(Written {
             // Writes keep the newest by (version, position): no position to track.
             positions: HashMap::new(),
-            applied: (verdicts.len() + deletions.len()) as u64 + u64::from(truncated.is_some()),
+            // Every truncate record counts, though the newest alone does the work: a truncate
+            // comes on every changes partition, and the count is of records taken.
+            applied: (verdicts.len() + deletions.len()) as u64 + truncates,
             receipt: (),
         })
     }
