@@ -30,9 +30,19 @@ pub struct StatsState {
     pub rolled_through: Option<NaiveDate>,
     pub truncated_lsn: Lsn,
     pub truncated_position: i64,
+    /// The database's UTC day as the transaction sees it (`reviewflow_today()`, migration
+    /// V8): the clock `verify` computes the truth with.
+    pub clock_today: NaiveDate,
 }
 
 impl StatsState {
+    /// The day figures are written for: the database's today, but never before the day the
+    /// rollover already reached, so a clock that went back cannot roll the window back.
+    pub fn today(&self) -> NaiveDate {
+        self.rolled_through
+            .map_or(self.clock_today, |r| r.max(self.clock_today))
+    }
+
     /// The source position of the last TRUNCATE applied, if there was one.
     pub fn truncated(&self) -> Option<SourcePosition> {
         (self.truncated_lsn > Lsn::ZERO)
@@ -45,11 +55,13 @@ impl StatsState {
     }
 }
 
-/// Takes the lock every stats writer holds until it commits, and reads the state under it.
+/// Takes the lock every stats writer holds until it commits, and reads the state under it
+/// with the database's day.
 pub async fn lock_state(tx: &Transaction<'_>) -> Result<StatsState> {
     let row = tx
         .query_one(
-            "SELECT rolled_through, truncated_lsn, truncated_position FROM stats_state FOR UPDATE",
+            "SELECT rolled_through, truncated_lsn, truncated_position, reviewflow_today()
+             FROM stats_state FOR UPDATE",
             &[],
         )
         .await?;
@@ -58,6 +70,7 @@ pub async fn lock_state(tx: &Transaction<'_>) -> Result<StatsState> {
         // bigint holds any real WAL position: 2^63 bytes of WAL will never be written.
         truncated_lsn: Lsn(row.get::<_, i64>(1) as u64),
         truncated_position: row.get(2),
+        clock_today: row.get(3),
     })
 }
 

@@ -5,21 +5,22 @@
 //! under the partition epochs it was read with, so a worker that lost its partitions cannot
 //! commit over the new owner. A change the CDC reader sent twice (same commit LSN and
 //! position) is applied once; a TRUNCATE voids every change committed before it, whichever
-//! partition still carries one. Days leave the 90-day window at each UTC midnight even when
-//! no review arrives.
+//! partition still carries one. Days leave the 90-day window at each UTC midnight of the
+//! database's clock, the one `verify` reads, even when no review arrives: a timer aims at
+//! that boundary (see `clock`), and every batch writes the figures of the database's day.
 //!
 //! All stats writers serialize on the `stats_state` row (see `figures`): scaling out adds
 //! consumers and decoding, not concurrent writes.
 
+pub mod clock;
 pub mod figures;
 pub mod fold;
 pub mod notify;
 
-use std::collections::HashMap;
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use rdkafka::message::{Message, OwnedMessage};
+use std::collections::HashMap;
+use tokio::time::Instant;
 use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
 
@@ -84,7 +85,7 @@ impl Destination for StatsWorker {
         records: Vec<(&OwnedMessage, ValidChange)>,
     ) -> Result<Written<Self::Receipt>> {
         let mut state = figures::lock_state(tx).await?;
-        let today = self.config.clock.today_for(&state);
+        let today = state.today();
         figures::roll_days(tx, &mut state, today).await?;
         let mut fold = Fold::new(applied, state.truncated());
         let mut committed = Vec::with_capacity(records.len());
@@ -118,22 +119,19 @@ impl Destination for StatsWorker {
         })
     }
 
-    /// Midnight passes whether or not reviews arrive.
-    fn timer(&self) -> Option<Duration> {
-        Some(Duration::from_secs(30))
-    }
-
-    async fn tick(&self, pool: &deadpool_postgres::Pool) -> Result<()> {
+    /// Midnight passes whether or not reviews arrive: rolls the window to the database's day,
+    /// then aims at its next midnight.
+    async fn tick(&self, pool: &deadpool_postgres::Pool) -> Result<Option<Instant>> {
         let mut client = pool.get().await?;
         let tx = client.transaction().await?;
         let mut state = figures::lock_state(&tx).await?;
-        let today = self.config.clock.today();
+        let today = state.today();
         let refreshed = figures::roll_days(&tx, &mut state, today).await?;
         tx.commit().await?;
         if refreshed > 0 {
             tracing::info!(courses = refreshed, %today, "day rollover");
         }
-        Ok(())
+        Ok(Some(clock::next_look(&client).await?))
     }
 
     fn committed(&self, commit_times: Vec<DateTime<Utc>>) {

@@ -3,7 +3,8 @@
 //!
 //! - the figures: the from-scratch truth query (sql/truth.sql) compared, figure by figure,
 //!   with what the stats sink wrote (a course missing on one side counts as a course with no
-//!   review on that side);
+//!   review on that side), as of the database's UTC day (`reviewflow_today()`, migration V8:
+//!   the clock the stats worker rolls the 90-day window by, and the one tests move);
 //! - the rows (`rows`): every current row of `reviews` has exactly one verdict for its current
 //!   image, the one the model gives it, so a lost insert or edit fails even when no figure
 //!   moved (a row judged fraud, a text-only edit);
@@ -25,9 +26,10 @@ use crate::error::Result;
 
 pub const TRUTH_SQL: &str = include_str!("../../../sql/truth.sql");
 
-/// How truth.sql names "today", kept so the file stays runnable by hand in psql; `verify_at`
-/// swaps it for a parameter to compute the truth as of any day.
-const TODAY: &str = "(now() AT TIME ZONE 'UTC')::date";
+/// How truth.sql names "today": the database's clock (migration V8), the one the stats worker
+/// rolls the window by, kept so the file stays runnable by hand in psql; `verify_at` swaps it
+/// for a parameter to compute the truth as of any day.
+const TODAY: &str = "reviewflow_today()";
 
 /// truth.sql with every mention of today replaced by the date parameter `$1`.
 fn truth_sql_at() -> String {
@@ -75,12 +77,12 @@ pub struct Report {
     pub differences: Vec<Difference>,
 }
 
-/// The whole check as of the server's current UTC day.
+/// The whole check as of the database's UTC day (`reviewflow_today()`).
 pub async fn verify(client: &Client) -> Result<Report> {
     verify_at(client, None).await
 }
 
-/// The whole check, the figures as of the UTC day `today` (None: the server's), in one
+/// The whole check, the figures as of the UTC day `today` (None: the database's), in one
 /// read-only snapshot under the session settings cdc reads values with (set here as well as
 /// at connection start: `client` may come from a caller that did not connect through `db`).
 pub async fn verify_at(client: &Client, today: Option<NaiveDate>) -> Result<Report> {
@@ -109,7 +111,7 @@ pub async fn verify_at(client: &Client, today: Option<NaiveDate>) -> Result<Repo
     checked
 }
 
-/// The figures alone: course_stats against the truth as of `today` (None: the server's).
+/// The figures alone: course_stats against the truth as of `today` (None: the database's).
 /// For tests that drive the stats worker without the fraud worker's verdicts.
 pub async fn figures_at(client: &Client, today: Option<NaiveDate>) -> Result<Report> {
     let today: NaiveDate = match today {
@@ -186,7 +188,7 @@ mod tests {
         );
         let at = truth_sql_at();
         assert!(
-            !at.contains("now()"),
+            !at.contains("now()") && !at.contains("reviewflow_"),
             "truth.sql reads the clock elsewhere:\n{at}"
         );
         assert!(!at.contains("CURRENT_DATE") && !at.contains("current_date"));
