@@ -150,7 +150,7 @@ async fn replica_identity_changed_while_streaming_stops_cdc_and_new_snapshot_rec
         // Each partition gets the TRUNCATE, then the rows of its courses.
         let mut truncated = std::collections::HashSet::new();
         let mut restated = Vec::new();
-        for (partition, _, e) in p.events().await {
+        for (partition, _, e) in p.marked_events().await {
             if e.op == Op::Truncate {
                 truncated.insert(partition);
             } else if let (true, Some(r)) = (truncated.contains(&partition), &e.after) {

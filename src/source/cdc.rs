@@ -6,8 +6,9 @@
 //!   moves only past transactions whose every event Kafka acknowledged (idempotent producer);
 //! - after a crash at any instant the restart resumes from the slot, and a re-sent event
 //!   carries the same (commit LSN, position) as before, so consumers drop it;
-//! - a new slot starts with an all-or-nothing snapshot (see `snapshot`) and then streams from
-//!   exactly its consistent point: no row missed or doubled across the boundary;
+//! - a new slot starts with a snapshot of any length (committed in chunks between a TRUNCATE
+//!   and an end on every partition, see `snapshot`) and then streams from exactly its
+//!   consistent point: no row missed or doubled across the boundary;
 //! - a slot that is gone or invalidated (wal_status lost) after its snapshot was sent stops
 //!   the reader with `Error::SlotLost` (what happened, what to do): it never creates a new
 //!   slot on its own, which would skip the changes the old one could not deliver;
@@ -126,8 +127,9 @@ impl Cdc {
             _ => {
                 // A compacted topic takes no keyless TRUNCATE: its readers keep the latest row
                 // per key, which the new snapshot's rows replace (rows deleted while the slot
-                // was lost stay there until deleted again).
-                let restate = history != SnapshotHistory::Never && !cfg.compacted;
+                // was lost stay there until deleted again). Every other snapshot is marked, the
+                // first too: an attempt that died may have left committed chunks.
+                let marked = !cfg.compacted;
                 if let SnapshotHistory::Completed(m) = &history {
                     tracing::warn!(slot = %cfg.slot, state = slot.describe(), snapshot_lsn = %m.consistent_point,
                         "--new-snapshot: the slot is lost; taking a new snapshot that restates the table");
@@ -159,7 +161,8 @@ impl Cdc {
                     limits,
                     oversize: metrics::oversize_values(&self.config.stage()),
                     filenode_before,
-                    restate,
+                    marked,
+                    rate: cfg.snapshot_rate,
                 }
                 .run()
                 .await?;

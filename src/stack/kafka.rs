@@ -278,10 +278,17 @@ fn server_properties(
          share.coordinator.state.topic.replication.factor=1\n\
          share.coordinator.state.topic.min.isr=1\n\
          group.initial.rebalance.delay.ms=0\n\
-         auto.create.topics.enable=false\n",
+         auto.create.topics.enable=false\n\
+         transaction.max.timeout.ms={TRANSACTION_MAX_TIMEOUT_MS}\n",
         logs.display()
     )
 }
+
+/// The longest a Kafka transaction may stay open on the local broker: one minute, where
+/// Kafka's default is fifteen. Every transaction reviewflow opens must stay well inside what
+/// any broker allows (a snapshot commits in chunks for that reason), and the local stack,
+/// which every test runs on, holds them to a low limit so that one that does not is seen.
+pub const TRANSACTION_MAX_TIMEOUT_MS: u64 = 60_000;
 
 const LOG4J: &str = "status = warn\n\
 appender.out.type = Console\n\

@@ -74,6 +74,9 @@ pub async fn report(settings: &Settings, place: &Place<'_>, peek: i32) -> Result
     for line in lines {
         println!("{line}");
     }
+    if let Some(line) = crate::sink::stats::restating::status_line(&client).await? {
+        println!("{line}");
+    }
     for line in stage_lines(place.api_url).await {
         println!("{line}");
     }

@@ -199,13 +199,27 @@ impl Pipeline {
         reviewflow::db::connect(&self.url).await.unwrap()
     }
 
-    /// Every change event on the changes topic, in partition order.
+    /// Every change event on the changes topic, in partition order, without the snapshots'
+    /// marks.
     pub async fn events(&self) -> Vec<(i32, Option<i64>, ChangeEvent)> {
         self.events_of(&self.topic).await
     }
 
-    /// Every change event on `topic` (changes or valid): partition, key, event.
+    /// Every change event on `topic` (changes or valid), without the snapshots' marks (a
+    /// TRUNCATE and an end on every partition, around each snapshot): partition, key, event.
     pub async fn events_of(&self, topic: &str) -> Vec<(i32, Option<i64>, ChangeEvent)> {
+        let mut events = self.marked_events_of(topic).await;
+        events.retain(|(_, _, e)| !e.is_snapshot_mark());
+        events
+    }
+
+    /// Every record of the changes topic, the snapshots' marks included.
+    pub async fn marked_events(&self) -> Vec<(i32, Option<i64>, ChangeEvent)> {
+        self.marked_events_of(&self.topic).await
+    }
+
+    /// Every record of `topic` (changes or valid), the snapshots' marks included.
+    pub async fn marked_events_of(&self, topic: &str) -> Vec<(i32, Option<i64>, ChangeEvent)> {
         let registry = Registry::connect(&self.settings).await.unwrap();
         let mut out = Vec::new();
         for m in super::consume_all(&self.settings.kafka, topic).await {

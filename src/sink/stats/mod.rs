@@ -5,9 +5,11 @@
 //! under the partition epochs it was read with, so a worker that lost its partitions cannot
 //! commit over the new owner. A change the CDC reader sent twice (same commit LSN and
 //! position) is applied once; a TRUNCATE voids every change committed before it, whichever
-//! partition still carries one. Days leave the 90-day window at each UTC midnight of the
-//! database's clock, the one `verify` reads, even when no review arrives: a timer aims at
-//! that boundary (see `clock`), and every batch writes the figures of the database's day.
+//! partition still carries one. A snapshot in flight is folded out of sight and put in place
+//! whole (see `restating`): no figure drops while cdc restates the table. Days leave the
+//! 90-day window at each UTC midnight of the database's clock, the one `verify` reads, even
+//! when no review arrives: a timer aims at that boundary (see `clock`), and every batch
+//! writes the figures of the database's day.
 //!
 //! All stats writers serialize on the `stats_state` row (see `figures`): scaling out adds
 //! consumers and decoding, not concurrent writes.
@@ -16,10 +18,12 @@ pub mod clock;
 pub mod figures;
 pub mod fold;
 pub mod notify;
+pub mod restating;
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use rdkafka::message::{Message, OwnedMessage};
-use std::collections::HashMap;
 use tokio::time::Instant;
 use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +54,14 @@ pub struct StatsWorker {
 impl StatsWorker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         super::run(&self, &self.settings, &self.topics, &self.worker, shutdown).await
+    }
+}
+
+impl StatsWorker {
+    /// The valid changelog's partition count: every one carries a snapshot's end.
+    async fn partitions(&self) -> Result<i32> {
+        let (kafka, topic) = (self.settings.kafka.clone(), self.topics.valid.clone());
+        tokio::task::spawn_blocking(move || crate::kafka::topic_partitions(&kafka, &topic)).await?
     }
 }
 
@@ -87,6 +99,8 @@ impl Destination for StatsWorker {
         let mut state = figures::lock_state(tx).await?;
         let today = state.today();
         figures::roll_days(tx, &mut state, today).await?;
+        let home = restating::home(tx).await?;
+        restating::aim(tx, &state, &home).await?;
         let mut fold = Fold::new(applied, state.truncated());
         let mut committed = Vec::with_capacity(records.len());
         let mut reset = false;
@@ -97,10 +111,31 @@ impl Destination for StatsWorker {
                 Step::Reset(voided) => {
                     // What came before it is void: apply it first, then start from nothing.
                     figures::apply(tx, &voided, today).await?;
-                    reset |= figures::reset(tx, &mut state, event.event.source.id()).await?;
+                    if event.event.source.snapshot {
+                        restating::begin(tx, &mut state, &home).await?;
+                    }
+                    reset |= figures::reset(tx, &mut state, event.event.source.id()).await?
+                        && !state.restating;
+                }
+                Step::SnapshotEnd => {
+                    // What was folded before the end belongs to the copies.
+                    figures::apply(tx, &fold.take_deltas(), today).await?;
+                    let partitions = self.partitions().await?;
+                    reset |= restating::partition_done(
+                        tx,
+                        &mut state,
+                        &home,
+                        m.partition(),
+                        partitions,
+                        today,
+                    )
+                    .await?;
                 }
             }
-            committed.push(event.event.source.commit_time);
+            // A change applied; the marks around a snapshot are no change of a review.
+            if !event.event.is_snapshot_mark() {
+                committed.push(event.event.source.commit_time);
+            }
         }
         let deltas = fold.take_deltas();
         let touched = if reset {
@@ -108,8 +143,11 @@ impl Destination for StatsWorker {
         } else {
             Touched::Courses(deltas.touched().collect())
         };
-        // Delivered to the api's listeners only if this transaction commits.
-        notify::notify(tx, &touched).await?;
+        // Delivered to the api's listeners only if this transaction commits; the copies of a
+        // snapshot in flight have none.
+        if !state.restating || reset {
+            notify::notify(tx, &touched).await?;
+        }
         figures::apply(tx, &deltas, today).await?;
         let positions = fold.applied();
         Ok(Written {
