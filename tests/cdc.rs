@@ -565,3 +565,64 @@ async fn status_shows_the_lag_and_peeks_pending_changes_without_consuming_them()
     }
     assert_eq!(confirmed().await, before, "peeking consumed nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slot_follows_failovers_where_postgres_can_and_the_marker_names_its_server() {
+    let p = Pipeline::new("cdc_failover_slot").await;
+    let cdc = p.spawn_cdc(None);
+    p.wait_for_snapshot().await;
+    p.stop(cdc).await;
+    let db = p.db().await;
+    let version: i32 = db
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .unwrap()
+        .get(0);
+    if version >= 170_000 {
+        let failover: bool = db
+            .query_one(
+                "SELECT failover FROM pg_replication_slots WHERE slot_name = $1",
+                &[&p.slot()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(
+            failover,
+            "on PostgreSQL {version} the slot is a failover slot"
+        );
+    }
+    let row = db
+        .query_one(
+            "SELECT system_identifier::text, (SELECT timeline_id FROM pg_control_checkpoint())
+             FROM pg_control_system()",
+            &[],
+        )
+        .await
+        .unwrap();
+    let registry = reviewflow::registry::Registry::connect(&p.settings)
+        .await
+        .unwrap();
+    let history = reviewflow::source::snapshot::find_marker(
+        &p.settings.kafka,
+        &p.topic,
+        &p.slot(),
+        &registry,
+    )
+    .await
+    .unwrap();
+    let reviewflow::source::snapshot::SnapshotHistory::Completed(marker) = history else {
+        panic!("the snapshot completed: {history:?}");
+    };
+    assert_eq!(
+        marker.server,
+        Some(reviewflow::source::failover::Server {
+            system_id: row.get(0),
+            timeline: row.get::<_, i32>(1) as u32,
+        }),
+        "the marker names the server the slot lives on"
+    );
+    db.execute("SELECT pg_drop_replication_slot($1)", &[&p.slot()])
+        .await
+        .unwrap();
+}

@@ -152,6 +152,15 @@ impl<'a> Processes<'a> {
             .insert(name.to_string(), Some(self.p.spawn(stage, None, env)));
     }
 
+    /// The instances that left.
+    fn left(&self) -> Vec<String> {
+        self.running
+            .iter()
+            .filter(|(_, r)| r.is_none())
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     /// No process exited by itself.
     fn check(&mut self) {
         for (name, stage) in self.running.iter_mut() {
@@ -245,21 +254,13 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
                     }
                 }
             }
-            5 | 6 => {
-                let left: Vec<String> = processes
-                    .running
-                    .iter()
-                    .filter(|(_, r)| r.is_none())
-                    .map(|(n, _)| n.clone())
-                    .collect();
-                match left.first() {
-                    Some(n) => {
-                        processes.spawn(n);
-                        "join".into()
-                    }
-                    None => continue,
+            5 | 6 => match processes.left().first() {
+                Some(n) => {
+                    processes.spawn(n);
+                    "join".into()
                 }
-            }
+                None => continue,
+            },
             7 => {
                 stack::crash(&common::stack_config(), Part::Kafka)
                     .await
@@ -280,13 +281,7 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
         w.await.unwrap();
     }
     // Every instance back for the catch-up.
-    let left: Vec<String> = processes
-        .running
-        .iter()
-        .filter(|(_, r)| r.is_none())
-        .map(|(n, _)| n.clone())
-        .collect();
-    for name in left {
+    for name in processes.left() {
         processes.spawn(&name);
     }
 

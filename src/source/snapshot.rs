@@ -43,6 +43,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 use super::columns::TypeCatalog;
+use super::failover::Server;
 use super::produce::wire_key;
 use super::size::RecordLimits;
 use crate::avro::{wire, Cell, RowSchema};
@@ -72,6 +73,9 @@ pub struct SnapshotMarker {
     pub slot: String,
     pub consistent_point: Lsn,
     pub rows: i64,
+    /// The server the slot lives on (None in markers written before it was recorded); a
+    /// followed failover records the new timeline in a marker of its own.
+    pub server: Option<Server>,
 }
 
 fn marker_schema() -> Schema {
@@ -80,7 +84,9 @@ fn marker_schema() -> Schema {
             {"name": "slot", "type": "string"},
             {"name": "consistent_point", "type": "long"},
             {"name": "rows", "type": "long"},
-            {"name": "completed_at", "type": {"type": "long", "logicalType": "timestamp-micros"}}]}"#,
+            {"name": "completed_at", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+            {"name": "system_id", "type": ["null", "string"], "default": null},
+            {"name": "timeline", "type": ["null", "long"], "default": null}]}"#,
     )
     .expect("the marker schema is valid Avro")
 }
@@ -107,6 +113,8 @@ pub struct Snapshot<'a> {
     pub marked: bool,
     /// At most this many rows per second (0: no limit).
     pub rate: u32,
+    /// The server the slot was created on, recorded in the marker.
+    pub server: &'a Server,
 }
 
 /// What the markers topic says about a slot's snapshot.
@@ -371,8 +379,16 @@ impl Snapshot<'_> {
             slot: self.slot.into(),
             consistent_point: self.consistent_point,
             rows: position,
+            server: Some(self.server.clone()),
         };
-        self.send_marker(&producer, &marker).await?;
+        let (key, value) = marker_record(self.registry, self.topic, &marker).await?;
+        send_record(
+            &producer,
+            BaseRecord::<[u8], [u8], ()>::to(&marker_topic(self.topic))
+                .key(&key)
+                .payload(&value),
+        )
+        .await?;
         chunks.commit().await?;
         reader.close().await?;
         tracing::info!(rows = position, lsn = %self.consistent_point, "snapshot committed");
@@ -415,45 +431,6 @@ impl Snapshot<'_> {
             .await?;
         }
         Ok(())
-    }
-
-    /// The completion marker, in the snapshot's last transaction.
-    async fn send_marker(
-        &self,
-        producer: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
-        marker: &SnapshotMarker,
-    ) -> Result<()> {
-        let marker_schema = marker_schema();
-        let marker_topic = marker_topic(self.topic);
-        let marker_id = self
-            .registry
-            .register(&value_subject(&marker_topic), &marker_schema)
-            .await?;
-        let key = marker_key(self.registry, &marker_topic, self.slot).await?;
-        let value = wire::frame(
-            marker_id,
-            &GenericDatumWriter::builder(&marker_schema)
-                .build()?
-                .write_value_to_vec(Value::Record(vec![
-                    ("slot".into(), Value::String(marker.slot.clone())),
-                    (
-                        "consistent_point".into(),
-                        Value::Long(marker.consistent_point.0 as i64),
-                    ),
-                    ("rows".into(), Value::Long(marker.rows)),
-                    (
-                        "completed_at".into(),
-                        Value::TimestampMicros(Utc::now().timestamp_micros()),
-                    ),
-                ]))?,
-        );
-        send_record(
-            producer,
-            BaseRecord::<[u8], [u8], ()>::to(&marker_topic)
-                .key(&key)
-                .payload(&value),
-        )
-        .await
     }
 }
 
@@ -540,6 +517,61 @@ impl Pace {
     }
 }
 
+/// The marker's record on the markers topic of `changes_topic`: key and value.
+async fn marker_record(
+    registry: &Registry,
+    changes_topic: &str,
+    marker: &SnapshotMarker,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let schema = marker_schema();
+    let topic = marker_topic(changes_topic);
+    let id = registry.register(&value_subject(&topic), &schema).await?;
+    let key = marker_key(registry, &topic, &marker.slot).await?;
+    let optional = |v: Option<Value>| match v {
+        Some(v) => Value::Union(1, Box::new(v)),
+        None => Value::Union(0, Box::new(Value::Null)),
+    };
+    let server = marker.server.as_ref();
+    let value = wire::frame(
+        id,
+        &GenericDatumWriter::builder(&schema)
+            .build()?
+            .write_value_to_vec(Value::Record(vec![
+                ("slot".into(), Value::String(marker.slot.clone())),
+                (
+                    "consistent_point".into(),
+                    Value::Long(marker.consistent_point.0 as i64),
+                ),
+                ("rows".into(), Value::Long(marker.rows)),
+                (
+                    "completed_at".into(),
+                    Value::TimestampMicros(Utc::now().timestamp_micros()),
+                ),
+                (
+                    "system_id".into(),
+                    optional(server.map(|s| Value::String(s.system_id.clone()))),
+                ),
+                (
+                    "timeline".into(),
+                    optional(server.map(|s| Value::Long(i64::from(s.timeline)))),
+                ),
+            ]))?,
+    );
+    Ok((key, value))
+}
+
+/// Records `marker` in place of the slot's last one: after a followed failover, the timeline
+/// the slot now streams.
+pub async fn record_marker(
+    kafka: &KafkaSettings,
+    changes_topic: &str,
+    registry: &Registry,
+    marker: &SnapshotMarker,
+) -> Result<()> {
+    let (key, value) = marker_record(registry, changes_topic, marker).await?;
+    put_marker(kafka, &marker_topic(changes_topic), &key, Some(&value)).await
+}
+
 /// Withdraws the slot's snapshot marker (a tombstone under its key) before a restatement, so
 /// that a crash before the new snapshot commits finds no marker and starts the snapshot over.
 pub async fn withdraw_marker(
@@ -550,18 +582,31 @@ pub async fn withdraw_marker(
 ) -> Result<()> {
     let topic = marker_topic(changes_topic);
     let key = marker_key(registry, &topic, slot).await?;
+    put_marker(kafka, &topic, &key, None).await?;
+    tracing::info!(%topic, slot, "the lost slot's snapshot marker withdrawn");
+    Ok(())
+}
+
+/// Writes one marker record (None: a tombstone) outside any snapshot, acknowledged by every
+/// in-sync replica before this returns.
+async fn put_marker(
+    kafka: &KafkaSettings,
+    topic: &str,
+    key: &[u8],
+    value: Option<&[u8]>,
+) -> Result<()> {
     let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
         client_config(kafka)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .create()?;
-    send_record(
-        &producer,
-        BaseRecord::<[u8], [u8], ()>::to(&topic).key(&key),
-    )
-    .await?;
+    let record = BaseRecord::<[u8], [u8], ()>::to(topic).key(key);
+    let record = match value {
+        Some(value) => record.payload(value),
+        None => record,
+    };
+    send_record(&producer, record).await?;
     tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(60))).await??;
-    tracing::info!(%topic, slot, "the lost slot's snapshot marker withdrawn");
     Ok(())
 }
 
@@ -619,11 +664,23 @@ pub async fn find_marker(
             if let (Some(Value::String(s)), Some(Value::Long(lsn)), Some(Value::Long(rows))) =
                 (get("slot"), get("consistent_point"), get("rows"))
             {
+                let unwrap = |v: Option<Value>| match v {
+                    Some(Value::Union(_, v)) => Some(*v),
+                    other => other,
+                };
+                let server = match (unwrap(get("system_id")), unwrap(get("timeline"))) {
+                    (Some(Value::String(system_id)), Some(Value::Long(timeline))) => Some(Server {
+                        system_id,
+                        timeline: timeline as u32,
+                    }),
+                    _ => None,
+                };
                 if s == slot {
                     history = SnapshotHistory::Completed(SnapshotMarker {
                         slot: s,
                         consistent_point: Lsn(lsn as u64),
                         rows,
+                        server,
                     });
                 }
             }

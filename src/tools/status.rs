@@ -49,6 +49,22 @@ pub async fn report(settings: &Settings, place: &Place<'_>, peek: i32) -> Result
                 "  wal status:      {}",
                 s.wal_status.as_deref().unwrap_or("-")
             );
+            match s.failover {
+                None => println!(
+                    "  failover:        no (PostgreSQL before 17: a promoted standby has no copy \
+                     of the slot; cdc then stops and names --new-snapshot)"
+                ),
+                Some(f) => println!(
+                    "  failover:        {} (synced from a primary: {}{})",
+                    if f.failover { "yes" } else { "no" },
+                    if f.synced { "yes" } else { "no" },
+                    if f.conflicting {
+                        "; conflicting: invalidated"
+                    } else {
+                        ""
+                    }
+                ),
+            }
             let waiting = pending(&client, slot, publication, peek.max(1)).await?;
             match waiting.oldest_commit {
                 None => println!("  time lag:        0 s (no change waiting)"),

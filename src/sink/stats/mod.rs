@@ -103,7 +103,7 @@ impl Destination for StatsWorker {
         restating::aim(tx, &state, &home).await?;
         let mut fold = Fold::new(applied, state.truncated());
         let mut committed = Vec::with_capacity(records.len());
-        let mut reset = false;
+        let (mut reset, mut swapped) = (false, Vec::new());
         for (m, event) in &records {
             match fold.push(m.partition(), event) {
                 Step::Duplicate | Step::Void => continue,
@@ -121,15 +121,17 @@ impl Destination for StatsWorker {
                     // What was folded before the end belongs to the copies.
                     figures::apply(tx, &fold.take_deltas(), today).await?;
                     let partitions = self.partitions().await?;
-                    reset |= restating::partition_done(
-                        tx,
-                        &mut state,
-                        &home,
-                        m.partition(),
-                        partitions,
-                        today,
-                    )
-                    .await?;
+                    swapped.extend(
+                        restating::partition_done(
+                            tx,
+                            &mut state,
+                            &home,
+                            m.partition(),
+                            partitions,
+                            today,
+                        )
+                        .await?,
+                    );
                 }
             }
             // A change applied; the marks around a snapshot are no change of a review.
@@ -138,16 +140,16 @@ impl Destination for StatsWorker {
             }
         }
         let deltas = fold.take_deltas();
+        // Delivered to the api's listeners only if this transaction commits. The copies of a
+        // snapshot in flight have none: its courses are told when it is put in place.
         let touched = if reset {
             Touched::All
+        } else if state.restating {
+            Touched::Courses(swapped)
         } else {
-            Touched::Courses(deltas.touched().collect())
+            Touched::Courses(deltas.touched().chain(swapped).collect())
         };
-        // Delivered to the api's listeners only if this transaction commits; the copies of a
-        // snapshot in flight have none.
-        if !state.restating || reset {
-            notify::notify(tx, &touched).await?;
-        }
+        notify::notify(tx, &touched).await?;
         figures::apply(tx, &deltas, today).await?;
         let positions = fold.applied();
         Ok(Written {

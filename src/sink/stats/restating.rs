@@ -66,8 +66,9 @@ pub async fn begin(tx: &Transaction<'_>, state: &mut StatsState, home: &str) -> 
 }
 
 /// `partition` delivered the snapshot's end; when it was the last of `partitions`, the copies
-/// replace the real tables as of `today`. Returns whether they did. The caller has applied
-/// everything folded before the end.
+/// replace the real tables as of `today`. Returns the courses whose figures that changed
+/// (empty when the snapshot is not whole yet). The caller has applied everything folded
+/// before the end.
 pub async fn partition_done(
     tx: &Transaction<'_>,
     state: &mut StatsState,
@@ -75,10 +76,10 @@ pub async fn partition_done(
     partition: i32,
     partitions: i32,
     today: chrono::NaiveDate,
-) -> Result<bool> {
+) -> Result<Vec<i64>> {
     if !state.restating {
         // The end of a snapshot whose start a rebuild (`replay`) already folded in place.
-        return Ok(false);
+        return Ok(Vec::new());
     }
     if !state.restated_partitions.contains(&partition) {
         state.restated_partitions.push(partition);
@@ -96,13 +97,13 @@ pub async fn partition_done(
             of = partitions,
             "a snapshot ended in a partition"
         );
-        return Ok(false);
+        return Ok(Vec::new());
     }
     // Days may have left the 90-day window since the copies were written.
     figures::refresh_recent(tx, today).await?;
     state.restating = false;
     aim(tx, state, home).await?;
-    let courses = swap(tx).await?;
+    let changed = swap(tx).await?;
     tx.execute(
         "UPDATE stats_state SET restating = false, restated_partitions = '{}'",
         &[],
@@ -110,10 +111,10 @@ pub async fn partition_done(
     .await?;
     state.restated_partitions.clear();
     tracing::info!(
-        courses,
+        changed = changed.len(),
         "the snapshot ended in every partition: its figures are in place"
     );
-    Ok(true)
+    Ok(changed)
 }
 
 /// For `status`: a line when a snapshot is in flight, saying how far it got.
@@ -160,8 +161,8 @@ fn copies() -> String {
 /// Puts the copies in place of the real tables (unqualified, as the transaction's path now
 /// finds them) and empties them. course_stats is merged rather than replaced: it is streamed
 /// (course-stats topic), so only courses whose figures changed are written, and only courses
-/// gone from the copy are deleted. Returns the courses the copy holds.
-async fn swap(tx: &Transaction<'_>) -> Result<u64> {
+/// gone from the copy are deleted. Returns the courses whose figures changed.
+async fn swap(tx: &Transaction<'_>) -> Result<Vec<i64>> {
     let stats_columns = columns(tx, "course_stats").await?;
     let list = stats_columns.join(", ");
     // updated_at says when a row was written, not what it holds.
@@ -179,20 +180,23 @@ async fn swap(tx: &Transaction<'_>) -> Result<u64> {
         .map(|c| format!("{c} = EXCLUDED.{c}"))
         .collect::<Vec<_>>()
         .join(", ");
-    tx.execute(
-        &format!(
-            "DELETE FROM course_stats s WHERE NOT EXISTS
-                 (SELECT FROM {SCHEMA}.course_stats r WHERE r.course_id = s.course_id)"
-        ),
-        &[],
-    )
-    .await?;
-    let courses = tx
-        .execute(
+    let gone = tx
+        .query(
+            &format!(
+                "DELETE FROM course_stats s WHERE NOT EXISTS
+                     (SELECT FROM {SCHEMA}.course_stats r WHERE r.course_id = s.course_id)
+                 RETURNING course_id"
+            ),
+            &[],
+        )
+        .await?;
+    let written = tx
+        .query(
             &format!(
                 "INSERT INTO course_stats AS s ({list}) SELECT {list} FROM {SCHEMA}.course_stats
                  ON CONFLICT (course_id) DO UPDATE SET {set}
-                 WHERE ({}) IS DISTINCT FROM ({})",
+                 WHERE ({}) IS DISTINCT FROM ({})
+                 RETURNING course_id",
                 figures("s"),
                 figures("EXCLUDED")
             ),
@@ -210,7 +214,7 @@ async fn swap(tx: &Transaction<'_>) -> Result<u64> {
         .await?;
     }
     tx.batch_execute(&format!("TRUNCATE {}", copies())).await?;
-    Ok(courses)
+    Ok(gone.iter().chain(&written).map(|r| r.get(0)).collect())
 }
 
 /// The real table's columns that take a value (generated ones compute theirs), quoted. The
