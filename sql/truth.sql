@@ -1,6 +1,7 @@
 -- The from-scratch truth of DESIGN.md: per-course figures over the current, valid versions
 -- of the reviews. `reviewflow verify` compares course_stats against exactly this query.
--- A review's current verdict is the one for its newest version (commit LSN).
+-- A review's current verdict is the one for its newest version (commit LSN). "Today" is the
+-- database's clock, reviewflow_today() (migration V8), the day the stats worker rolls by.
 WITH current_verdict AS (
     SELECT DISTINCT ON (review_id) review_id, verdict
     FROM review_verdicts
@@ -11,7 +12,7 @@ valid AS (
            r.rating,
            r.created_at,
            floor(r.rating)::int AS stars,
-           (r.created_at AT TIME ZONE 'UTC')::date > (now() AT TIME ZONE 'UTC')::date - 90 AS recent
+           (r.created_at AT TIME ZONE 'UTC')::date > reviewflow_today() - 90 AS recent
     FROM reviews r
     JOIN current_verdict v ON v.review_id = r.id
     WHERE v.verdict = 'valid'

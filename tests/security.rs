@@ -168,6 +168,7 @@ async fn each_role_is_refused_what_it_must_not_do() {
         "UPDATE verdicts_state SET deleted_before_lsn = 'FFFFFFFF/0'",
         "UPDATE course_daily_stats SET review_count = 0",
         "TRUNCATE reviews",
+        "SELECT reviewflow_set_clock(now() + interval '1 day')",
     ] {
         assert_eq!(refusal(&api, sql).await, denied, "api: {sql}");
     }
@@ -200,11 +201,15 @@ async fn each_role_is_refused_what_it_must_not_do() {
         "INSERT INTO reviews (course_id, user_id, rating) VALUES (1, 4, 3.5)",
         "UPDATE reviews SET rating = 1.0",
         "DELETE FROM reviews",
+        // The window's clock is the database's: no stage moves it.
+        "SELECT reviewflow_set_clock(now() + interval '1 day')",
+        "UPDATE reviewflow_clock SET offset_us = 1",
     ] {
         assert_eq!(refusal(&worker, sql).await, denied, "worker: {sql}");
     }
-    // What the verdict sink writes.
+    // What the verdict sink writes, and the clock the stats worker reads.
     for sql in [
+        "SELECT reviewflow_today()",
         "UPDATE course_stats SET review_count = review_count",
         "INSERT INTO review_deletions (review_id, version, position) VALUES (7, '0/2', 0)",
         "UPDATE verdicts_state SET deleted_before_lsn = deleted_before_lsn",

@@ -3,16 +3,16 @@
 
 mod common;
 
-use chrono::{NaiveDate, Utc};
+use chrono::NaiveDate;
 use common::pipeline::Pipeline;
 use reviewflow::contract::notify::{self, Touched};
 use reviewflow::tools::verify;
 
-/// Once the pipeline caught up, `verify` (as of `today`; None: the server's today) must
-/// report no difference at all.
-async fn assert_truth(p: &Pipeline, today: Option<NaiveDate>) {
+/// Once the pipeline caught up, `verify` (as of the database's today) must report no
+/// difference at all.
+async fn assert_truth(p: &Pipeline) {
     p.wait_until_caught_up().await;
-    let report = verify::verify_at(&p.db().await, today).await.unwrap();
+    let report = verify::verify(&p.db().await).await.unwrap();
     assert!(report.courses > 0, "the workload touched some course");
     assert!(
         report.differences.is_empty(),
@@ -95,7 +95,7 @@ async fn a_random_workload_with_crashes_and_a_truncate_matches_the_truth() {
     assert!(!status.success(), "the failpoint killed the reader");
     let _cdc = p.spawn_cdc(None);
     run_workload(&p, 0x5eed_0003, 300, &mut next_id).await;
-    assert_truth(&p, None).await;
+    assert_truth(&p).await;
 
     // TRUNCATE resets everything; what comes after counts from zero.
     p.db()
@@ -104,7 +104,7 @@ async fn a_random_workload_with_crashes_and_a_truncate_matches_the_truth() {
         .await
         .unwrap();
     run_workload(&p, 0x5eed_0004, 200, &mut next_id).await;
-    assert_truth(&p, None).await;
+    assert_truth(&p).await;
     let recent: i64 = p
         .db()
         .await
@@ -214,7 +214,7 @@ async fn killed_mid_batch_the_stats_worker_counts_nothing_twice() {
         "the failpoint killed the worker mid-batch"
     );
     let _stats = p.spawn("stats", None, &small);
-    assert_truth(&p, None).await;
+    assert_truth(&p).await;
 
     // `status` names every worker partition with its position; caught up, none is further
     // behind than a transaction's commit marker.
@@ -298,7 +298,7 @@ async fn the_90_day_figures_drop_reviews_as_days_pass_without_new_ones() {
     let _verdicts = p.spawn("verdicts", None, &[]);
     let (_listening, heard) = listen(&p.url).await;
     let stats = p.spawn("stats", None, &[]);
-    assert_truth(&p, None).await;
+    assert_truth(&p).await;
     // Each batch's commit notified its courses (the api's event streams listen for this).
     assert_heard(&heard, &[1, 2]).await;
     let recent = |db: tokio_postgres::Client| async move {
@@ -319,9 +319,29 @@ async fn the_90_day_figures_drop_reviews_as_days_pass_without_new_ones() {
     p.stop(stats).await;
     heard.lock().unwrap().clear();
 
-    // Fifteen days later, with no new review: the 80- and 85-day-old ones left the window.
-    let later = Utc::now().date_naive() + chrono::Days::new(15);
-    let _stats = p.spawn("stats", None, &[("REVIEWFLOW_CLOCK_SHIFT_DAYS", "15")]);
+    // Fifteen days later on the database's clock, the one verify reads too, with no new
+    // review: the 80- and 85-day-old ones left the window.
+    let db = p.db().await;
+    db.execute(
+        "SELECT reviewflow_set_clock(now() + interval '15 days')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let clock = db
+        .query_one(
+            "SELECT reviewflow_today(), (now() AT TIME ZONE 'UTC')::date + 15",
+            &[],
+        )
+        .await
+        .unwrap();
+    let later: NaiveDate = clock.get(0);
+    assert_eq!(
+        later,
+        clock.get::<_, NaiveDate>(1),
+        "the clock moved 15 days"
+    );
+    let _stats = p.spawn("stats", None, &[]);
     common::eventually("the worker rolled its clock forward", 60, || async {
         let rolled: Option<NaiveDate> = p
             .db()
@@ -333,7 +353,7 @@ async fn the_90_day_figures_drop_reviews_as_days_pass_without_new_ones() {
         rolled == Some(later)
     })
     .await;
-    assert_truth(&p, Some(later)).await;
+    assert_truth(&p).await;
     // The rollover's commit notified both courses whose 90-day figures it refreshed.
     assert_heard(&heard, &[1, 2]).await;
     assert_eq!(

@@ -14,7 +14,7 @@ use reviewflow::contract::image::ReviewRow;
 use reviewflow::contract::lsn::{Lsn, SourcePosition};
 use reviewflow::contract::review::Rating;
 use reviewflow::sink::stats::figures::{apply, lock_state, reset, roll_days, Deltas};
-use reviewflow::tools::verify::figures_at;
+use reviewflow::tools::verify::figures;
 
 /// The source table, its verdicts and the valid-set changelog, kept in step.
 struct Sim {
@@ -128,28 +128,42 @@ impl Sim {
         }
     }
 
-    /// One batch of the worker: lock, roll the days, apply, commit. Returns the courses the
-    /// rollover refreshed.
+    /// Moves the database's clock, the one the worker and verify read, to noon of `day`.
+    async fn set_day(&self, day: NaiveDate) {
+        self.db
+            .query_one("SELECT reviewflow_set_clock($1)", &[&at(day, 43_200)])
+            .await
+            .unwrap();
+    }
+
+    /// One batch of the worker on `today`: lock, roll the days, apply, commit. Returns the
+    /// courses the rollover refreshed.
     async fn commit(&mut self, today: NaiveDate) -> u64 {
+        self.set_day(today).await;
         let batch = std::mem::take(&mut self.batch);
         let tx = self.db.transaction().await.unwrap();
         let mut state = lock_state(&tx).await.unwrap();
+        let today = state.today();
         let rolled = roll_days(&tx, &mut state, today).await.unwrap();
         apply(&tx, &batch, today).await.unwrap();
         tx.commit().await.unwrap();
         rolled
     }
 
+    /// The worker's timer on `today`.
     async fn roll(&mut self, today: NaiveDate) -> u64 {
+        self.set_day(today).await;
         let tx = self.db.transaction().await.unwrap();
         let mut state = lock_state(&tx).await.unwrap();
+        let today = state.today();
         let rolled = roll_days(&tx, &mut state, today).await.unwrap();
         tx.commit().await.unwrap();
         rolled
     }
 
     async fn assert_true_at(&self, today: NaiveDate) {
-        let report = figures_at(&self.db, Some(today)).await.unwrap();
+        self.set_day(today).await;
+        let report = figures(&self.db).await.unwrap();
         assert!(
             report.differences.is_empty(),
             "as of {today}: {:#?}",
@@ -404,8 +418,9 @@ async fn last_review_at_falls_back_and_an_emptied_course_reads_zero_and_null() {
     assert_eq!(r.get::<_, i64>(6), 0);
     assert_eq!(sim.count("course_daily_stats").await, 0);
     assert_eq!(sim.count("course_review_times").await, 0);
-    // The truth as of the server's own day, through the command's code path.
-    let report = figures_at(&sim.db, None).await.unwrap();
+    // The truth as of the database's day, through the command's code path.
+    sim.set_day(today).await;
+    let report = figures(&sim.db).await.unwrap();
     assert!(report.differences.is_empty(), "{:#?}", report.differences);
     assert_eq!(report.courses, 1);
 

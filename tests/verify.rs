@@ -4,7 +4,7 @@
 
 mod common;
 
-use reviewflow::tools::verify::figures_at;
+use reviewflow::tools::verify::figures;
 
 const SETUP: &str = "
 INSERT INTO reviews (id, course_id, user_id, rating, created_at) VALUES
@@ -32,7 +32,7 @@ async fn verify_reports_exactly_the_figures_that_drifted() {
     let db = reviewflow::db::connect(&url).await.unwrap();
     db.batch_execute(SETUP).await.unwrap();
 
-    let report = figures_at(&db, None).await.unwrap();
+    let report = figures(&db).await.unwrap();
     assert_eq!(report.courses, 3);
     assert!(report.differences.is_empty(), "{:#?}", report.differences);
 
@@ -42,7 +42,7 @@ async fn verify_reports_exactly_the_figures_that_drifted() {
     )
     .await
     .unwrap();
-    let report = figures_at(&db, None).await.unwrap();
+    let report = figures(&db).await.unwrap();
     let got: Vec<(Option<i64>, &str, &str, &str)> = report
         .differences
         .iter()

@@ -164,8 +164,6 @@ pub enum Command {
         from: crate::tools::replay::ReplayFrom,
         #[command(flatten)]
         fraud: FraudConfig,
-        #[command(flatten)]
-        clock: crate::sink::StatsClock,
     },
     /// Import a course's reviews from an API shaped like Udemy's API 2.0 (idempotent).
     Import {
@@ -248,7 +246,7 @@ impl Cli {
                 tools::status(&cx, &place, peek).await
             }
             Command::Verify => tools::verify(&cx).await,
-            Command::Replay { from, fraud, clock } => tools::replay(&cx, from, fraud, clock).await,
+            Command::Replay { from, fraud } => tools::replay(&cx, from, fraud).await,
             Command::Import { import } => tools::import(&cx, import).await,
             Command::Demo { demo } => dev::demo(&cx, demo).await,
             #[cfg(feature = "bench")]

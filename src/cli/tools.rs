@@ -60,12 +60,7 @@ pub(super) async fn verify(cx: &Context) -> Result<ExitCode> {
     })
 }
 
-pub(super) async fn replay(
-    cx: &Context,
-    from: ReplayFrom,
-    fraud: FraudConfig,
-    clock: crate::sink::StatsClock,
-) -> Result<ExitCode> {
+pub(super) async fn replay(cx: &Context, from: ReplayFrom, fraud: FraudConfig) -> Result<ExitCode> {
     if from == ReplayFrom::Snapshot {
         // A bad model setting fails before anything is touched.
         crate::transform::score::scorer(fraud.scorer, fraud.fraud_threshold)?;
@@ -78,7 +73,6 @@ pub(super) async fn replay(
         topics: cx.topics.clone(),
         fraud,
         owner: format!("replay@{}", cx.workers.instance()),
-        clock,
     };
     let summary = replay.run(from, &cx.shutdown).await?;
     println!("{summary}");

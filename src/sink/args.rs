@@ -1,9 +1,5 @@
 //! The command-line arguments of the sinks (`reviewflow stats`, `reviewflow verdicts`).
 
-use chrono::{NaiveDate, Utc};
-
-use super::stats::figures::StatsState;
-
 /// The verdict sink.
 #[derive(clap::Args, Clone, Debug)]
 pub struct VerdictsConfig {
@@ -38,35 +34,4 @@ pub struct StatsConfig {
         default_value = "course-stats"
     )]
     pub topic: String,
-
-    #[command(flatten)]
-    pub clock: StatsClock,
-}
-
-/// The 90-day window's clock: the stats worker's, and `replay`'s, which must rebuild the
-/// figures of the day the worker lives in.
-#[derive(clap::Args, Clone, Copy, Debug, Default)]
-pub struct StatsClock {
-    /// Moves the worker's "today" by this many days: for tests of the 90-day window.
-    #[arg(
-        long,
-        env = "REVIEWFLOW_CLOCK_SHIFT_DAYS",
-        default_value_t = 0,
-        hide = true
-    )]
-    pub clock_shift_days: i64,
-}
-
-impl StatsClock {
-    /// Today as the 90-day window sees it (UTC), moved by `clock_shift_days` when a test asks.
-    pub fn today(&self) -> NaiveDate {
-        (Utc::now() + chrono::TimeDelta::days(self.clock_shift_days)).date_naive()
-    }
-
-    /// The day figures are written for: today, but never before the day the rollover already
-    /// reached, so a clock that went back cannot roll the window back.
-    pub fn today_for(&self, state: &StatsState) -> NaiveDate {
-        self.today()
-            .max(state.rolled_through.unwrap_or(NaiveDate::MIN))
-    }
 }

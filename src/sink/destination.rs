@@ -7,11 +7,10 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use rdkafka::message::OwnedMessage;
-use tokio::time::Interval;
+use tokio::time::Instant;
 use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
 
@@ -79,14 +78,10 @@ pub trait Destination: Sync {
         records: Vec<(&OwnedMessage, Self::Record)>,
     ) -> impl Future<Output = Result<Written<Self::Receipt>>> + Send;
 
-    /// How often `tick` runs, first as a session starts; `None` for never.
-    fn timer(&self) -> Option<Duration> {
-        None
-    }
-
-    /// Work due with time rather than records, in its own transaction.
-    fn tick(&self, _pool: &Pool) -> impl Future<Output = Result<()>> + Send {
-        async { Ok(()) }
+    /// Work due with time rather than records, in its own transaction: run as each session
+    /// starts, then again at the instant it returns (`None`: not again this session).
+    fn tick(&self, _pool: &Pool) -> impl Future<Output = Result<Option<Instant>>> + Send {
+        async { Ok(None) }
     }
 
     /// Called once a batch committed, with what its `write` returned for it.
@@ -117,14 +112,14 @@ pub async fn run<D: Destination>(
         let _stop_feed = stop.clone().drop_guard();
         let mut batches = feed::start(parts.feed.clone(), parts.pool.clone(), stop);
         let mut decoder = D::Decoder::default();
-        let mut timer = sink.timer().map(tokio::time::interval);
+        let mut due = Some(Instant::now());
         loop {
             tokio::select! {
                 batch = batches.next() => match batch {
                     Some(batch) => apply(sink, &parts, &mut decoder, batch?).await?,
                     None => return Ok(()),
                 },
-                () = tick(&mut timer) => sink.tick(&parts.pool).await?,
+                () = wait(due) => due = sink.tick(&parts.pool).await?,
                 _ = shutdown.cancelled() => return Ok(()),
             }
         }
@@ -132,12 +127,10 @@ pub async fn run<D: Destination>(
     .await
 }
 
-/// Pends forever without a timer, so a sink without one never ticks.
-async fn tick(timer: &mut Option<Interval>) {
-    match timer {
-        Some(timer) => {
-            timer.tick().await;
-        }
+/// Until `due`; forever when None, so a sink with nothing due never ticks.
+async fn wait(due: Option<Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

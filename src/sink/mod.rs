@@ -15,6 +15,6 @@ pub mod offsets;
 pub mod stats;
 pub mod verdicts;
 
-pub use args::{StatsClock, StatsConfig, VerdictsConfig};
+pub use args::{StatsConfig, VerdictsConfig};
 pub use destination::{run, Destination, Written};
 pub use verdicts::VerdictSink;

@@ -36,9 +36,19 @@ pub struct StatsState {
     pub restating_lsn: Option<Lsn>,
     /// The partitions that delivered its end.
     pub restated_partitions: Vec<i32>,
+    /// The database's UTC day as the transaction sees it (`reviewflow_today()`, migration
+    /// V8): the clock `verify` computes the truth with.
+    pub clock_today: NaiveDate,
 }
 
 impl StatsState {
+    /// The day figures are written for: the database's today, but never before the day the
+    /// rollover already reached, so a clock that went back cannot roll the window back.
+    pub fn today(&self) -> NaiveDate {
+        self.rolled_through
+            .map_or(self.clock_today, |r| r.max(self.clock_today))
+    }
+
     /// The source position of the last TRUNCATE applied, if there was one.
     pub fn truncated(&self) -> Option<SourcePosition> {
         (self.truncated_lsn > Lsn::ZERO)
@@ -51,12 +61,13 @@ impl StatsState {
     }
 }
 
-/// Takes the lock every stats writer holds until it commits, and reads the state under it.
+/// Takes the lock every stats writer holds until it commits, and reads the state under it
+/// with the database's day.
 pub async fn lock_state(tx: &Transaction<'_>) -> Result<StatsState> {
     let row = tx
         .query_one(
             "SELECT rolled_through, truncated_lsn, truncated_position, restating, restated_partitions,
-                    restating_lsn
+                    restating_lsn, reviewflow_today()
              FROM stats_state FOR UPDATE",
             &[],
         )
@@ -69,6 +80,7 @@ pub async fn lock_state(tx: &Transaction<'_>) -> Result<StatsState> {
         restating: row.get(3),
         restated_partitions: row.get(4),
         restating_lsn: row.get::<_, Option<i64>>(5).map(|l| Lsn(l as u64)),
+        clock_today: row.get(6),
     })
 }
 

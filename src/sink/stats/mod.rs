@@ -7,21 +7,24 @@
 //! position) is applied once; a TRUNCATE voids every change committed before it, whichever
 //! partition still carries one. A snapshot in flight is folded out of sight and put in place
 //! whole (see `restating`): no figure drops while cdc restates the table. Days leave the
-//! 90-day window at each UTC midnight even when no review arrives.
+//! 90-day window at each UTC midnight of the database's clock, the one `verify` reads, even
+//! when no review arrives: a timer aims at that boundary (see `clock`), and every batch
+//! writes the figures of the database's day.
 //!
 //! All stats writers serialize on the `stats_state` row (see `figures`): scaling out adds
 //! consumers and decoding, not concurrent writes.
 
+pub mod clock;
 pub mod figures;
 pub mod fold;
 pub mod notify;
 pub mod restating;
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rdkafka::message::{Message, OwnedMessage};
+use tokio::time::Instant;
 use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
 
@@ -94,7 +97,7 @@ impl Destination for StatsWorker {
         records: Vec<(&OwnedMessage, ValidChange)>,
     ) -> Result<Written<Self::Receipt>> {
         let mut state = figures::lock_state(tx).await?;
-        let today = self.config.clock.today_for(&state);
+        let today = state.today();
         figures::roll_days(tx, &mut state, today).await?;
         let home = restating::home(tx).await?;
         restating::aim(tx, &state, &home).await?;
@@ -157,22 +160,19 @@ impl Destination for StatsWorker {
         })
     }
 
-    /// Midnight passes whether or not reviews arrive.
-    fn timer(&self) -> Option<Duration> {
-        Some(Duration::from_secs(30))
-    }
-
-    async fn tick(&self, pool: &deadpool_postgres::Pool) -> Result<()> {
+    /// Midnight passes whether or not reviews arrive: rolls the window to the database's day,
+    /// then aims at its next midnight.
+    async fn tick(&self, pool: &deadpool_postgres::Pool) -> Result<Option<Instant>> {
         let mut client = pool.get().await?;
         let tx = client.transaction().await?;
         let mut state = figures::lock_state(&tx).await?;
-        let today = self.config.clock.today();
+        let today = state.today();
         let refreshed = figures::roll_days(&tx, &mut state, today).await?;
         tx.commit().await?;
         if refreshed > 0 {
             tracing::info!(courses = refreshed, %today, "day rollover");
         }
-        Ok(())
+        Ok(Some(clock::next_look(&client).await?))
     }
 
     fn committed(&self, commit_times: Vec<DateTime<Utc>>) {

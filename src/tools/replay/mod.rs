@@ -53,6 +53,8 @@
 //!     produced before the slot existed, so each partition resumes at the lower of its
 //!     offset and that watermark, and the records in between are skipped or applied by the
 //!     rule above.
+//! - The rebuilt 90-day figures are those of the database's day (`reviewflow_today()`, never
+//!   before the day the rollover reached), the day the stats worker and `verify` read.
 //! - The fraud worker and the verdict sink are not disturbed.
 
 mod kafka;
@@ -100,9 +102,6 @@ pub struct Replay {
     pub fraud: FraudConfig,
     /// Recorded as the stats partitions' owner in sink_offsets while they are taken over.
     pub owner: String,
-    /// The stats worker's clock: the rebuilt 90-day figures are those of the day the worker
-    /// lives in.
-    pub clock: crate::sink::StatsClock,
 }
 
 /// Longest the rebuild transaction waits for a lock (a reader's long transaction, a batch).
@@ -201,7 +200,7 @@ impl Replay {
         // Fences running stats workers: their batch in flight rolls back, they claim again.
         offsets::claim(&tx, CONSUMER, &topic, &partitions, &self.owner).await?;
         let state = figures::lock_state(&tx).await?;
-        let today = self.clock.today_for(&state);
+        let today = state.today();
         rebuild_start(&tx, cut.unwrap_or_default(), today).await?;
         figures::apply(&tx, &read.fold.take_deltas(), today).await?;
         offsets::forget_applied(&tx, CONSUMER, &topic, &partitions).await?;
@@ -281,7 +280,7 @@ impl Replay {
             offsets::claim(&tx, CONSUMER, &topic, &partitions, &self.owner).await?
         };
         let state = figures::lock_state(&tx).await?;
-        let today = self.clock.today_for(&state);
+        let today = state.today();
         rebuild_start(&tx, before_snapshot, today).await?;
         figures::apply(&tx, &read.deltas, today).await?;
         let progress: Vec<Advance> = partitions

@@ -3,7 +3,8 @@
 //!
 //! - the figures: the from-scratch truth query (sql/truth.sql) compared, figure by figure,
 //!   with what the stats sink wrote (a course missing on one side counts as a course with no
-//!   review on that side);
+//!   review on that side), as of the database's UTC day (`reviewflow_today()`, migration V8:
+//!   the clock the stats worker rolls the 90-day window by, and the one tests move);
 //! - the rows (`rows`): every current row of `reviews` has exactly one verdict for its current
 //!   image, the one the model gives it, so a lost insert or edit fails even when no figure
 //!   moved (a row judged fraud, a text-only edit);
@@ -18,21 +19,11 @@ mod rows;
 
 use std::fmt;
 
-use chrono::NaiveDate;
 use tokio_postgres::Client;
 
 use crate::error::Result;
 
 pub const TRUTH_SQL: &str = include_str!("../../../sql/truth.sql");
-
-/// How truth.sql names "today", kept so the file stays runnable by hand in psql; `verify_at`
-/// swaps it for a parameter to compute the truth as of any day.
-const TODAY: &str = "(now() AT TIME ZONE 'UTC')::date";
-
-/// truth.sql with every mention of today replaced by the date parameter `$1`.
-fn truth_sql_at() -> String {
-    TRUTH_SQL.replace(TODAY, "$1::date")
-}
 
 /// One thing that differs from the truth: a figure of a course (values as JSON text), or
 /// what a review's verdict should be (`verdict`, `digest`, `model`, `oversize`).
@@ -75,15 +66,10 @@ pub struct Report {
     pub differences: Vec<Difference>,
 }
 
-/// The whole check as of the server's current UTC day.
-pub async fn verify(client: &Client) -> Result<Report> {
-    verify_at(client, None).await
-}
-
-/// The whole check, the figures as of the UTC day `today` (None: the server's), in one
+/// The whole check, the figures as of the database's UTC day (`reviewflow_today()`), in one
 /// read-only snapshot under the session settings cdc reads values with (set here as well as
 /// at connection start: `client` may come from a caller that did not connect through `db`).
-pub async fn verify_at(client: &Client, today: Option<NaiveDate>) -> Result<Report> {
+pub async fn verify(client: &Client) -> Result<Report> {
     client
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {}",
@@ -91,7 +77,7 @@ pub async fn verify_at(client: &Client, today: Option<NaiveDate>) -> Result<Repo
         ))
         .await?;
     let checked = async {
-        let mut report = figures_at(client, today).await?;
+        let mut report = figures(client).await?;
         let mut reviews = Vec::new();
         report.reviews = rows::check(client, &mut reviews).await?;
         report.gone = deleted::check(client, &mut reviews).await?;
@@ -109,21 +95,13 @@ pub async fn verify_at(client: &Client, today: Option<NaiveDate>) -> Result<Repo
     checked
 }
 
-/// The figures alone: course_stats against the truth as of `today` (None: the server's).
-/// For tests that drive the stats worker without the fraud worker's verdicts.
-pub async fn figures_at(client: &Client, today: Option<NaiveDate>) -> Result<Report> {
-    let today: NaiveDate = match today {
-        Some(day) => day,
-        None => client
-            .query_one(&format!("SELECT {TODAY}"), &[])
-            .await?
-            .get(0),
-    };
-    let truth = truth_sql_at();
+/// The figures alone: course_stats against the truth as of the database's day. For tests
+/// that drive the stats worker without the fraud worker's verdicts.
+pub async fn figures(client: &Client) -> Result<Report> {
     // One evaluation of the truth for both the differences and the count of courses: the
     // first row carries the count (its course_id NULL), the others a difference each.
     let query = format!(
-        "WITH truth AS ({truth}),
+        "WITH truth AS ({TRUTH_SQL}),
          expected AS (SELECT course_id, to_jsonb(t) - 'course_id' AS f FROM truth t),
          actual AS (SELECT course_id, to_jsonb(s) - 'course_id' - 'updated_at' AS f FROM course_stats s),
          pairs AS MATERIALIZED (
@@ -136,7 +114,7 @@ pub async fn figures_at(client: &Client, today: Option<NaiveDate>) -> Result<Rep
           WHERE ev IS DISTINCT FROM af -> key
           ORDER BY course_id, key)"
     );
-    let rows = client.query(&query, &[&today]).await?;
+    let rows = client.query(&query, &[]).await?;
     let mut courses = 0;
     let mut differences = Vec::new();
     for r in &rows {
@@ -179,17 +157,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_truth_at_a_day_no_longer_reads_the_clock() {
+    fn the_truth_reads_the_day_from_the_databases_clock_alone() {
         assert!(
-            TRUTH_SQL.contains(TODAY),
-            "truth.sql no longer names today as {TODAY}: update verify.rs with it"
+            TRUTH_SQL.contains("> reviewflow_today() - 90"),
+            "{TRUTH_SQL}"
         );
-        let at = truth_sql_at();
-        assert!(
-            !at.contains("now()"),
-            "truth.sql reads the clock elsewhere:\n{at}"
-        );
-        assert!(!at.contains("CURRENT_DATE") && !at.contains("current_date"));
-        assert!(at.contains("> $1::date - 90"), "{at}");
+        let lower = TRUTH_SQL.to_lowercase();
+        for other in [
+            "now()",
+            "current_date",
+            "current_timestamp",
+            "localtimestamp",
+        ] {
+            assert!(!lower.contains(other), "truth.sql reads {other}");
+        }
     }
 }
