@@ -469,6 +469,17 @@ pub fn read_committed_to_end(
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<OwnedMessage>> {
+    read_committed_tail(kafka, topic, None, timeout)
+}
+
+/// As [`read_committed_to_end`], from at most `last` offsets before each partition's end
+/// (None: from its start). Blocking.
+pub fn read_committed_tail(
+    kafka: &KafkaSettings,
+    topic: &str,
+    last: Option<i64>,
+    timeout: Duration,
+) -> Result<Vec<OwnedMessage>> {
     let consumer: BaseConsumer = client_config(kafka)
         .set("group.id", "reviewflow-reader")
         .set("enable.auto.commit", "false")
@@ -488,6 +499,7 @@ pub fn read_committed_to_end(
                 Err(e) => return Err(e.into()),
             }
         };
+        let low = last.map_or(low, |n| low.max(high - n));
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
         consumer.assign(&assignment)?;

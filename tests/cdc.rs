@@ -48,6 +48,7 @@ fn replay(events: &[(i32, Option<i64>, ChangeEvent)]) -> BTreeMap<i64, ReviewIma
                 table.remove(&e.before.as_ref().unwrap().id);
             }
             Op::Truncate => table.clear(),
+            Op::SnapshotEnd => {}
         }
     }
     table
@@ -107,11 +108,13 @@ async fn inserts_updates_deletes_and_truncates_round_trip() {
     common::wait_until_slot_confirms_all(&p.url, &p.slot()).await;
     p.stop(cdc).await;
 
-    let events = p.events().await;
-    // A truncate is in every partition; count it once.
+    let events = p.marked_events().await;
+    // A truncate, and a snapshot's end, is in every partition; count it once.
     let mut by_id: Vec<&(i32, Option<i64>, ChangeEvent)> = events
         .iter()
-        .filter(|(partition, _, e)| e.op != Op::Truncate || *partition == 0)
+        .filter(|(partition, _, e)| {
+            !matches!(e.op, Op::Truncate | Op::SnapshotEnd) || *partition == 0
+        })
         .collect();
     by_id.sort_by_key(|(_, _, e)| e.source.id());
     let ops: Vec<(Op, Option<i64>)> = by_id
@@ -121,8 +124,12 @@ async fn inserts_updates_deletes_and_truncates_round_trip() {
     assert_eq!(
         ops,
         vec![
+            // The snapshot opens with a TRUNCATE (voiding whatever an attempt that died left)
+            // and closes with its end.
+            (Op::Truncate, None),
             (Op::Read, Some(1)),
             (Op::Read, Some(2)),
+            (Op::SnapshotEnd, None),
             (Op::Create, Some(3)),
             (Op::Update, Some(3)),
             (Op::Delete, Some(1)),
@@ -137,6 +144,12 @@ async fn inserts_updates_deletes_and_truncates_round_trip() {
         .map(|(p, _, _)| *p)
         .collect();
     assert_eq!(partitions.len(), 3, "a truncate reaches every partition");
+    let ends: HashSet<i32> = events
+        .iter()
+        .filter(|(_, _, e)| e.op == Op::SnapshotEnd)
+        .map(|(p, _, _)| *p)
+        .collect();
+    assert_eq!(ends.len(), 3, "the snapshot's end reaches every partition");
 
     // Keys are the course ids, and a course lives in one partition.
     let mut course_partition = BTreeMap::new();
@@ -171,18 +184,19 @@ async fn inserts_updates_deletes_and_truncates_round_trip() {
         "the old row is whole"
     );
 
-    // Snapshot reads carry the consistent point and positions up to -1; streamed changes their
-    // commit LSN (from the consistent point on), with positions counting up from 0 inside a
-    // transaction.
+    // The snapshot's records carry the consistent point: the TRUNCATE first, then the rows,
+    // then the end at -1. Streamed changes carry their commit LSN (from the consistent point
+    // on), with positions counting up from 0 inside a transaction.
     let snapshot_lsn = by_id[0].2.source.lsn;
-    assert!(by_id[..2].iter().all(|(_, _, e)| e.source.snapshot
+    assert!(by_id[..4].iter().all(|(_, _, e)| e.source.snapshot
         && e.source.lsn == snapshot_lsn
         && e.source.txid.is_none()));
-    assert_eq!(
-        (by_id[0].2.source.position, by_id[1].2.source.position),
-        (-2, -1)
-    );
-    let streamed: Vec<&ChangeEvent> = by_id[2..].iter().map(|(_, _, e)| e).collect();
+    let positions: Vec<i64> = by_id[..4]
+        .iter()
+        .map(|(_, _, e)| e.source.position)
+        .collect();
+    assert_eq!(positions, vec![-4, -3, -2, -1]);
+    let streamed: Vec<&ChangeEvent> = by_id[4..].iter().map(|(_, _, e)| e).collect();
     assert!(streamed
         .iter()
         .all(|e| !e.source.snapshot && e.source.lsn > snapshot_lsn && e.source.txid.is_some()));
@@ -354,7 +368,7 @@ async fn an_added_column_is_a_new_schema_version_and_an_incompatible_change_stop
     .unwrap();
     common::wait_until_slot_confirms_all(&p.url, &p.slot()).await;
 
-    let records = common::consume_all(&p.settings.kafka, &p.topic).await;
+    let records = common::consume_rows(&p.settings, &p.topic).await;
     let ids: Vec<u32> = records
         .iter()
         .map(|m| wire::unframe(m.payload().unwrap()).unwrap().0)
@@ -455,8 +469,10 @@ async fn a_client_outside_reviewflow_decodes_the_changes_with_the_registry() {
     let mut seen: Vec<(String, i64, String, i64, i64)> = String::from_utf8(output.stdout)
         .unwrap()
         .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        .map(|l| (l, serde_json::from_str::<serde_json::Value>(l).unwrap()))
+        // The snapshot's marks (a TRUNCATE and an end on every partition) carry no row.
+        .filter(|(_, v)| !matches!(v["op"].as_str(), Some("t" | "e")))
+        .map(|(l, v)| {
             assert_eq!(
                 v["key"],
                 serde_json::json!(if v["id"] == 1 { 10 } else { 20 }),
@@ -548,4 +564,65 @@ async fn status_shows_the_lag_and_peeks_pending_changes_without_consuming_them()
         );
     }
     assert_eq!(confirmed().await, before, "peeking consumed nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slot_follows_failovers_where_postgres_can_and_the_marker_names_its_server() {
+    let p = Pipeline::new("cdc_failover_slot").await;
+    let cdc = p.spawn_cdc(None);
+    p.wait_for_snapshot().await;
+    p.stop(cdc).await;
+    let db = p.db().await;
+    let version: i32 = db
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .unwrap()
+        .get(0);
+    if version >= 170_000 {
+        let failover: bool = db
+            .query_one(
+                "SELECT failover FROM pg_replication_slots WHERE slot_name = $1",
+                &[&p.slot()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(
+            failover,
+            "on PostgreSQL {version} the slot is a failover slot"
+        );
+    }
+    let row = db
+        .query_one(
+            "SELECT system_identifier::text, (SELECT timeline_id FROM pg_control_checkpoint())
+             FROM pg_control_system()",
+            &[],
+        )
+        .await
+        .unwrap();
+    let registry = reviewflow::registry::Registry::connect(&p.settings)
+        .await
+        .unwrap();
+    let history = reviewflow::source::snapshot::find_marker(
+        &p.settings.kafka,
+        &p.topic,
+        &p.slot(),
+        &registry,
+    )
+    .await
+    .unwrap();
+    let reviewflow::source::snapshot::SnapshotHistory::Completed(marker) = history else {
+        panic!("the snapshot completed: {history:?}");
+    };
+    assert_eq!(
+        marker.server,
+        Some(reviewflow::source::failover::Server {
+            system_id: row.get(0),
+            timeline: row.get::<_, i32>(1) as u32,
+        }),
+        "the marker names the server the slot lives on"
+    );
+    db.execute("SELECT pg_drop_replication_slot($1)", &[&p.slot()])
+        .await
+        .unwrap();
 }

@@ -1,14 +1,18 @@
-//! Fault injection: a workload of inserts, edits and deletes runs while, at random instants,
-//! a stage (cdc, fraud, verdicts, stats) is killed with SIGKILL and restarted, the Kafka
-//! broker is killed and restarted, or PostgreSQL is. At the end the pipeline must catch up,
-//! `verify` must find no difference, every review's current version must have its verdict,
-//! and a reader of course_stats must never have seen a negative figure. The short
-//! form runs in CI; the long form by hand:
+//! Fault injection against the claims of README, on a workload that exercises them: at
+//! random instants a process is killed with SIGKILL and restarted (cdc, and either of two
+//! instances of each worker), a worker instance leaves (SIGTERM) or joins, the Kafka broker
+//! is killed, or PostgreSQL is. Meanwhile several connections write interleaved multi-row
+//! transactions (some rolled back) of inserts, edits that flip the verdict, moves between
+//! courses, created_at moves across the 90-day edge and deletes, over a table kept above
+//! 10,000 rows, once truncated and refilled in one transaction. At the end the pipeline must
+//! catch up, `verify` must find no difference, every current row must have one verdict of its
+//! image, and a reader of course_stats must never have seen a negative figure. The short form
+//! runs in CI; the long form by hand:
 //!   REVIEWFLOW_CHAOS_SECONDS=900 cargo test --release --test chaos -- --nocapture
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,9 +21,59 @@ use common::pipeline::Pipeline;
 use common::Running;
 use reviewflow::stack::{self, Part};
 
-/// Writes transactions of one to three statements until `stop`, riding out PostgreSQL
-/// restarts; returns how many transactions committed.
-async fn workload(url: String, seed: u64, stop: Arc<AtomicBool>, committed: Arc<AtomicU64>) {
+/// Rows the table starts with (and is refilled with after its TRUNCATE); the workload's ids
+/// reach past them, so inserts add rows and deletes (rarer) take some away, and the table
+/// stays above 10,000 rows through the long form.
+const ROWS: u64 = 11_000;
+const IDS: u64 = 13_000;
+const COURSES: u64 = 60;
+/// Connections writing at once.
+const WRITERS: u64 = 3;
+
+/// The table's rows 1..=ROWS, spread over the courses and over 200 days.
+fn fill() -> String {
+    format!(
+        "INSERT INTO reviews (id, course_id, user_id, rating, content, created_at)
+         SELECT i, 1 + i % {COURSES}, i, 0.5 * (1 + i % 10), 'review ' || i,
+                now() - (i % 200) * interval '1 day'
+         FROM generate_series(1, {ROWS}) AS i"
+    )
+}
+
+/// One random change: an insert (or, on a taken id, an edit), an edit of the rating, a move
+/// to another course, an edit that makes the review fraud or valid again, a move of its
+/// creation time to either side of the 90-day edge, or a delete.
+fn change(rng: &mut common::Rng) -> String {
+    let id = 1 + rng.next(IDS);
+    let course = 1 + rng.next(COURSES);
+    let rating = (1 + rng.next(10)) as f64 / 2.0;
+    let days = [0, 3, 60, 89, 90, 91, 120][rng.next(7) as usize];
+    match rng.next(20) {
+        0..=3 => format!(
+            "INSERT INTO reviews (id, course_id, user_id, rating, content, created_at)
+             VALUES ({id}, {course}, {id}, {rating}, 'review {id}', now() - interval '{days} days')
+             ON CONFLICT (id) DO UPDATE SET rating = EXCLUDED.rating"
+        ),
+        4..=6 => format!("UPDATE reviews SET rating = {rating} WHERE id = {id}"),
+        7..=10 => format!("UPDATE reviews SET course_id = {course} WHERE id = {id}"),
+        11 | 12 => format!(
+            "UPDATE reviews SET content = 'see http://spam.example.com/{id}' WHERE id = {id}"
+        ),
+        13 | 14 => format!("UPDATE reviews SET content = 'fine {id}' WHERE id = {id}"),
+        15..=18 => format!(
+            "UPDATE reviews SET created_at = date_trunc('day', now()) - interval '{days} days' \
+             + interval '1 second' * {} WHERE id = {id}",
+            rng.next(86_400)
+        ),
+        _ => format!("DELETE FROM reviews WHERE id = {id}"),
+    }
+}
+
+/// Writes transactions of one to five changes until `stop`, a statement at a time with short
+/// pauses so that the writers' transactions interleave; one in ten is rolled back. Rides out
+/// PostgreSQL restarts and the deadlocks interleaving makes. Counts committed and rolled-back
+/// transactions.
+async fn writer(url: String, seed: u64, stop: Arc<AtomicBool>, counts: Arc<[AtomicU64; 2]>) {
     let mut rng = common::Rng(seed);
     let mut db = None;
     while !stop.load(Ordering::Relaxed) {
@@ -30,19 +84,93 @@ async fn workload(url: String, seed: u64, stop: Arc<AtomicBool>, committed: Arc<
                 continue;
             }
         }
-        let n = 1 + rng.next(3);
-        let sql: Vec<String> = (0..n).map(|_| common::statement(&mut rng)).collect();
-        let client = db.as_ref().unwrap();
-        match client
-            .batch_execute(&format!("BEGIN; {}; COMMIT", sql.join("; ")))
-            .await
-        {
+        let Some(client) = db.take() else { continue };
+        let n = 1 + rng.next(5);
+        let rollback = rng.next(10) == 0;
+        let mut ok = client.batch_execute("BEGIN").await.is_ok();
+        for _ in 0..n {
+            if !ok {
+                break;
+            }
+            ok = client.batch_execute(&change(&mut rng)).await.is_ok();
+            tokio::time::sleep(Duration::from_millis(rng.next(15))).await;
+        }
+        let end = if rollback || !ok {
+            "ROLLBACK"
+        } else {
+            "COMMIT"
+        };
+        match client.batch_execute(end).await {
+            Ok(()) if end == "COMMIT" => {
+                counts[0].fetch_add(1, Ordering::Relaxed);
+            }
             Ok(()) => {
-                committed.fetch_add(1, Ordering::Relaxed);
+                counts[1].fetch_add(1, Ordering::Relaxed);
             }
             Err(_) => db = None,
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        if client.is_closed() {
+            db = None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The processes of the pipeline: cdc, and two instances of each worker, by name
+/// (`fraud-a`, `fraud-b`, ...). `None` is an instance that left.
+struct Processes<'a> {
+    p: &'a Pipeline,
+    running: BTreeMap<String, Option<Running>>,
+}
+
+const SMALL_BATCHES: (&str, &str) = ("REVIEWFLOW_BATCH_RECORDS", "200");
+
+impl<'a> Processes<'a> {
+    fn start(p: &'a Pipeline) -> Processes<'a> {
+        let mut me = Processes {
+            p,
+            running: BTreeMap::new(),
+        };
+        for name in [
+            "cdc",
+            "fraud-a",
+            "fraud-b",
+            "verdicts-a",
+            "verdicts-b",
+            "stats-a",
+            "stats-b",
+        ] {
+            me.spawn(name);
+        }
+        me
+    }
+
+    fn spawn(&mut self, name: &str) {
+        let stage = name.split('-').next().unwrap();
+        let env = [SMALL_BATCHES, ("REVIEWFLOW_INSTANCE", name)];
+        let env = if stage == "cdc" { &env[..1] } else { &env[..] };
+        self.running
+            .insert(name.to_string(), Some(self.p.spawn(stage, None, env)));
+    }
+
+    /// The instances that left.
+    fn left(&self) -> Vec<String> {
+        self.running
+            .iter()
+            .filter(|(_, r)| r.is_none())
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// No process exited by itself.
+    fn check(&mut self) {
+        for (name, stage) in self.running.iter_mut() {
+            let exited = stage
+                .as_mut()
+                .and_then(|s| s.0.as_mut())
+                .and_then(|c| c.try_wait().ok().flatten());
+            assert!(exited.is_none(), "{name} exited on its own: {exited:?}");
+        }
     }
 }
 
@@ -57,44 +185,84 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
         .and_then(|s| s.parse().ok())
         .unwrap_or(0xc4a0_5eed);
     let p = Pipeline::new("chaos").await;
-    let stages = ["cdc", "fraud", "verdicts", "stats"];
-    let small = [("REVIEWFLOW_BATCH_RECORDS", "200")];
-    let mut running: HashMap<&str, Running> = stages
-        .iter()
-        .map(|s| (*s, p.spawn(s, None, &small)))
-        .collect();
+    let db = p.db().await;
+    db.batch_execute(&fill()).await.unwrap();
+    let mut processes = Processes::start(&p);
 
     // A website's view: course_stats read every few milliseconds must never show a negative
     // figure, whatever is killed (the workload moves reviews between courses).
     let watch = common::watch::NegativeWatch::start(&p.url, Duration::from_millis(5));
     let stop = Arc::new(AtomicBool::new(false));
-    let committed = Arc::new(AtomicU64::new(0));
-    let writer = tokio::spawn(workload(
-        p.url.clone(),
-        seed,
-        stop.clone(),
-        committed.clone(),
-    ));
+    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            tokio::spawn(writer(
+                p.url.clone(),
+                seed + w,
+                stop.clone(),
+                counts.clone(),
+            ))
+        })
+        .collect();
 
     let mut rng = common::Rng(seed ^ 0x9e37_79b9);
     let mut faults: BTreeMap<String, u32> = BTreeMap::new();
     let (started, mut trials) = (Instant::now(), 0);
+    // The TRUNCATE and refill, a third of the way in.
+    let mut truncate_at = Some(started + Duration::from_secs(seconds / 3));
     while started.elapsed() < Duration::from_secs(seconds) {
         tokio::time::sleep(Duration::from_millis(1500 + rng.next(3000))).await;
         trials += 1;
-        for (name, stage) in running.iter_mut() {
-            let exited = stage.0.as_mut().and_then(|c| c.try_wait().ok().flatten());
-            assert!(exited.is_none(), "{name} exited on its own: {exited:?}");
-        }
-        let fault = match rng.next(8) {
-            n @ 0..=5 => {
-                let victim = stages[(n % 4) as usize];
-                // Running's drop kills with SIGKILL and reaps; then a fresh process.
-                drop(running.remove(victim));
-                running.insert(victim, p.spawn(victim, None, &small));
-                format!("kill -9 {victim}")
+        processes.check();
+        if truncate_at.is_some_and(|at| Instant::now() >= at) {
+            truncate_at = None;
+            let refilled = reviewflow::db::connect(&p.url)
+                .await
+                .unwrap()
+                .batch_execute(&format!("BEGIN; TRUNCATE reviews; {}; COMMIT", fill()))
+                .await;
+            if refilled.is_ok() {
+                *faults.entry("TRUNCATE and refill".into()).or_default() += 1;
+            } else {
+                truncate_at = Some(Instant::now());
             }
-            6 => {
+            continue;
+        }
+        let names: Vec<String> = processes.running.keys().cloned().collect();
+        let name = names[rng.next(names.len() as u64) as usize].clone();
+        let fault = match rng.next(9) {
+            0..=4 => {
+                // Running's drop kills with SIGKILL and reaps; then a fresh process. An
+                // instance that had left joins instead.
+                let was_running = processes.running.remove(&name).flatten().is_some();
+                processes.spawn(&name);
+                if was_running {
+                    format!("kill -9 {}", name.split('-').next().unwrap())
+                } else {
+                    "join".into()
+                }
+            }
+            5 if name != "cdc" => {
+                // A worker instance leaves, as an operator scaling down would have it.
+                match processes.running.get_mut(&name).and_then(Option::take) {
+                    Some(stage) => {
+                        p.stop(stage).await;
+                        "leave".into()
+                    }
+                    None => {
+                        processes.spawn(&name);
+                        "join".into()
+                    }
+                }
+            }
+            5 | 6 => match processes.left().first() {
+                Some(n) => {
+                    processes.spawn(n);
+                    "join".into()
+                }
+                None => continue,
+            },
+            7 => {
                 stack::crash(&common::stack_config(), Part::Kafka)
                     .await
                     .unwrap();
@@ -110,7 +278,13 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
         *faults.entry(fault).or_default() += 1;
     }
     stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap();
+    for w in writers {
+        w.await.unwrap();
+    }
+    // Every instance back for the catch-up.
+    for name in processes.left() {
+        processes.spawn(&name);
+    }
 
     p.wait_until_caught_up().await;
     let seen = watch.finish().await;
@@ -119,21 +293,34 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
     // Every current row of the table has a verdict of its current image (by SQL; verify's
     // own check of the rows is in its differences).
     let (reviews, unjudged) = p.current_versions_without_one_verdict().await;
+    let kills: u32 = faults
+        .iter()
+        .filter(|(k, _)| k.starts_with("kill -9"))
+        .map(|(_, n)| n)
+        .sum();
     println!(
-        "chaos: {trials} trials over {seconds} s, faults {faults:?}, {} transactions committed, \
-         {} reviews, {} differences, {} current rows without a verdict of their image, \
-         {} negative figures in {} reads of course_stats",
-        committed.load(Ordering::Relaxed),
+        "chaos: {trials} trials over {seconds} s, {kills} SIGKILLs, faults {faults:?}, \
+         {} transactions committed and {} rolled back by {WRITERS} writers, {} reviews live, \
+         {} differences, {} current rows without a verdict of their image, \
+         {} negative figures in {} reads of course_stats; first differences {:?}",
+        counts[0].load(Ordering::Relaxed),
+        counts[1].load(Ordering::Relaxed),
         reviews,
         report.differences.len(),
         unjudged.len(),
         seen.negatives.len(),
-        seen.reads
+        seen.reads,
+        &report.differences[..report.differences.len().min(5)]
     );
-    assert!(committed.load(Ordering::Relaxed) > 100, "the workload ran");
+    assert!(counts[0].load(Ordering::Relaxed) > 100, "the workload ran");
     assert!(
-        faults.len() >= 3,
-        "several kinds of fault were injected: {faults:?}"
+        counts[1].load(Ordering::Relaxed) > 0,
+        "some transactions were rolled back"
+    );
+    assert!(reviews >= 10_000, "at least 10,000 rows live: {reviews}");
+    assert!(
+        faults.len() >= 3 && faults.contains_key("TRUNCATE and refill"),
+        "several kinds of fault were injected, the TRUNCATE among them: {faults:?}"
     );
     assert!(
         seen.reads > 100,

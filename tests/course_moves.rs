@@ -33,7 +33,7 @@ type Shape = (Op, i64, Option<i64>, i64, Vec<(String, Option<i64>)>);
 async fn records(p: &Pipeline) -> Vec<Record> {
     let registry = Registry::connect(&p.settings).await.unwrap();
     let mut out = Vec::new();
-    for m in common::consume_all(&p.settings.kafka, &p.topic).await {
+    for m in common::consume_rows(&p.settings, &p.topic).await {
         let (id, body) = wire::unframe(m.payload().unwrap()).unwrap();
         let event = decode_change(&registry.schema(id).await.unwrap(), body).unwrap();
         let course = |bytes: &[u8]| decode_long(wire::unframe(bytes).unwrap().1);

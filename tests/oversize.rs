@@ -17,7 +17,7 @@ use reviewflow::registry::Registry;
 async fn inserts(p: &Pipeline) -> Vec<(i64, Value, Vec<String>)> {
     let registry = Registry::connect(&p.settings).await.unwrap();
     let mut out = Vec::new();
-    for m in common::consume_all(&p.settings.kafka, &p.topic).await {
+    for m in common::consume_rows(&p.settings, &p.topic).await {
         let (id, body) = wire::unframe(m.payload().unwrap()).unwrap();
         let schema = registry.schema(id).await.unwrap();
         let value = GenericDatumReader::builder(&schema)

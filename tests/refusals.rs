@@ -22,36 +22,6 @@ async fn pipeline(name: &str) -> Pipeline {
     p
 }
 
-/// Runs cdc with `env` until it exits (within a minute), and returns what it logged. It must
-/// fail: a refusal is not retried.
-async fn refused(p: &Pipeline, env: &[(&str, &str)]) -> String {
-    let log = p.log.as_ref().unwrap();
-    let _ = std::fs::remove_file(log);
-    let mut child = p.spawn("cdc", None, env).take();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "cdc kept running instead of refusing: {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let logged = std::fs::read_to_string(log).unwrap();
-    assert!(!status.success(), "cdc refuses with a failure: {logged}");
-    assert!(
-        !logged.contains("session failed; starting a new one"),
-        "a refusal is not retried: {logged}"
-    );
-    logged
-}
-
 /// The refusal names each of `needles`.
 fn assert_names(logged: &str, needles: &[&str]) {
     for needle in needles {
@@ -79,7 +49,7 @@ async fn replica_identity_default_is_refused_at_start_naming_the_fix() {
         .batch_execute("ALTER TABLE reviews REPLICA IDENTITY DEFAULT")
         .await
         .unwrap();
-    let logged = refused(&p, &[]).await;
+    let logged = p.cdc_refuses(&[]).await;
     assert_names(
         &logged,
         &[
@@ -137,7 +107,7 @@ async fn replica_identity_changed_while_streaming_stops_cdc_and_new_snapshot_rec
     db.batch_execute("ALTER TABLE reviews REPLICA IDENTITY FULL")
         .await
         .unwrap();
-    let logged = refused(&p, &[]).await;
+    let logged = p.cdc_refuses(&[]).await;
     assert_names(&logged, &["--new-snapshot"]);
 
     // The flag on the command line, as the message says.
@@ -150,7 +120,7 @@ async fn replica_identity_changed_while_streaming_stops_cdc_and_new_snapshot_rec
         // Each partition gets the TRUNCATE, then the rows of its courses.
         let mut truncated = std::collections::HashSet::new();
         let mut restated = Vec::new();
-        for (partition, _, e) in p.events().await {
+        for (partition, _, e) in p.marked_events().await {
             if e.op == Op::Truncate {
                 truncated.insert(partition);
             } else if let (true, Some(r)) = (truncated.contains(&partition), &e.after) {
@@ -180,7 +150,9 @@ async fn replica_identity_changed_while_streaming_stops_cdc_and_new_snapshot_rec
 #[tokio::test]
 async fn a_missing_publication_is_refused_naming_create_publication() {
     let p = pipeline("refuse_no_publication").await;
-    let logged = refused(&p, &[("REVIEWFLOW_PUBLICATION", "nowhere")]).await;
+    let logged = p
+        .cdc_refuses(&[("REVIEWFLOW_PUBLICATION", "nowhere")])
+        .await;
     assert_names(
         &logged,
         &[
@@ -198,7 +170,7 @@ async fn a_publication_without_the_table_is_refused_naming_add_table() {
         .batch_execute("ALTER PUBLICATION reviewflow DROP TABLE reviews")
         .await
         .unwrap();
-    let logged = refused(&p, &[]).await;
+    let logged = p.cdc_refuses(&[]).await;
     assert_names(
         &logged,
         &[
@@ -223,7 +195,7 @@ async fn a_publication_without_update_delete_or_truncate_is_refused_naming_each(
         ))
         .await
         .unwrap();
-        let logged = refused(&p, &[]).await;
+        let logged = p.cdc_refuses(&[]).await;
         assert_names(
             &logged,
             &[
@@ -242,7 +214,7 @@ async fn a_publication_with_a_row_filter_or_a_column_list_is_refused() {
     db.batch_execute("ALTER PUBLICATION reviewflow SET TABLE reviews WHERE (course_id > 10)")
         .await
         .unwrap();
-    let logged = refused(&p, &[]).await;
+    let logged = p.cdc_refuses(&[]).await;
     assert_names(
         &logged,
         &[
@@ -255,7 +227,7 @@ async fn a_publication_with_a_row_filter_or_a_column_list_is_refused() {
     )
     .await
     .unwrap();
-    let logged = refused(&p, &[]).await;
+    let logged = p.cdc_refuses(&[]).await;
     assert_names(
         &logged,
         &[
@@ -299,7 +271,7 @@ async fn the_compacted_reader_needs_no_truncate_and_refuses_one() {
         )
         .await
         .unwrap();
-    let logged = refused(&p, &env).await;
+    let logged = p.cdc_refuses(&env).await;
     assert_names(
         &logged,
         &[
@@ -334,7 +306,7 @@ async fn precreate(p: &Pipeline, topic: &str, partitions: i32, settings: &[(&str
 async fn a_compacted_changes_topic_is_refused_naming_the_fix() {
     let p = pipeline("refuse_topic_compact").await;
     precreate(&p, &p.topic, 3, &[("cleanup.policy", "compact")]).await;
-    let logged = refused(&p, &[]).await;
+    let logged = p.cdc_refuses(&[]).await;
     assert_names(
         &logged,
         &[
@@ -355,7 +327,7 @@ async fn a_compacted_changes_topic_is_refused_naming_the_fix() {
 async fn a_changes_topic_with_finite_retention_is_refused_naming_the_fix() {
     let p = pipeline("refuse_topic_retention").await;
     precreate(&p, &p.topic, 3, &[("retention.ms", "604800000")]).await;
-    let logged = refused(&p, &[]).await;
+    let logged = p.cdc_refuses(&[]).await;
     assert_names(
         &logged,
         &[
@@ -372,7 +344,7 @@ async fn a_changes_topic_with_finite_retention_is_refused_naming_the_fix() {
 async fn a_changes_topic_with_another_partition_count_is_refused_naming_the_fix() {
     let p = pipeline("refuse_topic_partitions").await;
     precreate(&p, &p.topic, 5, &[("retention.ms", "-1")]).await;
-    let logged = refused(&p, &[]).await;
+    let logged = p.cdc_refuses(&[]).await;
     assert_names(
         &logged,
         &[
@@ -391,17 +363,15 @@ async fn a_compacted_reader_refuses_a_topic_that_deletes() {
     let figures = p.output("course-stats");
     precreate(&p, &figures, 3, &[("cleanup.policy", "delete")]).await;
     let slot = format!("{}_stats", p.slot());
-    let logged = refused(
-        &p,
-        &[
+    let logged = p
+        .cdc_refuses(&[
             ("REVIEWFLOW_TABLE", "course_stats"),
             ("REVIEWFLOW_PUBLICATION", "reviewflow_stats"),
             ("REVIEWFLOW_SLOT", slot.as_str()),
             ("REVIEWFLOW_CHANGES_TOPIC", figures.as_str()),
             ("REVIEWFLOW_COMPACTED_TOPIC", "true"),
-        ],
-    )
-    .await;
+        ])
+        .await;
     assert_names(
         &logged,
         &[

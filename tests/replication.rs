@@ -184,9 +184,13 @@ async fn snapshot_and_stream_meet_and_every_change_decodes() {
         vec![vec![Some("1".to_string()), None]]
     );
 
-    let created = slot::create(&mut repl, &slot, SlotLifetime::Permanent)
-        .await
-        .expect("create slot");
+    let created = slot::create(
+        &mut repl,
+        &slot,
+        SlotLifetime::Permanent { failover: false },
+    )
+    .await
+    .expect("create slot");
     assert!(created.consistent_point > Lsn::ZERO);
     assert!(!created.snapshot_name.is_empty());
 
@@ -366,9 +370,13 @@ async fn unchanged_toasted_values_come_from_the_old_row() {
     let db = reviewflow::db::connect(&url).await.expect("connect");
     let slot = slot_name("toast");
     let mut repl = ReplicationConnection::connect(&url).await.expect("connect");
-    let created = slot::create(&mut repl, &slot, SlotLifetime::Permanent)
-        .await
-        .expect("create slot");
+    let created = slot::create(
+        &mut repl,
+        &slot,
+        SlotLifetime::Permanent { failover: false },
+    )
+    .await
+    .expect("create slot");
     let mut stream = repl
         .start(&slot, created.consistent_point, PUBLICATION)
         .await
@@ -447,9 +455,13 @@ async fn answered_keepalives_keep_an_idle_stream_alive() {
     let db = reviewflow::db::connect(&url).await.expect("connect");
     let slot = slot_name("keepalive");
     let mut setup = ReplicationConnection::connect(&url).await.expect("connect");
-    let created = slot::create(&mut setup, &slot, SlotLifetime::Permanent)
-        .await
-        .expect("create slot");
+    let created = slot::create(
+        &mut setup,
+        &slot,
+        SlotLifetime::Permanent { failover: false },
+    )
+    .await
+    .expect("create slot");
     // START_REPLICATION belongs to start(); sent as a query it is ended at once and the
     // session stays usable for queries.
     let err = setup

@@ -17,7 +17,7 @@ use reviewflow::registry::Registry;
 async fn column_values(p: &Pipeline, column: &str) -> Vec<(u32, Option<Value>)> {
     let registry = Registry::connect(&p.settings).await.unwrap();
     let mut out = Vec::new();
-    for m in common::consume_all(&p.settings.kafka, &p.topic).await {
+    for m in common::consume_rows(&p.settings, &p.topic).await {
         let (id, body) = wire::unframe(m.payload().unwrap()).unwrap();
         let schema = registry.schema(id).await.unwrap();
         let value = GenericDatumReader::builder(&schema)
@@ -169,9 +169,7 @@ async fn an_id_that_may_be_null_stops_cdc_with_the_fix_named() {
         "and names the fix: {output}"
     );
     assert!(
-        common::consume_all(&p.settings.kafka, &p.topic)
-            .await
-            .is_empty(),
+        common::consume_rows(&p.settings, &p.topic).await.is_empty(),
         "nothing of the change was produced"
     );
 

@@ -160,7 +160,7 @@ async fn role_settings_change_no_value_and_end_no_session() {
 
     let registry = Registry::connect(&p.settings).await.unwrap();
     let mut afters = Vec::new();
-    for m in common::consume_all(&p.settings.kafka, &p.topic).await {
+    for m in common::consume_rows(&p.settings, &p.topic).await {
         let (id, body) = wire::unframe(m.payload().unwrap()).unwrap();
         let schema = registry.schema(id).await.unwrap();
         let value = apache_avro::reader::datum::GenericDatumReader::builder(&schema)

@@ -362,7 +362,7 @@ async fn records(p: &Pipeline) -> (Vec<Record>, BTreeMap<u32, std::sync::Arc<Sch
     let registry = Registry::connect(&p.settings).await.unwrap();
     let mut schemas = BTreeMap::new();
     let mut out = Vec::new();
-    for m in common::consume_all(&p.settings.kafka, &p.topic).await {
+    for m in common::consume_rows(&p.settings, &p.topic).await {
         let (id, body) = wire::unframe(m.payload().unwrap()).unwrap();
         let schema = registry.schema(id).await.unwrap();
         schemas.insert(id, schema.clone());

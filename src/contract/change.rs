@@ -25,6 +25,11 @@ pub enum Op {
     /// A row read by the initial snapshot.
     Read,
     Truncate,
+    /// The end of a snapshot in one partition: every row the snapshot put in this partition
+    /// came before it. A snapshot commits in chunks (a Kafka transaction has a time limit), so
+    /// readers see it grow; this mark, sent to every partition after the last row, says when
+    /// a partition's part is whole. It carries no image.
+    SnapshotEnd,
 }
 
 impl Op {
@@ -36,6 +41,9 @@ impl Op {
             Op::Delete => "d",
             Op::Read => "r",
             Op::Truncate => "t",
+            // Not a Debezium code: Debezium marks only the last snapshot record (source.snapshot
+            // = "last"), which says nothing about the other partitions.
+            Op::SnapshotEnd => "e",
         }
     }
 
@@ -46,6 +54,7 @@ impl Op {
             "d" => Op::Delete,
             "r" => Op::Read,
             "t" => Op::Truncate,
+            "e" => Op::SnapshotEnd,
             _ => return None,
         })
     }
@@ -64,6 +73,13 @@ pub struct Source {
     pub txid: Option<i64>,
     pub commit_time: DateTime<Utc>,
     pub snapshot: bool,
+}
+
+impl ChangeEvent {
+    /// A snapshot's TRUNCATE or end: a mark every partition carries, not a change of a row.
+    pub fn is_snapshot_mark(&self) -> bool {
+        self.source.snapshot && matches!(self.op, Op::Truncate | Op::SnapshotEnd)
+    }
 }
 
 impl Source {

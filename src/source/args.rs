@@ -37,6 +37,11 @@ pub struct CdcConfig {
     /// themselves. A healthy slot is resumed as usual, so the flag may stay set.
     #[arg(long)]
     pub new_snapshot: bool,
+
+    /// Read the snapshot at most this many rows per second (0: as fast as the table and Kafka
+    /// go), so that snapshotting a large table does not crowd out the database's users.
+    #[arg(long, env = "REVIEWFLOW_SNAPSHOT_RATE", default_value_t = 0)]
+    pub snapshot_rate: u32,
 }
 
 impl CdcConfig {

@@ -6,8 +6,9 @@
 //!   moves only past transactions whose every event Kafka acknowledged (idempotent producer);
 //! - after a crash at any instant the restart resumes from the slot, and a re-sent event
 //!   carries the same (commit LSN, position) as before, so consumers drop it;
-//! - a new slot starts with an all-or-nothing snapshot (see `snapshot`) and then streams from
-//!   exactly its consistent point: no row missed or doubled across the boundary;
+//! - a new slot starts with a snapshot of any length (committed in chunks between a TRUNCATE
+//!   and an end on every partition, see `snapshot`) and then streams from exactly its
+//!   consistent point: no row missed or doubled across the boundary;
 //! - a slot that is gone or invalidated (wal_status lost) after its snapshot was sent stops
 //!   the reader with `Error::SlotLost` (what happened, what to do): it never creates a new
 //!   slot on its own, which would skip the changes the old one could not deliver;
@@ -21,11 +22,12 @@
 use tokio_util::sync::CancellationToken;
 
 use super::columns::TypeCatalog;
+use super::failover::{self, Judgement, Server, SlotFacts};
 use super::refusals;
 use super::replication::ReplicationConnection;
 use super::size::record_limits;
 use super::slot::{self, drop_slot, SlotLifetime, SlotState};
-use super::snapshot::{self, Snapshot, SnapshotHistory};
+use super::snapshot::{self, Snapshot, SnapshotHistory, SnapshotMarker};
 use super::stream::Streamer;
 use super::CdcConfig;
 use crate::config::{Settings, TopicSettings};
@@ -108,29 +110,82 @@ impl Cdc {
             registry,
         )
         .await?;
-        let start = match (&slot, &history) {
+        let server = Server::identify(&mut conn).await?;
+        let resume = match (&slot, &history) {
             (SlotState::Healthy, SnapshotHistory::Completed(m)) => {
-                tracing::info!(slot = %cfg.slot, snapshot_lsn = %m.consistent_point, "resuming from the slot");
-                Lsn::ZERO
+                match self
+                    .judge_slot(&mut conn, &pg, registry, m, &server)
+                    .await?
+                {
+                    Judgement::Resume => true,
+                    Judgement::Followed { fork } => {
+                        tracing::warn!(slot = %cfg.slot, timeline = server.timeline, %fork,
+                            "followed a failover: resuming from the slot the promoted standby kept");
+                        let followed = SnapshotMarker {
+                            server: Some(server.clone()),
+                            ..m.clone()
+                        };
+                        snapshot::record_marker(
+                            &self.settings.kafka,
+                            &self.topics.changes,
+                            registry,
+                            &followed,
+                        )
+                        .await?;
+                        true
+                    }
+                    Judgement::Refuse(why) if !cfg.new_snapshot => {
+                        return Err(Error::SlotLost {
+                            slot: cfg.slot.clone(),
+                            state: why,
+                            snapshot_lsn: m.consistent_point,
+                            topic: self.topics.changes.clone(),
+                        });
+                    }
+                    Judgement::Refuse(why) => {
+                        tracing::warn!(slot = %cfg.slot, reason = %why,
+                            "--new-snapshot: the slot is not the snapshot's own; replacing it and restating the table");
+                        false
+                    }
+                }
             }
             (SlotState::Missing | SlotState::Lost, SnapshotHistory::Completed(m))
                 if !cfg.new_snapshot =>
             {
+                let promoted = m
+                    .server
+                    .as_ref()
+                    .filter(|r| r.system_id == server.system_id && r.timeline != server.timeline)
+                    .map_or(String::new(), |r| {
+                        format!(
+                            " on a promoted standby (timeline {}, the snapshot was read on \
+                             timeline {}): before PostgreSQL 17, or without a failover slot, a \
+                             slot does not survive a failover",
+                            server.timeline, r.timeline
+                        )
+                    });
                 return Err(Error::SlotLost {
                     slot: cfg.slot.clone(),
-                    state: slot.describe().into(),
+                    state: format!("{}{promoted}", slot.describe()),
                     snapshot_lsn: m.consistent_point,
                     topic: self.topics.changes.clone(),
                 });
             }
-            _ => {
+            _ => false,
+        };
+        let start = if resume {
+            tracing::info!(slot = %cfg.slot, "resuming from the slot");
+            Lsn::ZERO
+        } else {
+            {
                 // A compacted topic takes no keyless TRUNCATE: its readers keep the latest row
                 // per key, which the new snapshot's rows replace (rows deleted while the slot
-                // was lost stay there until deleted again).
-                let restate = history != SnapshotHistory::Never && !cfg.compacted;
+                // was lost stay there until deleted again). Every other snapshot is marked, the
+                // first too: an attempt that died may have left committed chunks.
+                let marked = !cfg.compacted;
                 if let SnapshotHistory::Completed(m) = &history {
                     tracing::warn!(slot = %cfg.slot, state = slot.describe(), snapshot_lsn = %m.consistent_point,
-                        "--new-snapshot: the slot is lost; taking a new snapshot that restates the table");
+                        "--new-snapshot: taking a new snapshot that restates the table");
                     snapshot::withdraw_marker(
                         &self.settings.kafka,
                         &self.topics.changes,
@@ -140,12 +195,15 @@ impl Cdc {
                     .await?;
                 }
                 if slot != SlotState::Missing {
-                    tracing::warn!(slot = %cfg.slot, state = slot.describe(), "the slot's snapshot never completed or the slot is lost; dropping it and starting over");
+                    tracing::warn!(slot = %cfg.slot, state = slot.describe(), "the slot's snapshot never completed, or the slot is lost or not the snapshot's own; dropping it and starting over");
                     pg.execute("SELECT pg_drop_replication_slot($1)", &[&cfg.slot])
                         .await?;
                 }
                 let filenode_before = snapshot::table_filenode(&pg, &cfg.table).await?;
-                let created = slot::create(&mut conn, &cfg.slot, SlotLifetime::Permanent).await?;
+                let failover = failover::failover_slots(&pg).await?;
+                let created =
+                    slot::create(&mut conn, &cfg.slot, SlotLifetime::Permanent { failover })
+                        .await?;
                 Snapshot {
                     table: &cfg.table,
                     database_url: &self.settings.database_url,
@@ -159,7 +217,9 @@ impl Cdc {
                     limits,
                     oversize: metrics::oversize_values(&self.config.stage()),
                     filenode_before,
-                    restate,
+                    marked,
+                    rate: cfg.snapshot_rate,
+                    server: &server,
                 }
                 .run()
                 .await?;
@@ -185,5 +245,36 @@ impl Cdc {
             )));
         }
         result
+    }
+
+    /// Whether the healthy slot found is the snapshot's own (see `failover`).
+    async fn judge_slot(
+        &self,
+        conn: &mut ReplicationConnection,
+        pg: &tokio_postgres::Client,
+        registry: &Registry,
+        marker: &SnapshotMarker,
+        server: &Server,
+    ) -> Result<Judgement> {
+        let recorded = marker.server.as_ref();
+        let promoted = recorded
+            .is_some_and(|r| r.system_id == server.system_id && r.timeline != server.timeline);
+        let (facts, history, high) = if promoted {
+            (
+                SlotFacts::of(pg, &self.config.slot).await?,
+                failover::history(conn, server.timeline).await?,
+                failover::newest_commit(&self.settings.kafka, &self.topics.changes, registry)
+                    .await?,
+            )
+        } else {
+            (SlotFacts::default(), None, None)
+        };
+        Ok(failover::judge(
+            recorded,
+            server,
+            facts,
+            history.as_deref(),
+            high,
+        ))
     }
 }

@@ -6,6 +6,7 @@ mod acks;
 pub mod args;
 pub mod cdc;
 mod columns;
+pub mod failover;
 pub mod pgoutput;
 mod produce;
 pub mod refusals;

@@ -12,8 +12,10 @@ use crate::error::{Error, Result};
 /// How long a slot lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotLifetime {
-    /// Until it is dropped: cdc's, whose confirmed position outlives the process.
-    Permanent,
+    /// Until it is dropped: cdc's, whose confirmed position outlives the process. With
+    /// `failover` (PostgreSQL 17 and later), a standby with `sync_replication_slots` keeps a
+    /// copy that a promotion makes usable (see `failover`).
+    Permanent { failover: bool },
     /// Until the replication session ends: replay's, wanted only for its snapshot.
     Temporary,
 }
@@ -36,12 +38,13 @@ pub async fn create(
     lifetime: SlotLifetime,
 ) -> Result<CreatedSlot> {
     validate_slot_name(slot)?;
-    let temporary = match lifetime {
-        SlotLifetime::Permanent => "",
-        SlotLifetime::Temporary => " TEMPORARY",
+    let (temporary, failover) = match lifetime {
+        SlotLifetime::Permanent { failover: false } => ("", ""),
+        SlotLifetime::Permanent { failover: true } => ("", ", FAILOVER true"),
+        SlotLifetime::Temporary => (" TEMPORARY", ""),
     };
     let sql = format!(
-        "CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput (SNAPSHOT 'export')",
+        "CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput (SNAPSHOT 'export'{failover})",
         quote_ident(slot)
     );
     let rows = conn.simple_query(&sql).await?;

@@ -5,23 +5,33 @@
 //! TRUNCATE (and a rewriting ALTER) is not MVCC-safe: a snapshot reader would see the emptied
 //! table. The snapshot holds ACCESS SHARE, so later ones wait and stream after it; one that
 //! slipped in between the slot's creation and that lock changes the table's file node, which
-//! is checked, and the attempt is abandoned (its Kafka transaction never commits) and retried.
+//! is checked, and the attempt is abandoned and retried.
 //!
-//! Guarantee: all or nothing. The rows and a completion marker (topic `<changes>.snapshots`,
-//! key = slot name) are written in one Kafka transaction, so read_committed consumers never
-//! see half a snapshot, and a restart after a crash finds either the marker (stream from
-//! the slot) or nothing (drop the slot and snapshot again; the aborted rows stay invisible).
+//! Guarantee: a snapshot of any length completes, and readers can tell a whole one from a
+//! part. A Kafka transaction may stay open only as long as the broker's
+//! `transaction.max.timeout.ms` (15 minutes by default), so the rows commit in chunks, one
+//! transaction every [`CHUNK`]:
+//! - the first chunk opens with a TRUNCATE on every partition, so readers void everything the
+//!   topic held before: an earlier snapshot's history (a restatement, `cdc --new-snapshot`),
+//!   or the committed chunks of an attempt that died, which a retry takes again from a new
+//!   slot;
+//! - the last chunk closes with an [`Op::SnapshotEnd`] on every partition and, in the same
+//!   transaction, the completion marker (topic `<changes>.snapshots`, key = slot name). A
+//!   restart finds either the marker (stream from the slot) or none (drop the slot and take
+//!   the snapshot again).
 //!
-//! A snapshot taken again after the slot was lost (`cdc --new-snapshot`) restates the table:
-//! a TRUNCATE on every partition comes first, in the same transaction, so consumers drop the
-//! history before it (whose tail the lost slot can no longer give) and rebuild from the rows.
-//! Before the new slot is created, the old marker is withdrawn (a tombstone under the slot's
-//! key), so a crash during the restatement is retried as one, never resumed from a slot whose
+//! The stats worker keeps showing the figures it had until every partition's end has arrived
+//! (see `sink::stats::restating`), so no figure drops while a snapshot is in flight. A
+//! compacted topic takes no keyless record: there the snapshot sends neither mark, and its
+//! readers keep the latest row per key.
+//!
+//! Before a restatement's new slot is created, the old marker is withdrawn (a tombstone under
+//! the slot's key), so a crash during it is retried as one, never resumed from a slot whose
 //! snapshot is missing.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use apache_avro::schema::Schema;
 use apache_avro::types::Value;
@@ -33,6 +43,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 use super::columns::TypeCatalog;
+use super::failover::Server;
 use super::produce::wire_key;
 use super::size::RecordLimits;
 use crate::avro::{wire, Cell, RowSchema};
@@ -47,12 +58,24 @@ use crate::registry::{key_subject, value_subject, Registry};
 
 pub const TABLE_SCHEMA: &str = "public";
 
+/// How long a snapshot's chunk stays open: well inside any broker's transaction time limit
+/// ([`TRANSACTION_TIMEOUT`]), and long enough that committing costs nothing next to the rows.
+pub const CHUNK: Duration = Duration::from_secs(10);
+
+/// The chunks' transaction timeout. It must not exceed the broker's
+/// `transaction.max.timeout.ms`; Kafka's default allows 15 minutes, and one minute serves a
+/// chunk of [`CHUNK`] with room for a slow commit.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// What the marker of a completed snapshot records.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SnapshotMarker {
     pub slot: String,
     pub consistent_point: Lsn,
     pub rows: i64,
+    /// The server the slot lives on (None in markers written before it was recorded); a
+    /// followed failover records the new timeline in a marker of its own.
+    pub server: Option<Server>,
 }
 
 fn marker_schema() -> Schema {
@@ -61,7 +84,9 @@ fn marker_schema() -> Schema {
             {"name": "slot", "type": "string"},
             {"name": "consistent_point", "type": "long"},
             {"name": "rows", "type": "long"},
-            {"name": "completed_at", "type": {"type": "long", "logicalType": "timestamp-micros"}}]}"#,
+            {"name": "completed_at", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+            {"name": "system_id", "type": ["null", "string"], "default": null},
+            {"name": "timeline", "type": ["null", "long"], "default": null}]}"#,
     )
     .expect("the marker schema is valid Avro")
 }
@@ -83,8 +108,13 @@ pub struct Snapshot<'a> {
     pub oversize: prometheus_client::metrics::counter::Counter,
     /// The table's file node read just before the slot was created.
     pub filenode_before: u32,
-    /// The topic already holds an earlier snapshot's history: restate (TRUNCATE first).
-    pub restate: bool,
+    /// Open with a TRUNCATE and close each partition with its end (every topic but a
+    /// compacted one: see the module's doc).
+    pub marked: bool,
+    /// At most this many rows per second (0: no limit).
+    pub rate: u32,
+    /// The server the slot was created on, recorded in the marker.
+    pub server: &'a Server,
 }
 
 /// What the markers topic says about a slot's snapshot.
@@ -261,35 +291,47 @@ impl Snapshot<'_> {
                 .set("compression.type", "lz4")
                 .set("message.max.bytes", self.limits.batch.to_string())
                 .set("partitioner", "murmur2_random")
-                .set("transaction.timeout.ms", "900000")
+                .set(
+                    "transaction.timeout.ms",
+                    TRANSACTION_TIMEOUT.as_millis().to_string(),
+                )
                 .create()?,
         );
-        // Transaction calls block until the broker answers: keep them off the runtime.
-        let p = producer.clone();
-        tokio::task::spawn_blocking(move || p.init_transactions(Duration::from_secs(60))).await??;
-        producer.begin_transaction()?;
-        if self.restate {
-            self.send_restating_truncate(&producer, &schema, value_id, total)
-                .await?;
-        }
+        let chunks = Chunks::begin(producer.clone()).await?;
+        // Positions count up to -1 (the ends): a transaction streamed right after the
+        // snapshot can commit at exactly the consistent point, with positions from 0, and the
+        // pair (lsn, position) must stay unique and increasing. Rows take -total-1 ..= -2 and
+        // the TRUNCATE the one before them.
+        let partitions = if self.marked {
+            let partitions = {
+                let (kafka, topic) = (self.kafka.clone(), self.topic.to_string());
+                tokio::task::spawn_blocking(move || crate::kafka::topic_partitions(&kafka, &topic))
+                    .await??
+            };
+            self.send_marks(
+                &producer,
+                &schema,
+                value_id,
+                Op::Truncate,
+                -total - 2,
+                partitions,
+            )
+            .await?;
+            tracing::warn!(topic = self.topic, lsn = %self.consistent_point,
+                "a TRUNCATE first: readers void what the topic held before this snapshot");
+            partitions
+        } else {
+            0
+        };
 
         let mut rows = reader.rows().await?;
         let started = Utc::now();
+        let mut chunks = chunks;
+        let pace = Pace::new(self.rate);
         let mut position = 0i64;
         while let Some(row) = rows.next().await? {
             let cells = row.cells()?;
-            let source = Source {
-                schema: TABLE_SCHEMA.into(),
-                table: self.table.into(),
-                lsn: self.consistent_point,
-                // Negative, counting up to -1: a transaction streamed right after the snapshot
-                // can commit at exactly the consistent point, with positions from 0, and the
-                // pair (lsn, position) must stay unique and increasing.
-                position: position - total,
-                txid: None,
-                commit_time: started,
-                snapshot: true,
-            };
+            let source = self.source(position - total - 1, started);
             let encoded =
                 schema.encode_within(Op::Read, None, Some(&cells), &source, self.limits.body)?;
             if !encoded.oversize.is_empty() {
@@ -316,49 +358,38 @@ impl Snapshot<'_> {
             if position % 100_000 == 0 {
                 tracing::info!(rows = position, of = total, "snapshot progress");
             }
+            pace.keep(position).await;
+            chunks.next_if_due(position).await?;
         }
         progress.finish_and_clear();
+        if self.marked {
+            self.send_marks(
+                &producer,
+                &schema,
+                value_id,
+                Op::SnapshotEnd,
+                -1,
+                partitions,
+            )
+            .await?;
+        }
         crate::failpoint::hit(crate::failpoint::CDC_SNAPSHOT_BEFORE_COMMIT)?;
 
         let marker = SnapshotMarker {
             slot: self.slot.into(),
             consistent_point: self.consistent_point,
             rows: position,
+            server: Some(self.server.clone()),
         };
-        let marker_schema = marker_schema();
-        let marker_id = self
-            .registry
-            .register(&value_subject(&marker_topic(self.topic)), &marker_schema)
-            .await?;
-        let key = marker_key(self.registry, &marker_topic(self.topic), self.slot).await?;
-        let value = wire::frame(
-            marker_id,
-            &GenericDatumWriter::builder(&marker_schema)
-                .build()?
-                .write_value_to_vec(Value::Record(vec![
-                    ("slot".into(), Value::String(marker.slot.clone())),
-                    (
-                        "consistent_point".into(),
-                        Value::Long(marker.consistent_point.0 as i64),
-                    ),
-                    ("rows".into(), Value::Long(marker.rows)),
-                    (
-                        "completed_at".into(),
-                        Value::TimestampMicros(Utc::now().timestamp_micros()),
-                    ),
-                ]))?,
-        );
-        let marker_topic = marker_topic(self.topic);
+        let (key, value) = marker_record(self.registry, self.topic, &marker).await?;
         send_record(
             &producer,
-            BaseRecord::<[u8], [u8], ()>::to(&marker_topic)
+            BaseRecord::<[u8], [u8], ()>::to(&marker_topic(self.topic))
                 .key(&key)
                 .payload(&value),
         )
         .await?;
-        let p = producer.clone();
-        tokio::task::spawn_blocking(move || p.commit_transaction(Duration::from_secs(300)))
-            .await??;
+        chunks.commit().await?;
         reader.close().await?;
         tracing::info!(rows = position, lsn = %self.consistent_point, "snapshot committed");
         Ok(position)
@@ -366,30 +397,30 @@ impl Snapshot<'_> {
 }
 
 impl Snapshot<'_> {
-    /// A TRUNCATE on every partition, ordered before the rows (whose positions start at
-    /// -total), so that consumers void everything the topic held before this snapshot.
-    async fn send_restating_truncate(
+    fn source(&self, position: i64, commit_time: chrono::DateTime<Utc>) -> Source {
+        Source {
+            schema: TABLE_SCHEMA.into(),
+            table: self.table.into(),
+            lsn: self.consistent_point,
+            position,
+            txid: None,
+            commit_time,
+            snapshot: true,
+        }
+    }
+
+    /// `op` (a TRUNCATE, or a snapshot's end) on every partition, at `position`.
+    async fn send_marks(
         &self,
         producer: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
         schema: &RowSchema,
         value_id: u32,
-        total: i64,
+        op: Op,
+        position: i64,
+        partitions: i32,
     ) -> Result<()> {
-        let source = Source {
-            schema: TABLE_SCHEMA.into(),
-            table: self.table.into(),
-            lsn: self.consistent_point,
-            position: -total - 1,
-            txid: None,
-            commit_time: Utc::now(),
-            snapshot: true,
-        };
-        let value = wire::frame(value_id, &schema.encode(Op::Truncate, None, None, &source)?);
-        let partitions = {
-            let (kafka, topic) = (self.kafka.clone(), self.topic.to_string());
-            tokio::task::spawn_blocking(move || crate::kafka::topic_partitions(&kafka, &topic))
-                .await??
-        };
+        let source = self.source(position, Utc::now());
+        let value = wire::frame(value_id, &schema.encode(op, None, None, &source)?);
         for partition in 0..partitions {
             send_record(
                 producer,
@@ -399,9 +430,146 @@ impl Snapshot<'_> {
             )
             .await?;
         }
-        tracing::warn!(topic = self.topic, lsn = %self.consistent_point, "restating the table: a TRUNCATE, then every row");
         Ok(())
     }
+}
+
+/// The snapshot's Kafka transactions: one open at a time, committed and replaced every
+/// [`CHUNK`]. Their calls block until the broker answers, so they run off the runtime.
+struct Chunks {
+    producer: Arc<ThreadedProducer<rdkafka::producer::DefaultProducerContext>>,
+    opened: Instant,
+    count: u64,
+}
+
+impl Chunks {
+    async fn begin(
+        producer: Arc<ThreadedProducer<rdkafka::producer::DefaultProducerContext>>,
+    ) -> Result<Chunks> {
+        let p = producer.clone();
+        tokio::task::spawn_blocking(move || p.init_transactions(Duration::from_secs(60)))
+            .await?
+            .map_err(|e| {
+                Error::Config(format!(
+                    "the snapshot's transactional producer could not start ({e}): a broker \
+                     whose transaction.max.timeout.ms is below {} ms refuses it; raise that \
+                     broker setting",
+                    TRANSACTION_TIMEOUT.as_millis()
+                ))
+            })?;
+        producer.begin_transaction()?;
+        Ok(Chunks {
+            producer,
+            opened: Instant::now(),
+            count: 1,
+        })
+    }
+
+    /// Commits the open chunk and opens the next when the chunk is [`CHUNK`] old.
+    async fn next_if_due(&mut self, rows: i64) -> Result<()> {
+        if self.opened.elapsed() < CHUNK {
+            return Ok(());
+        }
+        self.commit_open().await?;
+        self.producer.begin_transaction()?;
+        self.opened = Instant::now();
+        self.count += 1;
+        tracing::debug!(chunk = self.count, rows, "snapshot chunk committed");
+        Ok(())
+    }
+
+    async fn commit_open(&self) -> Result<()> {
+        let p = self.producer.clone();
+        tokio::task::spawn_blocking(move || p.commit_transaction(Duration::from_secs(300)))
+            .await??;
+        Ok(())
+    }
+
+    /// Commits the last chunk.
+    async fn commit(self) -> Result<()> {
+        self.commit_open().await
+    }
+}
+
+/// Holds a snapshot to at most `rate` rows per second.
+struct Pace {
+    rate: u32,
+    started: Instant,
+}
+
+impl Pace {
+    fn new(rate: u32) -> Pace {
+        Pace {
+            rate,
+            started: Instant::now(),
+        }
+    }
+
+    /// Waits until `rows` rows are due.
+    async fn keep(&self, rows: i64) {
+        if self.rate == 0 {
+            return;
+        }
+        let due = Duration::from_secs_f64(rows as f64 / f64::from(self.rate));
+        if let Some(early) = due.checked_sub(self.started.elapsed()) {
+            tokio::time::sleep(early).await;
+        }
+    }
+}
+
+/// The marker's record on the markers topic of `changes_topic`: key and value.
+async fn marker_record(
+    registry: &Registry,
+    changes_topic: &str,
+    marker: &SnapshotMarker,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let schema = marker_schema();
+    let topic = marker_topic(changes_topic);
+    let id = registry.register(&value_subject(&topic), &schema).await?;
+    let key = marker_key(registry, &topic, &marker.slot).await?;
+    let optional = |v: Option<Value>| match v {
+        Some(v) => Value::Union(1, Box::new(v)),
+        None => Value::Union(0, Box::new(Value::Null)),
+    };
+    let server = marker.server.as_ref();
+    let value = wire::frame(
+        id,
+        &GenericDatumWriter::builder(&schema)
+            .build()?
+            .write_value_to_vec(Value::Record(vec![
+                ("slot".into(), Value::String(marker.slot.clone())),
+                (
+                    "consistent_point".into(),
+                    Value::Long(marker.consistent_point.0 as i64),
+                ),
+                ("rows".into(), Value::Long(marker.rows)),
+                (
+                    "completed_at".into(),
+                    Value::TimestampMicros(Utc::now().timestamp_micros()),
+                ),
+                (
+                    "system_id".into(),
+                    optional(server.map(|s| Value::String(s.system_id.clone()))),
+                ),
+                (
+                    "timeline".into(),
+                    optional(server.map(|s| Value::Long(i64::from(s.timeline)))),
+                ),
+            ]))?,
+    );
+    Ok((key, value))
+}
+
+/// Records `marker` in place of the slot's last one: after a followed failover, the timeline
+/// the slot now streams.
+pub async fn record_marker(
+    kafka: &KafkaSettings,
+    changes_topic: &str,
+    registry: &Registry,
+    marker: &SnapshotMarker,
+) -> Result<()> {
+    let (key, value) = marker_record(registry, changes_topic, marker).await?;
+    put_marker(kafka, &marker_topic(changes_topic), &key, Some(&value)).await
 }
 
 /// Withdraws the slot's snapshot marker (a tombstone under its key) before a restatement, so
@@ -414,18 +582,31 @@ pub async fn withdraw_marker(
 ) -> Result<()> {
     let topic = marker_topic(changes_topic);
     let key = marker_key(registry, &topic, slot).await?;
+    put_marker(kafka, &topic, &key, None).await?;
+    tracing::info!(%topic, slot, "the lost slot's snapshot marker withdrawn");
+    Ok(())
+}
+
+/// Writes one marker record (None: a tombstone) outside any snapshot, acknowledged by every
+/// in-sync replica before this returns.
+async fn put_marker(
+    kafka: &KafkaSettings,
+    topic: &str,
+    key: &[u8],
+    value: Option<&[u8]>,
+) -> Result<()> {
     let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
         client_config(kafka)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .create()?;
-    send_record(
-        &producer,
-        BaseRecord::<[u8], [u8], ()>::to(&topic).key(&key),
-    )
-    .await?;
+    let record = BaseRecord::<[u8], [u8], ()>::to(topic).key(key);
+    let record = match value {
+        Some(value) => record.payload(value),
+        None => record,
+    };
+    send_record(&producer, record).await?;
     tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(60))).await??;
-    tracing::info!(%topic, slot, "the lost slot's snapshot marker withdrawn");
     Ok(())
 }
 
@@ -483,11 +664,23 @@ pub async fn find_marker(
             if let (Some(Value::String(s)), Some(Value::Long(lsn)), Some(Value::Long(rows))) =
                 (get("slot"), get("consistent_point"), get("rows"))
             {
+                let unwrap = |v: Option<Value>| match v {
+                    Some(Value::Union(_, v)) => Some(*v),
+                    other => other,
+                };
+                let server = match (unwrap(get("system_id")), unwrap(get("timeline"))) {
+                    (Some(Value::String(system_id)), Some(Value::Long(timeline))) => Some(Server {
+                        system_id,
+                        timeline: timeline as u32,
+                    }),
+                    _ => None,
+                };
                 if s == slot {
                     history = SnapshotHistory::Completed(SnapshotMarker {
                         slot: s,
                         consistent_point: Lsn(lsn as u64),
                         rows,
+                        server,
                     });
                 }
             }

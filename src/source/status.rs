@@ -11,6 +11,9 @@ pub struct SlotStatus {
     /// WAL written since the confirmed position: what the slot holds back.
     pub lag_bytes: Option<i64>,
     pub wal_status: Option<String>,
+    /// PostgreSQL 17 and later: whether a failover keeps the slot, and whether it was
+    /// synchronized from a primary (see `failover`); None before 17.
+    pub failover: Option<super::failover::SlotFacts>,
 }
 
 pub async fn slot_status(pg: &tokio_postgres::Client, slot: &str) -> Result<Option<SlotStatus>> {
@@ -22,13 +25,20 @@ pub async fn slot_status(pg: &tokio_postgres::Client, slot: &str) -> Result<Opti
             &[&slot],
         )
         .await?;
-    Ok(row.map(|r| SlotStatus {
+    let Some(r) = row else { return Ok(None) };
+    let failover = if super::failover::failover_slots(pg).await? {
+        Some(super::failover::SlotFacts::of(pg, slot).await?)
+    } else {
+        None
+    };
+    Ok(Some(SlotStatus {
         slot: r.get(0),
         active: r.get(1),
         confirmed_flush: r.get(2),
         restart: r.get(3),
         lag_bytes: r.get(4),
         wal_status: r.get(5),
+        failover,
     }))
 }
 

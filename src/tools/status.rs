@@ -49,6 +49,22 @@ pub async fn report(settings: &Settings, place: &Place<'_>, peek: i32) -> Result
                 "  wal status:      {}",
                 s.wal_status.as_deref().unwrap_or("-")
             );
+            match s.failover {
+                None => println!(
+                    "  failover:        no (PostgreSQL before 17: a promoted standby has no copy \
+                     of the slot; cdc then stops and names --new-snapshot)"
+                ),
+                Some(f) => println!(
+                    "  failover:        {} (synced from a primary: {}{})",
+                    if f.failover { "yes" } else { "no" },
+                    if f.synced { "yes" } else { "no" },
+                    if f.conflicting {
+                        "; conflicting: invalidated"
+                    } else {
+                        ""
+                    }
+                ),
+            }
             let waiting = pending(&client, slot, publication, peek.max(1)).await?;
             match waiting.oldest_commit {
                 None => println!("  time lag:        0 s (no change waiting)"),
@@ -72,6 +88,9 @@ pub async fn report(settings: &Settings, place: &Place<'_>, peek: i32) -> Result
         tokio::task::spawn_blocking(move || worker_lines(&kafka, &changes, &fraud_group, &sinks))
             .await??;
     for line in lines {
+        println!("{line}");
+    }
+    if let Some(line) = crate::sink::stats::restating::status_line(&client).await? {
         println!("{line}");
     }
     for line in stage_lines(place.api_url).await {

@@ -118,6 +118,29 @@ pub async fn consume_all(
     .unwrap_or_else(|e| panic!("reading {topic}: {e}"))
 }
 
+/// Every record of a changes topic but the snapshots' marks: the records of rows.
+pub async fn consume_rows(
+    settings: &reviewflow::config::Settings,
+    topic: &str,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::Message;
+    let registry = reviewflow::registry::Registry::connect(settings)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for m in consume_all(&settings.kafka, topic).await {
+        let (id, body) = reviewflow::avro::wire::unframe(m.payload().unwrap()).unwrap();
+        let schema = registry.schema(id).await.unwrap();
+        if !reviewflow::avro::decode_change(&schema, body)
+            .unwrap()
+            .is_snapshot_mark()
+        {
+            out.push(m);
+        }
+    }
+    out
+}
+
 /// Waits until the slot has confirmed everything written so far (the reader caught up).
 pub async fn wait_until_slot_confirms_all(database_url: &str, slot: &str) {
     let db = reviewflow::db::connect(database_url).await.unwrap();

@@ -108,6 +108,42 @@ impl Pipeline {
         ))
     }
 
+    /// Runs cdc with `env` until it exits by itself (within 90 s) and returns its stderr. It
+    /// must fail, and not by a session retried: what it refused needs a person.
+    pub async fn cdc_refuses(&self, env: &[(&str, &str)]) -> String {
+        let log = std::env::temp_dir().join(format!("rf-refused-{}.log", super::unique()));
+        let mut cmd = self.command("cdc");
+        cmd.stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = Running(Some(cmd.spawn().unwrap())).take();
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "cdc kept running instead of refusing: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let logged = std::fs::read_to_string(&log).unwrap();
+        let _ = std::fs::remove_file(&log);
+        assert!(!status.success(), "cdc refuses with a failure: {logged}");
+        assert!(
+            !logged.contains("session failed; starting a new one"),
+            "a refusal is not retried: {logged}"
+        );
+        logged
+    }
+
     /// Until the reader's snapshot is committed (its marker is on the markers topic).
     pub async fn wait_for_snapshot(&self) {
         let markers = reviewflow::source::snapshot::marker_topic(&self.topic);
@@ -199,13 +235,27 @@ impl Pipeline {
         reviewflow::db::connect(&self.url).await.unwrap()
     }
 
-    /// Every change event on the changes topic, in partition order.
+    /// Every change event on the changes topic, in partition order, without the snapshots'
+    /// marks.
     pub async fn events(&self) -> Vec<(i32, Option<i64>, ChangeEvent)> {
         self.events_of(&self.topic).await
     }
 
-    /// Every change event on `topic` (changes or valid): partition, key, event.
+    /// Every change event on `topic` (changes or valid), without the snapshots' marks (a
+    /// TRUNCATE and an end on every partition, around each snapshot): partition, key, event.
     pub async fn events_of(&self, topic: &str) -> Vec<(i32, Option<i64>, ChangeEvent)> {
+        let mut events = self.marked_events_of(topic).await;
+        events.retain(|(_, _, e)| !e.is_snapshot_mark());
+        events
+    }
+
+    /// Every record of the changes topic, the snapshots' marks included.
+    pub async fn marked_events(&self) -> Vec<(i32, Option<i64>, ChangeEvent)> {
+        self.marked_events_of(&self.topic).await
+    }
+
+    /// Every record of `topic` (changes or valid), the snapshots' marks included.
+    pub async fn marked_events_of(&self, topic: &str) -> Vec<(i32, Option<i64>, ChangeEvent)> {
         let registry = Registry::connect(&self.settings).await.unwrap();
         let mut out = Vec::new();
         for m in super::consume_all(&self.settings.kafka, topic).await {

@@ -30,6 +30,12 @@ pub struct StatsState {
     pub rolled_through: Option<NaiveDate>,
     pub truncated_lsn: Lsn,
     pub truncated_position: i64,
+    /// A snapshot is in flight: the figures go to the copies (see `restating`).
+    pub restating: bool,
+    /// Its consistent point, which its ends carry.
+    pub restating_lsn: Option<Lsn>,
+    /// The partitions that delivered its end.
+    pub restated_partitions: Vec<i32>,
 }
 
 impl StatsState {
@@ -49,7 +55,9 @@ impl StatsState {
 pub async fn lock_state(tx: &Transaction<'_>) -> Result<StatsState> {
     let row = tx
         .query_one(
-            "SELECT rolled_through, truncated_lsn, truncated_position FROM stats_state FOR UPDATE",
+            "SELECT rolled_through, truncated_lsn, truncated_position, restating, restated_partitions,
+                    restating_lsn
+             FROM stats_state FOR UPDATE",
             &[],
         )
         .await?;
@@ -58,6 +66,9 @@ pub async fn lock_state(tx: &Transaction<'_>) -> Result<StatsState> {
         // bigint holds any real WAL position: 2^63 bytes of WAL will never be written.
         truncated_lsn: Lsn(row.get::<_, i64>(1) as u64),
         truncated_position: row.get(2),
+        restating: row.get(3),
+        restated_partitions: row.get(4),
+        restating_lsn: row.get::<_, Option<i64>>(5).map(|l| Lsn(l as u64)),
     })
 }
 
@@ -259,6 +270,13 @@ pub async fn roll_days(
         .await?;
     state.rolled_through = Some(today);
     Ok(refreshed.len() as u64)
+}
+
+/// Recomputes the 90-day figures of every course with a bucket outside the window ending
+/// `today`, without touching the rollover's state: for figures written on an earlier day.
+pub async fn refresh_recent(tx: &Transaction<'_>, today: NaiveDate) -> Result<u64> {
+    let floor = window_floor(today);
+    Ok(tx.execute(ROLL_DAYS, &[&None::<NaiveDate>, &floor]).await?)
 }
 
 /// TRUNCATE of reviews at source position `id`: empties the derived tables unless a truncate

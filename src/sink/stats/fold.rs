@@ -6,7 +6,8 @@
 //! - A change at or below the last source position taken from its partition is a re-send
 //!   and is skipped ([`Step::Duplicate`]).
 //! - A change at or before the last TRUNCATE is void, whichever partition carries it
-//!   ([`Step::Void`]). A TRUNCATE not void itself becomes the truncate point; what the fold had
+//!   ([`Step::Void`]). A snapshot's end is not: the worker tells by its position which
+//!   snapshot it closes ([`Step::SnapshotEnd`]). A TRUNCATE not void itself becomes the truncate point; what the fold had
 //!   gathered, from every partition, comes back in its [`Step::Reset`] and the fold goes on
 //!   from nothing.
 //!
@@ -70,6 +71,9 @@ pub enum Step {
     Folded,
     /// A TRUNCATE, now the truncate point: the deltas gathered before it, which it voids.
     Reset(Deltas),
+    /// The end of a snapshot in this partition (its consistent point is the event's LSN):
+    /// its rows there are all folded.
+    SnapshotEnd,
 }
 
 /// One partition's part of the fold.
@@ -143,8 +147,15 @@ impl Fold {
             return Step::Duplicate;
         }
         part.seen = Some(id);
-        if event.op != Op::Truncate {
+        if !matches!(event.op, Op::Truncate | Op::SnapshotEnd) {
             part.changes += 1;
+        }
+        // A snapshot's end counts even under a TRUNCATE that came after it: a partition that
+        // lags may meet its end after another partition applied a TRUNCATE streamed later,
+        // and the snapshot in flight must still be told its part there is whole.
+        if event.op == Op::SnapshotEnd {
+            part.applied = Some(id);
+            return Step::SnapshotEnd;
         }
         if void {
             return Step::Void;
@@ -403,5 +414,31 @@ mod tests {
         same.push(0, &event(Op::Create, 20, 4, 1));
         same.push(0, &event(Op::Create, 20, 6, 2));
         assert_eq!(same.partition(0).unwrap().folded, 1);
+    }
+
+    #[test]
+    fn a_snapshots_end_passes_any_truncate_once() {
+        let mut f = Fold::default();
+        // A snapshot that died (TRUNCATE at 10) and the one taken again (TRUNCATE at 20): the
+        // first one's end is still an end, which the worker tells apart by its position.
+        f.push(0, &event(Op::Truncate, 10, -3, 0));
+        f.push(0, &event(Op::Read, 10, -2, 1));
+        f.push(0, &event(Op::Truncate, 20, -3, 0));
+        assert!(matches!(
+            f.push(1, &event(Op::SnapshotEnd, 10, -1, 0)),
+            Step::SnapshotEnd
+        ));
+        f.push(0, &event(Op::Read, 20, -2, 1));
+        assert!(matches!(
+            f.push(0, &event(Op::SnapshotEnd, 20, -1, 0)),
+            Step::SnapshotEnd
+        ));
+        assert!(matches!(
+            f.push(0, &event(Op::SnapshotEnd, 20, -1, 0)),
+            Step::Duplicate
+        ));
+        let p = f.partition(0).unwrap();
+        assert_eq!((p.changes, p.folded), (2, 1), "the marks are not changes");
+        assert_eq!(f.applied()[&0], Some(at(20, -1)));
     }
 }

@@ -5,8 +5,9 @@
 //! under the partition epochs it was read with, so a worker that lost its partitions cannot
 //! commit over the new owner. A change the CDC reader sent twice (same commit LSN and
 //! position) is applied once; a TRUNCATE voids every change committed before it, whichever
-//! partition still carries one. Days leave the 90-day window at each UTC midnight even when
-//! no review arrives.
+//! partition still carries one. A snapshot in flight is folded out of sight and put in place
+//! whole (see `restating`): no figure drops while cdc restates the table. Days leave the
+//! 90-day window at each UTC midnight even when no review arrives.
 //!
 //! All stats writers serialize on the `stats_state` row (see `figures`): scaling out adds
 //! consumers and decoding, not concurrent writes.
@@ -14,6 +15,7 @@
 pub mod figures;
 pub mod fold;
 pub mod notify;
+pub mod restating;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -52,6 +54,14 @@ impl StatsWorker {
     }
 }
 
+impl StatsWorker {
+    /// The valid changelog's partition count: every one carries a snapshot's end.
+    async fn partitions(&self) -> Result<i32> {
+        let (kafka, topic) = (self.settings.kafka.clone(), self.topics.valid.clone());
+        tokio::task::spawn_blocking(move || crate::kafka::topic_partitions(&kafka, &topic)).await?
+    }
+}
+
 impl Destination for StatsWorker {
     const CONSUMER: &'static str = CONSUMER;
     const BEFORE_COMMIT: Point = crate::failpoint::STATS_BEFORE_COMMIT;
@@ -86,9 +96,11 @@ impl Destination for StatsWorker {
         let mut state = figures::lock_state(tx).await?;
         let today = self.config.clock.today_for(&state);
         figures::roll_days(tx, &mut state, today).await?;
+        let home = restating::home(tx).await?;
+        restating::aim(tx, &state, &home).await?;
         let mut fold = Fold::new(applied, state.truncated());
         let mut committed = Vec::with_capacity(records.len());
-        let mut reset = false;
+        let (mut reset, mut swapped) = (false, Vec::new());
         for (m, event) in &records {
             match fold.push(m.partition(), event) {
                 Step::Duplicate | Step::Void => continue,
@@ -96,18 +108,45 @@ impl Destination for StatsWorker {
                 Step::Reset(voided) => {
                     // What came before it is void: apply it first, then start from nothing.
                     figures::apply(tx, &voided, today).await?;
-                    reset |= figures::reset(tx, &mut state, event.event.source.id()).await?;
+                    if event.event.source.snapshot {
+                        restating::begin(tx, &mut state, &home, event.event.source.lsn).await?;
+                    }
+                    reset |= figures::reset(tx, &mut state, event.event.source.id()).await?
+                        && !state.restating;
+                }
+                Step::SnapshotEnd => {
+                    // What was folded before the end belongs to the copies.
+                    figures::apply(tx, &fold.take_deltas(), today).await?;
+                    let partitions = self.partitions().await?;
+                    swapped.extend(
+                        restating::partition_done(
+                            tx,
+                            &mut state,
+                            &home,
+                            m.partition(),
+                            partitions,
+                            event.event.source.lsn,
+                            today,
+                        )
+                        .await?,
+                    );
                 }
             }
-            committed.push(event.event.source.commit_time);
+            // A change applied; the marks around a snapshot are no change of a review.
+            if !event.event.is_snapshot_mark() {
+                committed.push(event.event.source.commit_time);
+            }
         }
         let deltas = fold.take_deltas();
+        // Delivered to the api's listeners only if this transaction commits. The copies of a
+        // snapshot in flight have none: its courses are told when it is put in place.
         let touched = if reset {
             Touched::All
+        } else if state.restating {
+            Touched::Courses(swapped)
         } else {
-            Touched::Courses(deltas.touched().collect())
+            Touched::Courses(deltas.touched().chain(swapped).collect())
         };
-        // Delivered to the api's listeners only if this transaction commits.
         notify::notify(tx, &touched).await?;
         figures::apply(tx, &deltas, today).await?;
         let positions = fold.applied();

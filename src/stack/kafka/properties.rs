@@ -128,11 +128,18 @@ pub(super) fn server_properties(
          share.coordinator.state.topic.min.isr={min_isr}\n\
          {DISK}\
          group.initial.rebalance.delay.ms=0\n\
-         auto.create.topics.enable=false\n",
+         auto.create.topics.enable=false\n\
+         transaction.max.timeout.ms={TRANSACTION_MAX_TIMEOUT_MS}\n",
         id = node.id,
         logs = node.logs().display(),
     )
 }
+
+/// The longest a Kafka transaction may stay open on the local broker: one minute, where
+/// Kafka's default is fifteen. Every transaction reviewflow opens must stay well inside what
+/// any broker allows (a snapshot commits in chunks for that reason), and the local stack,
+/// which every test runs on, holds them to a low limit so that one that does not is seen.
+const TRANSACTION_MAX_TIMEOUT_MS: u64 = 60_000;
 
 /// What bounds the disk a long run takes. The histories (changes, valid, fraud, verdicts)
 /// are kept whole by their own topic settings (retention.ms and retention.bytes -1, which

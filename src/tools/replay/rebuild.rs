@@ -24,6 +24,8 @@ pub(super) async fn rebuild_start(
         &[&(truncated.lsn.0 as i64), &truncated.position, &today],
     )
     .await?;
+    // The history folded here includes any snapshot in flight.
+    crate::sink::stats::restating::abandon(tx).await?;
     Ok(())
 }
 

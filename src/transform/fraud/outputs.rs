@@ -118,7 +118,8 @@ impl Session {
         let valid_id = self.valid_schema_id(schema_id, &writer)?;
         let restated = |op| envelope::restate(&writer, body, op, keep_before, keep_after);
         let value = match (event.op, keep_before, keep_after) {
-            (Op::Truncate, _, _) => body.to_vec(),
+            // Marks of the whole table or of a snapshot's end, passed on as they came.
+            (Op::Truncate | Op::SnapshotEnd, _, _) => body.to_vec(),
             (_, false, false) => return Ok(None),
             // Both images valid, or the only image valid: the change as it came.
             (_, true, true) => body.to_vec(),

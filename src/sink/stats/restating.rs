@@ -1,0 +1,244 @@
+//! A snapshot in flight, kept out of sight. cdc commits a snapshot in chunks, between a
+//! TRUNCATE and an end on every partition (see `source::snapshot`). Applied as they come,
+//! its chunks would show every course emptied and then refilled row by row: a restatement
+//! (`cdc --new-snapshot`) would drop every figure the website shows for as long as it runs.
+//!
+//! So the snapshot's TRUNCATE empties copies of the figures' tables (schema
+//! `reviewflow_restating`, made by the migrations `LIKE` the real ones) instead of the real
+//! ones, and everything after it is folded into the copies, while readers keep the figures
+//! they had. Once every partition has delivered the snapshot's end, one transaction puts the
+//! copies in place of the real tables. A snapshot that died and is taken again opens with a
+//! newer TRUNCATE, which empties the copies again.
+//!
+//! Where the figures go is the transaction's `search_path`: the copies' schema first while a
+//! snapshot is in flight, so that `figures` writes the same SQL either way. Only the three
+//! figure tables have copies; `stats_state` and `sink_offsets` are found where they always
+//! are.
+
+use tokio_postgres::Transaction;
+
+use super::figures::{self, StatsState};
+use crate::contract::lsn::Lsn;
+use crate::db::quote_ident;
+use crate::error::Result;
+
+/// The schema of the copies.
+const SCHEMA: &str = "reviewflow_restating";
+
+/// The tables that have copies.
+const TABLES: [&str; 3] = ["course_stats", "course_daily_stats", "course_review_times"];
+
+/// Points the transaction's unqualified figure tables at the copies while `state` says a
+/// snapshot is in flight, at the real tables otherwise. `home` is the session's own
+/// `search_path` ([`home`]).
+pub async fn aim(tx: &Transaction<'_>, state: &StatsState, home: &str) -> Result<()> {
+    let path = if state.restating {
+        format!("{SCHEMA}, {home}")
+    } else {
+        home.to_string()
+    };
+    tx.execute("SELECT set_config('search_path', $1, true)", &[&path])
+        .await?;
+    Ok(())
+}
+
+/// The session's `search_path`, as the transaction started with it.
+pub async fn home(tx: &Transaction<'_>) -> Result<String> {
+    Ok(tx
+        .query_one("SELECT current_setting('search_path')", &[])
+        .await?
+        .get(0))
+}
+
+/// A TRUNCATE opening the snapshot read at `snapshot`: from now on the figures go to the
+/// copies (which the caller then empties, as any TRUNCATE empties the tables in use), and no
+/// partition has delivered the snapshot's end yet.
+pub async fn begin(
+    tx: &Transaction<'_>,
+    state: &mut StatsState,
+    home: &str,
+    snapshot: Lsn,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE stats_state SET restating = true, restating_lsn = $1, restated_partitions = '{}'",
+        &[&(snapshot.0 as i64)],
+    )
+    .await?;
+    state.restating = true;
+    state.restating_lsn = Some(snapshot);
+    state.restated_partitions.clear();
+    aim(tx, state, home).await?;
+    tracing::info!("a snapshot began: the figures shown stay as they are until it ends");
+    Ok(())
+}
+
+/// `partition` delivered the end of the snapshot read at `snapshot`. When that snapshot is the
+/// one in flight and this was the last of `partitions`, the copies
+/// replace the real tables as of `today`. Returns the courses whose figures that changed
+/// (empty when the snapshot is not whole yet). The caller has applied everything folded
+/// before the end.
+pub async fn partition_done(
+    tx: &Transaction<'_>,
+    state: &mut StatsState,
+    home: &str,
+    partition: i32,
+    partitions: i32,
+    snapshot: Lsn,
+    today: chrono::NaiveDate,
+) -> Result<Vec<i64>> {
+    if !state.restating || state.restating_lsn != Some(snapshot) {
+        // The end of a snapshot that died and was taken again, or whose start a rebuild
+        // (`replay`) already folded in place.
+        return Ok(Vec::new());
+    }
+    if !state.restated_partitions.contains(&partition) {
+        state.restated_partitions.push(partition);
+    }
+    tx.execute(
+        "UPDATE stats_state SET restated_partitions = $1",
+        &[&state.restated_partitions],
+    )
+    .await?;
+    let ended = state.restated_partitions.len();
+    if ended < partitions.max(1) as usize {
+        tracing::info!(
+            partition,
+            ended,
+            of = partitions,
+            "a snapshot ended in a partition"
+        );
+        return Ok(Vec::new());
+    }
+    // Days may have left the 90-day window since the copies were written.
+    figures::refresh_recent(tx, today).await?;
+    state.restating = false;
+    aim(tx, state, home).await?;
+    let changed = swap(tx).await?;
+    tx.execute(
+        "UPDATE stats_state SET restating = false, restating_lsn = NULL, restated_partitions = '{}'",
+        &[],
+    )
+    .await?;
+    state.restating_lsn = None;
+    state.restated_partitions.clear();
+    tracing::info!(
+        changed = changed.len(),
+        "the snapshot ended in every partition: its figures are in place"
+    );
+    Ok(changed)
+}
+
+/// For `status`: a line when a snapshot is in flight, saying how far it got.
+pub async fn status_line(pg: &tokio_postgres::Client) -> Result<Option<String>> {
+    let row = pg
+        .query_one(
+            &format!(
+                "SELECT restating, cardinality(restated_partitions),
+                        (SELECT count(*) FROM {SCHEMA}.course_stats)
+                 FROM stats_state"
+            ),
+            &[],
+        )
+        .await?;
+    Ok(row.get::<_, bool>(0).then(|| {
+        format!(
+            "stats: a snapshot is in flight ({} partitions delivered its end; {} courses \
+             gathered so far); course_stats shows the figures from before it until it is whole",
+            row.get::<_, i32>(1),
+            row.get::<_, i64>(2)
+        )
+    }))
+}
+
+/// Forgets a snapshot in flight, for a rebuild that writes the real tables from the whole
+/// history itself (`replay`): the copies emptied, the figures aimed at the real tables.
+pub async fn abandon(tx: &Transaction<'_>) -> Result<()> {
+    tx.batch_execute(&format!(
+        "UPDATE stats_state SET restating = false, restating_lsn = NULL, \
+         restated_partitions = '{{}}'; TRUNCATE {}",
+        copies()
+    ))
+    .await?;
+    Ok(())
+}
+
+fn copies() -> String {
+    TABLES
+        .iter()
+        .map(|t| format!("{SCHEMA}.{t}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Puts the copies in place of the real tables (unqualified, as the transaction's path now
+/// finds them) and empties them. course_stats is merged rather than replaced: it is streamed
+/// (course-stats topic), so only courses whose figures changed are written, and only courses
+/// gone from the copy are deleted. Returns the courses whose figures changed.
+async fn swap(tx: &Transaction<'_>) -> Result<Vec<i64>> {
+    let stats_columns = columns(tx, "course_stats").await?;
+    let list = stats_columns.join(", ");
+    // updated_at says when a row was written, not what it holds.
+    let figures = |side: &str| {
+        stats_columns
+            .iter()
+            .filter(|c| *c != &quote_ident("updated_at"))
+            .map(|c| format!("{side}.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let set = stats_columns
+        .iter()
+        .filter(|c| *c != &quote_ident("course_id"))
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let gone = tx
+        .query(
+            &format!(
+                "DELETE FROM course_stats s WHERE NOT EXISTS
+                     (SELECT FROM {SCHEMA}.course_stats r WHERE r.course_id = s.course_id)
+                 RETURNING course_id"
+            ),
+            &[],
+        )
+        .await?;
+    let written = tx
+        .query(
+            &format!(
+                "INSERT INTO course_stats AS s ({list}) SELECT {list} FROM {SCHEMA}.course_stats
+                 ON CONFLICT (course_id) DO UPDATE SET {set}
+                 WHERE ({}) IS DISTINCT FROM ({})
+                 RETURNING course_id",
+                figures("s"),
+                figures("EXCLUDED")
+            ),
+            &[],
+        )
+        .await?;
+    // The helper tables are not streamed: replaced whole.
+    tx.batch_execute("TRUNCATE course_daily_stats, course_review_times")
+        .await?;
+    for table in &TABLES[1..] {
+        let list = columns(tx, table).await?.join(", ");
+        tx.batch_execute(&format!(
+            "INSERT INTO {table} ({list}) SELECT {list} FROM {SCHEMA}.{table}"
+        ))
+        .await?;
+    }
+    tx.batch_execute(&format!("TRUNCATE {}", copies())).await?;
+    Ok(gone.iter().chain(&written).map(|r| r.get(0)).collect())
+}
+
+/// The real table's columns that take a value (generated ones compute theirs), quoted. The
+/// copy must have them all: an INSERT naming one it lacks fails, rather than drop a figure.
+async fn columns(tx: &Transaction<'_>, table: &str) -> Result<Vec<String>> {
+    let rows = tx
+        .query(
+            "SELECT attname::text FROM pg_attribute
+             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped
+               AND attgenerated = '' ORDER BY attnum",
+            &[&table],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| quote_ident(r.get(0))).collect())
+}
