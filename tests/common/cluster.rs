@@ -3,7 +3,7 @@
 //! and what a test of a cluster asks of it: which node leads a partition and which are in
 //! sync, which node coordinates a transactional id, and killing and restarting one node.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -36,22 +36,7 @@ impl ClusterStack {
 
     /// `reviewflow <args>` on this stack: exit code and what it printed.
     pub fn run(&self, args: &[&str]) -> (i32, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_reviewflow"))
-            .args(args)
-            .env("REVIEWFLOW_HOME", &self.home)
-            .env("REVIEWFLOW_PG_PORT", self.pg_port.to_string())
-            .env("REVIEWFLOW_KAFKA_PORT", self.kafka_port.to_string())
-            .env_remove("REVIEWFLOW_KAFKA_BROKERS")
-            .env_remove("DATABASE_URL")
-            .env_remove("KAFKA_BOOTSTRAP_SERVERS")
-            .output()
-            .expect("the binary runs");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code().unwrap_or(-1), text)
+        run_stack(&self.home, self.pg_port, self.kafka_port, args)
     }
 
     /// The library's view of this stack, for `reviewflow::stack::kill_broker` and friends.
@@ -86,6 +71,27 @@ impl ClusterStack {
         );
         std::env::remove_var("SCHEMA_REGISTRY_URL");
     }
+}
+
+/// `reviewflow <args>` on the stack in `home` with these ports, none of the shared stack's
+/// settings inherited: exit code and what it printed.
+pub fn run_stack(home: &Path, pg_port: u16, kafka_port: u16, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_reviewflow"))
+        .args(args)
+        .env("REVIEWFLOW_HOME", home)
+        .env("REVIEWFLOW_PG_PORT", pg_port.to_string())
+        .env("REVIEWFLOW_KAFKA_PORT", kafka_port.to_string())
+        .env_remove("REVIEWFLOW_KAFKA_BROKERS")
+        .env_remove("DATABASE_URL")
+        .env_remove("KAFKA_BOOTSTRAP_SERVERS")
+        .output()
+        .expect("the binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
 }
 
 impl Drop for ClusterStack {
