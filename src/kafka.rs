@@ -92,6 +92,11 @@ fn configured(mut config: ClientConfig, kafka: &KafkaSettings) -> ClientConfig {
     config
 }
 
+/// The replication factor that asks the brokers for theirs (`default.replication.factor`,
+/// KIP-464): topics then get as many copies as the cluster is set up to keep, and
+/// `min.insync.replicas` is the brokers' too.
+pub const CLUSTER_REPLICATION: i32 = -1;
+
 /// Creates the topic when it does not exist, with `settings`, and returns its partition count
 /// once the broker's metadata shows its partitions: a topic just created, by this stage or by
 /// another starting beside it, may not show them for a moment, and a stage that read "no
@@ -181,28 +186,47 @@ async fn check_topic_settings(
         return Ok(());
     }
     let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
-    let described = admin
-        .describe_configs([&ResourceSpecifier::Topic(name)], &options)
-        .await?;
-    let config = match described.into_iter().next() {
-        Some(Ok(config)) => config,
-        Some(Err(
-            code @ (RDKafkaErrorCode::TopicAuthorizationFailed
-            | RDKafkaErrorCode::ClusterAuthorizationFailed),
-        )) => {
-            tracing::warn!(topic = name, error = %code, "cannot read the topic's configuration to check it: grant this client DESCRIBE_CONFIGS on it");
-            return Ok(());
+    // In a cluster the broker asked may not have applied a topic created a moment ago: it
+    // answers that it does not know it, or without its settings. Asked again until it does.
+    let started = Instant::now();
+    let entries: std::collections::HashMap<String, Option<String>> = loop {
+        let described = admin
+            .describe_configs([&ResourceSpecifier::Topic(name)], &options)
+            .await?;
+        let lagging = started.elapsed() < Duration::from_secs(30);
+        match described.into_iter().next() {
+            Some(Ok(config)) => {
+                let entries: std::collections::HashMap<_, _> = config
+                    .entries
+                    .iter()
+                    .map(|e| (e.name.clone(), e.value.clone()))
+                    .collect();
+                let shown = settings
+                    .iter()
+                    .all(|(key, _)| entries.get(*key).is_some_and(Option::is_some));
+                if shown || !lagging {
+                    break entries;
+                }
+            }
+            Some(Err(RDKafkaErrorCode::UnknownTopicOrPartition)) if lagging => {}
+            Some(Err(
+                code @ (RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed),
+            )) => {
+                tracing::warn!(topic = name, error = %code, "cannot read the topic's configuration to check it: grant this client DESCRIBE_CONFIGS on it");
+                return Ok(());
+            }
+            Some(Err(code)) => {
+                return Err(Error::Config(format!(
+                    "cannot read the configuration of topic {name}: {code}"
+                )))
+            }
+            None => return Ok(()),
         }
-        Some(Err(code)) => {
-            return Err(Error::Config(format!(
-                "cannot read the configuration of topic {name}: {code}"
-            )))
-        }
-        None => return Ok(()),
+        tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let entries = config.entry_map();
     for (key, wanted) in settings {
-        let actual = entries.get(key).and_then(|e| e.value.as_deref());
+        let actual = entries.get(*key).and_then(|v| v.as_deref());
         if actual.is_some_and(|a| same_setting(a, wanted)) {
             continue;
         }
@@ -382,7 +406,22 @@ pub fn partition_lags<C: ConsumerContext + 'static>(
 /// caller that holds no consumer of its own). Blocking.
 pub fn topic_partitions(kafka: &KafkaSettings, topic: &str) -> Result<i32> {
     let probe: BaseConsumer = client_config(kafka).create()?;
-    partition_count(&probe, topic)
+    settled_partition_count(&probe, topic)
+}
+
+/// [`partition_count`], where "no partitions" is asked again for a few seconds before it is
+/// the answer: in a cluster the broker asked may not know yet a topic created a moment ago
+/// through another.
+fn settled_partition_count(consumer: &impl Consumer, topic: &str) -> Result<i32> {
+    let started = Instant::now();
+    loop {
+        match partition_count(consumer, topic) {
+            Err(Error::Config(_)) if started.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// How many partitions a topic has, from the broker's metadata.
@@ -448,28 +487,56 @@ pub fn read_committed_tail(
         .create()?;
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
-    for partition in 0..partition_count(&consumer, topic)? {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(30))?;
+    for partition in 0..settled_partition_count(&consumer, topic)? {
+        let (low, high) = loop {
+            match consumer.fetch_watermarks(topic, partition, Duration::from_secs(30)) {
+                Ok(watermarks) => break watermarks,
+                // A partition created a moment ago, or whose leader's broker just died, has
+                // no leader to answer for a moment.
+                Err(e) if leaderless(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let low = last.map_or(low, |n| low.max(high - n));
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
         consumer.assign(&assignment)?;
+        // librdkafka reports a broker it lost (one of a cluster that died, say) and carries on
+        // with the others: such an error is kept for the message, should the deadline pass.
+        let mut last_error = None;
         loop {
             let position = read_position(&consumer, topic, partition, low)?;
             if position >= high {
                 break;
             }
             if Instant::now() > deadline {
+                let error = last_error.map_or(String::new(), |e| format!("; last error: {e}"));
                 return Err(Error::Config(format!(
-                    "reading {topic}/{partition} to offset {high} took over {timeout:?} (stuck at {position})"
+                    "reading {topic}/{partition} to offset {high} took over {timeout:?} (stuck at {position}{error})"
                 )));
             }
-            if let Some(record) = consumer.poll(Duration::from_millis(200)) {
-                out.push(record?.detach());
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(record)) => out.push(record.detach()),
+                Some(Err(e)) => last_error = Some(e),
+                None => {}
             }
         }
     }
     Ok(out)
+}
+
+/// The error of a partition that has no leader at the moment, which a cluster elects soon.
+fn leaderless(error: &rdkafka::error::KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+        )
+    )
 }
 
 /// Before a part starts on a broker reached over SASL or TLS: the credentials and

@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -15,21 +14,7 @@ struct Stack {
 
 impl Stack {
     fn run(&self, args: &[&str]) -> (i32, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_reviewflow"))
-            .args(args)
-            .env("REVIEWFLOW_HOME", &self.home)
-            .env("REVIEWFLOW_PG_PORT", "54339")
-            .env("REVIEWFLOW_KAFKA_PORT", "19192")
-            .env_remove("DATABASE_URL")
-            .env_remove("KAFKA_BOOTSTRAP_SERVERS")
-            .output()
-            .expect("the binary runs");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code().unwrap_or(-1), text)
+        common::cluster::run_stack(&self.home, 54339, 19192, args)
     }
 
     /// Every process of this stack: the broker, the postmaster and the postmaster's children.

@@ -10,7 +10,7 @@ use crate::stack::{self, StackConfig};
 #[derive(Subcommand, Debug, Clone, Copy)]
 pub enum StackAction {
     /// Start PostgreSQL and Kafka (fetching Kafka, and PostgreSQL 16-18, once) and wait until
-    /// both accept connections.
+    /// both accept connections; --brokers 3 makes Kafka a cluster of three nodes.
     Up,
     /// Stop exactly the processes `up` started; data is kept unless --purge.
     Down {
@@ -31,6 +31,14 @@ pub enum StackAction {
         #[arg(value_enum)]
         part: stack::Part,
     },
+    /// Fault injection: kill Kafka node N (from 1) with SIGKILL and leave it down, so its
+    /// partitions' leadership and the coordinators it hosted move to the others.
+    KillBroker {
+        /// The node, from 1 to the number of brokers (`stack status` lists them).
+        node: u8,
+    },
+    /// Start Kafka node N again (after kill-broker) and wait until the cluster lists it.
+    StartBroker { node: u8 },
 }
 
 pub(super) async fn execute(action: StackAction, cfg: &StackConfig) -> Result<ExitCode> {
@@ -94,6 +102,14 @@ pub(super) async fn execute(action: StackAction, cfg: &StackConfig) -> Result<Ex
         StackAction::Crash { part } => {
             stack::crash(cfg, part).await?;
             println!("{part:?} was killed and is running again");
+        }
+        StackAction::KillBroker { node } => {
+            stack::kill_broker(cfg, node).await?;
+            println!("Kafka node {node} was killed (start it with `reviewflow stack start-broker {node}`)");
+        }
+        StackAction::StartBroker { node } => {
+            stack::start_broker(cfg, node).await?;
+            println!("Kafka node {node} is running");
         }
     }
     Ok(ExitCode::SUCCESS)

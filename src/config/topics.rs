@@ -13,11 +13,14 @@ pub struct TopicSettings {
     )]
     pub partitions: i32,
 
-    /// Replication factor of each topic reviewflow creates.
+    /// Replication factor of each topic reviewflow creates; -1 takes the cluster's
+    /// (its brokers' default.replication.factor: 3 on the local stack's three-node cluster).
     #[arg(
         long,
         env = "REVIEWFLOW_TOPIC_REPLICATION",
-        default_value_t = 1,
+        default_value_t = crate::kafka::CLUSTER_REPLICATION,
+        allow_negative_numbers = true,
+        value_parser = replication_factor,
         global = true
     )]
     pub replication_factor: i32,
@@ -67,4 +70,15 @@ pub struct TopicSettings {
         global = true
     )]
     pub dead_letters: String,
+}
+
+/// -1 (the cluster's default) or a count of copies.
+fn replication_factor(text: &str) -> Result<i32, String> {
+    match text.trim().parse::<i32>() {
+        Ok(n) if n == -1 || n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{text:?} is not a replication factor: give a number of copies (1 or more), or -1 \
+             for the brokers' default.replication.factor"
+        )),
+    }
 }

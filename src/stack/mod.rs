@@ -1,6 +1,6 @@
 //! The self-managed local stack: a private PostgreSQL cluster from the installed server
-//! binaries and a single-node Apache Kafka (KRaft) from its release jars, both in one data
-//! folder that reviewflow owns. `up` is idempotent and waits until both accept connections;
+//! binaries and an Apache Kafka (KRaft; one node, or a cluster with `--brokers`) from its
+//! release jars, both in one data folder that reviewflow owns. `up` is idempotent and waits until both accept connections;
 //! `down` stops exactly the processes `up` started (recognised by their data folder).
 
 mod folders;
@@ -39,7 +39,9 @@ pub struct StackConfig {
     )]
     pub pg_port: u16,
 
-    /// Port of the local Kafka broker; its KRaft controller listens on the next port.
+    /// Port of the local Kafka broker; its KRaft controller listens on the next port, its
+    /// SASL_PLAINTEXT and SASL_SSL listeners on the two after. With --brokers, node N takes
+    /// the four ports from this one + 4(N-1).
     #[arg(
         long,
         env = "REVIEWFLOW_KAFKA_PORT",
@@ -47,6 +49,17 @@ pub struct StackConfig {
         global = true
     )]
     pub kafka_port: u16,
+
+    /// Nodes of the local Kafka (each a broker and a KRaft controller): 1, or a cluster, where
+    /// with 3 the topics keep 3 copies and a write needs 2 (min.insync.replicas). A data folder
+    /// keeps the count it was made with [default: the folder's, else 1]
+    #[arg(
+        long,
+        env = "REVIEWFLOW_KAFKA_BROKERS",
+        value_parser = clap::value_parser!(u8).range(1..=5),
+        global = true
+    )]
+    pub brokers: Option<u8>,
 
     /// Apache Kafka release run by the local stack (jars from Maven Central).
     #[arg(long, env = "REVIEWFLOW_KAFKA_VERSION", default_value = KAFKA_VERSION, global = true)]
@@ -83,6 +96,7 @@ impl Default for StackConfig {
             cache_dir: None,
             pg_port: 54329,
             kafka_port: 19092,
+            brokers: None,
             kafka_version: KAFKA_VERSION.to_owned(),
             pg_ssl: false,
             pg_version: postgres_builds::DEFAULT_VERSION,
@@ -125,6 +139,8 @@ pub async fn up(cfg: &StackConfig) -> Result<StackInfo> {
     let home = cfg.home();
     std::fs::create_dir_all(&home)
         .map_err(|e| crate::Error::io_path("create the stack folder", &home, e))?;
+    // A --brokers the folder's Kafka was not made with is refused before anything starts.
+    kafka::check(cfg)?;
     let database_url = postgres::up(cfg).await?;
     let kafka_bootstrap_servers = kafka::up(cfg).await?;
     Ok(StackInfo {
@@ -150,13 +166,13 @@ pub fn postgres_certificate(cfg: &StackConfig) -> PathBuf {
     postgres::certificate_path(cfg)
 }
 
-/// The local broker's SASL_PLAINTEXT listener (mechanism PLAIN): address, user, password.
+/// The local brokers' SASL_PLAINTEXT listeners (mechanism PLAIN): bootstrap list, user, password.
 pub fn kafka_sasl(cfg: &StackConfig) -> Result<(String, String, String)> {
     kafka::sasl(cfg)
 }
 
-/// The local broker's SASL_SSL listener (PLAIN over TLS, the same user): address and the
-/// root certificate that verifies it (`ssl.ca.location`).
+/// The local brokers' SASL_SSL listeners (PLAIN over TLS, the same user): bootstrap list and
+/// the root certificate that verifies it (`ssl.ca.location`).
 pub fn kafka_sasl_ssl(cfg: &StackConfig) -> Result<(String, PathBuf)> {
     kafka::sasl_ssl(cfg)
 }
@@ -199,7 +215,7 @@ pub async fn down(cfg: &StackConfig) -> Result<()> {
     kafka.and(pg)
 }
 
-/// The running stack's PostgreSQL postmaster and Kafka broker, when they are ours and alive:
+/// The running stack's PostgreSQL postmaster and (first) Kafka node, when they are ours and alive:
 /// for measuring their CPU time beside the pipeline's.
 pub fn pids(cfg: &StackConfig) -> (Option<i32>, Option<i32>) {
     (postgres::running_pid(cfg), kafka::running_pid(cfg))
@@ -213,33 +229,20 @@ pub enum Part {
 }
 
 /// Kills one part with SIGKILL, as a crash would (PostgreSQL then recovers from its WAL; Kafka
-/// from its log), and starts it again. For fault-injection runs: the pipeline must ride it out.
+/// from its log: every node of it), and starts it again. For fault-injection runs: the
+/// pipeline must ride it out.
 pub async fn crash(cfg: &StackConfig, part: Part) -> Result<()> {
-    let pid = match part {
-        Part::Postgres => postgres::running_pid(cfg),
-        Part::Kafka => kafka::running_pid(cfg),
-    };
-    if let Some(pid) = pid {
-        tracing::warn!(?part, pid, "killing with SIGKILL");
-        // SAFETY: a plain signal to a process of this stack.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        for _ in 0..600 {
-            if !process::alive(pid) {
-                break;
+    match part {
+        Part::Postgres => {
+            if let Some(pid) = postgres::running_pid(cfg) {
+                tracing::warn!(?part, pid, "killing with SIGKILL");
+                // SAFETY: a plain signal to a process of this stack.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                process::wait_gone(pid).await;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            process::wait_ports_free(&[cfg.pg_port]).await;
         }
-    }
-    // The kernel lets go of a killed process's listening ports a moment after it is gone.
-    let ports = match part {
-        Part::Postgres => vec![cfg.pg_port],
-        Part::Kafka => (0..4).map(|i| cfg.kafka_port + i).collect(),
-    };
-    for _ in 0..600 {
-        if ports.iter().all(|p| process::port_free(*p)) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        Part::Kafka => kafka::kill(cfg, None).await?,
     }
     // PostgreSQL refuses to start while backends of the killed postmaster still hold its
     // shared memory; they notice their postmaster's death and exit within moments.
@@ -258,6 +261,18 @@ pub async fn crash(cfg: &StackConfig, part: Part) -> Result<()> {
             other => return other,
         }
     }
+}
+
+/// Kills Kafka node `id` (from 1) with SIGKILL, as a crash would, and leaves it down, so a
+/// test can watch the others take over its partitions' leadership and the coordinators it
+/// hosted; [`start_broker`] brings it back. The waits end when it is gone and its ports free.
+pub async fn kill_broker(cfg: &StackConfig, id: u8) -> Result<()> {
+    kafka::kill(cfg, Some(id)).await
+}
+
+/// Starts Kafka node `id` again (a no-op when it runs) and waits until the cluster lists it.
+pub async fn start_broker(cfg: &StackConfig, id: u8) -> Result<()> {
+    kafka::start(cfg, Some(id)).await.map(drop)
 }
 
 /// Deletes the data of a stopped stack: the PostgreSQL cluster wherever it lives, and Kafka's.
@@ -299,13 +314,13 @@ pub async fn info(cfg: &StackConfig) -> Result<StackInfo> {
 
 /// One line per component: running or not, and where.
 pub fn status(cfg: &StackConfig) -> Vec<(String, Result<String>)> {
-    vec![
-        (
-            "postgres".to_string(),
-            postgres::running_url(cfg).map(|u| crate::secret::redact_url(&u)),
-        ),
-        ("kafka".to_string(), kafka::running_address(cfg)),
-    ]
+    vec![(
+        "postgres".to_string(),
+        postgres::running_url(cfg).map(|u| crate::secret::redact_url(&u)),
+    )]
+    .into_iter()
+    .chain(kafka::status(cfg))
+    .collect()
 }
 
 /// A self-signed certificate for localhost and 127.0.0.1 (its own root: clients verify with

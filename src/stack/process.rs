@@ -148,3 +148,24 @@ pub async fn wait_for_port(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Waits (up to 30 s) until a killed process is gone.
+pub async fn wait_gone(pid: i32) {
+    for _ in 0..600 {
+        if !alive(pid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (up to 30 s) until nothing listens on `ports`: the kernel lets go of a killed
+/// process's listening ports a moment after it is gone.
+pub async fn wait_ports_free(ports: &[u16]) {
+    for _ in 0..600 {
+        if ports.iter().all(|p| port_free(*p)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

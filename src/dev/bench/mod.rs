@@ -270,7 +270,14 @@ impl Run {
             ("verdicts", self.partitions, history),
             ("dead-letters", self.partitions, &[][..]),
         ] {
-            crate::kafka::ensure_topic(kafka, &self.topic(name), partitions, 1, settings).await?;
+            crate::kafka::ensure_topic(
+                kafka,
+                &self.topic(name),
+                partitions,
+                crate::kafka::CLUSTER_REPLICATION,
+                settings,
+            )
+            .await?;
         }
         Ok(())
     }

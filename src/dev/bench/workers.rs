@@ -225,7 +225,14 @@ async fn producer_perf(
     shutdown: &CancellationToken,
 ) -> Result<f64> {
     let topic = run.topic("producer-perf");
-    crate::kafka::ensure_topic(&run.settings.kafka, &topic, run.partitions, 1, &[]).await?;
+    crate::kafka::ensure_topic(
+        &run.settings.kafka,
+        &topic,
+        run.partitions,
+        crate::kafka::CLUSTER_REPLICATION,
+        &[],
+    )
+    .await?;
     let libs = run
         .stack
         .cache()
