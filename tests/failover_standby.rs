@@ -66,7 +66,10 @@ impl TempStack {
             .env("REVIEWFLOW_PG_PORT", self.cfg.pg_port.to_string())
             .env("REVIEWFLOW_PG_VERSION", self.cfg.pg_version.to_string())
             // No Kafka in this home: a port nobody uses.
-            .env("REVIEWFLOW_KAFKA_PORT", (self.cfg.pg_port - 30000).to_string())
+            .env(
+                "REVIEWFLOW_KAFKA_PORT",
+                (self.cfg.pg_port - 30000).to_string(),
+            )
             .env_remove("REVIEWFLOW_PG_STANDBY")
             .output()
             .expect("reviewflow stack runs");
@@ -79,10 +82,11 @@ impl TempStack {
         format!("{base}/{db}")
     }
 
-    /// Both nodes, libpq style: whichever is the writable primary.
+    /// Both nodes, libpq style: whichever is the writable primary. The standby comes first,
+    /// so every client must pass it over while it is one.
     fn both_url(&self, db: &str) -> String {
         let one = format!("127.0.0.1:{}", self.cfg.pg_port);
-        let both = format!("{one},127.0.0.1:{}", self.standby_port());
+        let both = format!("127.0.0.1:{},{one}", self.standby_port());
         format!(
             "{}?target_session_attrs=read-write",
             self.url_of(db).replace(&one, &both)
@@ -209,7 +213,10 @@ async fn on_postgres_17_cdc_follows_the_promoted_standby_without_a_new_snapshot(
         .map(|s| p.spawn(s, None, &[]))
         .collect();
     let _cdc = p.spawn_cdc(None);
-    let (done, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+    let (done, stop) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
     let writes = writer(p.url.clone(), done.clone(), stop.clone());
     until_written(&done, 60).await;
     p.wait_for_snapshot().await;
@@ -237,7 +244,8 @@ async fn on_postgres_17_cdc_follows_the_promoted_standby_without_a_new_snapshot(
     stack.failover();
     let status = String::from_utf8_lossy(&stack.cli(&["status"]).stdout).into_owned();
     assert!(
-        status.contains(&format!("127.0.0.1:{}", stack.standby_port())) && status.contains("promoted"),
+        status.contains(&format!("127.0.0.1:{}", stack.standby_port()))
+            && status.contains("promoted"),
         "stack status names the promoted standby as the primary: {status}"
     );
     // Committed from here on: on the new primary, the old one being dead.
@@ -277,11 +285,24 @@ async fn on_postgres_17_cdc_follows_the_promoted_standby_without_a_new_snapshot(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_postgres_16_a_promoted_standby_stops_cdc_naming_new_snapshot_which_makes_it_exact() {
+/// A promotion whose server has no synchronized slot (before 17, or a standby that does not
+/// synchronize slots): the running cdc stops by itself naming `--new-snapshot`, never
+/// resuming on another slot, and `--new-snapshot` makes the figures exact.
+async fn unsynced_promotion_stops_cdc(version: u8, port: u16, name: &str, unsync: bool) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let stack = TempStack::up(16, 54383).await;
-    let p = stack.pipeline("standby_16").await;
+    let stack = TempStack::up(version, port).await;
+    if unsync {
+        let standby = reviewflow::db::connect(&stack.standby_url("reviewflow"))
+            .await
+            .unwrap();
+        for sql in [
+            "ALTER SYSTEM SET sync_replication_slots = off",
+            "SELECT pg_reload_conf()",
+        ] {
+            standby.batch_execute(sql).await.unwrap();
+        }
+    }
+    let p = stack.pipeline(name).await;
     let _stages: Vec<Running> = ["fraud", "verdicts", "stats"]
         .iter()
         .map(|s| p.spawn(s, None, &[]))
@@ -316,12 +337,27 @@ async fn on_postgres_16_a_promoted_standby_stops_cdc_naming_new_snapshot_which_m
     let db = p.db().await;
     common::write_random(&db, &mut rng, 20).await;
     let mut cmd = p.command("cdc");
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(stack.home.join("stages.log"))
+        .unwrap();
     cmd.arg("--new-snapshot")
-        .stdout(std::process::Stdio::null());
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
     let restated = Running(Some(cmd.spawn().unwrap()));
     p.wait_until_caught_up().await;
     p.assert_exact().await;
     p.stop(restated).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_16_a_promoted_standby_stops_cdc_naming_new_snapshot_which_makes_it_exact() {
+    unsynced_promotion_stops_cdc(16, 54383, "standby_16", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_17_a_standby_that_did_not_sync_the_slot_stops_cdc_naming_new_snapshot() {
+    unsynced_promotion_stops_cdc(17, 54389, "standby_17_unsynced", true).await;
 }
 
 /// `stack up --standby` makes the standby by a base backup and it replays what the primary
@@ -344,14 +380,18 @@ async fn base_backup_replays(version: u8, port: u16) {
         .get(0);
     assert!(recovery, "the standby is a standby");
     // Synchronous commit waited for the standby's flush, not its replay: read it eventually.
-    common::eventually("the standby replays the row written after the backup", 30, || async {
-        standby
-            .query_opt("SELECT n FROM after_backup", &[])
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|r| r.get::<_, i32>(0) == 7)
-    })
+    common::eventually(
+        "the standby replays the row written after the backup",
+        30,
+        || async {
+            standby
+                .query_opt("SELECT n FROM after_backup", &[])
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|r| r.get::<_, i32>(0) == 7)
+        },
+    )
     .await;
     let status = String::from_utf8_lossy(&stack.cli(&["status"]).stdout).into_owned();
     assert!(

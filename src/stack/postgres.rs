@@ -55,7 +55,11 @@ pub async fn up(cfg: &StackConfig) -> Result<String> {
                 String::new()
             };
             write_conf(&data, &settings(port, cfg.pg_ssl, &extra), account.as_ref())?;
-            let log = if promoted { "standby.log" } else { "postgres.log" };
+            let log = if promoted {
+                "standby.log"
+            } else {
+                "postgres.log"
+            };
             start(cfg, &bin, &data, port, &root.join(log), account.as_ref()).await?;
             let url = running_url(cfg)?;
             create_database(cfg).await?;
