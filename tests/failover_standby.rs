@@ -21,7 +21,7 @@ use reviewflow::registry::Registry;
 use reviewflow::source::snapshot::{find_marker, SnapshotHistory};
 use reviewflow::stack::StackConfig;
 
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A PostgreSQL of its own with a standby; `stack down --purge` and its folder deleted when
 /// dropped.
@@ -205,7 +205,7 @@ async fn snapshot_marks(p: &Pipeline) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_17_cdc_follows_the_promoted_standby_without_a_new_snapshot() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let stack = TempStack::up(17, 54381).await;
     let p = stack.pipeline("standby_follow").await;
     let _stages: Vec<Running> = ["fraud", "verdicts", "stats"]
@@ -289,7 +289,7 @@ async fn on_postgres_17_cdc_follows_the_promoted_standby_without_a_new_snapshot(
 /// synchronize slots): the running cdc stops by itself naming `--new-snapshot`, never
 /// resuming on another slot, and `--new-snapshot` makes the figures exact.
 async fn unsynced_promotion_stops_cdc(version: u8, port: u16, name: &str, unsync: bool) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let stack = TempStack::up(version, port).await;
     if unsync {
         let standby = reviewflow::db::connect(&stack.standby_url("reviewflow"))
@@ -363,7 +363,7 @@ async fn on_postgres_17_a_standby_that_did_not_sync_the_slot_stops_cdc_naming_ne
 /// `stack up --standby` makes the standby by a base backup and it replays what the primary
 /// writes afterwards.
 async fn base_backup_replays(version: u8, port: u16) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let stack = TempStack::up(version, port).await;
     let primary = reviewflow::db::connect(&stack.url).await.unwrap();
     primary
