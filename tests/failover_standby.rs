@@ -283,6 +283,33 @@ async fn on_postgres_17_cdc_follows_the_promoted_standby_without_a_new_snapshot(
         Some(2),
         "the marker records the new timeline"
     );
+
+    // The next `stack up` after a stop starts the promoted node as the primary, and never
+    // the old one: it would be a second primary on the old timeline.
+    drop(_stages);
+    drop(_cdc);
+    let down = stack.cli(&["down"]);
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    let url = reviewflow::stack::up_postgres(&stack.cfg).await.unwrap();
+    assert!(
+        url.contains(&format!(":{}/", stack.standby_port())),
+        "{url}"
+    );
+    let primary = reviewflow::db::connect(&url).await.unwrap();
+    let in_recovery: bool = primary
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!in_recovery);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", stack.cfg.pg_port)).is_err(),
+        "the old primary stays down"
+    );
 }
 
 /// A promotion whose server has no synchronized slot (before 17, or a standby that does not
