@@ -26,6 +26,9 @@ pub enum StackAction {
     /// their connection strings as `export` lines (CDC_DATABASE_URL, API_DATABASE_URL,
     /// WORKER_DATABASE_URL): eval "$(reviewflow stack roles)".
     Roles,
+    /// Kill the primary PostgreSQL with SIGKILL and promote the standby of `up --standby`;
+    /// `stack env` then points at the new primary. The old primary stays down.
+    Failover,
     /// Fault injection: kill one part with SIGKILL and start it again.
     Crash {
         #[arg(value_enum)]
@@ -98,6 +101,13 @@ pub(super) async fn execute(action: StackAction, cfg: &StackConfig) -> Result<Ex
             for (role, url) in stack::roles(cfg).await? {
                 println!("export {}='{url}'", role.variable());
             }
+        }
+        StackAction::Failover => {
+            let url = stack::failover(cfg).await?;
+            println!(
+                "the standby is the primary now: {}",
+                crate::secret::redact_url(&url)
+            );
         }
         StackAction::Crash { part } => {
             stack::crash(cfg, part).await?;

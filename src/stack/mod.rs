@@ -1,13 +1,16 @@
 //! The self-managed local stack: a private PostgreSQL cluster from the installed server
 //! binaries and an Apache Kafka (KRaft; one node, or a cluster with `--brokers`) from its
-//! release jars, both in one data folder that reviewflow owns. `up` is idempotent and waits until both accept connections;
-//! `down` stops exactly the processes `up` started (recognised by their data folder).
+//! release jars, both in one data folder that reviewflow owns. `up` is idempotent and waits
+//! until both accept connections; `down` stops exactly the processes `up` started (recognised
+//! by their data folder). With `--standby` PostgreSQL has a synchronous physical standby, and
+//! `failover` promotes it.
 
 mod folders;
 mod kafka;
 mod postgres;
 mod postgres_builds;
 mod process;
+mod standby;
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -86,6 +89,12 @@ pub struct StackConfig {
     /// names [default: /usr/lib/postgresql/15/bin for 15, the fetched build for the others].
     #[arg(long, env = "REVIEWFLOW_PG_BIN", global = true)]
     pub pg_bin: Option<PathBuf>,
+
+    /// Also run a synchronous physical standby of the local PostgreSQL on the next port,
+    /// made once by a base backup (on 17 and later it synchronizes the failover slots); once
+    /// made, every `up` starts it. `stack failover` promotes it.
+    #[arg(long, env = "REVIEWFLOW_PG_STANDBY", global = true)]
+    pub standby: bool,
 }
 
 /// What the flags' defaults are, for code that builds a configuration without parsing any.
@@ -101,6 +110,7 @@ impl Default for StackConfig {
             pg_ssl: false,
             pg_version: postgres_builds::DEFAULT_VERSION,
             pg_bin: None,
+            standby: false,
         }
     }
 }
@@ -292,6 +302,7 @@ pub fn purge(cfg: &StackConfig) -> Result<()> {
             _ => {}
         }
     }
+    standby::forget(&home);
     for file in ["postgres.location", "postgres.password"] {
         let _ = std::fs::remove_file(home.join(file));
     }
@@ -314,13 +325,31 @@ pub async fn info(cfg: &StackConfig) -> Result<StackInfo> {
 
 /// One line per component: running or not, and where.
 pub fn status(cfg: &StackConfig) -> Vec<(String, Result<String>)> {
-    vec![(
+    let promoted = if standby::promoted(&cfg.home()) {
+        " (the promoted standby; the old primary stays down)"
+    } else {
+        ""
+    };
+    let mut parts = vec![(
         "postgres".to_string(),
-        postgres::running_url(cfg).map(|u| crate::secret::redact_url(&u)),
-    )]
-    .into_iter()
-    .chain(kafka::status(cfg))
-    .collect()
+        postgres::running_url(cfg).map(|u| format!("{}{promoted}", crate::secret::redact_url(&u))),
+    )];
+    if let Some(standby) = standby::status(cfg) {
+        parts.push(("standby".to_string(), standby));
+    }
+    parts.extend(kafka::status(cfg));
+    parts
+}
+
+/// Kills the primary with SIGKILL and promotes the standby (see `standby`); returns the new
+/// primary's URL, which `stack env` gives from then on.
+pub async fn failover(cfg: &StackConfig) -> Result<String> {
+    standby::failover(cfg).await
+}
+
+/// The standby's port, while the stack has one (the primary's next).
+pub fn standby_port(cfg: &StackConfig) -> u16 {
+    standby::port(cfg)
 }
 
 /// A self-signed certificate for localhost and 127.0.0.1 (its own root: clients verify with

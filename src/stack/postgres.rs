@@ -1,7 +1,9 @@
 //! The local PostgreSQL cluster: initdb once (wal_level=logical, password auth on loopback
 //! only), then pg_ctl start/stop. As root, the cluster runs as an unprivileged account,
 //! since postgres refuses root; if that account cannot reach the data folder, the cluster
-//! lives under /var/lib/reviewflow instead and the data folder records where.
+//! lives under /var/lib/reviewflow instead and the data folder records where. With a
+//! standby (`standby`), the primary is whichever node the stack's home names: the first
+//! cluster until `stack failover` promotes the standby.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,11 +12,11 @@ use std::time::Duration;
 use tokio::process::Command;
 
 use super::process::{self, Account};
-use super::{postgres_builds, write_file, StackConfig};
+use super::{postgres_builds, standby, write_file, StackConfig};
 use crate::error::{Error, Result};
 
-const USER: &str = "reviewflow";
-const DATABASE: &str = "reviewflow";
+pub(super) const USER: &str = "reviewflow";
+pub(super) const DATABASE: &str = "reviewflow";
 
 pub async fn up(cfg: &StackConfig) -> Result<String> {
     let home = cfg.home();
@@ -29,83 +31,143 @@ pub async fn up(cfg: &StackConfig) -> Result<String> {
         root.to_string_lossy().as_bytes(),
         0o644,
     )?;
-    let data = root.join("data");
+    let promoted = standby::promoted(&home);
+    let (data, port) = primary_node(cfg);
+    let with_standby = !promoted && (cfg.standby || standby::exists(&root));
 
     // Before anything else: a running cluster of another version is refused as well.
     postgres_builds::check_data_version(cfg, &data)?;
-    if let Ok(url) = running_url(cfg) {
-        return Ok(url);
+    let url = match running_url(cfg) {
+        Ok(url) => url,
+        Err(_) => {
+            let bin = postgres_builds::server_bin(cfg, account.as_ref()).await?;
+            if !data.join("PG_VERSION").exists() {
+                init(cfg, &bin, &root, account.as_ref()).await?;
+            }
+            if cfg.pg_ssl {
+                certificate(&data, account.as_ref()).await?;
+            }
+            // The synchronous settings only once the standby exists: before it, they would
+            // hold up the CREATE DATABASE below.
+            let extra = if with_standby && standby::exists(&root) {
+                standby::primary_settings(&data)
+            } else {
+                String::new()
+            };
+            write_conf(&data, &settings(port, cfg.pg_ssl, &extra), account.as_ref())?;
+            let log = if promoted {
+                "standby.log"
+            } else {
+                "postgres.log"
+            };
+            start(cfg, &bin, &data, port, &root.join(log), account.as_ref()).await?;
+            let url = running_url(cfg)?;
+            create_database(cfg).await?;
+            url
+        }
+    };
+    if promoted && cfg.standby {
+        tracing::warn!(
+            "this stack failed over: its old primary stays down and no new standby is made; \
+             `reviewflow stack down --purge` starts afresh"
+        );
     }
-    let bin = postgres_builds::server_bin(cfg, account.as_ref()).await?;
-    if !data.join("PG_VERSION").exists() {
-        init(cfg, &bin, &root, account.as_ref()).await?;
+    if with_standby {
+        let bin = postgres_builds::server_bin(cfg, account.as_ref()).await?;
+        standby::up(cfg, &bin, &root, account.as_ref()).await?;
     }
-    if !process::port_free(cfg.pg_port) {
+    Ok(url)
+}
+
+/// (data folder, port) of the node that is the primary now.
+pub(super) fn primary_node(cfg: &StackConfig) -> (PathBuf, u16) {
+    let root = location(&cfg.home());
+    if standby::promoted(&cfg.home()) {
+        (root.join(standby::DIR), standby::port(cfg))
+    } else {
+        (root.join("data"), cfg.pg_port)
+    }
+}
+
+/// `pg_ctl start` of one node, waiting until it accepts connections (a standby: until it is
+/// consistent); its log's tail in the error.
+pub(super) async fn start(
+    cfg: &StackConfig,
+    bin: &Path,
+    data: &Path,
+    port: u16,
+    log: &Path,
+    account: Option<&Account>,
+) -> Result<()> {
+    if !process::port_free(port) {
         return Err(Error::Stack(format!(
-            "port {} is taken by another program; choose another with REVIEWFLOW_PG_PORT",
-            cfg.pg_port
+            "port {port} is taken by another program; choose another with REVIEWFLOW_PG_PORT \
+             (a standby listens on the next port)"
         )));
     }
-    if cfg.pg_ssl {
-        certificate(&data, account.as_ref()).await?;
-    }
-    write_file(
-        &data.join("reviewflow.conf"),
-        settings(cfg.pg_port, cfg.pg_ssl).as_bytes(),
-        0o644,
-    )?;
-    chown(&data.join("reviewflow.conf"), account.as_ref())?;
     tracing::info!(
-        data = %data.display(), port = cfg.pg_port, version = cfg.pg_version,
+        data = %data.display(), port, version = cfg.pg_version,
         "starting PostgreSQL"
     );
-    let log = root.join("postgres.log");
-    let mut start = pg_tool(&bin, "pg_ctl", account.as_ref());
+    let mut start = pg_tool(bin, "pg_ctl", account);
     start
         .arg("start")
         .arg("-w")
         .args(["-t", "90"])
         .arg("-D")
-        .arg(&data)
+        .arg(data)
         .arg("-l")
-        .arg(&log);
+        .arg(log);
     process::run("pg_ctl start", &mut start)
         .await
         .map_err(|e| {
-            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            let text = std::fs::read_to_string(log).unwrap_or_default();
             Error::Stack(format!(
                 "{e}\n--- {} ---\n{}",
-                root.join("postgres.log").display(),
-                process::tail(&log, 15)
+                log.display(),
+                process::tail(&text, 15)
             ))
-        })?;
-    let url = running_url(cfg)?;
-    create_database(cfg).await?;
-    Ok(url)
+        })
+        .map(drop)
 }
 
+/// Rewritten on every start so a changed port or TLS setting takes effect.
+pub(super) fn write_conf(data: &Path, text: &str, account: Option<&Account>) -> Result<()> {
+    let conf = data.join("reviewflow.conf");
+    // A standby's holds the password it replicates with.
+    write_file(&conf, text.as_bytes(), 0o600)?;
+    chown(&conf, account)
+}
+
+/// Stops every node of the cluster that runs: the primary and a standby.
 pub async fn down(cfg: &StackConfig) -> Result<()> {
-    let Some((pid, _)) = running(cfg) else {
-        return Ok(());
-    };
     let root = location(&cfg.home());
     let account = if process::is_root() {
         Some(process::unprivileged_account().await?)
     } else {
         None
     };
-    let data = root.join("data");
+    for dir in ["data", standby::DIR] {
+        let data = root.join(dir);
+        if let Some(pid) = node_pid(&data) {
+            stop(cfg, &data, pid, account.as_ref()).await;
+        }
+    }
+    Ok(())
+}
+
+async fn stop(cfg: &StackConfig, data: &Path, pid: i32, account: Option<&Account>) {
     // The pg_ctl of the version that made the data, whatever version today's flags name.
-    let bin = postgres_builds::data_version(&data)
+    let bin = postgres_builds::data_version(data)
         .and_then(|v| v.parse().ok())
         .and_then(|major| postgres_builds::installed_bin(cfg, major));
     let stopped = match bin {
         Some(bin) => {
-            let mut stop = pg_tool(&bin, "pg_ctl", account.as_ref());
+            let mut stop = pg_tool(&bin, "pg_ctl", account);
             stop.arg("stop")
                 .args(["-m", "fast", "-w", "-t", "60"])
                 .arg("-D")
-                .arg(&data);
+                .arg(data);
             process::run("pg_ctl stop", &mut stop).await.map(drop)
         }
         None => Err(Error::Stack(format!(
@@ -117,7 +179,6 @@ pub async fn down(cfg: &StackConfig) -> Result<()> {
         tracing::warn!(error = %e, pid, "pg_ctl stop failed; terminating the postmaster");
         process::terminate(pid, Duration::from_secs(30)).await;
     }
-    Ok(())
 }
 
 /// The connection string of the running cluster.
@@ -143,13 +204,22 @@ pub(super) fn running_pid(cfg: &StackConfig) -> Option<i32> {
 }
 
 fn running(cfg: &StackConfig) -> Option<(i32, u16)> {
-    let data = location(&cfg.home()).join("data");
+    let (data, _) = primary_node(cfg);
+    node(&data)
+}
+
+/// (postmaster pid, port) of the node of `data`, when it is alive.
+pub(super) fn node(data: &Path) -> Option<(i32, u16)> {
     let pidfile = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
     let mut lines = pidfile.lines();
     let pid: i32 = lines.next()?.trim().parse().ok()?;
     let port: u16 = lines.nth(2)?.trim().parse().ok()?;
     let ours = process::cmdline(pid).is_some_and(|c| c.contains("postgres"));
     (ours && process::alive(pid)).then_some((pid, port))
+}
+
+fn node_pid(data: &Path) -> Option<i32> {
+    node(data).map(|(pid, _)| pid)
 }
 
 pub(super) fn location(home: &Path) -> PathBuf {
@@ -232,8 +302,9 @@ async fn certificate(data: &Path, account: Option<&Account>) -> Result<()> {
     chown(&crt, account)
 }
 
-/// Rewritten on every start so a changed port or TLS setting takes effect.
-fn settings(port: u16, ssl: bool) -> String {
+/// The settings every node starts with, then `extra` (a primary's synchronous standby, a
+/// standby's upstream).
+pub(super) fn settings(port: u16, ssl: bool, extra: &str) -> String {
     let ssl = if ssl {
         "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n"
     } else {
@@ -250,11 +321,11 @@ fn settings(port: u16, ssl: bool) -> String {
          max_slot_wal_keep_size = 16GB\n\
          timezone = 'UTC'\n\
          log_timezone = 'UTC'\n\
-         {ssl}"
+         {ssl}{extra}"
     )
 }
 
-async fn create_database(cfg: &StackConfig) -> Result<()> {
+pub(super) async fn create_database(cfg: &StackConfig) -> Result<()> {
     let url = running_url(cfg)?;
     let admin_url = format!(
         "{}/postgres",
@@ -275,7 +346,7 @@ async fn create_database(cfg: &StackConfig) -> Result<()> {
     Ok(())
 }
 
-fn pg_tool(bin: &Path, tool: &str, account: Option<&Account>) -> Command {
+pub(super) fn pg_tool(bin: &Path, tool: &str, account: Option<&Account>) -> Command {
     let mut cmd = Command::new(bin.join(tool));
     if let Some(a) = account {
         cmd.uid(a.uid).gid(a.gid).current_dir("/");
@@ -284,7 +355,7 @@ fn pg_tool(bin: &Path, tool: &str, account: Option<&Account>) -> Command {
     cmd
 }
 
-fn chown(path: &Path, account: Option<&Account>) -> Result<()> {
+pub(super) fn chown(path: &Path, account: Option<&Account>) -> Result<()> {
     match account {
         Some(a) => std::os::unix::fs::chown(path, Some(a.uid), Some(a.gid))
             .map_err(|e| Error::io_path("chown", path, e)),

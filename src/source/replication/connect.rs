@@ -1,7 +1,8 @@
 //! Opening a replication session: TCP to the first host that accepts (as libpq), TLS as
 //! `sslmode` says, the startup message with `replication=database`, and authentication
-//! (trust, password, md5, SCRAM-SHA-256 without channel binding). A refusal names its usual
-//! cause.
+//! (trust, password, md5, SCRAM-SHA-256 without channel binding); with
+//! `target_session_attrs=read-write`, a standby is passed over for the next host. A refusal
+//! names its usual cause.
 
 use std::io;
 
@@ -10,7 +11,7 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use tokio::net::TcpStream;
-use tokio_postgres::config::Host;
+use tokio_postgres::config::{Host, TargetSessionAttrs};
 use tokio_postgres::fallible_iterator::FallibleIterator;
 use tokio_util::codec::Framed;
 
@@ -22,12 +23,42 @@ impl ReplicationConnection {
     /// Connects in replication mode to what `database_url` names and authenticates.
     pub async fn connect(database_url: &str) -> Result<Self> {
         let target = crate::db::target(database_url)?;
+        let read_write = target.config.get_target_session_attrs() == TargetSessionAttrs::ReadWrite;
+        let mut from = 0;
+        loop {
+            let (mut conn, index) = Self::connect_from(&target, from).await?;
+            // As libpq with target_session_attrs=read-write: a standby listed first (or the
+            // old primary's standby after a failover) is passed over for the writable one.
+            if read_write && conn.read_only().await? {
+                tracing::info!(endpoint = %conn.wire.endpoint, "a read-only server; trying the next host");
+                from = index + 1;
+                continue;
+            }
+            return Ok(conn);
+        }
+    }
+
+    /// A standby (in recovery): what libpq's read-write check refuses. Asked by SQL, which a
+    /// `replication=database` session runs; a walsender's own SHOW would not tell.
+    async fn read_only(&mut self) -> Result<bool> {
+        let rows = self.simple_query("SELECT pg_is_in_recovery()").await?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.first())
+            .cloned()
+            .flatten()
+            .as_deref()
+            == Some("t"))
+    }
+
+    /// The session on the first host from the `from`-th on that accepts, and its index.
+    async fn connect_from(target: &crate::db::tls::Target, from: usize) -> Result<(Self, usize)> {
         let config = &target.config;
         let user = config
             .get_user()
             .ok_or_else(|| Error::Config("the database URL names no user".into()))?;
         let dbname = config.get_dbname().unwrap_or(user);
-        let (stream, address, host) = open_tcp(config).await?;
+        let (stream, address, host, index) = open_tcp(config, from).await?;
         let socket: Box<dyn Socket> = match target.negotiate(stream, &host).await? {
             Ok(tls) => Box::new(tls),
             Err(plain) => Box::new(plain),
@@ -66,12 +97,16 @@ impl ReplicationConnection {
             }
         }
         tracing::debug!(endpoint = %wire.endpoint, "replication connection ready");
-        Ok(ReplicationConnection { wire })
+        Ok((ReplicationConnection { wire }, index))
     }
 }
 
-/// (stream, "host:port", host) of the first host that accepts.
-async fn open_tcp(config: &tokio_postgres::Config) -> Result<(TcpStream, String, String)> {
+/// (stream, "host:port", host, its index) of the first host from the `from`-th on that
+/// accepts.
+async fn open_tcp(
+    config: &tokio_postgres::Config,
+    from: usize,
+) -> Result<(TcpStream, String, String, usize)> {
     let hosts = config.get_hosts();
     let addrs = config.get_hostaddrs();
     let ports = config.get_ports();
@@ -83,7 +118,7 @@ async fn open_tcp(config: &tokio_postgres::Config) -> Result<(TcpStream, String,
     }
     let mut last_error = None;
     // Tried in order, like libpq: the first host that accepts wins.
-    for i in 0..count {
+    for i in from..count {
         let host = match (addrs.get(i), hosts.get(i)) {
             (Some(ip), _) => ip.to_string(),
             (None, Some(Host::Tcp(name))) => name.clone(),
@@ -116,7 +151,7 @@ async fn open_tcp(config: &tokio_postgres::Config) -> Result<(TcpStream, String,
                 stream
                     .set_nodelay(true)
                     .map_err(|e| Error::io(format!("replication connection to {address}"), e))?;
-                return Ok((stream, address, name));
+                return Ok((stream, address, name, i));
             }
             Err(e) => {
                 tracing::debug!(%address, error = %e, "replication connection attempt failed");
@@ -124,7 +159,14 @@ async fn open_tcp(config: &tokio_postgres::Config) -> Result<(TcpStream, String,
             }
         }
     }
-    Err(last_error.unwrap_or_else(|| Error::Config("the database URL names no usable host".into())))
+    Err(last_error.unwrap_or_else(|| {
+        Error::Config(if from > 0 {
+            "no host of the database URL is a writable primary (target_session_attrs=read-write)"
+                .into()
+        } else {
+            "the database URL names no usable host".into()
+        })
+    }))
 }
 
 async fn authenticate(wire: &mut Wire, user: &str, password: Option<&[u8]>) -> Result<()> {
