@@ -1,13 +1,16 @@
 //! Fault injection against the claims of README, on a workload that exercises them: at
 //! random instants a process is killed with SIGKILL and restarted (cdc, and either of two
-//! instances of each worker), a worker instance leaves (SIGTERM) or joins, the Kafka broker
-//! is killed, or PostgreSQL is. Meanwhile several connections write interleaved multi-row
+//! instances of each worker), a worker instance leaves (SIGTERM) or joins, Kafka is killed
+//! (on a cluster, `stack up --brokers 3`: the node leading a partition, or the one
+//! coordinating a fraud instance's transactions, left down until the next trial), or
+//! PostgreSQL is. Meanwhile several connections write interleaved multi-row
 //! transactions (some rolled back) of inserts, edits that flip the verdict, moves between
 //! courses, created_at moves across the 90-day edge and deletes, over a table kept above
 //! 10,000 rows, once truncated and refilled in one transaction. At the end the pipeline must
 //! catch up, `verify` must find no difference, every current row must have one verdict of its
 //! image, and a reader of course_stats must never have seen a negative figure. The short form
-//! runs in CI; the long form by hand:
+//! runs in CI (on PostgreSQL 15 with one broker, and on 18 with three); the long form by
+//! hand, on a three-node cluster:
 //!   REVIEWFLOW_CHAOS_SECONDS=900 cargo test --release --test chaos -- --nocapture
 
 mod common;
@@ -210,10 +213,17 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
     let (started, mut trials) = (Instant::now(), 0);
     // The TRUNCATE and refill, a third of the way in.
     let mut truncate_at = Some(started + Duration::from_secs(seconds / 3));
+    let brokers = common::broker_ids(&p.settings.kafka).await;
+    let mut down_broker: Option<u8> = None;
     while started.elapsed() < Duration::from_secs(seconds) {
         tokio::time::sleep(Duration::from_millis(1500 + rng.next(3000))).await;
         trials += 1;
         processes.check();
+        if let Some(id) = down_broker.take() {
+            stack::start_broker(&common::stack_config(), id)
+                .await
+                .unwrap();
+        }
         if truncate_at.is_some_and(|at| Instant::now() >= at) {
             truncate_at = None;
             let refilled = reviewflow::db::connect(&p.url)
@@ -262,11 +272,52 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
                 }
                 None => continue,
             },
-            7 => {
+            7 if brokers.len() < 3 => {
                 stack::crash(&common::stack_config(), Part::Kafka)
                     .await
                     .unwrap();
                 "kill -9 kafka".to_string()
+            }
+            7 => {
+                // On a cluster: the node that leads a partition of the changes or the valid
+                // topic, or the one coordinating a fraud instance's transactions. It stays
+                // down until the next trial; the cluster (replication 3, min.insync 2) goes on.
+                let (victim, role) = match rng.next(3) {
+                    0 => (
+                        common::cluster::leader(&p.settings.kafka, &p.topic, rng.next(3) as usize)
+                            .await,
+                        "a changes partition's leader",
+                    ),
+                    1 => (
+                        common::cluster::leader(
+                            &p.settings.kafka,
+                            &p.output("valid"),
+                            rng.next(3) as usize,
+                        )
+                        .await,
+                        "a valid partition's leader",
+                    ),
+                    _ => (
+                        common::cluster::transaction_coordinator(
+                            &p.settings.kafka,
+                            &format!(
+                                "{}.fraud-fraud-{}",
+                                p.topic,
+                                ["a", "b"][rng.next(2) as usize]
+                            ),
+                        )
+                        .await,
+                        "a transaction coordinator",
+                    ),
+                };
+                let Ok(victim) = u8::try_from(victim) else {
+                    continue; // no leader this instant
+                };
+                stack::kill_broker(&common::stack_config(), victim)
+                    .await
+                    .unwrap();
+                down_broker = Some(victim);
+                format!("kill -9 broker ({role})")
             }
             _ => {
                 stack::crash(&common::stack_config(), Part::Postgres)
@@ -281,7 +332,12 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
     for w in writers {
         w.await.unwrap();
     }
-    // Every instance back for the catch-up.
+    // Every broker and every instance back for the catch-up.
+    if let Some(id) = down_broker.take() {
+        stack::start_broker(&common::stack_config(), id)
+            .await
+            .unwrap();
+    }
     for name in processes.left() {
         processes.spawn(&name);
     }

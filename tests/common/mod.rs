@@ -118,6 +118,21 @@ pub async fn consume_all(
     .unwrap_or_else(|e| panic!("reading {topic}: {e}"))
 }
 
+/// The ids of the Kafka nodes the cluster has.
+pub async fn broker_ids(kafka: &reviewflow::config::KafkaSettings) -> Vec<i32> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let kafka = kafka.clone();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = reviewflow::kafka::client_config(&kafka).create().unwrap();
+        let metadata = consumer
+            .fetch_metadata(None, std::time::Duration::from_secs(30))
+            .unwrap();
+        metadata.brokers().iter().map(|b| b.id()).collect()
+    })
+    .await
+    .unwrap()
+}
+
 /// Every record of a changes topic but the snapshots' marks: the records of rows.
 pub async fn consume_rows(
     settings: &reviewflow::config::Settings,
