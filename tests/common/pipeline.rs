@@ -160,7 +160,7 @@ impl Pipeline {
         }
     }
 
-    async fn sink_offsets(&self, consumer: &str, topic: &str) -> BTreeMap<i32, i64> {
+    pub async fn sink_offsets(&self, consumer: &str, topic: &str) -> BTreeMap<i32, i64> {
         reviewflow::sink::offsets::stored(&self.db().await)
             .await
             .unwrap()
@@ -345,7 +345,7 @@ async fn next_offsets(settings: &Settings, topic: &str) -> BTreeMap<i32, i64> {
 }
 
 /// The offsets `group` committed for the partitions of `like`.
-async fn committed(
+pub async fn committed(
     settings: &Settings,
     group: &str,
     topic: &str,
