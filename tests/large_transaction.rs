@@ -112,38 +112,33 @@ impl Drop for Sampler {
 
 /// Per partition, the offset just past its last record a read_committed reader gets. Read
 /// from the tail only (a window before the high watermark, widened until it holds a record):
-/// reading the whole topic would hold millions of records in this process.
-fn ends(kafka: &KafkaSettings, topic: &str) -> BTreeMap<i32, i64> {
+/// reading the whole topic would hold millions of records in this process. An error is the
+/// broker's (another checkout may restart the shared stack): the caller asks again.
+fn ends(kafka: &KafkaSettings, topic: &str) -> reviewflow::error::Result<BTreeMap<i32, i64>> {
     let consumer: BaseConsumer = reviewflow::kafka::client_config(kafka)
         .set("group.id", "reviewflow-large-transaction-reader")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
-        .create()
-        .unwrap();
-    let partitions = reviewflow::kafka::partition_count(&consumer, topic).unwrap();
+        .create()?;
+    let partitions = reviewflow::kafka::partition_count(&consumer, topic)?;
     let mut out = BTreeMap::new();
     for partition in 0..partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, Duration::from_secs(30))
-            .unwrap();
+        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(30))?;
         let mut window = 1_000;
         loop {
             let start = (high - window).max(low);
             let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(topic, partition, Offset::Offset(start))
-                .unwrap();
-            consumer.assign(&tpl).unwrap();
+            tpl.add_partition_offset(topic, partition, Offset::Offset(start))?;
+            consumer.assign(&tpl)?;
             let mut last = None;
             let deadline = Instant::now() + Duration::from_secs(60);
-            while reviewflow::kafka::read_position(&consumer, topic, partition, start).unwrap()
-                < high
-            {
+            while reviewflow::kafka::read_position(&consumer, topic, partition, start)? < high {
                 assert!(
                     Instant::now() < deadline,
                     "reading the tail of {topic}/{partition}"
                 );
                 if let Some(m) = consumer.poll(Duration::from_millis(200)) {
-                    last = Some(m.unwrap().offset());
+                    last = Some(m?.offset());
                 }
             }
             if let Some(last) = last {
@@ -156,7 +151,7 @@ fn ends(kafka: &KafkaSettings, topic: &str) -> BTreeMap<i32, i64> {
             window *= 8;
         }
     }
-    out
+    Ok(out)
 }
 
 fn total(offsets: &BTreeMap<i32, i64>) -> i64 {
@@ -206,7 +201,14 @@ async fn catch_up(p: &Pipeline, stages: &mut [Running], sampler: &Sampler) {
             }
         }
         let confirmed = confirmed_lsn(&db, &p.slot()).await;
-        let changes = ends_of(p.topic.clone()).await.unwrap();
+        let changes = match ends_of(p.topic.clone()).await.unwrap() {
+            Ok(changes) => changes,
+            Err(e) => {
+                println!("  reading {}: {e}; again in 2 s", p.topic);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
         let fraud = common::pipeline::committed(
             &p.settings,
             &format!("{}.fraud", p.topic),
@@ -226,19 +228,25 @@ async fn catch_up(p: &Pipeline, stages: &mut [Running], sampler: &Sampler) {
             // Fraud is done, so its outputs are final: the sinks' ends can be read once.
             let valid_end = ends_of(p.output("valid")).await.unwrap();
             let verdicts_end = ends_of(p.output("verdicts")).await.unwrap();
-            let done = |stored: &BTreeMap<i32, i64>, end: &BTreeMap<i32, i64>| {
-                end.iter().all(|(part, o)| stored.get(part) == Some(o))
+            let done = |stored: &BTreeMap<i32, i64>, end: &Result<BTreeMap<i32, i64>, _>| {
+                end.as_ref()
+                    .is_ok_and(|end| end.iter().all(|(part, o)| stored.get(part) == Some(o)))
             };
-            if done(&stats, &valid_end) && done(&verdicts, &verdicts_end) {
+            if let (true, true, Ok(valid_end), Ok(verdicts_end)) = (
+                done(&stats, &valid_end),
+                done(&verdicts, &verdicts_end),
+                &valid_end,
+                &verdicts_end,
+            ) {
                 println!(
                     "  caught up in {:.1} s: {} changes, fraud committed {}, stats at {} of {}, verdicts at {} of {}",
                     started.elapsed().as_secs_f64(),
                     total(&changes),
                     total(&fraud),
                     total(&stats),
-                    total(&valid_end),
+                    total(valid_end),
                     total(&verdicts),
-                    total(&verdicts_end)
+                    total(verdicts_end)
                 );
                 return;
             }
