@@ -156,8 +156,9 @@ impl<'a> Streamer<'a> {
             // stops the reading (`produce::send` waits) and PostgreSQL holds the rest. With
             // 500,000 records queued (librdkafka keeps about 250 bytes of its own per record
             // beside key and payload) a slot that outran a throttled broker piled up here: one
-            // transaction of 200,000 inserts took cdc from 34 to 77 MB, and a larger one past
-            // 100 MB; with this bound it stayed at 42 MB (BENCHMARKS.md, "Large transaction").
+            // transaction of 200,000 inserts took cdc from 34 to 77 MB, and nothing stopped a
+            // larger one short of 500,000; with this bound it stayed at 42 MB (BENCHMARKS.md,
+            // "Large transaction").
             // Five full batches still keep every partition's batches in flight.
             .set("queue.buffering.max.messages", "50000")
             .set("queue.buffering.max.kbytes", "16384")
