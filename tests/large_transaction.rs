@@ -158,25 +158,34 @@ fn total(offsets: &BTreeMap<i32, i64>) -> i64 {
     offsets.values().sum()
 }
 
-async fn confirmed_lsn(db: &tokio_postgres::Client, slot: &str) -> u64 {
-    let lsn: Option<tokio_postgres::types::PgLsn> = db
+/// What the slot confirmed (0 before it confirmed any), the server's WAL insert position,
+/// and the offsets the sinks stored per (consumer, topic), in one query's time. An error is
+/// PostgreSQL's (another checkout may restart the shared server): the caller asks again.
+async fn positions(
+    db: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<(u64, u64, BTreeMap<(String, String), BTreeMap<i32, i64>>), String> {
+    use tokio_postgres::types::PgLsn;
+    let r = db
         .query_one(
-            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT pg_current_wal_insert_lsn(),
+                    (SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = $1)",
             &[&slot],
         )
         .await
-        .unwrap()
-        .get(0);
-    lsn.map_or(0, u64::from)
-}
-
-async fn wal_insert_lsn(db: &tokio_postgres::Client) -> u64 {
-    let lsn: tokio_postgres::types::PgLsn = db
-        .query_one("SELECT pg_current_wal_insert_lsn()", &[])
+        .map_err(|e| e.to_string())?;
+    let (wal, confirmed): (PgLsn, Option<PgLsn>) = (r.get(0), r.get(1));
+    let mut stored: BTreeMap<_, BTreeMap<i32, i64>> = BTreeMap::new();
+    for s in reviewflow::sink::offsets::stored(db)
         .await
-        .unwrap()
-        .get(0);
-    u64::from(lsn)
+        .map_err(|e| e.to_string())?
+    {
+        stored
+            .entry((s.consumer, s.topic))
+            .or_default()
+            .insert(s.partition, s.next_offset);
+    }
+    Ok((confirmed.map_or(0, u64::from), u64::from(wal), stored))
 }
 
 /// Until every stage has processed everything written so far (the slot confirmed the WAL,
@@ -185,8 +194,8 @@ async fn wal_insert_lsn(db: &tokio_postgres::Client) -> u64 {
 /// stage exits.
 async fn catch_up(p: &Pipeline, stages: &mut [Running], sampler: &Sampler) {
     let kafka = p.settings.kafka.clone();
-    let db = p.db().await;
-    let target = wal_insert_lsn(&db).await;
+    let mut db = Some(p.db().await);
+    let (_, target, _) = positions(db.as_ref().unwrap(), &p.slot()).await.unwrap();
     let started = Instant::now();
     let (mut last_seen, mut moved_at, mut printed) = (Vec::new(), Instant::now(), Instant::now());
     let ends_of = |topic: String| {
@@ -200,7 +209,29 @@ async fn catch_up(p: &Pipeline, stages: &mut [Running], sampler: &Sampler) {
                 panic!("reviewflow {stage} exited during the run: {status}");
             }
         }
-        let confirmed = confirmed_lsn(&db, &p.slot()).await;
+        if db.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+            db = reviewflow::db::connect(&p.url).await.ok();
+        }
+        let read = match &db {
+            Some(db) => positions(db, &p.slot()).await,
+            None => Err("cannot connect".into()),
+        };
+        let (confirmed, _, mut stored) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                println!("  reading PostgreSQL: {e}; again in 2 s");
+                db = None;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        let mut sink = |consumer: &str, topic: String| {
+            stored
+                .remove(&(consumer.to_string(), topic))
+                .unwrap_or_default()
+        };
+        let stats = sink("stats", p.output("valid"));
+        let verdicts = sink("verdicts", p.output("verdicts"));
         let changes = match ends_of(p.topic.clone()).await.unwrap() {
             Ok(changes) => changes,
             Err(e) => {
@@ -216,8 +247,6 @@ async fn catch_up(p: &Pipeline, stages: &mut [Running], sampler: &Sampler) {
             &changes,
         )
         .await;
-        let stats = p.sink_offsets("stats", &p.output("valid")).await;
-        let verdicts = p.sink_offsets("verdicts", &p.output("verdicts")).await;
         let seen = vec![
             confirmed as i64,
             total(&fraud),
@@ -335,7 +364,8 @@ async fn one_transaction_of_every_row_flows_through_every_stage_in_bounded_memor
     let n = rows();
     // About 100 reviews a course, as on a real site, so a batch touches many courses.
     let courses = (n / 100).max(1);
-    let p = Pipeline::new("large_tx").await;
+    // Named by N, so the long form and the CI form can run side by side.
+    let p = Pipeline::new(&format!("large_tx_{n}")).await;
     let db = p.db().await;
     let run_started = Instant::now();
     println!("large transaction: {n} rows over {courses} courses");

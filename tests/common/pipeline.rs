@@ -160,7 +160,7 @@ impl Pipeline {
         }
     }
 
-    pub async fn sink_offsets(&self, consumer: &str, topic: &str) -> BTreeMap<i32, i64> {
+    async fn sink_offsets(&self, consumer: &str, topic: &str) -> BTreeMap<i32, i64> {
         reviewflow::sink::offsets::stored(&self.db().await)
             .await
             .unwrap()
