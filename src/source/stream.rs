@@ -152,7 +152,16 @@ impl<'a> Streamer<'a> {
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("batch.num.messages", "10000")
-            .set("queue.buffering.max.messages", "500000")
+            // The slot is read as fast as Kafka takes its records, no faster: a full queue
+            // stops the reading (`produce::send` waits) and PostgreSQL holds the rest. With
+            // 500,000 records queued (librdkafka keeps about 250 bytes of its own per record
+            // beside key and payload) a slot that outran a throttled broker piled up here: one
+            // transaction of 200,000 inserts took cdc from 34 to 77 MB, and nothing stopped a
+            // larger one short of 500,000; with this bound it stayed at 42 MB (BENCHMARKS.md,
+            // "Large transaction").
+            // Five full batches still keep every partition's batches in flight.
+            .set("queue.buffering.max.messages", "50000")
+            .set("queue.buffering.max.kbytes", "16384")
             .set("compression.type", "lz4")
             // No batch over the topic's max.message.bytes: the broker would refuse it whole.
             .set("message.max.bytes", limits.batch.to_string())

@@ -395,7 +395,7 @@ async fn next_offsets(settings: &Settings, topic: &str) -> BTreeMap<i32, i64> {
 }
 
 /// The offsets `group` committed for the partitions of `like`.
-async fn committed(
+pub async fn committed(
     settings: &Settings,
     group: &str,
     topic: &str,
