@@ -186,6 +186,39 @@ fn writer(
     })
 }
 
+/// What the API answered while `stop` was unset: POST /reviews every 20 ms, each answer's
+/// status and whether a 503 carried Retry-After.
+fn poster(base: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<(u16, bool)>> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let mut answers = Vec::new();
+        let mut i = 0i64;
+        while !stop.load(Ordering::SeqCst) {
+            i += 1;
+            let review = serde_json::json!({
+                "course_id": 1 + i % 4,
+                "user_id": 5000 + i,
+                "rating": 0.5 * (1 + i % 10) as f64,
+                "content": format!("posted across the failover {i}"),
+            });
+            if let Ok(answer) = http
+                .post(format!("{base}/reviews"))
+                .json(&review)
+                .send()
+                .await
+            {
+                let retry = answer.headers().contains_key("retry-after");
+                answers.push((answer.status().as_u16(), retry));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        answers
+    })
+}
+
 async fn until_written(done: &AtomicUsize, n: usize) {
     common::eventually("the writer commits", 120, || async {
         done.load(Ordering::SeqCst) >= n
@@ -213,11 +246,24 @@ async fn on_postgres_17_cdc_follows_the_promoted_standby_without_a_new_snapshot(
         .map(|s| p.spawn(s, None, &[]))
         .collect();
     let _cdc = p.spawn_cdc(None);
+    // The website's write path, on the same multi-host URL.
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let _api = p.spawn("api", None, &[("API_LISTEN", listen.as_str())]);
+    let base = format!("http://{listen}");
+    common::eventually("the api answers", 60, || async {
+        reqwest::get(format!("{base}/healthz")).await.is_ok()
+    })
+    .await;
     let (done, stop) = (
         Arc::new(AtomicUsize::new(0)),
         Arc::new(AtomicBool::new(false)),
     );
     let writes = writer(p.url.clone(), done.clone(), stop.clone());
+    let posts = poster(base.clone(), stop.clone());
     until_written(&done, 60).await;
     p.wait_for_snapshot().await;
     // The failover slot must be synchronized to the standby (and persisted there: a slot
@@ -253,6 +299,32 @@ async fn on_postgres_17_cdc_follows_the_promoted_standby_without_a_new_snapshot(
     until_written(&done, at_failover + 150).await;
     stop.store(true, Ordering::SeqCst);
     writes.await.unwrap();
+    let answers = posts.await.unwrap();
+    // Through the switch the API answered 201, or 503 with Retry-After: never a 500.
+    let wrong: Vec<_> = answers
+        .iter()
+        .filter(|(status, retry)| !(*status == 201 || (*status == 503 && *retry)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "answers other than 201 or 503 with Retry-After: {wrong:?}"
+    );
+    let after_switch = answers
+        .iter()
+        .rev()
+        .take(20)
+        .filter(|(s, _)| *s == 201)
+        .count();
+    assert!(
+        after_switch > 0,
+        "the API writes to the new primary: its last answers {:?}",
+        &answers[answers.len().saturating_sub(20)..]
+    );
+    eprintln!(
+        "api across the failover: {} answers, {} of them 503",
+        answers.len(),
+        answers.iter().filter(|(s, _)| *s == 503).count()
+    );
     let new_primary = reviewflow::db::connect(&p.url).await.unwrap();
     let in_recovery: bool = new_primary
         .query_one("SELECT pg_is_in_recovery()", &[])
