@@ -151,7 +151,7 @@ pub async fn up(cfg: &StackConfig) -> Result<StackInfo> {
         .map_err(|e| crate::Error::io_path("create the stack folder", &home, e))?;
     // A --brokers the folder's Kafka was not made with is refused before anything starts.
     kafka::check(cfg)?;
-    let database_url = postgres::up(cfg).await?;
+    let database_url = client_url(cfg, postgres::up(cfg).await?);
     let kafka_bootstrap_servers = kafka::up(cfg).await?;
     Ok(StackInfo {
         database_url,
@@ -315,12 +315,17 @@ pub fn purge(cfg: &StackConfig) -> Result<()> {
 
 /// The stack's connection settings, or an error saying it is not running.
 pub async fn info(cfg: &StackConfig) -> Result<StackInfo> {
-    let database_url = postgres::running_url(cfg)?;
+    let database_url = client_url(cfg, postgres::running_url(cfg)?);
     let kafka_bootstrap_servers = kafka::running_address(cfg)?;
     Ok(StackInfo {
         database_url,
         kafka_bootstrap_servers,
     })
+}
+
+/// The URL clients are given: with a standby, both nodes, so they follow a failover.
+fn client_url(cfg: &StackConfig, primary_url: String) -> String {
+    standby::following_url(cfg, &postgres::location(&cfg.home()), &primary_url)
 }
 
 /// One line per component: running or not, and where.

@@ -48,6 +48,22 @@ pub fn promoted(home: &Path) -> bool {
     std::fs::read_to_string(home.join(PRIMARY_FILE)).is_ok_and(|s| s.trim() == DIR)
 }
 
+/// The URL clients get (`stack env`, and `run` without one) while the stack has a standby
+/// that was not promoted: both nodes, libpq style, with `target_session_attrs=read-write`, so
+/// that a client started before `stack failover` finds the promoted standby afterwards.
+/// `primary_url` is the primary's own, which is returned as it is otherwise.
+pub fn following_url(cfg: &StackConfig, root: &Path, primary_url: &str) -> String {
+    if !exists(root) || promoted(&cfg.home()) {
+        return primary_url.to_string();
+    }
+    let one = format!("@127.0.0.1:{}/", cfg.pg_port);
+    let both = format!("@127.0.0.1:{},127.0.0.1:{}/", cfg.pg_port, port(cfg));
+    format!(
+        "{}?target_session_attrs=read-write",
+        primary_url.replacen(&one, &both, 1)
+    )
+}
+
 pub(super) fn forget(home: &Path) {
     let _ = std::fs::remove_file(home.join(PRIMARY_FILE));
 }
@@ -306,4 +322,40 @@ pub async fn failover(cfg: &StackConfig) -> Result<String> {
     write_file(&home.join(PRIMARY_FILE), DIR.as_bytes(), 0o644)?;
     tracing::warn!(port = standby_port, "the standby is the primary now");
     postgres::running_url(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_get_both_nodes_until_the_standby_is_promoted() {
+        let home = std::env::temp_dir().join(format!("rf-following-{}", std::process::id()));
+        let root = home.join("postgres");
+        let cfg = StackConfig {
+            home_dir: Some(home.clone()),
+            pg_port: 54329,
+            ..StackConfig::default()
+        };
+        let primary = "postgres://u:p@127.0.0.1:54329/reviewflow";
+        assert_eq!(
+            following_url(&cfg, &root, primary),
+            primary,
+            "no standby yet"
+        );
+        std::fs::create_dir_all(root.join(DIR)).unwrap();
+        std::fs::write(root.join(DIR).join("PG_VERSION"), "17\n").unwrap();
+        assert_eq!(
+            following_url(&cfg, &root, primary),
+            "postgres://u:p@127.0.0.1:54329,127.0.0.1:54330/reviewflow?target_session_attrs=read-write"
+        );
+        std::fs::write(home.join(PRIMARY_FILE), DIR).unwrap();
+        let promoted = "postgres://u:p@127.0.0.1:54330/reviewflow";
+        assert_eq!(
+            following_url(&cfg, &root, promoted),
+            promoted,
+            "after the failover"
+        );
+        std::fs::remove_dir_all(&home).unwrap();
+    }
 }
