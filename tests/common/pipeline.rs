@@ -165,6 +165,9 @@ impl Pipeline {
     /// the last record of its topic. After that the invariant must hold exactly.
     pub async fn wait_until_caught_up(&self) {
         super::wait_until_slot_confirms_all(&self.url, &self.slot()).await;
+        // A new slot confirms its consistent point at once, before its snapshot is in Kafka;
+        // with no topic yet, every offset check below would pass for want of partitions.
+        self.wait_for_snapshot().await;
         let fraud_group = format!("{}.fraud", self.topic);
         let deadline = std::time::Instant::now() + Duration::from_secs(180);
         loop {
