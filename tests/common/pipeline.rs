@@ -119,20 +119,11 @@ impl Pipeline {
             cmd.env(k, v);
         }
         let mut child = Running(Some(cmd.spawn().unwrap())).take();
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "cdc kept running instead of refusing: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(status) = exit_within(&mut child, Duration::from_secs(90)).await else {
+            panic!(
+                "cdc kept running instead of refusing: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         };
         let logged = std::fs::read_to_string(&log).unwrap();
         let _ = std::fs::remove_file(&log);
@@ -365,17 +356,8 @@ impl Pipeline {
         let mut child = stage.take();
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the stage did not exit within 60 s of SIGTERM");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(status) = exit_within(&mut child, Duration::from_secs(60)).await else {
+            panic!("the stage did not exit within 60 s of SIGTERM");
         };
         assert!(
             status.success(),
@@ -427,6 +409,26 @@ pub async fn committed(
     })
     .await
     .unwrap()
+}
+
+/// How `child` exited, if it did within `limit`; otherwise it is killed (and reaped) and the
+/// answer is None.
+async fn exit_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 pub fn decode_long(body: &[u8]) -> i64 {
