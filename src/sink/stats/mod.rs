@@ -99,8 +99,9 @@ impl Destination for StatsWorker {
         let mut state = figures::lock_state(tx).await?;
         let today = state.today();
         figures::roll_days(tx, &mut state, today).await?;
-        let home = restating::home(tx).await?;
-        restating::aim(tx, &state, &home).await?;
+        if state.restating {
+            restating::aim(tx, &state).await?;
+        }
         let mut fold = Fold::new(applied, state.truncated());
         let mut committed = Vec::with_capacity(records.len());
         let (mut reset, mut swapped) = (false, Vec::new());
@@ -112,7 +113,7 @@ impl Destination for StatsWorker {
                     // What came before it is void: apply it first, then start from nothing.
                     figures::apply(tx, &voided, today).await?;
                     if event.event.source.snapshot {
-                        restating::begin(tx, &mut state, &home, event.event.source.lsn).await?;
+                        restating::begin(tx, &mut state, event.event.source.lsn).await?;
                     }
                     reset |= figures::reset(tx, &mut state, event.event.source.id()).await?
                         && !state.restating;
@@ -125,7 +126,6 @@ impl Destination for StatsWorker {
                         restating::partition_done(
                             tx,
                             &mut state,
-                            &home,
                             m.partition(),
                             partitions,
                             event.event.source.lsn,

@@ -29,36 +29,27 @@ const SCHEMA: &str = "reviewflow_restating";
 const TABLES: [&str; 3] = ["course_stats", "course_daily_stats", "course_review_times"];
 
 /// Points the transaction's unqualified figure tables at the copies while `state` says a
-/// snapshot is in flight, at the real tables otherwise. `home` is the session's own
-/// `search_path` ([`home`]).
-pub async fn aim(tx: &Transaction<'_>, state: &StatsState, home: &str) -> Result<()> {
-    let path = if state.restating {
-        format!("{SCHEMA}, {home}")
+/// snapshot is in flight, at the real tables otherwise: the copies' schema put in front of the
+/// session's `search_path`, or taken off it again. A transaction starts at the real tables, so
+/// a batch with no snapshot in flight needs no call.
+pub async fn aim(tx: &Transaction<'_>, state: &StatsState) -> Result<()> {
+    let prefix = format!("{SCHEMA}, ");
+    let sql = if state.restating {
+        "SELECT set_config('search_path', CASE WHEN starts_with(current_setting('search_path'), $1)
+             THEN current_setting('search_path') ELSE $1 || current_setting('search_path') END, true)"
     } else {
-        home.to_string()
+        "SELECT set_config('search_path', CASE WHEN starts_with(current_setting('search_path'), $1)
+             THEN substr(current_setting('search_path'), length($1) + 1)
+             ELSE current_setting('search_path') END, true)"
     };
-    tx.execute("SELECT set_config('search_path', $1, true)", &[&path])
-        .await?;
+    tx.execute(sql, &[&prefix]).await?;
     Ok(())
-}
-
-/// The session's `search_path`, as the transaction started with it.
-pub async fn home(tx: &Transaction<'_>) -> Result<String> {
-    Ok(tx
-        .query_one("SELECT current_setting('search_path')", &[])
-        .await?
-        .get(0))
 }
 
 /// A TRUNCATE opening the snapshot read at `snapshot`: from now on the figures go to the
 /// copies (which the caller then empties, as any TRUNCATE empties the tables in use), and no
 /// partition has delivered the snapshot's end yet.
-pub async fn begin(
-    tx: &Transaction<'_>,
-    state: &mut StatsState,
-    home: &str,
-    snapshot: Lsn,
-) -> Result<()> {
+pub async fn begin(tx: &Transaction<'_>, state: &mut StatsState, snapshot: Lsn) -> Result<()> {
     tx.execute(
         "UPDATE stats_state SET restating = true, restating_lsn = $1, restated_partitions = '{}'",
         &[&(snapshot.0 as i64)],
@@ -67,7 +58,7 @@ pub async fn begin(
     state.restating = true;
     state.restating_lsn = Some(snapshot);
     state.restated_partitions.clear();
-    aim(tx, state, home).await?;
+    aim(tx, state).await?;
     tracing::info!("a snapshot began: the figures shown stay as they are until it ends");
     Ok(())
 }
@@ -80,7 +71,6 @@ pub async fn begin(
 pub async fn partition_done(
     tx: &Transaction<'_>,
     state: &mut StatsState,
-    home: &str,
     partition: i32,
     partitions: i32,
     snapshot: Lsn,
@@ -112,7 +102,7 @@ pub async fn partition_done(
     // Days may have left the 90-day window since the copies were written.
     figures::refresh_recent(tx, today).await?;
     state.restating = false;
-    aim(tx, state, home).await?;
+    aim(tx, state).await?;
     let changed = swap(tx).await?;
     tx.execute(
         "UPDATE stats_state SET restating = false, restating_lsn = NULL, restated_partitions = '{}'",
