@@ -1,69 +1,21 @@
 //! The course page in a real browser: headless Chromium (driven by tests/browser/page.js
 //! through puppeteer-core) loads GET /courses/{id}, and a stats transaction that notifies
 //! `course_stats` exactly as the stats worker does (`sink::stats::notify`) changes the count
-//! shown, without a reload. The screenshot is left in target/page-screenshot.png.
+//! shown, without a reload; axe-core finds no accessibility violation on it. The screenshot is
+//! left in target/screenshots/course-page.png.
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
-
+use common::browser::{self, Script};
 use reqwest::StatusCode;
 use reviewflow::api::{self, AppState};
 use reviewflow::contract::notify::Touched;
 use reviewflow::sink::stats::notify;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::ChildStdout;
 
 const COURSE: i64 = 77;
 
-fn chromium() -> PathBuf {
-    std::env::var_os("CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
-}
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
-/// Fails (never skips) when the browser or the script's packages are missing.
-fn require_browser() {
-    let missing: Vec<String> = [
-        (chromium(), "chromium"),
-        (
-            browser_dir().join("node_modules/puppeteer-core/package.json"),
-            "tests/browser/node_modules (npm ci)",
-        ),
-    ]
-    .into_iter()
-    .filter(|(path, _)| !path.exists())
-    .map(|(path, what)| format!("{what} at {}", path.display()))
-    .collect();
-    let node = std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        missing.is_empty() && node,
-        "the browser test needs node, chromium and puppeteer-core; missing: {missing:?}{}; \
-         run scripts/install-deps",
-        if node { "" } else { ", node" }
-    );
-}
-
-async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>, secs: u64) -> String {
-    tokio::time::timeout(Duration::from_secs(secs), lines.next_line())
-        .await
-        .unwrap_or_else(|_| panic!("the browser script printed nothing within {secs} s"))
-        .expect("read the browser script's output")
-        .expect("the browser script ended early (its error is above)")
-}
-
 #[tokio::test]
 async fn the_course_page_updates_live_in_a_browser() {
-    require_browser();
     let url = common::fresh_database("page").await;
     let pool = reviewflow::db::pool(&url, 4).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -103,20 +55,10 @@ async fn the_course_page_updates_live_in_a_browser() {
         "{unknown}"
     );
 
-    let screenshot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/page-screenshot.png");
-    std::fs::create_dir_all(screenshot.parent().unwrap()).unwrap();
-    let _ = std::fs::remove_file(&screenshot);
-    let mut script = tokio::process::Command::new("node")
-        .arg(browser_dir().join("page.js"))
-        .arg(format!("{base}/courses/{COURSE}"))
-        .arg(&screenshot)
-        .env("CHROMIUM", chromium())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start node");
-    let mut lines = BufReader::new(script.stdout.take().unwrap()).lines();
-    assert_eq!(next_line(&mut lines, 60).await, "loaded 3");
+    let screenshot = browser::screenshot("course-page");
+    let page = format!("{base}/courses/{COURSE}");
+    let mut script = Script::start("page.js", &[&page, screenshot.to_str().unwrap()]);
+    assert_eq!(script.next_line(60).await, "loaded 3");
 
     // One review more, committed with the worker's notification.
     let tx = db.transaction().await.unwrap();
@@ -135,11 +77,7 @@ async fn the_course_page_updates_live_in_a_browser() {
         .unwrap();
     tx.commit().await.unwrap();
 
-    assert_eq!(next_line(&mut lines, 40).await, "changed 4");
-    let status = tokio::time::timeout(Duration::from_secs(30), script.wait())
-        .await
-        .expect("the browser script ends")
-        .unwrap();
-    assert!(status.success(), "the browser script failed: {status}");
+    assert_eq!(script.next_line(40).await, "changed 4");
+    script.finish().await;
     assert!(screenshot.exists(), "{} was saved", screenshot.display());
 }

@@ -1,30 +1,24 @@
 // Loads a course page in headless Chromium and waits for its review count to change live.
 // Usage: node page.js URL SCREENSHOT. Prints "loaded <count>" once the page is connected to
-// its event stream, then "changed <count>" after the count shown changed without a reload
-// (the screenshot saved then). Exits non-zero if that does not happen within 30 s.
+// its event stream and passed the accessibility check, then "changed <count>" after the count
+// shown changed without a reload (the screenshot saved then). Exits non-zero if that does not
+// happen within 30 s.
 "use strict";
 
-const puppeteer = require("puppeteer-core");
+const { launch, open, checkAccessibility, run } = require("./lib");
 
 const [url, screenshot] = process.argv.slice(2);
-const chromium = process.env.CHROMIUM || "/usr/bin/chromium";
 
-async function main() {
-  const browser = await puppeteer.launch({
-    executablePath: chromium,
-    headless: true,
-    args: ["--no-sandbox", "--headless", "--disable-gpu", "--disable-dev-shm-usage"],
-  });
+run(async () => {
+  const browser = await launch();
   try {
-    const page = await browser.newPage();
-    page.on("pageerror", (e) => console.error(`page error: ${e.message}`));
-    const response = await page.goto(url, { waitUntil: "load" });
-    if (!response.ok()) throw new Error(`${url} answered ${response.status()}`);
+    const page = await open(browser, url);
     // The first event arrived: every later change comes from a notification.
     await page.waitForFunction(
       () => document.getElementById("live").textContent === "live",
       { timeout: 30000 },
     );
+    await checkAccessibility(page);
     const count = () => page.$eval("#review_count", (e) => e.textContent);
     const before = await count();
     console.log(`loaded ${before}`);
@@ -38,9 +32,4 @@ async function main() {
   } finally {
     await browser.close();
   }
-}
-
-main().catch((e) => {
-  console.error(e && e.stack ? e.stack : String(e));
-  process.exit(1);
 });

@@ -3,6 +3,7 @@
 //! test so tests that check global invariants do not see each other's rows.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod cluster;
 pub mod pipeline;
 pub mod watch;
