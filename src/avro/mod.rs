@@ -8,6 +8,7 @@ pub mod envelope;
 mod pgtext;
 mod pgtime;
 mod row;
+mod row_writer;
 pub mod verdict;
 pub mod wire;
 

@@ -89,32 +89,81 @@ impl Kind {
 
     /// The union value of a text carried as such (its string branch).
     pub fn text(self, text: String) -> Value {
-        let branch = if self == Kind::String { 1 } else { 2 };
-        Value::Union(branch, Box::new(Value::String(text)))
+        Value::Union(self.text_branch(), Box::new(Value::String(text)))
     }
 
     /// The value of T, or None when T cannot hold it.
     pub fn parse(self, text: &[u8]) -> Option<Value> {
+        self.read(text).map(Parsed::into_value)
+    }
+
+    /// What T makes of the text, borrowing it where T is a string: the one parser behind
+    /// both the value tree ([`Kind::parse`]) and the direct writer (`row_writer`).
+    pub fn read(self, text: &[u8]) -> Option<Parsed<'_>> {
         let s = std::str::from_utf8(text).ok()?;
         Some(match self {
             Kind::Boolean => match s {
-                "t" => Value::Boolean(true),
-                "f" => Value::Boolean(false),
+                "t" => Parsed::Boolean(true),
+                "f" => Parsed::Boolean(false),
                 _ => return None,
             },
-            Kind::Int => Value::Int(s.parse().ok()?),
-            Kind::Long => Value::Long(s.parse().ok()?),
-            Kind::Float => Value::Float(float(s)?.parse().ok()?),
-            Kind::Double => Value::Double(float(s)?.parse().ok()?),
-            Kind::Decimal { scale, .. } => Value::Decimal(decimal_bytes(s, scale)?.into()),
-            Kind::String => Value::String(s.to_string()),
-            Kind::Bytes => Value::Bytes(decode_hex(s.strip_prefix("\\x")?)?),
-            Kind::TimestampMicros => Value::TimestampMicros(pgtime::timestamp_micros(s, true)?),
+            Kind::Int => Parsed::Int(s.parse().ok()?),
+            Kind::Long => Parsed::Long(s.parse().ok()?),
+            Kind::Float => Parsed::Float(float(s)?.parse().ok()?),
+            Kind::Double => Parsed::Double(float(s)?.parse().ok()?),
+            Kind::Decimal { scale, .. } => Parsed::Decimal(decimal_bytes(s, scale)?),
+            Kind::String => Parsed::String(s),
+            Kind::Bytes => Parsed::Bytes(decode_hex(s.strip_prefix("\\x")?)?),
+            Kind::TimestampMicros => Parsed::TimestampMicros(pgtime::timestamp_micros(s, true)?),
             Kind::LocalTimestampMicros => {
-                Value::LocalTimestampMicros(pgtime::timestamp_micros(s, false)?)
+                Parsed::LocalTimestampMicros(pgtime::timestamp_micros(s, false)?)
             }
-            Kind::Date => Value::Date(pgtime::date_days(s)?),
+            Kind::Date => Parsed::Date(pgtime::date_days(s)?),
         })
+    }
+
+    /// The union branch of the string a value T cannot hold travels in.
+    pub fn text_branch(self) -> u32 {
+        if self == Kind::String {
+            1
+        } else {
+            2
+        }
+    }
+}
+
+/// A text read as its column's T (see [`Kind::read`]).
+#[derive(Debug, PartialEq)]
+pub enum Parsed<'a> {
+    Boolean(bool),
+    Int(i32),
+    Long(i64),
+    Float(f32),
+    Double(f64),
+    /// The unscaled integer as Avro's decimal bytes.
+    Decimal(Vec<u8>),
+    String(&'a str),
+    Bytes(Vec<u8>),
+    TimestampMicros(i64),
+    LocalTimestampMicros(i64),
+    Date(i32),
+}
+
+impl Parsed<'_> {
+    pub fn into_value(self) -> Value {
+        match self {
+            Parsed::Boolean(b) => Value::Boolean(b),
+            Parsed::Int(n) => Value::Int(n),
+            Parsed::Long(n) => Value::Long(n),
+            Parsed::Float(f) => Value::Float(f),
+            Parsed::Double(f) => Value::Double(f),
+            Parsed::Decimal(b) => Value::Decimal(b.into()),
+            Parsed::String(s) => Value::String(s.to_string()),
+            Parsed::Bytes(b) => Value::Bytes(b),
+            Parsed::TimestampMicros(t) => Value::TimestampMicros(t),
+            Parsed::LocalTimestampMicros(t) => Value::LocalTimestampMicros(t),
+            Parsed::Date(d) => Value::Date(d),
+        }
     }
 }
 

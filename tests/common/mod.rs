@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod cluster;
+pub mod hostile;
 pub mod pipeline;
 pub mod watch;
 
