@@ -37,8 +37,12 @@ pub const STATS_BEFORE_COMMIT: Point = Point("stats.before_commit");
 /// verdicts: a batch's verdicts and offsets written in PostgreSQL, not committed.
 pub const VERDICTS_BEFORE_COMMIT: Point = Point("verdicts.before_commit");
 
+/// Any stage: its setup (topics checked or made, schemas registered) about to ask Kafka and
+/// the registry, as when an admin request times out on a loaded cluster.
+pub const STAGE_SETUP: Point = Point("stage.setup");
+
 /// Every point, for checking what a test armed.
-pub const ALL: [Point; 8] = [
+pub const ALL: [Point; 9] = [
     CDC_AFTER_PRODUCE,
     CDC_BEFORE_COMMIT_READ,
     CDC_BEFORE_STATUS,
@@ -47,6 +51,7 @@ pub const ALL: [Point; 8] = [
     FRAUD_AFTER_COMMIT,
     STATS_BEFORE_COMMIT,
     VERDICTS_BEFORE_COMMIT,
+    STAGE_SETUP,
 ];
 
 impl Point {

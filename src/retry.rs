@@ -96,12 +96,58 @@ where
                 }
                 attempt += 1;
                 let delay = backoff.next_delay();
-                crate::metrics::session_failures(stage).inc();
-                crate::health::restarting(stage, attempt, delay, &e.to_string());
+                failed(stage, attempt, delay, &e);
                 tracing::warn!(stage, error = %e, retry_in = ?delay, attempt, "session failed; starting a new one");
                 if !sleep(delay, shutdown).await {
                     crate::health::stopped(stage, STOPPING);
                     return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// A failure that will be retried after `delay`, counted and shown as the stage restarting.
+fn failed(stage: &str, attempt: u32, delay: Duration, e: &crate::Error) {
+    crate::metrics::session_failures(stage).inc();
+    crate::health::restarting(stage, attempt, delay, &e.to_string());
+}
+
+/// Runs a stage's setup (its topics checked or made, its schemas registered) until it
+/// succeeds or fails in a way a retry cannot cure. A broker or database not up yet, or an
+/// admin request that timed out on a loaded cluster, is asked again after the same backoff
+/// as a session, instead of ending the process before its first session. None: shutdown
+/// came first.
+pub async fn setup<T, F, Fut>(
+    stage: &str,
+    shutdown: &CancellationToken,
+    mut f: F,
+) -> Result<Option<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut attempt = 0;
+    loop {
+        let ready = match crate::failpoint::hit(crate::failpoint::STAGE_SETUP) {
+            Ok(()) => f().await,
+            Err(e) => Err(e),
+        };
+        match ready {
+            Ok(ready) => return Ok(Some(ready)),
+            Err(e) if e.needs_operator() => {
+                crate::health::stopped(stage, &e.to_string());
+                return Err(e);
+            }
+            Err(e) => {
+                attempt += 1;
+                let delay = backoff.next_delay();
+                failed(stage, attempt, delay, &e);
+                tracing::warn!(stage, error = %e, retry_in = ?delay, attempt, "setup failed; trying again");
+                if !sleep(delay, shutdown).await {
+                    crate::health::stopped(stage, STOPPING);
+                    return Ok(None);
                 }
             }
         }

@@ -129,6 +129,45 @@ async fn consumers_started_before_cdc_wait_for_it_and_stay_up() {
     p.assert_exact().await;
 }
 
+/// A stage whose setup fails for a moment (an admin request to Kafka that timed out, as on a
+/// loaded three-node cluster; the failpoint stands in for it) asks again after a backoff
+/// instead of exiting before its first session: each stage, started on its own, stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_whose_setup_fails_for_a_moment_tries_again_and_stays_up() {
+    let mut p = Pipeline::new("first_setup_fails").await;
+    let log = std::env::temp_dir().join(format!("rf-first-setup-{}.log", common::unique()));
+    p.log = Some(log.clone());
+    let failing = reviewflow::failpoint::STAGE_SETUP.erring_at(1);
+    let mut stages: Vec<common::Running> = ["cdc", "fraud", "stats", "verdicts"]
+        .iter()
+        .map(|s| p.spawn(s, Some(&failing), &[]))
+        .collect();
+    p.wait_for_snapshot().await;
+    p.db()
+        .await
+        .batch_execute("INSERT INTO reviews (course_id, user_id, rating) VALUES (11, 1, 4.0)")
+        .await
+        .unwrap();
+    canary_counts(&p, 11).await;
+    let logged = std::fs::read_to_string(&log).unwrap();
+    for (stage, running) in ["cdc", "fraud", "stats", "verdicts"]
+        .iter()
+        .zip(&mut stages)
+    {
+        let (up, _) = alive(running, &log);
+        assert!(up, "{stage} is still running: {logged}");
+        assert!(
+            logged
+                .lines()
+                .any(|l| l.contains("setup failed; trying again")
+                    && l.contains(&format!("stage=\"{stage}"))),
+            "{stage} logged its failed setup and tried again: {logged}"
+        );
+    }
+    p.wait_until_caught_up().await;
+    p.assert_exact().await;
+}
+
 /// A stage given only its own role's URL may not migrate: started before `reviewflow migrate`,
 /// it waits for the schema, saying so, and starts once the owner applied it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,7 +106,10 @@ pub async fn run<D: Destination>(
     worker: &WorkerSettings,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let parts = Parts::new::<D>(sink, settings, topics, worker).await?;
+    let setup = || Parts::new::<D>(sink, settings, topics, worker);
+    let Some(parts) = crate::retry::setup(D::CONSUMER, &shutdown, setup).await? else {
+        return Ok(());
+    };
     crate::retry::sessions(D::CONSUMER, &shutdown, || async {
         let stop = shutdown.child_token();
         let _stop_feed = stop.clone().drop_guard();

@@ -46,6 +46,16 @@ pub struct Cdc {
 impl Cdc {
     /// Runs until `shutdown`; reconnects with backoff after PostgreSQL or Kafka failures.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let stage = self.config.stage();
+        let Some(registry) = crate::retry::setup(&stage, &shutdown, || self.prepare()).await?
+        else {
+            return Ok(());
+        };
+        crate::retry::sessions(&stage, &shutdown, || self.session(&registry, &shutdown)).await
+    }
+
+    /// Its topics checked or made, and the registry connected.
+    async fn prepare(&self) -> Result<Registry> {
         let kafka = &self.settings.kafka;
         let (partitions, replication) = (self.topics.partitions, self.topics.replication_factor);
         // Kept forever: `replay` rebuilds derived state from this history. A table of current
@@ -84,9 +94,7 @@ impl Cdc {
             &[("cleanup.policy", "compact")],
         )
         .await?;
-        let registry = Registry::connect(&self.settings).await?;
-        let stage = self.config.stage();
-        crate::retry::sessions(&stage, &shutdown, || self.session(&registry, &shutdown)).await
+        Registry::connect(&self.settings).await
     }
 
     async fn session(&self, registry: &Registry, shutdown: &CancellationToken) -> Result<()> {

@@ -99,6 +99,33 @@ impl Fraud {
         // Held until the worker stops: a second live process with this transactional id
         // would fence this one at every session.
         let _instance = crate::instance::claim(&self.config.group, &self.worker.instance())?;
+        let prepare = || self.prepare();
+        let Some((registry, ids)) = crate::retry::setup("fraud", &shutdown, prepare).await? else {
+            return Ok(());
+        };
+        let counters = Arc::new(Counters::new());
+        let this = Arc::new(self);
+        tracing::info!(model = scorer.model(), input = %this.topics.changes, "fraud worker starting");
+        crate::retry::sessions("fraud", &shutdown, || {
+            let session = Session {
+                fraud: this.clone(),
+                scorer: scorer.clone(),
+                registry: registry.clone(),
+                runtime: Handle::current(),
+                ids,
+                valid_ids: HashMap::new(),
+                readers: envelope::ChangeReaders::default(),
+                counters: counters.clone(),
+            };
+            let shutdown = shutdown.clone();
+            async move { tokio::task::spawn_blocking(move || session.run(&shutdown)).await? }
+        })
+        .await
+    }
+
+    /// Its topics checked or made, their partition counts compared, and its output schemas
+    /// registered.
+    async fn prepare(&self) -> Result<(Registry, OutputIds)> {
         let registry = Registry::connect(&self.settings).await?;
         let (kafka, topics) = (&self.settings.kafka, &self.topics);
         let replication = topics.replication_factor;
@@ -141,24 +168,7 @@ impl Fraud {
                 .await?,
         };
         registry.register(&key_subject(&topics.fraud), key).await?;
-        let counters = Arc::new(Counters::new());
-        let this = Arc::new(self);
-        tracing::info!(model = scorer.model(), input = %this.topics.changes, "fraud worker starting");
-        crate::retry::sessions("fraud", &shutdown, || {
-            let session = Session {
-                fraud: this.clone(),
-                scorer: scorer.clone(),
-                registry: registry.clone(),
-                runtime: Handle::current(),
-                ids,
-                valid_ids: HashMap::new(),
-                readers: envelope::ChangeReaders::default(),
-                counters: counters.clone(),
-            };
-            let shutdown = shutdown.clone();
-            async move { tokio::task::spawn_blocking(move || session.run(&shutdown)).await? }
-        })
-        .await
+        Ok((registry, ids))
     }
 
     fn transactional_id(&self) -> String {
