@@ -9,7 +9,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -81,16 +81,29 @@ pub(crate) async fn require_token(
         Method::GET | Method::HEAD | Method::OPTIONS
     );
     // The moderation routes are guarded by `require_moderator`, which also takes Basic.
-    let moderated = request
-        .extensions()
-        .get::<MatchedPath>()
-        .is_some_and(|p| super::MODERATION_ROUTES.contains(&p.as_str()));
+    let moderated = super::MODERATION_ROUTES
+        .iter()
+        .any(|template| matches_template(template, request.uri().path()));
     if read || moderated {
         return next.run(request).await;
     }
     match presented(request.headers()) {
         Some(token) if guard.token.matches(token) => next.run(request).await,
         presented => refuse(guard.dialect, presented.is_some()),
+    }
+}
+
+/// Whether `path` is one the route `template` matches: segment by segment, `{name}` standing
+/// for any one non-empty segment.
+fn matches_template(template: &str, path: &str) -> bool {
+    let (mut t, mut p) = (template.split('/'), path.split('/'));
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return true,
+            (Some(t), Some(p)) if t.starts_with('{') && !p.is_empty() => {}
+            (Some(t), Some(p)) if t == p => {}
+            _ => return false,
+        }
     }
 }
 
@@ -108,18 +121,28 @@ pub(crate) async fn require_moderator(
     match presented {
         Some(token) if guard.token.matches(&token) => next.run(request).await,
         presented => {
-            let mut response = refuse(guard.dialect, presented.is_some());
-            // First, so a browser asks for the token rather than showing the refusal.
-            let bearer = response.headers_mut().remove(header::WWW_AUTHENTICATE);
-            response.headers_mut().append(
+            let error = if presented.is_some() {
+                "the token is not the one this server was configured with"
+            } else {
+                "the moderation view needs the API token (this server has API_TOKEN set): \
+                 Authorization: Bearer <token>, or HTTP Basic with the token as the password"
+            };
+            let mut response = ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                error: error.into(),
+                field: None,
+            }
+            .into_response();
+            // Basic first, so a browser asks for the token rather than showing the refusal.
+            let headers = response.headers_mut();
+            headers.append(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(r#"Basic realm="reviewflow moderation", charset="UTF-8""#),
             );
-            if let Some(bearer) = bearer {
-                response
-                    .headers_mut()
-                    .append(header::WWW_AUTHENTICATE, bearer);
-            }
+            headers.append(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer realm="reviewflow""#),
+            );
             response
         }
     }
@@ -206,6 +229,17 @@ mod tests {
         for bad in ["", "two words", "tab\there", "é"] {
             assert!(bad.parse::<ApiToken>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn paths_match_route_templates_segment_by_segment() {
+        let m = |p| matches_template("/reviews/{id}/moderation", p);
+        assert!(m("/reviews/7/moderation") && m("/reviews/x/moderation"));
+        for other in ["/reviews//moderation", "/reviews/7", "/reviews/7/moderation/x", "/moderation"] {
+            assert!(!m(other), "{other}");
+        }
+        assert!(matches_template("/moderation", "/moderation"));
+        assert!(!matches_template("/moderation", "/moderation/"));
     }
 
     #[test]
