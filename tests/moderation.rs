@@ -47,9 +47,9 @@ async fn a_moderator_overturns_a_flagged_review_and_the_figures_follow() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let state = AppState::new(pool, &p.url);
     let token: ApiToken = TOKEN.parse().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, api::router_with_token(state, Some(token))).await
-    });
+    tokio::spawn(
+        async move { axum::serve(listener, api::router_with_token(state, Some(token))).await },
+    );
 
     // The model flags the link; only the honest review counts.
     common::eventually("the link is judged fraud", 60, || async {
@@ -122,7 +122,9 @@ async fn a_moderator_overturns_a_flagged_review_and_the_figures_follow() {
     })
     .await;
     let listed = http
-        .get(format!("{base}/moderation?course={COURSE}&reason=moderator"))
+        .get(format!(
+            "{base}/moderation?course={COURSE}&reason=moderator"
+        ))
         .bearer_auth(TOKEN)
         .send()
         .await
@@ -208,14 +210,20 @@ async fn the_view_needs_the_token(base: &str, spam: i64) {
         (json!({}), "decision"),
         (json!({"decision": null, "note": "x"}), "note"),
     ] {
-        let answer = with(format!("/reviews/{spam}/moderation"), body).send().await.unwrap();
+        let answer = with(format!("/reviews/{spam}/moderation"), body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(answer.json::<Value>().await.unwrap()["field"], json!(field));
     }
-    let unknown = with("/reviews/987654321/moderation".into(), json!({"decision": "fraud"}))
-        .send()
-        .await
-        .unwrap();
+    let unknown = with(
+        "/reviews/987654321/moderation".into(),
+        json!({"decision": "fraud"}),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
     let history: Value = http
         .get(format!("{base}/reviews/{spam}/verdicts"))
@@ -226,10 +234,22 @@ async fn the_view_needs_the_token(base: &str, spam: i64) {
         .json()
         .await
         .unwrap();
-    assert_eq!(history["moderation"], Value::Null, "a refused decision stored nothing");
-    assert_eq!(history["verdicts"][0]["verdict"], json!("fraud"), "{history}");
+    assert_eq!(
+        history["moderation"],
+        Value::Null,
+        "a refused decision stored nothing"
+    );
+    assert_eq!(
+        history["verdicts"][0]["verdict"],
+        json!("fraud"),
+        "{history}"
+    );
     // Other reads stay open.
-    let open = http.get(format!("{base}/reviews/{spam}")).send().await.unwrap();
+    let open = http
+        .get(format!("{base}/reviews/{spam}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(open.status(), StatusCode::OK);
 }
 

@@ -396,8 +396,16 @@ async fn moderation_answers_as_documented(s: &mut Server, id: i64) {
     for (path, body, expected) in [
         (&decide, json!({"decision": "valid"}), StatusCode::OK),
         (&decide, json!({"decision": null}), StatusCode::OK),
-        (&decide, json!({"decision": "maybe"}), StatusCode::UNPROCESSABLE_ENTITY),
-        (&decide, json!({"verdict": "valid"}), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            &decide,
+            json!({"decision": "maybe"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            &decide,
+            json!({"verdict": "valid"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
         (&decide, json!(["valid"]), StatusCode::BAD_REQUEST),
         (
             &"/reviews/999999/moderation".to_string(),

@@ -235,7 +235,12 @@ mod tests {
     fn paths_match_route_templates_segment_by_segment() {
         let m = |p| matches_template("/reviews/{id}/moderation", p);
         assert!(m("/reviews/7/moderation") && m("/reviews/x/moderation"));
-        for other in ["/reviews//moderation", "/reviews/7", "/reviews/7/moderation/x", "/moderation"] {
+        for other in [
+            "/reviews//moderation",
+            "/reviews/7",
+            "/reviews/7/moderation/x",
+            "/moderation",
+        ] {
             assert!(!m(other), "{other}");
         }
         assert!(matches_template("/moderation", "/moderation"));
