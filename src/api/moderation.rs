@@ -375,11 +375,11 @@ mod tests {
         assert_eq!(decision(br#"{"decision":null}"#).unwrap(), None);
         for (body, field) in [
             (&br#"{}"#[..], Some("decision")),
-            (br#"{"decision":"VALID"}"#, Some("decision")),
-            (br#"{"decision":1}"#, Some("decision")),
-            (br#"{"decision":"valid","x":1}"#, Some("x")),
-            (br#"["valid"]"#, None),
-            (b"valid", None),
+            (&br#"{"decision":"VALID"}"#[..], Some("decision")),
+            (&br#"{"decision":1}"#[..], Some("decision")),
+            (&br#"{"decision":"valid","x":1}"#[..], Some("x")),
+            (&br#"["valid"]"#[..], None),
+            (&b"valid"[..], None),
         ] {
             let e = decision(body).unwrap_err();
             assert_eq!(
