@@ -45,7 +45,7 @@ fn filters(query: &HashMap<String, String>) -> Result<Filters, ApiError> {
         |s: &str, max: usize| (1..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
     let course = match query.get("course").map(String::as_str) {
         None | Some("") => None,
-        Some(c) if digits(c.strip_prefix('-').unwrap_or(c), 18) => c.parse().ok(),
+        Some(c) if digits(c.strip_prefix('-').unwrap_or(c), 18) => c.parse::<i64>().ok(),
         Some(_) => {
             return Err(ApiError::bad_request(
                 "course must be a course id (an integer of at most 18 digits)",
@@ -58,7 +58,7 @@ fn filters(query: &HashMap<String, String>) -> Result<Filters, ApiError> {
         None => 1,
         Some(p) => Some(p)
             .filter(|p| digits(p, 4))
-            .and_then(|p| p.parse().ok())
+            .and_then(|p| p.parse::<i64>().ok())
             .filter(|p| (1..=MAX_PAGE).contains(p))
             .ok_or_else(|| {
                 ApiError::bad_request(
