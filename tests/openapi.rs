@@ -61,8 +61,9 @@ async fn the_document_describes_the_api_as_it_behaves() {
     );
 }
 
-/// The security requirement and the 401 are documented on every write, and on nothing else
-/// (tests/auth.rs checks the behaviour).
+/// The security requirement and the 401 are documented on every write and on every
+/// operation of the moderation view (which also takes Basic), and on nothing else
+/// (tests/auth.rs and tests/moderation.rs check the behaviour).
 fn writes_and_only_writes_need_the_token(s: &Server) {
     assert_eq!(
         s.doc["components"]["securitySchemes"]["bearer"],
@@ -72,14 +73,20 @@ fn writes_and_only_writes_need_the_token(s: &Server) {
     for (method, path) in operations(&s.doc) {
         let operation = &s.doc["paths"][&path][method.to_lowercase()];
         let write = !["GET", "HEAD", "OPTIONS"].contains(&method.as_str());
+        let moderated = api::MODERATION_ROUTES.contains(&path.as_str());
+        let security = if moderated {
+            Some(json!([{"bearer": []}, {"basic": []}]))
+        } else {
+            write.then(|| json!([{"bearer": []}]))
+        };
         assert_eq!(
             operation.get("security"),
-            write.then(|| json!([{"bearer": []}])).as_ref(),
+            security.as_ref(),
             "{method} {path}"
         );
         assert_eq!(
             operation["responses"].get("401").is_some(),
-            write,
+            write || moderated,
             "{method} {path}"
         );
     }
@@ -110,10 +117,22 @@ async fn without_a_database_the_answers_are_still_documented(s: &mut Server) {
         ("/courses/{id}/events", "/courses/1/events"),
         ("/courses/{id}", "/courses/1"),
         ("/courses", "/courses"),
+        ("/moderation", "/moderation"),
+        ("/reviews/{id}/history", "/reviews/1/history"),
+        ("/reviews/{id}/verdicts", "/reviews/1/verdicts"),
     ] {
         let (status, _) = s.call(Method::GET, template, path, None).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
     }
+    let (status, _) = s
+        .call(
+            Method::POST,
+            "/reviews/{id}/moderation",
+            "/reviews/1/moderation",
+            Some(&json!({"decision": null})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let (status, _, _) = s
         .post_review(&json!({"course_id": 1, "user_id": 1, "rating": 1}))
         .await;
@@ -323,6 +342,8 @@ async fn every_operation_answers_as_documented(s: &mut Server) {
     let (status, _) = s.call(Method::GET, "/courses", "/courses", None).await;
     assert_eq!(status, StatusCode::OK);
 
+    moderation_answers_as_documented(s, id).await;
+
     let (status, health) = s.call(Method::GET, "/healthz", "/healthz", None).await;
     assert_eq!(
         (status, health),
@@ -331,6 +352,70 @@ async fn every_operation_answers_as_documented(s: &mut Server) {
 
     let (status, _) = s.call(Method::GET, "/metrics", "/metrics", None).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// The moderation view, a review's history and the decision (tests/moderation.rs runs them
+/// with the pipeline and a browser), on review `id` with a fraud verdict written here.
+async fn moderation_answers_as_documented(s: &mut Server, id: i64) {
+    s.db.execute(
+        "INSERT INTO review_verdicts (review_id, version, verdict, score, reasons, model, course_id)
+         VALUES ($1, '0/10', 'fraud', 0.7, '{link}', 'heuristic-v1@0.5', $2)",
+        &[&id, &WRITE_COURSE],
+    )
+    .await
+    .unwrap();
+    for (path, expected) in [
+        ("/moderation".to_string(), StatusCode::OK),
+        (
+            format!("/moderation?course={WRITE_COURSE}&reason=link&page=1"),
+            StatusCode::OK,
+        ),
+        ("/moderation?course=&reason=".into(), StatusCode::OK),
+        ("/moderation?course=x".into(), StatusCode::BAD_REQUEST),
+        ("/moderation?page=0".into(), StatusCode::BAD_REQUEST),
+    ] {
+        let (status, _) = s.call(Method::GET, "/moderation", &path, None).await;
+        assert_eq!(status, expected, "{path}");
+    }
+    for template in ["/reviews/{id}/history", "/reviews/{id}/verdicts"] {
+        for (path, expected) in [
+            (id.to_string(), StatusCode::OK),
+            ("999999".into(), StatusCode::NOT_FOUND),
+            ("x".into(), StatusCode::BAD_REQUEST),
+        ] {
+            let concrete = template.replace("{id}", &path);
+            let (status, body) = s.call(Method::GET, template, &concrete, None).await;
+            assert_eq!(status, expected, "{concrete}");
+            if template.ends_with("verdicts") && status == StatusCode::OK {
+                assert_eq!(body["verdicts"][0]["reasons"], json!(["link"]), "{body}");
+            }
+        }
+    }
+    let template = "/reviews/{id}/moderation";
+    let decide = format!("/reviews/{id}/moderation");
+    for (path, body, expected) in [
+        (&decide, json!({"decision": "valid"}), StatusCode::OK),
+        (&decide, json!({"decision": null}), StatusCode::OK),
+        (
+            &decide,
+            json!({"decision": "maybe"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            &decide,
+            json!({"verdict": "valid"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (&decide, json!(["valid"]), StatusCode::BAD_REQUEST),
+        (
+            &"/reviews/999999/moderation".to_string(),
+            json!({"decision": "fraud"}),
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let (status, answer) = s.call(Method::POST, template, path, Some(&body)).await;
+        assert_eq!(status, expected, "{path} {body}: {answer}");
+    }
 }
 
 /// The limits are read from the document and tried at and beyond each edge.
@@ -652,12 +737,25 @@ fn check(doc: &Value, schema: &Value, value: &Value, at: &str, faults: &mut Vec<
         "additionalProperties",
         "description",
         "contentMediaType",
+        "items",
+        "maxItems",
+        "anyOf",
     ];
     for keyword in schema.as_object().expect("a schema object").keys() {
         assert!(
             known.contains(&keyword.as_str()),
             "{at}: unchecked keyword {keyword}"
         );
+    }
+    if let Some(branches) = schema.get("anyOf").and_then(Value::as_array) {
+        let fits = branches.iter().any(|branch| {
+            let mut branch_faults = Vec::new();
+            check(doc, branch, value, at, &mut branch_faults);
+            branch_faults.is_empty()
+        });
+        if !fits {
+            faults.push(format!("{at}: {value} matches none of anyOf"));
+        }
     }
     let types = types_of(schema);
     let type_ok = types.is_empty()
@@ -710,6 +808,18 @@ fn check(doc: &Value, schema: &Value, value: &Value, at: &str, faults: &mut Vec<
         }
         if schema["format"] == "date-time" && chrono::DateTime::parse_from_rfc3339(text).is_err() {
             faults.push(format!("{at}: {text:?} is not an RFC 3339 date-time"));
+        }
+    }
+    if let Some(elements) = value.as_array() {
+        if let Some(max) = schema["maxItems"].as_u64() {
+            if elements.len() as u64 > max {
+                faults.push(format!("{at}: more than {max} items"));
+            }
+        }
+        if let Some(items) = schema.get("items") {
+            for (i, element) in elements.iter().enumerate() {
+                check(doc, items, element, &format!("{at}[{i}]"), faults);
+            }
         }
     }
     if let Some(object) = value.as_object() {

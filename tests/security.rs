@@ -176,7 +176,9 @@ async fn each_role_is_refused_what_it_must_not_do() {
     for sql in [
         "INSERT INTO reviews (course_id, user_id, rating) VALUES (1, 2, 3.5)",
         "UPDATE reviews SET content = 'edited' WHERE user_id = 2",
+        "UPDATE reviews SET moderation = 'fraud' WHERE user_id = 2",
         "SELECT * FROM course_stats",
+        "SELECT * FROM review_verdicts",
     ] {
         assert_eq!(refusal(&api, sql).await, None, "api: {sql}");
     }

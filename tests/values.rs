@@ -40,7 +40,7 @@ const UNCHECKED: &str = "
       ALTER rating DROP NOT NULL, ALTER created_at DROP NOT NULL, ALTER updated_at DROP NOT NULL;";
 
 /// The Avro field of each column and the pg_type the schema names.
-const FIELDS: [(&str, &str); 34] = [
+const FIELDS: [(&str, &str); 35] = [
     ("id", "bigint"),
     ("course_id", "bigint"),
     ("user_id", "bigint"),
@@ -49,6 +49,7 @@ const FIELDS: [(&str, &str); 34] = [
     ("content", "text"),
     ("created_at", "timestamp with time zone"),
     ("updated_at", "timestamp with time zone"),
+    ("moderation", "text"),
     ("c_bool", "boolean"),
     ("c_small", "smallint"),
     ("gr__e", "integer"),

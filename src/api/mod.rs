@@ -8,6 +8,8 @@ mod args;
 mod auth;
 mod error;
 mod events;
+mod history;
+mod moderation;
 mod page;
 mod reviews;
 mod stats;
@@ -48,6 +50,19 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/courses/{id}/events"),
     ("GET", "/courses/{id}"),
     ("GET", "/courses"),
+    ("GET", "/moderation"),
+    ("GET", "/reviews/{id}/history"),
+    ("GET", "/reviews/{id}/verdicts"),
+    ("POST", "/reviews/{id}/moderation"),
+];
+
+/// The moderation view's paths (among [`ROUTES`]): it shows spam, so with a token configured
+/// every request to them needs it, reads included (`auth::require_moderator`).
+pub const MODERATION_ROUTES: &[&str] = &[
+    "/moderation",
+    "/reviews/{id}/history",
+    "/reviews/{id}/verdicts",
+    "/reviews/{id}/moderation",
 ];
 
 fn handler(method: &str, path: &str) -> MethodRouter<AppState> {
@@ -61,6 +76,10 @@ fn handler(method: &str, path: &str) -> MethodRouter<AppState> {
         ("GET", "/courses/{id}/events") => get(events::course_events),
         ("GET", "/courses/{id}") => get(page::course),
         ("GET", "/courses") => get(page::index),
+        ("GET", "/moderation") => get(moderation::flagged),
+        ("GET", "/reviews/{id}/history") => get(history::page),
+        ("GET", "/reviews/{id}/verdicts") => get(history::verdicts),
+        ("POST", "/reviews/{id}/moderation") => post(moderation::decide),
         _ => unreachable!("ROUTES lists {method} {path}, which has no handler"),
     }
 }
@@ -99,12 +118,23 @@ pub fn router(state: AppState) -> Router {
 /// The API, and the schema registry's REST subset at the root (/subjects, /schemas, ...), so
 /// any Confluent-compatible client can read the topics with SCHEMA_REGISTRY_URL set to this
 /// server. With a token, every write (any method but GET, HEAD, OPTIONS) of either needs
-/// `Authorization: Bearer <token>`; reads stay open.
+/// `Authorization: Bearer <token>`; reads stay open, but for the moderation view's
+/// ([`MODERATION_ROUTES`]), which take the token as Bearer or Basic for every method.
 pub fn router_with_token(state: AppState, token: Option<ApiToken>) -> Router {
     let registry = crate::registry::LocalRegistry::new(state.pool.clone());
     let mut ours = Router::new();
     for (method, path) in ROUTES {
-        ours = ours.route(path, handler(method, path));
+        let mut route = handler(method, path);
+        if let (Some(token), true) = (&token, MODERATION_ROUTES.contains(path)) {
+            route = route.layer(middleware::from_fn_with_state(
+                auth::Guard {
+                    token: token.clone(),
+                    dialect: auth::Dialect::Api,
+                },
+                auth::require_moderator,
+            ));
+        }
+        ours = ours.route(path, route);
     }
     let mut ours = ours
         .fallback(|| async { ApiError::not_found("no such endpoint") })

@@ -61,7 +61,7 @@ pub struct Review {
     pub updated_at: Option<String>,
 }
 
-const COLUMNS: &str = "id, course_id, user_id, rating::float8, title, content, \
+pub(super) const COLUMNS: &str = "id, course_id, user_id, rating::float8, title, content, \
      created_at, updated_at, created_at::text, updated_at::text";
 
 pub async fn create(
@@ -72,21 +72,7 @@ pub async fn create(
     // Too large (413) or cut off: answered in our JSON, not axum's plain text.
     let body =
         body.map_err(|e| ApiError::bad_request(e.body_text(), None).with_status(e.status()))?;
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-        });
-    if !json {
-        return Err(ApiError::bad_request(
-            "the body must be JSON (Content-Type: application/json)",
-            None,
-        )
-        .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
-    }
+    require_json(&headers)?;
     let new = parse(&body)?;
     let rating = validate(&new, Utc::now())?;
     let client = state.pool.get().await?;
@@ -133,13 +119,33 @@ pub async fn create(
     ))
 }
 
+/// A body not declared as JSON is a 415.
+pub(super) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if json {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(
+        "the body must be JSON (Content-Type: application/json)",
+        None,
+    )
+    .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE))
+}
+
 /// Ids an insert skips before it gives up (see `create`).
 const MAX_TAKEN_IDS: usize = 1000;
 
 /// The database refused the row itself (a constraint or a trigger a user added to
 /// `reviews`): the client's request, not the server, is what cannot be stored, so it is a
 /// 422 naming the column or constraint; anything else is the server's trouble.
-fn refusal(e: tokio_postgres::Error) -> ApiError {
+pub(super) fn refusal(e: tokio_postgres::Error) -> ApiError {
     let Some(db) = e.as_db_error() else {
         return e.into();
     };
@@ -177,7 +183,7 @@ pub async fn read(
         .ok_or_else(|| ApiError::not_found(format!("no review {id}")))
 }
 
-fn to_review(row: &tokio_postgres::Row) -> Review {
+pub(super) fn to_review(row: &tokio_postgres::Row) -> Review {
     // try_get, not get: a value of another type (a column altered by SQL) is null, not a panic.
     let time = |typed: usize, text: usize| {
         let rfc3339 = row

@@ -27,6 +27,7 @@ pub(super) fn row(value: Value, rating_scale: u32) -> Result<Option<ReviewImage>
         content: None,
         created_at: Carried::Null,
         updated_at: Carried::Null,
+        moderation: None,
     };
     let mut id = None;
     let Value::Record(fields) = value else {
@@ -46,6 +47,7 @@ pub(super) fn row(value: Value, rating_scale: u32) -> Result<Option<ReviewImage>
             "content" => image.content = text(value),
             "created_at" => image.created_at = instant(value),
             "updated_at" => image.updated_at = instant(value),
+            "moderation" => image.moderation = text(value),
             _ => {}
         }
     }

@@ -43,7 +43,9 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
                     {"name": "content", "type": ["null", "string"], "default": null},
                     {"name": "created_at", "type": instant, "default": null,
                      "doc": "the string branch: what a timestamp cannot hold (infinity, ...)"},
-                    {"name": "updated_at", "type": instant, "default": null}
+                    {"name": "updated_at", "type": instant, "default": null},
+                    {"name": "moderation", "type": ["null", "string"], "default": null,
+                     "doc": "the moderator's decision (valid or fraud) the verdict honours"}
                 ]}]},
             {"name": "digest", "type": ["null", "string"], "default": null,
              "doc": "sha256 of the judged image's contract columns (docs/guarantees.md)"},
@@ -83,6 +85,7 @@ pub fn encode(v: &Verdict) -> Result<Vec<u8>> {
                 ("content".into(), optional_string(&r.content)),
                 ("created_at".into(), instant(&r.created_at)),
                 ("updated_at".into(), instant(&r.updated_at)),
+                ("moderation".into(), optional_string(&r.moderation)),
             ])),
         ),
     };
@@ -302,6 +305,7 @@ mod tests {
             content: None,
             created_at: Carried::Text("-infinity".into()),
             updated_at: Carried::Null,
+            moderation: None,
         });
         let body = encode(&v).unwrap();
         assert_eq!(

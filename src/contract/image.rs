@@ -12,7 +12,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use crate::contract::review::Rating;
+use crate::contract::review::{Decision, Rating};
 
 /// One column's carried value.
 #[derive(Clone, Debug, PartialEq)]
@@ -91,6 +91,9 @@ pub struct ReviewImage {
     pub content: Option<String>,
     pub created_at: Carried<DateTime<Utc>>,
     pub updated_at: Carried<DateTime<Utc>>,
+    /// `moderation` as carried (None: NULL, a table without the column, or not text);
+    /// [`ReviewImage::decision`] reads it.
+    pub moderation: Option<String>,
 }
 
 /// A row that can count ([`ReviewImage::countable`]): the columns figures and models
@@ -131,6 +134,11 @@ impl Rule {
 }
 
 impl ReviewImage {
+    /// The moderator's decision, if the row carries one.
+    pub fn decision(&self) -> Option<Decision> {
+        self.moderation.as_deref().and_then(Decision::parse)
+    }
+
     /// The countable row, or every rule this image breaks (in `Rule` order).
     pub fn countable(&self) -> Result<ReviewRow, Vec<Rule>> {
         let mut broken = Vec::new();
@@ -183,6 +191,8 @@ impl From<&ReviewRow> for ReviewImage {
             content: r.content.clone(),
             created_at: Carried::Value(r.created_at),
             updated_at: r.updated_at.map_or(Carried::Null, Carried::Value),
+            // The countable row leaves the decision to `score::judge`, which reads the image.
+            moderation: None,
         }
     }
 }
@@ -225,6 +235,7 @@ pub(crate) mod tests {
             content: Some("fine".into()),
             created_at: Carried::Value(at),
             updated_at: Carried::Value(at),
+            moderation: None,
         }
     }
 

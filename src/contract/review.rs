@@ -55,6 +55,37 @@ impl fmt::Display for Rating {
     }
 }
 
+/// A moderator's decision on a review: the `moderation` column of `reviews` (migration V11).
+/// It is part of the row, so a verdict that honours it is still a pure function of the row
+/// (DESIGN.md), and an overturn flows through CDC like any edit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Valid,
+    Fraud,
+}
+
+/// The reason, first in a verdict's reasons, that says a moderator decided it.
+pub const MODERATOR_REASON: &str = "moderator";
+
+impl Decision {
+    /// Exactly `valid` or `fraud`, as the column's CHECK allows. Anything else (possible only
+    /// once the CHECK is dropped) is no decision: the model judges the row.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "valid" => Some(Decision::Valid),
+            "fraud" => Some(Decision::Fraud),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Valid => "valid",
+            Decision::Fraud => "fraud",
+        }
+    }
+}
+
 /// Why a title or content (`field`) cannot be stored, or None when it can.
 pub fn text_fault(field: &str, text: &str, max_chars: usize) -> Option<String> {
     if text.chars().count() > max_chars {

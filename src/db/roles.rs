@@ -4,7 +4,8 @@
 //! - `reviewflow_cdc`: reads the published tables (`reviews`, `course_stats`) and the
 //!   schema registry's tables; its login users also need the REPLICATION attribute, which
 //!   PostgreSQL never passes on through membership.
-//! - `reviewflow_api`: writes `reviews` and the registry, reads `course_stats`.
+//! - `reviewflow_api`: writes `reviews` and the registry, reads `course_stats` and
+//!   `review_verdicts` (the moderation view).
 //! - `reviewflow_worker`: writes what the sinks own (`course_stats` and its buckets,
 //!   `review_verdicts`, `review_deletions`, `verdicts_state`, `sink_offsets`, `stats_state`),
 //!   reads and writes the registry.

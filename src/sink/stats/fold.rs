@@ -268,6 +268,7 @@ mod tests {
             content: None,
             created_at: Carried::Value(at),
             updated_at: Carried::Null,
+            moderation: None,
         };
         let valid = ValidChange::of(change(good.clone())).unwrap();
         assert_eq!(valid.after.unwrap().rating.stars(), 3.0);

@@ -10,6 +10,7 @@ pub mod seed;
 use crate::contract::image::ReviewImage;
 use crate::contract::image::ReviewRow;
 use crate::contract::lsn::SourcePosition;
+use crate::contract::review::{Decision, MODERATOR_REASON};
 use crate::contract::verdict::Verdict;
 use crate::error::{Error, Result};
 
@@ -63,10 +64,20 @@ pub trait Scorer: Send + Sync {
 /// The verdict on one image, the one function every judge uses (the fraud worker, `replay
 /// --from snapshot`, `verify`): a row that cannot count is fraud with score 1 and the rules it
 /// breaks as reasons, whatever the model, so it never reaches a figure; any other row is
-/// what `scorer` says.
+/// what `scorer` says, unless a moderator decided it (`reviews.moderation`): then the
+/// decision is the verdict, `moderator` leads the reasons, and the model's score and reasons
+/// follow, so the page still shows what the model saw. A moderator cannot make a row that
+/// cannot count valid: it has no course or rating to count with.
 pub fn judge(scorer: &dyn Scorer, image: &ReviewImage) -> Judgement {
     match image.countable() {
-        Ok(row) => scorer.judge(&row),
+        Ok(row) => {
+            let mut judgement = scorer.judge(&row);
+            if let Some(decision) = image.decision() {
+                judgement.fraud = decision == Decision::Fraud;
+                judgement.reasons.insert(0, MODERATOR_REASON.to_string());
+            }
+            judgement
+        }
         Err(rules) => Judgement {
             fraud: true,
             score: 1.0,
@@ -165,6 +176,7 @@ mod tests {
             content: Some(content.into()),
             created_at: Carried::Value(at),
             updated_at: Carried::Value(at),
+            moderation: None,
         }
     }
 
@@ -198,6 +210,42 @@ mod tests {
             judge(heuristic.as_ref(), &late).reasons,
             ["created_at_out_of_range"]
         );
+    }
+
+    #[test]
+    fn every_model_honours_the_moderators_decision_on_a_row_that_counts() {
+        let spam = image("buy now at http://spam.example.com");
+        let honest = image("a clear and patient course, well paced");
+        for model in ["heuristic-v1@0.5", "seed-murmur2-v1"] {
+            let scorer = scorer_for_model(model).unwrap();
+            for (row, decision, fraud) in [
+                (&spam, "valid", false),
+                (&honest, "fraud", true),
+                (&spam, "fraud", true),
+            ] {
+                let mut decided = row.clone();
+                decided.moderation = Some(decision.into());
+                let by_model = judge(scorer.as_ref(), row);
+                let j = judge(scorer.as_ref(), &decided);
+                assert_eq!(j.fraud, fraud, "{model} {decision}");
+                assert_eq!(
+                    j.score, by_model.score,
+                    "{model}: the model's score is kept"
+                );
+                assert_eq!(j.reasons[0], "moderator", "{model}");
+                assert_eq!(j.reasons[1..], by_model.reasons[..], "{model}");
+            }
+            // Only the two decisions are decisions; the model judges anything else.
+            let mut odd = spam.clone();
+            odd.moderation = Some("VALID".into());
+            assert_eq!(judge(scorer.as_ref(), &odd), judge(scorer.as_ref(), &spam));
+            // A row that cannot count stays fraud, by its rules, whatever the moderator says.
+            let mut lost = spam.clone();
+            lost.course_id = None;
+            lost.moderation = Some("valid".into());
+            let j = judge(scorer.as_ref(), &lost);
+            assert!(j.fraud && j.reasons == ["no_course"], "{model}: {j:?}");
+        }
     }
 
     #[test]
