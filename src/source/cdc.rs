@@ -86,6 +86,11 @@ impl Cdc {
         .await?;
         let registry = Registry::connect(&self.settings).await?;
         let stage = self.config.stage();
+        crate::metrics::slot_read(
+            &self.config.slot,
+            &self.config.publication,
+            &self.settings.database_url,
+        );
         crate::retry::sessions(&stage, &shutdown, || self.session(&registry, &shutdown)).await
     }
 
