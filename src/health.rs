@@ -38,6 +38,10 @@ fn set(stage: &str, state: State) {
 
 /// The stage started (or started again) a session.
 pub fn running(stage: &str) {
+    // Its restart counters exist from the start, at 0: Prometheus's increase() cannot see
+    // the first restart of a series that appears at 1.
+    crate::metrics::stage_restarts(stage);
+    crate::metrics::session_failures(stage);
     set(stage, State::Running);
 }
 
@@ -147,8 +151,14 @@ mod tests {
     fn each_state_is_reported_with_its_reason_and_gauge() {
         running("unit-health");
         assert!(stages()["unit-health"].is_running());
+        let text = crate::metrics::encode(&[]);
         assert!(
-            crate::metrics::encode(&[]).contains("reviewflow_stage_up{stage=\"unit-health\"} 1\n")
+            text.contains("reviewflow_stage_up{stage=\"unit-health\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("reviewflow_stage_restarts_total{stage=\"unit-health\"} 0\n"),
+            "{text}"
         );
 
         restarting(

@@ -3,10 +3,13 @@
 //!
 //! One process-wide registry holds what the stages count as they go; the replication
 //! slots' lag and state are read from PostgreSQL when /metrics is asked for, so a scrape
-//! sees them as they are, and never a value left over from a slot that was dropped.
+//! sees them as they are, and never a value left over from a slot that was dropped. The
+//! time lag of a slot this process reads (its oldest waiting change's age) is peeked then
+//! too, as `reviewflow status` does, so it keeps growing while cdc is stopped.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -257,6 +260,76 @@ pub struct SlotSample {
     pub active: bool,
     /// WAL written since the slot's confirmed position; None when PostgreSQL has none.
     pub lag_bytes: Option<i64>,
+    /// Age of the oldest change waiting in the slot (0 when none waits); None for a slot
+    /// this process does not read, or when the peek failed or took too long.
+    pub time_lag_seconds: Option<f64>,
+}
+
+/// A slot a cdc stage of this process reads: what its time lag is peeked with.
+#[derive(Debug, Clone)]
+struct ReadSlot {
+    publication: String,
+    /// cdc's own database URL: peeking copies the slot, which needs REPLICATION, a right
+    /// the api's role (whose pool serves the rest of the scrape) may lack.
+    database_url: String,
+}
+
+static READ_SLOTS: Mutex<BTreeMap<String, ReadSlot>> = Mutex::new(BTreeMap::new());
+
+/// cdc tells which slot it reads (and through which publication), so that the scrape
+/// reports that slot's time lag, also while the stage is stopped.
+pub fn slot_read(slot: &str, publication: &str, database_url: &str) {
+    READ_SLOTS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(
+            slot.into(),
+            ReadSlot {
+                publication: publication.into(),
+                database_url: database_url.into(),
+            },
+        );
+}
+
+/// The slot's time lag, from a peek at a temporary copy on a connection of its own: when
+/// the scrape gives up waiting, dropping the connection ends the session, which drops the
+/// copy with it.
+async fn time_lag(slot: &str, read: &ReadSlot) -> Result<f64> {
+    let client = crate::db::connect(&read.database_url).await?;
+    let waiting = crate::source::status::pending(&client, slot, &read.publication, 1).await?;
+    Ok(waiting.oldest_commit.map_or(0.0, |t| {
+        ((chrono::Utc::now() - t).num_milliseconds().max(0) as f64) / 1000.0
+    }))
+}
+
+/// The time lag of each slot read here that `samples` holds, filled in within the timeout.
+async fn add_time_lags(samples: &mut [SlotSample]) {
+    let read = READ_SLOTS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let peeks = samples.iter().map(|s| {
+        let read = read.get(&s.slot).cloned();
+        let slot = s.slot.clone();
+        async move {
+            let read = read?;
+            match tokio::time::timeout(SLOT_QUERY_TIMEOUT, time_lag(&slot, &read)).await {
+                Ok(Ok(seconds)) => Some(seconds),
+                Ok(Err(e)) => {
+                    tracing::warn!(%slot, error = %e, "metrics: slot time lag left out");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(%slot, "metrics: slot time lag left out (the peek took over 2 s)");
+                    None
+                }
+            }
+        }
+    });
+    let lags = futures_util::future::join_all(peeks).await;
+    for (sample, lag) in samples.iter_mut().zip(lags) {
+        sample.time_lag_seconds = lag;
+    }
 }
 
 /// Every logical slot of the database, in one query.
@@ -274,6 +347,7 @@ pub async fn slot_samples(pg: &tokio_postgres::Client) -> Result<Vec<SlotSample>
             slot: r.get(0),
             active: r.get(1),
             lag_bytes: r.get(2),
+            time_lag_seconds: None,
         })
         .collect())
 }
@@ -283,12 +357,16 @@ pub fn encode(slots: &[SlotSample]) -> String {
     let mut scrape = Registry::with_prefix("reviewflow");
     let lag = Family::<SlotLabel, Gauge>::default();
     let active = Family::<SlotLabel, Gauge>::default();
+    let time_lag = Family::<SlotLabel, Gauge<f64, AtomicU64>>::default();
     for s in slots {
         let label = SlotLabel {
             slot: s.slot.clone(),
         };
         if let Some(bytes) = s.lag_bytes {
             lag.get_or_create(&label).set(bytes);
+        }
+        if let Some(seconds) = s.time_lag_seconds {
+            time_lag.get_or_create(&label).set(seconds);
         }
         active.get_or_create(&label).set(i64::from(s.active));
     }
@@ -302,6 +380,13 @@ pub fn encode(slots: &[SlotSample]) -> String {
         "slot_active",
         "1 while a reader is connected to the replication slot (read at scrape)",
         active,
+    );
+    scrape.register_with_unit(
+        "slot_time_lag",
+        "Age of the oldest change waiting in a slot this process's cdc reads, 0 when none \
+         waits (peeked at scrape)",
+        Unit::Seconds,
+        time_lag,
     );
     let mut text = String::new();
     // Writing to a String cannot fail, nor can the encoders of these metric types.
@@ -322,7 +407,10 @@ pub async fn scrape(pool: Option<&Pool>) -> Response {
                 slot_samples(&client).await
             };
             match tokio::time::timeout(SLOT_QUERY_TIMEOUT, read).await {
-                Ok(Ok(slots)) => slots,
+                Ok(Ok(mut slots)) => {
+                    add_time_lags(&mut slots).await;
+                    slots
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "metrics: slot gauges left out");
                     Vec::new()
@@ -440,11 +528,13 @@ mod tests {
                 slot: "a".into(),
                 active: true,
                 lag_bytes: Some(1234),
+                time_lag_seconds: Some(2.5),
             },
             SlotSample {
                 slot: "b".into(),
                 active: false,
                 lag_bytes: None,
+                time_lag_seconds: None,
             },
         ];
         let text = encode(&slots);
@@ -462,6 +552,14 @@ mod tests {
         );
         assert!(
             text.contains("reviewflow_slot_active{slot=\"b\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("reviewflow_slot_time_lag_seconds{slot=\"a\"} 2.5\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("reviewflow_slot_time_lag_seconds{slot=\"b\"}"),
             "{text}"
         );
         // Not kept: the next scrape shows only the slots it read.

@@ -51,6 +51,11 @@ impl Cdc {
         else {
             return Ok(());
         };
+        crate::metrics::slot_read(
+            &self.config.slot,
+            &self.config.publication,
+            &self.settings.database_url,
+        );
         crate::retry::sessions(&stage, &shutdown, || self.session(&registry, &shutdown)).await
     }
 

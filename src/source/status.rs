@@ -59,7 +59,11 @@ pub async fn pending(
     limit: i32,
 ) -> Result<Pending> {
     use super::pgoutput::{decode, PgOutput, Tuple, Value};
-    let copy = format!("{slot}_peek_{}", std::process::id());
+    // Unique in the cluster: another process's peek, or this one's /metrics scrape beside
+    // another reader of it, may copy the same slot at the same time.
+    static PEEKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PEEKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let copy = format!("{slot}_peek_{}_{n}", std::process::id());
     // Temporary: PostgreSQL drops it when this session ends, whatever happens here.
     pg.execute(
         "SELECT pg_copy_logical_replication_slot($1, $2, true)",
