@@ -6,6 +6,7 @@
 
 mod args;
 mod auth;
+mod cache;
 mod error;
 mod events;
 mod page;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use args::ApiArgs;
 pub use auth::ApiToken;
+pub use cache::Cors;
 pub use error::ApiError;
 pub use events::CourseEvents;
 
@@ -79,6 +81,8 @@ pub struct AppState {
     pub pool: Pool,
     /// The `course_stats` listener behind GET /courses/{id}/events.
     pub events: CourseEvents,
+    /// Which other origins' pages may read the API.
+    pub cors: Cors,
 }
 
 impl AppState {
@@ -87,7 +91,14 @@ impl AppState {
         AppState {
             pool,
             events: CourseEvents::new(database_url),
+            cors: Cors::None,
         }
+    }
+
+    /// The same, readable from the pages of the `origins` (see [`Cors::from_origins`]).
+    pub fn with_cors(mut self, origins: &[String]) -> Self {
+        self.cors = Cors::from_origins(origins);
+        self
     }
 }
 
@@ -102,6 +113,7 @@ pub fn router(state: AppState) -> Router {
 /// `Authorization: Bearer <token>`; reads stay open.
 pub fn router_with_token(state: AppState, token: Option<ApiToken>) -> Router {
     let registry = crate::registry::LocalRegistry::new(state.pool.clone());
+    let cors = state.cors.layer();
     let mut ours = Router::new();
     for (method, path) in ROUTES {
         ours = ours.route(path, handler(method, path));
@@ -125,6 +137,10 @@ pub fn router_with_token(state: AppState, token: Option<ApiToken>) -> Router {
             guard(auth::Dialect::Registry),
             auth::require_token,
         ));
+    }
+    // Outside the token's guard, so a preflight (OPTIONS, never a write) is answered by it.
+    if let Some(cors) = cors {
+        ours = ours.layer(cors);
     }
     ours.merge(registry)
 }
