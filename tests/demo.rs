@@ -1,5 +1,5 @@
-//! `reviewflow demo` writes reviews at about the rate asked, and stops cleanly, both after
-//! --duration and on SIGTERM.
+//! `reviewflow demo` names its courses, writes reviews at about the rate asked, and stops
+//! cleanly, both after --duration and on SIGTERM.
 
 mod common;
 
@@ -64,6 +64,27 @@ async fn demo_writes_at_the_rate_for_the_duration() {
         .unwrap()
         .get(0);
     assert_eq!(bad, 0, "courses 1..50, created within the last 120 days");
+    let (named, distinct, first): (i64, i64, Option<String>) = {
+        let r = db
+            .query_one(
+                "SELECT count(*), count(DISTINCT title),
+                        (SELECT title FROM reviewflow_catalog.courses WHERE id = 1)
+                 FROM reviewflow_catalog.courses WHERE id BETWEEN 1 AND 50",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!(
+        (named, distinct, first.as_deref()),
+        (
+            50,
+            50,
+            Some(reviewflow::dev::demo::course_title(1).as_str())
+        ),
+        "every course named, each differently"
+    );
 }
 
 #[tokio::test]

@@ -1,6 +1,8 @@
 //! `reviewflow import` against a small server shaped like Udemy's API 2.0 reviews resource,
 //! which throttles and fails once along the way: every review arrives with its values, the
-//! pages are read last to first, and importing again writes nothing.
+//! pages are read last to first, and importing again writes nothing. Results without a course
+//! object leave the course unnamed; with one, it names the course in
+//! reviewflow_catalog.courses.
 
 mod common;
 
@@ -189,6 +191,19 @@ async fn row_versions(db: &tokio_postgres::Client) -> (Option<DateTime<Utc>>, Op
     (row.get(0), row.get(1))
 }
 
+/// The course's row in reviewflow_catalog.courses: title, url, when it was written.
+async fn course_name(
+    db: &tokio_postgres::Client,
+) -> Option<(String, Option<String>, DateTime<Utc>)> {
+    db.query_opt(
+        "SELECT title, url, updated_at FROM reviewflow_catalog.courses WHERE id = $1",
+        &[&COURSE],
+    )
+    .await
+    .unwrap()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+}
+
 #[tokio::test]
 async fn a_course_is_imported_last_page_first_and_again_without_writes() {
     let url = common::fresh_database("import").await;
@@ -272,7 +287,21 @@ async fn a_course_is_imported_last_page_first_and_again_without_writes() {
     db.execute("DELETE FROM reviews WHERE id = $1", &[&local])
         .await
         .unwrap();
+    assert!(
+        first.stdout.contains("no course object"),
+        "{}",
+        first.stdout
+    );
+    assert!(
+        course_name(&db).await.is_none(),
+        "no course object, no name"
+    );
 
+    // The source now sends the course object (API 2.0's course shape) with each result.
+    for review in mock.reviews.lock().unwrap().iter_mut() {
+        review["course"] = json!({"_class": "course", "id": COURSE, "title": "Kafka Streams in Depth",
+                                  "url": "/course/kafka-streams/"});
+    }
     let before = row_versions(&db).await;
     let again = import(&url, &mock, COURSE).await;
     assert!(again.success);
@@ -286,7 +315,22 @@ async fn a_course_is_imported_last_page_first_and_again_without_writes() {
     assert_eq!(
         row_versions(&db).await,
         before,
-        "a re-import writes nothing"
+        "a re-import writes no review"
+    );
+    assert!(
+        again.stdout.contains("titled \"Kafka Streams in Depth\""),
+        "{}",
+        again.stdout
+    );
+    let origin = mock.base.trim_end_matches("/api-2.0");
+    let named = course_name(&db).await;
+    assert_eq!(
+        named.as_ref().map(|(t, u, _)| (t.as_str(), u.as_deref())),
+        Some((
+            "Kafka Streams in Depth",
+            Some(format!("{origin}/course/kafka-streams/").as_str())
+        )),
+        "the relative URL is resolved against --url"
     );
 
     // The source edits one review and lists a broken one: one update, one skip, no more.
@@ -308,6 +352,11 @@ async fn a_course_is_imported_last_page_first_and_again_without_writes() {
     assert!(
         edited.stderr.contains("9999999"),
         "the skipped review is named"
+    );
+    assert_eq!(
+        course_name(&db).await,
+        named,
+        "an unchanged name is no write"
     );
     let row = db
         .query_one(

@@ -20,6 +20,18 @@ pub struct ApiArgs {
     /// needs `Authorization: Bearer <token>`; reads stay open. Never logged.
     #[arg(long, env = "API_TOKEN", hide_env_values = true, value_parser = TokenParser)]
     pub api_token: Option<ApiToken>,
+
+    /// Origins (scheme://host[:port], comma-separated, or `*` for any) whose pages may read
+    /// the API from the browser: the figures, the event stream, the pages (CORS, GET and
+    /// HEAD only). Without it, only pages served by this server may.
+    #[arg(
+        long = "cors-origin",
+        env = "API_CORS_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ',',
+        value_parser = super::cache::parse_origin
+    )]
+    pub cors_origins: Vec<String>,
 }
 
 /// Parses the API token without echoing it: clap's own error for a bad value would print it.

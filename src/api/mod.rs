@@ -6,6 +6,7 @@
 
 mod args;
 mod auth;
+mod cache;
 mod error;
 mod events;
 mod history;
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use args::ApiArgs;
 pub use auth::ApiToken;
+pub use cache::Cors;
 pub use error::ApiError;
 pub use events::CourseEvents;
 
@@ -98,6 +100,8 @@ pub struct AppState {
     pub pool: Pool,
     /// The `course_stats` listener behind GET /courses/{id}/events.
     pub events: CourseEvents,
+    /// Which other origins' pages may read the API.
+    pub cors: Cors,
 }
 
 impl AppState {
@@ -106,7 +110,14 @@ impl AppState {
         AppState {
             pool,
             events: CourseEvents::new(database_url),
+            cors: Cors::None,
         }
+    }
+
+    /// The same, readable from the pages of the `origins` (see [`Cors::from_origins`]).
+    pub fn with_cors(mut self, origins: &[String]) -> Self {
+        self.cors = Cors::from_origins(origins);
+        self
     }
 }
 
@@ -122,6 +133,7 @@ pub fn router(state: AppState) -> Router {
 /// ([`MODERATION_ROUTES`]), which take the token as Bearer or Basic for every method.
 pub fn router_with_token(state: AppState, token: Option<ApiToken>) -> Router {
     let registry = crate::registry::LocalRegistry::new(state.pool.clone());
+    let cors = state.cors.layer();
     let mut ours = Router::new();
     for (method, path) in ROUTES {
         let mut route = handler(method, path);
@@ -155,6 +167,10 @@ pub fn router_with_token(state: AppState, token: Option<ApiToken>) -> Router {
             guard(auth::Dialect::Registry),
             auth::require_token,
         ));
+    }
+    // Outside the token's guard, so a preflight (OPTIONS, never a write) is answered by it.
+    if let Some(cors) = cors {
+        ours = ours.layer(cors);
     }
     ours.merge(registry)
 }

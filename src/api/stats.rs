@@ -1,23 +1,31 @@
-//! GET /courses/{id}/stats (what the stats sink wrote) and GET /healthz.
+//! GET /courses/{id}/stats (what the stats sink wrote, and the course's name) and GET /healthz.
 //! The event stream and the course page read the same row through [`read_stats`].
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{ApiError, AppState};
+use super::{cache, ApiError, AppState};
 
-/// The course_stats row as JSON; its columns are the contract of DESIGN.md.
+/// The course_stats row as JSON; its columns are the contract of DESIGN.md. Cached briefly
+/// (see [`cache::FIGURES`]), so a website may call it on every page view.
 pub async fn course_stats(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    request: HeaderMap,
+) -> Result<Response, ApiError> {
     let id = course_id(&id)?;
-    read_stats(&state.pool, id)
+    let row = read_stats(&state.pool, id)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no statistics for course {id} yet")))
+        .ok_or_else(|| ApiError::not_found(format!("no statistics for course {id} yet")))?;
+    Ok(cache::cached(
+        &request,
+        "application/json",
+        cache::FIGURES,
+        row.to_string(),
+    ))
 }
 
 /// The path's course id.
@@ -26,7 +34,9 @@ pub fn course_id(id: &str) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::bad_request("id must be an integer", Some("id".into())))
 }
 
-/// The course's course_stats row as JSON (the body of GET /courses/{id}/stats), if it has one.
+/// The course's course_stats row as JSON (the body of GET /courses/{id}/stats), with its
+/// `title` and `url` from reviewflow_catalog.courses (null when it has none there), if it has
+/// a row.
 pub async fn read_stats(
     pool: &deadpool_postgres::Pool,
     id: i64,
@@ -34,7 +44,10 @@ pub async fn read_stats(
     let client = pool.get().await?;
     let row = client
         .query_opt(
-            "SELECT to_jsonb(s) FROM course_stats s WHERE course_id = $1",
+            // The name is not a figure: a course without a row in courses has null ones.
+            "SELECT to_jsonb(s) || jsonb_build_object('title', c.title, 'url', c.url)
+             FROM course_stats s LEFT JOIN reviewflow_catalog.courses c ON c.id = s.course_id
+             WHERE s.course_id = $1",
             &[&id],
         )
         .await?;

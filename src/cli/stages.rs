@@ -100,7 +100,8 @@ impl Stage {
         match self {
             Stage::Api(args) => {
                 let pool = db::pool(&settings.database_url, 16)?;
-                let state = api::AppState::new(pool, &settings.database_url);
+                let state =
+                    api::AppState::new(pool, &settings.database_url).with_cors(&args.cors_origins);
                 api::serve(args.listen, state, args.api_token, shutdown).await
             }
             Stage::Cdc(config) => {

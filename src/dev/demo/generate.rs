@@ -52,6 +52,19 @@ impl Rng {
     }
 }
 
+/// A plausible title for demo course `id` (1-based): a pure function of the id, so every run
+/// names the courses alike; past the formats × topics distinct ones, a part number follows.
+pub fn course_title(id: i64) -> String {
+    let n = (id.max(1) - 1) as usize;
+    let topic = TOPICS[n % TOPICS.len()];
+    let format = COURSE_FORMATS[(n / TOPICS.len()) % COURSE_FORMATS.len()];
+    let title = format.replace("{}", topic);
+    match n / (TOPICS.len() * COURSE_FORMATS.len()) {
+        0 => title,
+        part => format!("{title}, part {}", part + 1),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewReview {
     pub course_id: i64,
@@ -200,6 +213,14 @@ fn titles(rating: Rating) -> &'static [&'static str] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_courses_have_distinct_titles() {
+        let titles: std::collections::HashSet<String> = (1..=50).map(course_title).collect();
+        assert_eq!(titles.len(), 50);
+        assert_eq!(course_title(1), "Rust for Beginners");
+        assert_eq!(course_title(51), "Rust for Beginners, part 2");
+    }
 
     fn run(seed: u64, n: usize) -> Vec<Change> {
         let mut g = Generator::new(seed, 50);

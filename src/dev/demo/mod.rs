@@ -19,11 +19,13 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Result;
 
 pub use args::DemoConfig;
-pub use generate::{Change, Generator, NewReview, Rng};
+pub use generate::{course_title, Change, Generator, NewReview, Rng};
 
 /// How often changes are written: small enough that the rate looks steady.
 const TICK: Duration = Duration::from_millis(100);
 const REPORT_EVERY: Duration = Duration::from_secs(10);
+/// The most courses the demo names, so a huge --courses does not write a huge table.
+const NAMED_COURSES: i64 = 10_000;
 
 /// Changes written, by kind.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +55,7 @@ pub async fn run(
         courses = config.courses,
         "demo writing reviews (repeat this run with --seed {seed})"
     );
+    name_courses(db, config.courses).await?;
     let mut generator = Generator::new(seed, config.courses);
     let mut live: Vec<i64> = Vec::new();
     let (mut all, mut since_report) = (Counts::default(), Counts::default());
@@ -97,6 +100,21 @@ pub async fn run(
         }
     }
     Ok(all)
+}
+
+/// Titles for courses 1..=`courses` (the first [`NAMED_COURSES`]; any beyond are shown as
+/// "Course <id>") in reviewflow_catalog.courses; a course named already (by an import, or a
+/// website) keeps its name.
+async fn name_courses(db: &Client, courses: i64) -> Result<()> {
+    let ids: Vec<i64> = (1..=courses.min(NAMED_COURSES)).collect();
+    let titles: Vec<String> = ids.iter().map(|id| course_title(*id)).collect();
+    db.execute(
+        "INSERT INTO reviewflow_catalog.courses (id, title)
+         SELECT * FROM unnest($1::bigint[], $2::text[]) ON CONFLICT (id) DO NOTHING",
+        &[&ids, &titles],
+    )
+    .await?;
+    Ok(())
 }
 
 /// `count` changes in one transaction.

@@ -59,3 +59,27 @@ pub const SPAM: &[&str] = &[
     "Visit www.course-discounts.example.org/{n} for 90% off every course",
     "Great course! Contact me at tutor{n}@example.com for private lessons",
 ];
+
+/// Course titles are a format around a topic: with 10 of each, the default 50 courses all
+/// get distinct titles (see `generate::course_title`).
+pub const TOPICS: &[&str] = &[
+    "Rust",
+    "PostgreSQL",
+    "Apache Kafka",
+    "Python",
+    "Data Engineering",
+    "Web Accessibility",
+    "Linux Administration",
+    "Machine Learning",
+    "TypeScript",
+    "Distributed Systems",
+];
+
+/// `{}` is the topic.
+pub const COURSE_FORMATS: &[&str] = &[
+    "{} for Beginners",
+    "Advanced {}",
+    "{} in Practice",
+    "The Complete {} Bootcamp",
+    "{}: From Zero to Production",
+];

@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::secret::shown_url;
 
 pub use args::ImportConfig;
-pub use record::{convert, user_id, Imported, Skipped};
+pub use record::{convert, course_of, user_id, Course, Imported, Skipped};
 pub use resource::ReviewsResource;
 
 /// What an import did, as far as it got.
@@ -41,6 +41,8 @@ pub struct Summary {
     pub updated: u64,
     pub unchanged: u64,
     pub skipped: u64,
+    /// The course's title, when a result carried its course object.
+    pub title: Option<String>,
 }
 
 impl fmt::Display for Summary {
@@ -55,7 +57,15 @@ impl fmt::Display for Summary {
             self.updated,
             self.unchanged,
             self.skipped
-        )
+        )?;
+        match &self.title {
+            Some(title) => write!(f, "; titled {title:?}"),
+            None => write!(
+                f,
+                "; no course object, so no title (shown as \"Course {}\")",
+                self.course
+            ),
+        }
     }
 }
 
@@ -113,6 +123,9 @@ pub async fn import(
                 )
             });
         }
+        if summary.title.is_none() {
+            name_course(db, &resource, &answer.results, summary, &progress).await?;
+        }
         let reviews = valid_reviews(&answer.results, course, page, summary, &progress);
         let written = store::write_page(db, course, &reviews).await?;
         for (id, other) in &written.foreign {
@@ -133,6 +146,36 @@ pub async fn import(
         progress.inc(fetched);
     }
     progress.finish_and_clear();
+    Ok(())
+}
+
+/// Stores the course's title from the first result with a usable course object, if one has
+/// it (each result of the resource may carry it; the first page read suffices, the others
+/// are only looked at while none had one). A course object that cannot be stored is warned
+/// about and the import goes on: the course is then shown as "Course <id>".
+async fn name_course(
+    db: &Client,
+    resource: &ReviewsResource,
+    results: &[serde_json::Value],
+    summary: &mut Summary,
+    progress: &ProgressBar,
+) -> Result<()> {
+    let course = summary.course;
+    for result in results {
+        match course_of(result, course, resource.base()) {
+            None => continue,
+            Some(Err(reason)) => {
+                progress
+                    .suspend(|| tracing::warn!(course, %reason, "the course object is left out"));
+            }
+            Some(Ok(named)) => {
+                let wrote = store::write_course(db, course, &named).await?;
+                progress.suspend(|| tracing::info!(course, title = %named.title, changed = wrote, "course named"));
+                summary.title = Some(named.title);
+                return Ok(());
+            }
+        }
+    }
     Ok(())
 }
 

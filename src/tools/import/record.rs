@@ -25,6 +25,59 @@ pub struct Skipped {
     pub reason: String,
 }
 
+/// What a course is called at the source: the course object of the API 2.0 shape
+/// (`{"id", "title", "url"}`), which a review result carries when the server was asked for it
+/// (fields[course_review]) or sends it anyway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Course {
+    pub title: String,
+    /// Absolute: the API gives a path (`/course/rust/`), resolved against the import's URL.
+    pub url: Option<String>,
+}
+
+/// The longest title and URL reviewflow_catalog.courses takes (migration V10).
+const MAX_COURSE_TITLE_CHARS: usize = 500;
+const MAX_COURSE_URL_CHARS: usize = 2000;
+
+/// The course object of `result` when it is of `course` and has a usable title; why not
+/// when it has one that cannot be stored. None when there is none.
+pub fn course_of(
+    result: &Value,
+    course: i64,
+    base: &reqwest::Url,
+) -> Option<Result<Course, String>> {
+    let object = result.get("course")?;
+    if object.get("id").and_then(Value::as_i64) != Some(course) {
+        return None;
+    }
+    let title = match object.get("title") {
+        Some(Value::String(t)) if !t.trim().is_empty() => t.trim(),
+        None | Some(Value::Null) => return None,
+        Some(other) => {
+            return Some(Err(format!(
+                "the course's title must be a non-empty string, not {}",
+                shown(Some(other))
+            )))
+        }
+    };
+    if title.chars().count() > MAX_COURSE_TITLE_CHARS || title.contains('\0') {
+        return Some(Err(format!(
+            "the course's title must be at most {MAX_COURSE_TITLE_CHARS} characters, without NUL"
+        )));
+    }
+    let url = object
+        .get("url")
+        .and_then(Value::as_str)
+        .and_then(|u| base.join(u.trim()).ok())
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .map(String::from)
+        .filter(|u| u.chars().count() <= MAX_COURSE_URL_CHARS);
+    Some(Ok(Course {
+        title: title.to_string(),
+        url,
+    }))
+}
+
 /// `course` is the course asked for; `now` bounds created_at like the API does.
 pub fn convert(result: &Value, course: i64, now: DateTime<Utc>) -> Result<Imported, Skipped> {
     let id = result
@@ -202,6 +255,28 @@ mod tests {
         let mut no_created = good();
         no_created.as_object_mut().unwrap().remove("created");
         assert!(convert(&no_created, 7, now()).is_err());
+    }
+
+    #[test]
+    fn the_course_object_names_the_course() {
+        let base = reqwest::Url::parse("https://www.udemy.com/api-2.0/").unwrap();
+        let mut result = good();
+        result["course"] =
+            json!({"_class": "course", "id": 7, "title": " Rust ", "url": "/course/rust/"});
+        assert_eq!(
+            course_of(&result, 7, &base),
+            Some(Ok(Course {
+                title: "Rust".into(),
+                url: Some("https://www.udemy.com/course/rust/".into())
+            }))
+        );
+        assert_eq!(course_of(&result, 8, &base), None, "another course's");
+        result["course"]["url"] = json!("javascript:alert(1)");
+        assert_eq!(course_of(&result, 7, &base).unwrap().unwrap().url, None);
+        result["course"]["title"] = json!(12);
+        assert!(course_of(&result, 7, &base).unwrap().is_err());
+        result.as_object_mut().unwrap().remove("course");
+        assert_eq!(course_of(&result, 7, &base), None, "no course object");
     }
 
     #[test]

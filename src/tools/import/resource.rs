@@ -84,6 +84,11 @@ impl ReviewsResource {
         })
     }
 
+    /// The API's base URL, against which the paths it answers are resolved.
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
     pub fn url(&self, page: u64, page_size: u64) -> Url {
         let mut url = self.base.clone();
         url.path_segments_mut()

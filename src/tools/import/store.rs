@@ -7,7 +7,7 @@
 
 use tokio_postgres::Client;
 
-use super::record::Imported;
+use super::record::{Course, Imported};
 use crate::error::Result;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -84,4 +84,19 @@ pub async fn write_page(db: &mut Client, course: i64, reviews: &[Imported]) -> R
         unchanged: mine.len() as u64 - inserted - updated,
         foreign,
     })
+}
+
+/// Names the course in reviewflow_catalog.courses; a title and URL already stored as they
+/// are is no write. Returns whether it wrote.
+pub async fn write_course(db: &Client, course: i64, named: &Course) -> Result<bool> {
+    let written = db
+        .execute(
+            "INSERT INTO reviewflow_catalog.courses AS c (id, title, url) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET title = excluded.title, url = excluded.url,
+                                            updated_at = now()
+             WHERE (c.title, c.url) IS DISTINCT FROM (excluded.title, excluded.url)",
+            &[&course, &named.title, &named.url],
+        )
+        .await?;
+    Ok(written > 0)
 }

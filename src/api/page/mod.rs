@@ -1,16 +1,26 @@
-//! GET /courses/{id}: a course's page, and GET /courses: the index of courses. Plain,
-//! self-contained HTML (no external assets); the course page keeps itself current through
-//! GET /courses/{id}/events. Every value put in the HTML is escaped.
+//! GET /courses/{id}: a course's page, and GET /courses: the index of courses ([`index`]).
+//! Plain, self-contained HTML (no external assets); the course page keeps itself current
+//! through GET /courses/{id}/events (course.js). Its chart ([`chart`]) and its list of
+//! reviews ([`reviews`]) are parts of their own. Every value put in the HTML is escaped.
 
-use axum::extract::{Path, State};
+mod chart;
+mod index;
+mod reviews;
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Response};
 use serde_json::Value;
 
 use super::stats::{course_id, read_stats};
-use super::{ApiError, AppState};
+use super::{cache, ApiError, AppState};
 
-/// How many courses the index lists, most reviewed first.
-pub const INDEX_LIMIT: i64 = 100;
+pub use index::index;
+
+/// The content type of every page.
+const HTML: &str = "text/html; charset=utf-8";
 
 /// An error answered as a page: the status of the [`ApiError`] it comes from, its message.
 pub struct PageError(ApiError);
@@ -49,11 +59,39 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+// Narrow screens: nothing is wider than the body (the chart scales, long words wrap), so a
+// 375 px phone scrolls only vertically.
 const STYLE: &str =
-    "body{font-family:sans-serif;max-width:42em;margin:2em auto;padding:0 1em;color:#222}
+    "body{font-family:sans-serif;max-width:42em;margin:2em auto;padding:0 1em;color:#222;overflow-wrap:anywhere}
 table{border-collapse:collapse}td,th{padding:.2em .6em;text-align:left}
-.bar{background:#e8a317;height:1em;display:inline-block;vertical-align:middle}
-.figures td:first-child{color:#555}";
+.bar{background:#e8a317;height:1em;display:inline-block;vertical-align:middle;max-width:100%}
+.figures td:first-child{color:#555}
+figure{margin:0}svg{width:100%;height:auto;display:block}
+svg text{font-size:13px;fill:#222}svg .axis{stroke:#555}
+svg rect.count{fill:#9cc3e6}svg polyline.average{fill:none;stroke:#1a5a96;stroke-width:2}
+svg circle.average{fill:#1a5a96}
+.review{border-top:1px solid #ccc;padding:.2em 0}.review h3{margin:.4em 0 .2em;font-size:1em}
+.meta{color:#555;margin:.2em 0}
+form label{margin-right:.3em}form input,form select,form button{margin:.2em .6em .2em 0;max-width:100%}";
+
+/// What a course is called on the pages: its title, or "Course <id>" when it has none.
+pub fn name(id: i64, title: Option<&str>) -> String {
+    match title {
+        Some(t) if !t.trim().is_empty() => t.to_string(),
+        _ => format!("Course {id}"),
+    }
+}
+
+/// A link to the course elsewhere, only for an absolute http(s) URL (never `javascript:`).
+fn course_link(url: Option<&str>) -> String {
+    match url.and_then(|u| reqwest::Url::parse(u).ok()) {
+        Some(u) if matches!(u.scheme(), "http" | "https") => format!(
+            " · <a href=\"{}\">The course's own page</a>",
+            escape(u.as_str())
+        ),
+        _ => String::new(),
+    }
+}
 
 pub(super) fn document(title: &str, body: &str, script: &str) -> String {
     format!(
@@ -77,17 +115,34 @@ fn shown(v: &Value, decimals: usize) -> String {
     }
 }
 
-/// The course page: the figures as they are now, and a script that replaces them with those
-/// of each `stats` event.
+/// The course page: the figures as they are now, the chart of the last 90 days, a page of
+/// the latest valid reviews (`?page=`), and a script that keeps them current.
 pub async fn course(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Html<String>, PageError> {
+    Query(query): Query<HashMap<String, String>>,
+    request: HeaderMap,
+) -> Result<Response, PageError> {
     let id = course_id(&id)?;
+    let page = match query.get("page") {
+        None => 1,
+        Some(p) => p
+            .parse::<i64>()
+            .ok()
+            .filter(|p| (1..=reviews::MAX_PAGE).contains(p))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    format!("page must be an integer from 1 to {}", reviews::MAX_PAGE),
+                    Some("page".into()),
+                )
+            })?,
+    };
     let stats = read_stats(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("No statistics for course {id} yet.")))?;
-    let title = format!("Course {id}");
+    let days = chart::days(&state.pool, id).await?;
+    let (listed, more) = reviews::page(&state.pool, id, page).await?;
+    let title = name(id, stats["title"].as_str());
     let cell = |name: &str, decimals: usize| {
         format!(
             "<td id=\"{}\">{}</td>",
@@ -99,15 +154,16 @@ pub async fn course(
     for star in (0..=5).rev() {
         let field = format!("stars_{star}");
         bars.push_str(&format!(
-            "<tr><th>{star}★</th><td><span class=\"bar\" id=\"bar_{star}\"></span> \
+            "<tr><th scope=\"row\">{star}★</th><td><span class=\"bar\" id=\"bar_{star}\"></span> \
              <span id=\"{field}\">{}</span></td></tr>\n",
             escape(&shown(&stats[&field], 0))
         ));
     }
     let body = format!(
-        "<p><a href=\"/courses\">All courses</a></p>\n\
-         <h1 id=\"title\">{title}</h1>\n\
-         <p>Course id <span id=\"course_id\">{id}</span></p>\n\
+        "<div id=\"course\" data-course=\"{id}\">\n\
+         <p><a href=\"/courses\">All courses</a></p>\n\
+         <h1 id=\"title\">{heading}</h1>\n\
+         <p>Course id <span id=\"course_id\">{id}</span>{link}</p>\n\
          <table class=\"figures\">\n\
          <tr><td>Average rating</td>{avg}</tr>\n\
          <tr><td>Reviews</td>{count}</tr>\n\
@@ -116,14 +172,19 @@ pub async fn course(
          <tr><td>Last review</td>{last}</tr>\n\
          <tr><td>Updated</td>{updated}</tr>\n\
          </table>\n<h2>Stars</h2>\n<table id=\"histogram\">\n{bars}</table>\n\
-         <p id=\"live\">connecting…</p>",
-        title = escape(&title),
+         <section id=\"chart\">\n{chart}\n</section>\n\
+         <section id=\"reviews\">\n{list}</section>\n\
+         <p id=\"live\" role=\"status\">connecting…</p>\n</div>",
+        heading = escape(&title),
+        link = course_link(stats["url"].as_str()),
         avg = cell("rating_avg", 2),
         count = cell("review_count", 0),
         ravg = cell("recent_rating_avg", 2),
         rcount = cell("recent_review_count", 0),
         last = cell("last_review_at", 0),
         updated = cell("updated_at", 0),
+        chart = chart::html(&days),
+        list = reviews::html(&listed, page, more),
     );
     // The row for the script, safe inside <script>: no `<`, `>` or `&` left to end it.
     let initial = stats
@@ -132,75 +193,15 @@ pub async fn course(
         .replace('>', "\\u003e")
         .replace('&', "\\u0026");
     let script = format!(
-        "<script type=\"application/json\" id=\"initial\">{initial}</script>\n{}",
-        script(id)
+        "<script type=\"application/json\" id=\"initial\">{initial}</script>\n<script>\n{}</script>\n",
+        include_str!("course.js")
     );
-    Ok(Html(document(&title, &body, &script)))
-}
-
-/// Sets the figures (by element id) from a course_stats row, draws the bars, and listens.
-fn script(id: i64) -> String {
-    format!(
-        r#"<script>
-(function () {{
-  function shown(v, d) {{
-    if (v === null || v === undefined) return "–";
-    var n = Number(v);
-    return typeof v === "number" || (v !== "" && !isNaN(n)) ? n.toFixed(d) : String(v);
-  }}
-  function set(s) {{
-    [["rating_avg", 2], ["review_count", 0], ["recent_rating_avg", 2], ["recent_review_count", 0],
-     ["last_review_at", 0], ["updated_at", 0]].forEach(function (f) {{
-      document.getElementById(f[0]).textContent = shown(s[f[0]], f[1]);
-    }});
-    var most = 0;
-    for (var i = 0; i <= 5; i++) most = Math.max(most, Number(s["stars_" + i]) || 0);
-    for (var j = 0; j <= 5; j++) {{
-      var n = Number(s["stars_" + j]) || 0;
-      document.getElementById("stars_" + j).textContent = n;
-      document.getElementById("bar_" + j).style.width = (most ? 15 * n / most : 0) + "em";
-    }}
-  }}
-  set(JSON.parse(document.getElementById("initial").textContent));
-  var live = document.getElementById("live");
-  var events = new EventSource("/courses/{id}/events");
-  events.addEventListener("stats", function (e) {{ set(JSON.parse(e.data)); live.textContent = "live"; }});
-  events.addEventListener("missing", function () {{ live.textContent = "no statistics any more"; }});
-  events.onerror = function () {{ live.textContent = "reconnecting…"; }};
-}})();
-</script>
-"#
-    )
-}
-
-/// The index: courses with statistics, most reviewed first.
-pub async fn index(State(state): State<AppState>) -> Result<Html<String>, PageError> {
-    let client = state.pool.get().await.map_err(ApiError::from)?;
-    let rows = client
-        .query(
-            "SELECT course_id, review_count, rating_avg::float8 FROM course_stats
-             ORDER BY review_count DESC, course_id LIMIT $1",
-            &[&INDEX_LIMIT],
-        )
-        .await
-        .map_err(ApiError::from)?;
-    let mut list = String::new();
-    for row in &rows {
-        let (id, count, avg): (i64, i64, Option<f64>) = (row.get(0), row.get(1), row.get(2));
-        let avg = avg.map_or("–".to_string(), |a| format!("{a:.2}"));
-        list.push_str(&format!(
-            "<tr><td><a href=\"/courses/{id}\">Course {id}</a></td><td>{count}</td><td>{}</td></tr>\n",
-            escape(&avg)
-        ));
-    }
-    let body = if rows.is_empty() {
-        "<h1>Courses</h1>\n<p>No course has statistics yet.</p>".to_string()
-    } else {
-        format!(
-            "<h1>Courses</h1>\n<table>\n<tr><th>Course</th><th>Reviews</th><th>Average</th></tr>\n{list}</table>"
-        )
-    };
-    Ok(Html(document("Courses", &body, "")))
+    Ok(cache::cached(
+        &request,
+        HTML,
+        cache::PAGE,
+        document(&title, &body, &script),
+    ))
 }
 
 #[cfg(test)]
