@@ -380,6 +380,13 @@ async fn prometheus_scrapes_run_and_alerts_when_cdc_stops() {
     common::wait_healthy(&base, 120).await;
     let prom = Prometheus::start(&dir, &address);
     p.wait_for_snapshot().await;
+    // Written once Prometheus has scraped: it must see the counters and the latency move.
+    common::eventually("prometheus scraped run", 60, || async {
+        let ready = prom.http.get(format!("{}/-/ready", prom.base)).send().await;
+        ready.is_ok_and(|r| r.status().is_success())
+            && prom.finite_samples("up{job=\"reviewflow\"} == 1").await > 0
+    })
+    .await;
     let db = p.db().await;
     db.batch_execute(
         "INSERT INTO reviews (course_id, user_id, rating, content)
@@ -389,11 +396,6 @@ async fn prometheus_scrapes_run_and_alerts_when_cdc_stops() {
     .unwrap();
     p.wait_until_caught_up().await;
     p.assert_exact().await;
-    common::eventually("prometheus is ready", 30, || async {
-        let ready = prom.http.get(format!("{}/-/ready", prom.base)).send().await;
-        ready.is_ok_and(|r| r.status().is_success())
-    })
-    .await;
 
     // Every selector of the rules (as Prometheus loaded them) and of the dashboard matches a
     // series. The consumer lag is computed every 10 s, and recorded series need an evaluation.
