@@ -9,6 +9,7 @@ mod auth;
 mod error;
 mod events;
 mod page;
+pub mod pipeline;
 mod reviews;
 mod stats;
 
@@ -28,6 +29,7 @@ pub use auth::ApiToken;
 pub use error::ApiError;
 pub use events::CourseEvents;
 
+use crate::config::KafkaSettings;
 use crate::error::{Error, Result};
 
 /// Requests larger than this get 413 before any parsing.
@@ -48,6 +50,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/courses/{id}/events"),
     ("GET", "/courses/{id}"),
     ("GET", "/courses"),
+    ("GET", "/pipeline"),
+    ("GET", "/pipeline.json"),
 ];
 
 fn handler(method: &str, path: &str) -> MethodRouter<AppState> {
@@ -61,6 +65,8 @@ fn handler(method: &str, path: &str) -> MethodRouter<AppState> {
         ("GET", "/courses/{id}/events") => get(events::course_events),
         ("GET", "/courses/{id}") => get(page::course),
         ("GET", "/courses") => get(page::index),
+        ("GET", "/pipeline") => get(pipeline::html),
+        ("GET", "/pipeline.json") => get(pipeline::json),
         _ => unreachable!("ROUTES lists {method} {path}, which has no handler"),
     }
 }
@@ -79,6 +85,8 @@ pub struct AppState {
     pub pool: Pool,
     /// The `course_stats` listener behind GET /courses/{id}/events.
     pub events: CourseEvents,
+    /// What GET /pipeline watches; nothing until [`AppState::watching`] names it.
+    pub pipeline: pipeline::Watch,
 }
 
 impl AppState {
@@ -87,6 +95,15 @@ impl AppState {
         AppState {
             pool,
             events: CourseEvents::new(database_url),
+            pipeline: pipeline::Watch::default(),
+        }
+    }
+
+    /// The pipeline GET /pipeline shows: its slot and topics, through `kafka`.
+    pub fn watching(self, place: crate::tools::status::Place, kafka: KafkaSettings) -> Self {
+        AppState {
+            pipeline: pipeline::Watch::new(place, kafka),
+            ..self
         }
     }
 }

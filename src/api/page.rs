@@ -55,7 +55,7 @@ table{border-collapse:collapse}td,th{padding:.2em .6em;text-align:left}
 .bar{background:#e8a317;height:1em;display:inline-block;vertical-align:middle}
 .figures td:first-child{color:#555}";
 
-fn document(title: &str, body: &str, script: &str) -> String {
+pub(crate) fn document(title: &str, body: &str, script: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<main>\n{body}\n</main>\n{script}</body>\n</html>\n",
