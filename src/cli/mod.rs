@@ -248,7 +248,7 @@ mod tests {
     fn the_api_token_is_not_printed_with_the_arguments() {
         let cli =
             Cli::try_parse_from(["reviewflow", "api", "--api-token", "hunter2-s3cret"]).unwrap();
-        let Command::Api { api } = &cli.command else {
+        let Command::Api { api, .. } = &cli.command else {
             panic!("parsed as {:?}", cli.command);
         };
         assert!(api.api_token.is_some());
