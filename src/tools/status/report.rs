@@ -392,7 +392,7 @@ fn dead_letters(
             break;
         }
     }
-    letters.sort_by(|a, b| b.at.cmp(&a.at));
+    letters.sort_by_key(|l| std::cmp::Reverse(l.at));
     letters.truncate(LATEST_DEAD_LETTERS);
     report.latest = letters;
     Ok(report)
