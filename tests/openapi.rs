@@ -343,6 +343,18 @@ async fn every_operation_answers_as_documented(s: &mut Server) {
     assert_eq!(status, StatusCode::OK);
 
     moderation_answers_as_documented(s, id).await;
+    // The pipeline page, and its JSON from an API told of no pipeline (tests/pipeline_page.rs
+    // reads a real one): still 200, the cause named.
+    let (status, _) = s.call(Method::GET, "/pipeline", "/pipeline", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, view) = s
+        .call(Method::GET, "/pipeline.json", "/pipeline.json", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        view["unknown"][0].as_str().unwrap().contains("not told"),
+        "{view}"
+    );
 
     let (status, health) = s.call(Method::GET, "/healthz", "/healthz", None).await;
     assert_eq!(

@@ -239,6 +239,25 @@ async fn a_refused_setting_inside_run_stops_cdc_alone_and_healthz_names_the_fix(
         json!("stopped")
     );
 
+    // The pipeline page of `run` shows each stage's health as /healthz does: the same table.
+    let view: Value = reqwest::get(format!("{base}/pipeline.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["process"]["runs_stages"], json!(true), "{view}");
+    let health = healthz(&base).await.1;
+    for stage in ["cdc", "fraud", "verdicts", "stats"] {
+        let shown = view["process"]["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == stage)
+            .unwrap_or_else(|| panic!("{stage} in {view}"));
+        assert_eq!(shown["health"], health["stages"][stage], "{stage}: {view}");
+    }
+
     // `status`, another process, shows the same, asked of the run's API.
     let shown = p
         .command("status")

@@ -12,6 +12,7 @@ mod events;
 mod history;
 mod moderation;
 mod page;
+pub mod pipeline;
 mod reviews;
 mod stats;
 
@@ -32,6 +33,7 @@ pub use cache::Cors;
 pub use error::ApiError;
 pub use events::CourseEvents;
 
+use crate::config::KafkaSettings;
 use crate::error::{Error, Result};
 
 /// Requests larger than this get 413 before any parsing.
@@ -56,6 +58,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/reviews/{id}/history"),
     ("GET", "/reviews/{id}/verdicts"),
     ("POST", "/reviews/{id}/moderation"),
+    ("GET", "/pipeline"),
+    ("GET", "/pipeline.json"),
 ];
 
 /// The moderation view's paths (among [`ROUTES`]): it shows spam, so with a token configured
@@ -82,6 +86,8 @@ fn handler(method: &str, path: &str) -> MethodRouter<AppState> {
         ("GET", "/reviews/{id}/history") => get(history::page),
         ("GET", "/reviews/{id}/verdicts") => get(history::verdicts),
         ("POST", "/reviews/{id}/moderation") => post(moderation::decide),
+        ("GET", "/pipeline") => get(pipeline::html),
+        ("GET", "/pipeline.json") => get(pipeline::json),
         _ => unreachable!("ROUTES lists {method} {path}, which has no handler"),
     }
 }
@@ -102,6 +108,8 @@ pub struct AppState {
     pub events: CourseEvents,
     /// Which other origins' pages may read the API.
     pub cors: Cors,
+    /// What GET /pipeline watches; nothing until [`AppState::watching`] names it.
+    pub pipeline: pipeline::Watch,
 }
 
 impl AppState {
@@ -111,6 +119,15 @@ impl AppState {
             pool,
             events: CourseEvents::new(database_url),
             cors: Cors::None,
+            pipeline: pipeline::Watch::default(),
+        }
+    }
+
+    /// The pipeline GET /pipeline shows: its slot and topics, through `kafka`.
+    pub fn watching(self, place: crate::tools::status::Place, kafka: KafkaSettings) -> Self {
+        AppState {
+            pipeline: pipeline::Watch::new(place, kafka),
+            ..self
         }
     }
 

@@ -27,11 +27,10 @@ use crate::config::{Connections, MetricsSettings, TopicSettings, WorkerSettings}
 use crate::dev::demo::DemoConfig;
 use crate::error::Result;
 use crate::sink::{StatsConfig, VerdictsConfig};
-use crate::source::args::{DEFAULT_PUBLICATION, DEFAULT_SLOT};
 use crate::source::CdcConfig;
 use crate::stack::StackConfig;
 use crate::tools::import::ImportConfig;
-use crate::transform::args::DEFAULT_GROUP;
+use crate::tools::status::report::Watched;
 use crate::transform::FraudConfig;
 
 pub use stack::StackAction;
@@ -93,10 +92,13 @@ pub enum Command {
         #[command(flatten)]
         verdicts: VerdictsConfig,
     },
-    /// The REST API: POST /reviews, GET /courses/{id}/stats, GET /healthz.
+    /// The REST API: POST /reviews, GET /courses/{id}/stats, GET /healthz, the pages.
     Api {
         #[command(flatten)]
         api: ApiArgs,
+        /// The pipeline its GET /pipeline page shows.
+        #[command(flatten)]
+        watched: Watched,
     },
     /// Stream changes of `reviews` from the replication slot into Kafka.
     Cdc {
@@ -127,22 +129,11 @@ pub enum Command {
     },
     /// Replication slot, lag, worker positions, and the state of `run`'s stages.
     Status {
-        /// The slot to report on.
-        #[arg(long, env = "REVIEWFLOW_SLOT", default_value = DEFAULT_SLOT)]
-        slot: String,
-        /// The publication the slot streams.
-        #[arg(long, env = "REVIEWFLOW_PUBLICATION", default_value = DEFAULT_PUBLICATION)]
-        publication: String,
+        #[command(flatten)]
+        watched: Watched,
         /// Also show up to this many pending changes (without consuming them).
         #[arg(long, default_value_t = 0)]
         peek: i32,
-        /// The fraud workers' consumer group, whose committed offsets are its position.
-        #[arg(
-            long = "fraud-group",
-            env = "REVIEWFLOW_FRAUD_GROUP",
-            default_value = DEFAULT_GROUP
-        )]
-        fraud_group: String,
         /// The API of a `reviewflow run`, asked (GET /healthz) for the state of each stage
         /// it runs: the states live in that process, which alone knows them now.
         #[arg(
@@ -220,7 +211,7 @@ impl Cli {
                 stats,
                 verdicts,
             } => supervise::run(&cx, Stage::pipeline(api, cdc, fraud, stats, verdicts)).await,
-            Command::Api { api } => stages::run(&cx, vec![Stage::Api(api)]).await,
+            Command::Api { api, watched } => stages::run(&cx, vec![Stage::Api(api, watched)]).await,
             Command::Cdc { cdc } => stages::run(&cx, vec![Stage::Cdc(cdc)]).await,
             Command::Fraud { fraud } => stages::run(&cx, vec![Stage::Fraud(fraud)]).await,
             Command::Verdicts { verdicts } => {
@@ -230,20 +221,12 @@ impl Cli {
             Command::Migrate => tools::migrate(&cx).await,
             Command::Stack { action } => stack::execute(action, &cx.stack).await,
             Command::Status {
-                slot,
-                publication,
+                watched,
                 peek,
-                fraud_group,
                 api_url,
             } => {
-                let place = crate::tools::status::Place {
-                    topics: &cx.topics,
-                    slot: &slot,
-                    publication: &publication,
-                    fraud_group: &fraud_group,
-                    api_url: &api_url,
-                };
-                tools::status(&cx, &place, peek).await
+                let place = watched.place(cx.topics.clone());
+                tools::status(&cx, &place, &api_url, peek).await
             }
             Command::Verify => tools::verify(&cx).await,
             Command::Replay { from, fraud } => tools::replay(&cx, from, fraud).await,
@@ -265,7 +248,7 @@ mod tests {
     fn the_api_token_is_not_printed_with_the_arguments() {
         let cli =
             Cli::try_parse_from(["reviewflow", "api", "--api-token", "hunter2-s3cret"]).unwrap();
-        let Command::Api { api } = &cli.command else {
+        let Command::Api { api, .. } = &cli.command else {
             panic!("parsed as {:?}", cli.command);
         };
         assert!(api.api_token.is_some());

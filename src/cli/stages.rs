@@ -14,6 +14,7 @@ use crate::config::{DbRole, Deployment, Settings, TopicSettings, WorkerSettings}
 use crate::error::Result;
 use crate::sink::{StatsConfig, VerdictsConfig};
 use crate::source::CdcConfig;
+use crate::tools::status::report::Watched;
 use crate::transform::FraudConfig;
 use crate::{db, sink, source, transform};
 
@@ -22,8 +23,8 @@ use super::{connect, Context};
 /// One stage of the pipeline, with its own arguments.
 #[derive(Debug, Clone)]
 pub(super) enum Stage {
-    /// The REST API.
-    Api(ApiArgs),
+    /// The REST API, and the pipeline its GET /pipeline shows.
+    Api(ApiArgs, Watched),
     /// The CDC reader of `reviews`.
     Cdc(CdcConfig),
     /// The fraud stage: judges every review version.
@@ -49,8 +50,14 @@ impl Stage {
             cdc: cdc.clone(),
             topic: stats.topic.clone(),
         });
+        // The page of `run` shows the pipeline it runs.
+        let watched = Watched {
+            slot: cdc.slot.clone(),
+            publication: cdc.publication.clone(),
+            fraud_group: fraud.group.clone(),
+        };
         let mut stages = vec![
-            Stage::Api(api),
+            Stage::Api(api, watched),
             Stage::Cdc(cdc),
             Stage::Fraud(fraud),
             Stage::Verdicts(verdicts),
@@ -64,7 +71,7 @@ impl Stage {
     /// own restart loop reports under (`Cdc::stage`, the sinks' consumer names).
     pub(super) fn name(&self) -> &'static str {
         match self {
-            Stage::Api(_) => "api",
+            Stage::Api(..) => "api",
             Stage::Cdc(_) => "cdc",
             Stage::Fraud(_) => "fraud",
             Stage::Verdicts(_) => "verdicts",
@@ -76,13 +83,13 @@ impl Stage {
     /// The API is what `run` is reached through: without it nothing could even say that a
     /// stage stopped, so it is not supervised, and its failure ends `run`.
     pub(super) fn is_api(&self) -> bool {
-        matches!(self, Stage::Api(_))
+        matches!(self, Stage::Api(..))
     }
 
     /// As whom the stage connects to PostgreSQL.
     fn role(&self) -> DbRole {
         match self {
-            Stage::Api(_) => DbRole::Api,
+            Stage::Api(..) => DbRole::Api,
             Stage::Cdc(_) | Stage::CourseStats { .. } => DbRole::Cdc,
             Stage::Fraud(_) | Stage::Verdicts(_) | Stage::Stats(_) => DbRole::Worker,
         }
@@ -98,10 +105,11 @@ impl Stage {
         shutdown: CancellationToken,
     ) -> Result<()> {
         match self {
-            Stage::Api(args) => {
+            Stage::Api(args, watched) => {
                 let pool = db::pool(&settings.database_url, 16)?;
-                let state =
-                    api::AppState::new(pool, &settings.database_url).with_cors(&args.cors_origins);
+                let state = api::AppState::new(pool, &settings.database_url)
+                    .with_cors(&args.cors_origins)
+                    .watching(watched.place(topics), settings.kafka.clone());
                 api::serve(args.listen, state, args.api_token, shutdown).await
             }
             Stage::Cdc(config) => {

@@ -29,13 +29,14 @@ pub(super) async fn migrate(cx: &Context) -> Result<ExitCode> {
 
 pub(super) async fn status(
     cx: &Context,
-    place: &crate::tools::status::Place<'_>,
+    place: &crate::tools::status::Place,
+    api_url: &str,
     peek: i32,
 ) -> Result<ExitCode> {
     let settings = connect::prepare(cx, DbRole::Owner)
         .await?
         .settings(DbRole::Owner)?;
-    crate::tools::status::report(&settings, place, peek).await?;
+    crate::tools::status::report(&settings, place, api_url, peek).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -44,7 +44,7 @@ impl Server {
 
 /// What PostgreSQL says of the slot on the server reached (PostgreSQL 17's columns; false
 /// before it).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SlotFacts {
     /// Created to follow a failover (`FAILOVER true`).
     pub failover: bool,

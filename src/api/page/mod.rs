@@ -93,7 +93,7 @@ fn course_link(url: Option<&str>) -> String {
     }
 }
 
-pub(super) fn document(title: &str, body: &str, script: &str) -> String {
+pub(crate) fn document(title: &str, body: &str, script: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<main>\n{body}\n</main>\n{script}</body>\n</html>\n",
