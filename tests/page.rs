@@ -209,6 +209,16 @@ async fn the_course_page_follows_the_pipeline_live_in_a_browser() {
     for shot in &shots {
         assert!(shot.exists(), "{} was saved", shot.display());
     }
+    // The index, searched and sorted, passes the same checks.
+    let index = [
+        format!("{base}/courses"),
+        format!("{base}/courses?sort=title&q=course"),
+    ];
+    let mut script = Script::start("axe.js", &[&index[0], &index[1]]);
+    for url in &index {
+        assert_eq!(script.next_line(60).await, format!("ok {url}"));
+    }
+    script.finish().await;
 
     p.wait_until_caught_up().await;
     p.assert_exact().await;
