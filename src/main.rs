@@ -6,6 +6,8 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Before anything else: a SIGTERM from now on is a clean shutdown (src/shutdown.rs).
+    let _shutdown = reviewflow::shutdown::on_signals();
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()

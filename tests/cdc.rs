@@ -323,6 +323,9 @@ async fn a_crash_between_acknowledgement_and_confirm_loses_nothing_and_resends_k
     drop(cdc); // SIGKILL
     writer.await.unwrap();
     let cdc = p.spawn_cdc(None);
+    // The slot confirmed everything before this cdc started: wait for it to stream first, so
+    // the SIGTERM below meets a running stage, not a process still starting.
+    common::wait_until_slot_active(&p.url, &p.slot()).await;
     common::wait_until_slot_confirms_all(&p.url, &p.slot()).await;
     p.stop(cdc).await;
 

@@ -158,6 +158,22 @@ pub async fn consume_rows(
     out
 }
 
+/// Waits until a cdc streams from `slot` (the slot is active): one just started has then
+/// set up its shutdown handling and its session, so a SIGTERM stops it cleanly.
+pub async fn wait_until_slot_active(database_url: &str, slot: &str) {
+    let db = reviewflow::db::connect(database_url).await.unwrap();
+    eventually(&format!("slot {slot} is active"), 120, || async {
+        db.query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .is_some()
+    })
+    .await;
+}
+
 /// Waits until the slot has confirmed everything written so far (the reader caught up).
 pub async fn wait_until_slot_confirms_all(database_url: &str, slot: &str) {
     let db = reviewflow::db::connect(database_url).await.unwrap();
