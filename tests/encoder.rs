@@ -27,26 +27,36 @@ fn cells(row: &[Option<Vec<u8>>]) -> Vec<Cell<'_>> {
         .collect()
 }
 
+/// A table's columns as the catalog describes them, in table order.
+async fn columns(db: &tokio_postgres::Client, table: &str) -> Vec<ColumnType> {
+    db.query(
+        "SELECT attname::text, atttypid::int8, atttypmod, format_type(atttypid, atttypmod)
+         FROM pg_attribute
+         WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped
+         ORDER BY attnum",
+        &[&table],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| ColumnType {
+        name: r.get(0),
+        type_oid: r.get::<_, i64>(1) as u32,
+        type_modifier: r.get(2),
+        pg_type: r.get(3),
+    })
+    .collect()
+}
+
 #[tokio::test]
 async fn the_direct_encoder_writes_the_value_trees_bytes_for_every_hostile_value() {
     let url = common::fresh_database("encoder").await;
     let db = reviewflow::db::connect(&url).await.unwrap();
     // reviews' own columns and types, without a constraint, then the user columns.
-    let contract: Vec<(String, String)> = db
-        .query(
-            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
-             WHERE attrelid = 'reviews'::regclass AND attnum > 0 AND NOT attisdropped
-             ORDER BY attnum",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let contract = columns(&db, "reviews").await;
     let definitions: Vec<String> = contract
         .iter()
-        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .map(|c| (c.name.as_str(), c.pg_type.as_str()))
         .chain(COLUMNS.iter().map(|(n, t, _)| (*n, *t)))
         .map(|(n, t)| format!("{} {t}", quoted(n)))
         .collect();
@@ -80,24 +90,7 @@ async fn the_direct_encoder_writes_the_value_trees_bytes_for_every_hostile_value
             .await;
     }
 
-    let columns: Vec<ColumnType> = db
-        .query(
-            "SELECT attname::text, atttypid::int8, atttypmod, format_type(atttypid, atttypmod)
-             FROM pg_attribute
-             WHERE attrelid = 'hostile'::regclass AND attnum > 0 AND NOT attisdropped
-             ORDER BY attnum",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| ColumnType {
-            name: r.get(0),
-            type_oid: r.get::<_, i64>(1) as u32,
-            type_modifier: r.get(2),
-            pg_type: r.get(3),
-        })
-        .collect();
+    let columns = columns(&db, "hostile").await;
     let schema = RowSchema::new("public", "reviews", columns.clone()).unwrap();
 
     // The text forms, as the replication stream carries them (the pipeline's settings).
