@@ -94,6 +94,27 @@ async fn fraud(run: &mut Run, shutdown: &CancellationToken) -> Result<FraudFigur
     let secs = started.elapsed().as_secs_f64();
     let cpu_secs = run.stage("fraud")?.cpu_secs();
     let out = |o: &'static str| [("stage", "fraud"), ("output", o)];
+    // The snapshot's marks (a TRUNCATE and an end on every partition) pass to the valid
+    // changelog as they came, beside the changes judged.
+    let marks = 2 * ends.len() as u64;
+    // The offsets commit with the last transaction; its counters move once that commit has
+    // returned to the worker, a moment later (read at once, they came up one batch short).
+    let judged = records as u64 + marks;
+    wait_until(
+        run,
+        "fraud's counters reaching the changes it committed",
+        Duration::from_millis(50),
+        Duration::from_secs(30),
+        shutdown,
+        move |r| {
+            Box::pin(async move {
+                let valid = r.counter("fraud", EVENTS_OUT, &out("valid")).await?;
+                let flagged = r.counter("fraud", EVENTS_OUT, &out("fraud")).await?;
+                Ok((valid + flagged) as u64 >= judged)
+            })
+        },
+    )
+    .await?;
     let valid = run.counter("fraud", EVENTS_OUT, &out("valid")).await? as u64;
     let flagged = run.counter("fraud", EVENTS_OUT, &out("fraud")).await? as u64;
     let transactions = run
@@ -101,9 +122,6 @@ async fn fraud(run: &mut Run, shutdown: &CancellationToken) -> Result<FraudFigur
         .await? as u64;
     run.stop("fraud", "backlog").await?;
     bar.finish_and_clear();
-    // The snapshot's marks (a TRUNCATE and an end on every partition) pass to the valid
-    // changelog as they came, beside the changes judged.
-    let marks = 2 * ends.len() as u64;
     if valid + flagged != records as u64 + marks {
         return Err(Error::Command {
             what: "fraud".into(),
