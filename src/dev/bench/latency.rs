@@ -18,7 +18,7 @@ use crate::contract::notify::{self, Touched};
 use crate::error::{Error, Result};
 
 /// How long the tail waits for a notification before it calls the rest missing.
-const QUIET: Duration = Duration::from_secs(60);
+pub(super) const QUIET: Duration = Duration::from_secs(60);
 
 /// One offered rate's outcome.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -39,7 +39,7 @@ pub struct RatePoint {
 
 /// Notifications with the instant each arrived, stamped by the task that reads the socket.
 pub struct Listener {
-    notes: mpsc::UnboundedReceiver<(Instant, String)>,
+    pub(super) notes: mpsc::UnboundedReceiver<(Instant, String)>,
     _client: tokio_postgres::Client,
     taps: Option<Tap>,
 }

@@ -22,6 +22,7 @@ mod plot;
 mod probe;
 mod procs;
 mod report;
+mod website;
 mod workers;
 
 use std::collections::BTreeMap;
@@ -231,9 +232,10 @@ impl Run {
         report.fraud = Some(fraud);
         report.stats = Some(stats);
         check(shutdown)?;
-        let (saturation, latency) = pipeline::run(self, shutdown).await?;
+        let (saturation, latency, website) = pipeline::run(self, shutdown).await?;
         report.saturation = Some(saturation);
         report.latency = latency;
+        report.website = website;
         Ok(())
     }
 

@@ -51,6 +51,7 @@ impl Report {
         }
         self.md_saturation(&mut o);
         self.md_latency(&mut o);
+        self.md_website(&mut o);
         self.md_cdc(&mut o);
         self.md_workers(&mut o);
         self.md_memory(&mut o);
@@ -186,6 +187,44 @@ impl Report {
             "\n![p50, p95, p99 against the offered rate]({})",
             self.plot
         );
+    }
+
+    fn md_website(&self, o: &mut String) {
+        if self.website.is_empty() {
+            return;
+        }
+        let _ = writeln!(o, "\n## Latency under a website's load\n");
+        let _ = writeln!(
+            o,
+            "The load a review site makes: a background writer replays `reviewflow demo`'s mix \
+             (inserts, rating and content edits, deletes, about 3 % spam) open-loop at the offered \
+             rate on the bench's courses, while a probe commits one review per transaction every \
+             50 ms, each on a course of a private range nobody else writes. A probe is timed from \
+             its COMMIT returning until the stats worker's notification naming its course \
+             arrives (the same LISTEN clock as above). A probe the fraud model flagged has no \
+             latency and is counted as flagged; one neither visible within {} s nor flagged is \
+             counted as missing.\n",
+            super::super::latency::QUIET.as_secs()
+        );
+        let _ = writeln!(
+            o,
+            "| background offered | achieved | probes | flagged | missing | p50 | p95 | p99 | max |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        );
+        for p in &self.website {
+            let _ = writeln!(
+                o,
+                "| {}/s | {}/s | {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
+                thousands(p.offered as f64),
+                thousands(p.background_achieved),
+                p.samples,
+                p.flagged,
+                p.missing,
+                p.p50_ms,
+                p.p95_ms,
+                p.p99_ms,
+                p.max_ms
+            );
+        }
     }
 
     fn md_cdc(&self, o: &mut String) {

@@ -13,6 +13,7 @@ use super::latency::RatePoint;
 use super::machine::Machine;
 use super::peers::PeerOutcome;
 use super::pipeline::{Saturation, STAGES};
+use super::website::ProbePoint;
 use super::workers::{FraudFigures, StatsFigures};
 use super::Sizes;
 
@@ -33,6 +34,8 @@ pub struct Report {
     pub stats: Option<StatsFigures>,
     pub saturation: Option<Saturation>,
     pub latency: Vec<RatePoint>,
+    /// The website-shaped phase: single-review probes over demo's mix, per offered rate.
+    pub website: Vec<ProbePoint>,
     /// Peak RSS (KiB) by stage and phase.
     pub memory: Vec<(String, &'static str, u64)>,
 }
@@ -66,6 +69,7 @@ impl Report {
             stats: None,
             saturation: None,
             latency: Vec::new(),
+            website: Vec::new(),
             memory: Vec::new(),
         }
     }
@@ -245,6 +249,9 @@ impl Report {
             if !p.hops.is_empty() {
                 let _ = writeln!(o, "  by hop (p50 / p99): {}", hops_text(p));
             }
+        }
+        for p in &self.website {
+            let _ = writeln!(o, "{}", p.line());
         }
         if let Some(c) = &self.cdc {
             let _ = writeln!(
