@@ -101,7 +101,7 @@ async fn the_quick_bench_measures_every_figure_and_cleans_up() {
         ] {
             positive(&format!("/website/{i}/{f}"));
         }
-        for f in ["flagged", "missing"] {
+        for f in ["round", "flagged", "missing"] {
             assert!(
                 figures
                     .pointer(&format!("/website/{i}/{f}"))
@@ -135,6 +135,7 @@ async fn the_quick_bench_measures_every_figure_and_cleans_up() {
         "## Saturation",
         "## Latency",
         "## Latency under a website's load",
+        "## Latency over 1 round(s)",
         "pg_recvlogical",
         "ProducerPerformance",
         "## Memory",
@@ -150,6 +151,8 @@ async fn the_quick_bench_measures_every_figure_and_cleans_up() {
         "saturation:",
         "latency at 500/s",
         "website latency over demo's mix at 500/s",
+        "latency at 500/s, median of 1 round(s)",
+        "website latency at 2,000/s, median of 1 round(s)",
         "cdc backlog",
         "fraud:",
         "stats:",

@@ -23,6 +23,8 @@ pub(super) const QUIET: Duration = Duration::from_secs(60);
 /// One offered rate's outcome.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RatePoint {
+    /// Which run of the rate (0-based).
+    pub round: u64,
     pub offered: u64,
     pub achieved: f64,
     pub samples: u64,
@@ -343,6 +345,7 @@ where
     let h = &pending.histogram;
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     Ok(RatePoint {
+        round: 0,
         offered: rate,
         achieved: courses.len() as f64 / wrote_for.max(1e-9),
         samples: h.len(),

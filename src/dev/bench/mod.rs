@@ -56,6 +56,8 @@ pub struct Sizes {
     pub warmup_secs: u64,
     pub rates: Vec<u64>,
     pub latency_secs: u64,
+    /// Runs of each latency rate.
+    pub rounds: u64,
     /// Reviews written but not yet in course_stats that the saturation writer allows.
     pub in_flight: u64,
 }
@@ -85,6 +87,7 @@ impl Sizes {
                 c.rates.clone()
             },
             latency_secs: c.latency_secs.unwrap_or(if q { 4 } else { 15 }),
+            rounds: c.rounds.unwrap_or(if q { 1 } else { 3 }),
             in_flight: if q { 5_000 } else { 20_000 },
         })
     }
@@ -141,7 +144,7 @@ impl Bench {
             "reviewflow: commit to course_stats ({} cores, PostgreSQL {}, Kafka {})",
             report.machine.cores, report.machine.postgres, report.machine.kafka
         );
-        plot::latency(&report.latency, &title, &plot_path)?;
+        plot::latency(&report.latency, &report.website, &title, &plot_path)?;
         std::fs::write(&report_path, report.markdown())
             .map_err(|e| Error::io_path("write", &report_path, e))?;
         if let Some(path) = &json_path {

@@ -72,7 +72,10 @@ pub async fn run(
     let mut points = Vec::new();
     let courses = run.sizes.courses;
     let mut rng = Rng::new(0x5eed);
-    for &rate in &run.sizes.rates.clone() {
+    let rounds: Vec<(u64, u64)> = (0..run.sizes.rounds)
+        .flat_map(|round| run.sizes.rates.iter().map(move |&rate| (round, rate)))
+        .collect();
+    for &(round, rate) in &rounds {
         let n = (rate * run.sizes.latency_secs).min(courses).max(1);
         // Each course at most once per rate, in a shuffled order.
         let mut order: Vec<i64> = (1..=courses as i64).collect();
@@ -103,7 +106,7 @@ pub async fn run(
         .await;
         ticker.abort();
         bar.finish_and_clear();
-        let point = point?;
+        let point = latency::RatePoint { round, ..point? };
         tracing::info!(
             rate,
             achieved = point.achieved.round(),
@@ -123,7 +126,7 @@ pub async fn run(
     } else {
         run.sizes.latency_secs
     };
-    for &rate in &run.sizes.rates.clone() {
+    for &(round, rate) in &rounds {
         let bar = timed(
             format!("website latency: demo's mix at {rate}/s, probes every 50 ms"),
             secs,
@@ -141,7 +144,7 @@ pub async fn run(
         .await;
         ticker.abort();
         bar.finish_and_clear();
-        let point = point?;
+        let point = ProbePoint { round, ..point? };
         tracing::info!(
             rate,
             p50_ms = point.p50_ms,

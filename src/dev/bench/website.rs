@@ -23,6 +23,8 @@ const PROBE_EVERY: Duration = Duration::from_millis(50);
 /// One offered rate's probes.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ProbePoint {
+    /// Which run of the rate (0-based).
+    pub round: u64,
     /// Background changes per second offered, and achieved.
     pub offered: u64,
     pub background_achieved: f64,
@@ -104,6 +106,7 @@ pub async fn measure(
     };
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     Ok(ProbePoint {
+        round: 0,
         offered: rate,
         background_achieved: written as f64 / wrote_for.max(1e-9),
         samples: histogram.len(),

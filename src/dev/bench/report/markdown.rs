@@ -52,6 +52,7 @@ impl Report {
         self.md_saturation(&mut o);
         self.md_latency(&mut o);
         self.md_website(&mut o);
+        self.md_rounds(&mut o);
         self.md_cdc(&mut o);
         self.md_workers(&mut o);
         self.md_memory(&mut o);
@@ -208,12 +209,13 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "| background offered | achieved | probes | flagged | missing | p50 | p95 | p99 | max |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+            "| round | background offered | achieved | probes | flagged | missing | p50 | p95 | p99 | max |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
         );
         for p in &self.website {
             let _ = writeln!(
                 o,
-                "| {}/s | {}/s | {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
+                "| {} | {}/s | {}/s | {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
+                p.round + 1,
                 thousands(p.offered as f64),
                 thousands(p.background_achieved),
                 p.samples,
@@ -224,6 +226,42 @@ impl Report {
                 p.p99_ms,
                 p.max_ms
             );
+        }
+    }
+
+    fn md_rounds(&self, o: &mut String) {
+        if self.latency.is_empty() && self.website.is_empty() {
+            return;
+        }
+        let _ = writeln!(o, "\n## Latency over {} round(s)\n", self.sizes.rounds);
+        let _ = writeln!(
+            o,
+            "Each latency rate of both phases ran {} time(s) (`--rounds`), one after the other; \
+             per rate, the median of the rounds' p50, p95 and p99 (which decides a target) and \
+             the worst round's p99 beside it. The JSON (`--json`) keeps every round.\n",
+            self.sizes.rounds
+        );
+        let _ = writeln!(
+            o,
+            "| phase | offered | rounds | median p50 | median p95 | median p99 | worst p99 |\n| --- | --- | --- | --- | --- | --- | --- |"
+        );
+        let phases = [
+            ("bench's own load", self.latency_rounds()),
+            ("website's load", self.website_rounds()),
+        ];
+        for (phase, rounds) in phases {
+            for r in rounds {
+                let _ = writeln!(
+                    o,
+                    "| {phase} | {}/s | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
+                    thousands(r.offered as f64),
+                    r.rounds,
+                    r.p50_ms,
+                    r.p95_ms,
+                    r.p99_ms,
+                    r.worst_p99_ms
+                );
+            }
         }
     }
 
