@@ -93,6 +93,7 @@ async fn the_quick_bench_measures_every_figure_and_cleans_up() {
     for (i, _) in website.iter().enumerate() {
         for f in [
             "background_achieved",
+            "achieved",
             "samples",
             "p50_ms",
             "p95_ms",

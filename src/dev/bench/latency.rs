@@ -342,20 +342,40 @@ where
             ),
         });
     }
-    let h = &pending.histogram;
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    Ok(RatePoint {
-        round: 0,
-        offered: rate,
-        achieved: courses.len() as f64 / wrote_for.max(1e-9),
-        samples: h.len(),
-        p50_ms: ms(0.50),
-        p95_ms: ms(0.95),
-        p99_ms: ms(0.99),
-        max_ms: h.max() as f64 / 1000.0,
+    let hops = pending.hops();
+    let achieved = courses.len() as f64 / wrote_for.max(1e-9);
+    Ok(RatePoint::of(
+        rate,
+        achieved,
+        &pending.histogram,
         flagged,
-        hops: pending.hops(),
-    })
+        hops,
+    ))
+}
+
+impl RatePoint {
+    /// A rate's figures from its histogram of latencies (microseconds), round 0.
+    pub(super) fn of(
+        offered: u64,
+        achieved: f64,
+        h: &Histogram<u64>,
+        flagged: u64,
+        hops: Vec<(String, f64, f64)>,
+    ) -> Self {
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        RatePoint {
+            round: 0,
+            offered,
+            achieved,
+            samples: h.len(),
+            p50_ms: ms(0.50),
+            p95_ms: ms(0.95),
+            p99_ms: ms(0.99),
+            max_ms: h.max() as f64 / 1000.0,
+            flagged,
+            hops,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -144,11 +144,12 @@ pub async fn run(
         .await;
         ticker.abort();
         bar.finish_and_clear();
-        let point = ProbePoint { round, ..point? };
+        let mut point = point?;
+        point.probes.round = round;
         tracing::info!(
             rate,
-            p50_ms = point.p50_ms,
-            p99_ms = point.p99_ms,
+            p50_ms = point.probes.p50_ms,
+            p99_ms = point.probes.p99_ms,
             "website latency"
         );
         run.check_stages()?;

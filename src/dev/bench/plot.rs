@@ -48,19 +48,11 @@ pub fn latency(
             points: vec![(offered as f64, p)],
         }),
     };
-    for p in website {
+    let website = website.iter().map(|w| ("website", 3, &w.probes));
+    for (phase, width, p) in website.chain(points.iter().map(|p| ("bench's own", 1, p))) {
         add(
-            "website",
-            3,
-            p.round,
-            p.offered,
-            [p.p50_ms, p.p95_ms, p.p99_ms],
-        );
-    }
-    for p in points {
-        add(
-            "bench's own",
-            1,
+            phase,
+            width,
             p.round,
             p.offered,
             [p.p50_ms, p.p95_ms, p.p99_ms],

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tokio_util::sync::CancellationToken;
 
-use super::latency::{Listener, QUIET};
+use super::latency::{Listener, RatePoint, QUIET};
 use super::load::Writer;
 use crate::contract::notify::{self, Touched};
 use crate::dev::demo::Generator;
@@ -20,21 +20,13 @@ use crate::error::{Error, Result};
 /// How often a probe commits, as a website commits single reviews.
 const PROBE_EVERY: Duration = Duration::from_millis(50);
 
-/// One offered rate's probes.
+/// One offered rate's probes: their figures (`offered` is the background's rate, `achieved`
+/// the probes' own, no hops), the background's achieved rate and the missing probes.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ProbePoint {
-    /// Which run of the rate (0-based).
-    pub round: u64,
-    /// Background changes per second offered, and achieved.
-    pub offered: u64,
+    #[serde(flatten)]
+    pub probes: RatePoint,
     pub background_achieved: f64,
-    pub samples: u64,
-    pub p50_ms: f64,
-    pub p95_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-    /// Probes the fraud model flagged: no latency, counted apart.
-    pub flagged: u64,
     /// Probes neither visible within the QUIET wait nor flagged: reported, never dropped.
     pub missing: u64,
 }
@@ -78,6 +70,7 @@ pub async fn measure(
             seen(&payload, at, &mut commits, &mut histogram);
         }
     }
+    let probing_for = started.elapsed().as_secs_f64();
     stop.cancel();
     let (written, wrote_for) = background.await.map_err(|e| Error::Command {
         what: "the website background writer".into(),
@@ -104,17 +97,15 @@ pub async fn measure(
     } else {
         flagged(database_url, &unseen).await?
     };
-    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     Ok(ProbePoint {
-        round: 0,
-        offered: rate,
+        probes: RatePoint::of(
+            rate,
+            histogram.len() as f64 / probing_for.max(1e-9),
+            &histogram,
+            flagged,
+            Vec::new(),
+        ),
         background_achieved: written as f64 / wrote_for.max(1e-9),
-        samples: histogram.len(),
-        p50_ms: ms(0.50),
-        p95_ms: ms(0.95),
-        p99_ms: ms(0.99),
-        max_ms: histogram.max() as f64 / 1000.0,
-        flagged,
         missing: unseen.len() as u64 - flagged,
     })
 }
@@ -183,15 +174,15 @@ impl ProbePoint {
         use super::report::thousands;
         format!(
             "website latency over demo's mix at {}/s (background achieved {}/s, {} probes, {} flagged, {} missing): p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            thousands(self.offered as f64),
+            thousands(self.probes.offered as f64),
             thousands(self.background_achieved),
-            self.samples,
-            self.flagged,
+            self.probes.samples,
+            self.probes.flagged,
             self.missing,
-            self.p50_ms,
-            self.p95_ms,
-            self.p99_ms,
-            self.max_ms
+            self.probes.p50_ms,
+            self.probes.p95_ms,
+            self.probes.p99_ms,
+            self.probes.max_ms
         )
     }
 }

@@ -215,16 +215,16 @@ impl Report {
             let _ = writeln!(
                 o,
                 "| {} | {}/s | {}/s | {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
-                p.round + 1,
-                thousands(p.offered as f64),
+                p.probes.round + 1,
+                thousands(p.probes.offered as f64),
                 thousands(p.background_achieved),
-                p.samples,
-                p.flagged,
+                p.probes.samples,
+                p.probes.flagged,
                 p.missing,
-                p.p50_ms,
-                p.p95_ms,
-                p.p99_ms,
-                p.max_ms
+                p.probes.p50_ms,
+                p.probes.p95_ms,
+                p.probes.p99_ms,
+                p.probes.max_ms
             );
         }
     }

@@ -230,20 +230,12 @@ impl Report {
 
     /// The bench's own latency phase, per rate over its rounds.
     pub fn latency_rounds(&self) -> Vec<Rounds> {
-        Rounds::of(
-            self.latency
-                .iter()
-                .map(|p| (p.offered, [p.p50_ms, p.p95_ms, p.p99_ms])),
-        )
+        Rounds::of_points(self.latency.iter())
     }
 
     /// The website-shaped phase, per rate over its rounds.
     pub fn website_rounds(&self) -> Vec<Rounds> {
-        Rounds::of(
-            self.website
-                .iter()
-                .map(|p| (p.offered, [p.p50_ms, p.p95_ms, p.p99_ms])),
-        )
+        Rounds::of_points(self.website.iter().map(|p| &p.probes))
     }
 
     /// The summary printed at the end of a run.
@@ -518,6 +510,10 @@ impl Rounds {
                 }
             })
             .collect()
+    }
+
+    fn of_points<'a>(points: impl Iterator<Item = &'a RatePoint>) -> Vec<Rounds> {
+        Rounds::of(points.map(|p| (p.offered, [p.p50_ms, p.p95_ms, p.p99_ms])))
     }
 
     pub fn line(&self, phase: &str) -> String {
