@@ -83,6 +83,35 @@ async fn the_quick_bench_measures_every_figure_and_cleans_up() {
             positive(&format!("/latency/{i}/p50_ms")) <= positive(&format!("/latency/{i}/p99_ms"))
         );
     }
+    // The website-shaped phase: probes over demo's mix, every figure measured at each rate.
+    let website = figures["website"].as_array().unwrap();
+    assert_eq!(
+        website.len(),
+        2,
+        "the website phase at the quick form's two rates"
+    );
+    for (i, _) in website.iter().enumerate() {
+        for f in [
+            "background_achieved",
+            "achieved",
+            "samples",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+            "max_ms",
+        ] {
+            positive(&format!("/website/{i}/{f}"));
+        }
+        for f in ["round", "flagged", "missing"] {
+            assert!(
+                figures
+                    .pointer(&format!("/website/{i}/{f}"))
+                    .and_then(serde_json::Value::as_u64)
+                    .is_some(),
+                "/website/{i}/{f} is counted"
+            );
+        }
+    }
     let memory = figures["memory"].as_array().unwrap();
     for stage in ["api", "cdc", "fraud", "stats", "verdicts"] {
         assert!(
@@ -106,6 +135,8 @@ async fn the_quick_bench_measures_every_figure_and_cleans_up() {
         "Kafka",
         "## Saturation",
         "## Latency",
+        "## Latency under a website's load",
+        "## Latency over 1 round(s)",
         "pg_recvlogical",
         "ProducerPerformance",
         "## Memory",
@@ -120,6 +151,9 @@ async fn the_quick_bench_measures_every_figure_and_cleans_up() {
     for line in [
         "saturation:",
         "latency at 500/s",
+        "website latency over demo's mix at 500/s",
+        "latency at 500/s, median of 1 round(s)",
+        "website latency at 2,000/s, median of 1 round(s)",
         "cdc backlog",
         "fraud:",
         "stats:",

@@ -41,6 +41,12 @@ pub struct BenchConfig {
         value_name = "SECS", long = "latency-secs", value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub latency_secs: Option<u64>,
 
+    /// Times each latency rate is run (both latency phases); the report gives the median of
+    /// the rounds and the worst round's p99 [default: 3; quick: 1].
+    #[arg(id = "bench_rounds",
+        value_name = "N", long = "rounds", value_parser = clap::value_parser!(u64).range(1..=20))]
+    pub rounds: Option<u64>,
+
     /// The private database the run creates and drops.
     #[arg(
         id = "bench_database",

@@ -18,11 +18,13 @@ use crate::contract::notify::{self, Touched};
 use crate::error::{Error, Result};
 
 /// How long the tail waits for a notification before it calls the rest missing.
-const QUIET: Duration = Duration::from_secs(60);
+pub(super) const QUIET: Duration = Duration::from_secs(60);
 
 /// One offered rate's outcome.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RatePoint {
+    /// Which run of the rate (0-based).
+    pub round: u64,
     pub offered: u64,
     pub achieved: f64,
     pub samples: u64,
@@ -39,7 +41,7 @@ pub struct RatePoint {
 
 /// Notifications with the instant each arrived, stamped by the task that reads the socket.
 pub struct Listener {
-    notes: mpsc::UnboundedReceiver<(Instant, String)>,
+    pub(super) notes: mpsc::UnboundedReceiver<(Instant, String)>,
     _client: tokio_postgres::Client,
     taps: Option<Tap>,
 }
@@ -340,19 +342,40 @@ where
             ),
         });
     }
-    let h = &pending.histogram;
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    Ok(RatePoint {
-        offered: rate,
-        achieved: courses.len() as f64 / wrote_for.max(1e-9),
-        samples: h.len(),
-        p50_ms: ms(0.50),
-        p95_ms: ms(0.95),
-        p99_ms: ms(0.99),
-        max_ms: h.max() as f64 / 1000.0,
+    let hops = pending.hops();
+    let achieved = courses.len() as f64 / wrote_for.max(1e-9);
+    Ok(RatePoint::of(
+        rate,
+        achieved,
+        &pending.histogram,
         flagged,
-        hops: pending.hops(),
-    })
+        hops,
+    ))
+}
+
+impl RatePoint {
+    /// A rate's figures from its histogram of latencies (microseconds), round 0.
+    pub(super) fn of(
+        offered: u64,
+        achieved: f64,
+        h: &Histogram<u64>,
+        flagged: u64,
+        hops: Vec<(String, f64, f64)>,
+    ) -> Self {
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        RatePoint {
+            round: 0,
+            offered,
+            achieved,
+            samples: h.len(),
+            p50_ms: ms(0.50),
+            p95_ms: ms(0.95),
+            p99_ms: ms(0.99),
+            max_ms: h.max() as f64 / 1000.0,
+            flagged,
+            hops,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ mod plot;
 mod probe;
 mod procs;
 mod report;
+mod website;
 mod workers;
 
 use std::collections::BTreeMap;
@@ -55,6 +56,8 @@ pub struct Sizes {
     pub warmup_secs: u64,
     pub rates: Vec<u64>,
     pub latency_secs: u64,
+    /// Runs of each latency rate.
+    pub rounds: u64,
     /// Reviews written but not yet in course_stats that the saturation writer allows.
     pub in_flight: u64,
 }
@@ -84,6 +87,7 @@ impl Sizes {
                 c.rates.clone()
             },
             latency_secs: c.latency_secs.unwrap_or(if q { 4 } else { 15 }),
+            rounds: c.rounds.unwrap_or(if q { 1 } else { 3 }),
             in_flight: if q { 5_000 } else { 20_000 },
         })
     }
@@ -140,7 +144,7 @@ impl Bench {
             "reviewflow: commit to course_stats ({} cores, PostgreSQL {}, Kafka {})",
             report.machine.cores, report.machine.postgres, report.machine.kafka
         );
-        plot::latency(&report.latency, &title, &plot_path)?;
+        plot::latency(&report.latency, &report.website, &title, &plot_path)?;
         std::fs::write(&report_path, report.markdown())
             .map_err(|e| Error::io_path("write", &report_path, e))?;
         if let Some(path) = &json_path {
@@ -231,9 +235,10 @@ impl Run {
         report.fraud = Some(fraud);
         report.stats = Some(stats);
         check(shutdown)?;
-        let (saturation, latency) = pipeline::run(self, shutdown).await?;
+        let (saturation, latency, website) = pipeline::run(self, shutdown).await?;
         report.saturation = Some(saturation);
         report.latency = latency;
+        report.website = website;
         Ok(())
     }
 

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::latency::{self, Listener, RatePoint};
 use super::load::Writer;
+use super::website::{self, ProbePoint};
 use super::{spinner, timed, wait_until, Run};
 use crate::dev::demo::Rng;
 use crate::error::{Error, Result};
@@ -36,7 +37,7 @@ impl Saturation {
 pub async fn run(
     run: &mut Run,
     shutdown: &CancellationToken,
-) -> Result<(Saturation, Vec<RatePoint>)> {
+) -> Result<(Saturation, Vec<RatePoint>, Vec<ProbePoint>)> {
     for stage in STAGES {
         if !run.stages.contains_key(stage) {
             run.start(stage)?;
@@ -71,7 +72,10 @@ pub async fn run(
     let mut points = Vec::new();
     let courses = run.sizes.courses;
     let mut rng = Rng::new(0x5eed);
-    for &rate in &run.sizes.rates.clone() {
+    let rounds: Vec<(u64, u64)> = (0..run.sizes.rounds)
+        .flat_map(|round| run.sizes.rates.iter().map(move |&rate| (round, rate)))
+        .collect();
+    for &(round, rate) in &rounds {
         let n = (rate * run.sizes.latency_secs).min(courses).max(1);
         // Each course at most once per rate, in a shuffled order.
         let mut order: Vec<i64> = (1..=courses as i64).collect();
@@ -102,7 +106,7 @@ pub async fn run(
         .await;
         ticker.abort();
         bar.finish_and_clear();
-        let point = point?;
+        let point = latency::RatePoint { round, ..point? };
         tracing::info!(
             rate,
             achieved = point.achieved.round(),
@@ -114,8 +118,45 @@ pub async fn run(
         run.check_stages()?;
         points.push(point);
     }
+    let mut probes = Vec::new();
+    // Probe courses: past every course the bench or the background writes.
+    let mut probe_courses = (courses as i64 + 1)..;
+    let secs = if run.sizes.quick {
+        3
+    } else {
+        run.sizes.latency_secs
+    };
+    for &(round, rate) in &rounds {
+        let bar = timed(
+            format!("website latency: demo's mix at {rate}/s, probes every 50 ms"),
+            secs,
+        );
+        let ticker = tick(bar.clone());
+        let point = website::measure(
+            &run.settings.database_url,
+            &mut listener,
+            courses as i64,
+            &mut probe_courses,
+            rate,
+            secs,
+            shutdown,
+        )
+        .await;
+        ticker.abort();
+        bar.finish_and_clear();
+        let mut point = point?;
+        point.probes.round = round;
+        tracing::info!(
+            rate,
+            p50_ms = point.probes.p50_ms,
+            p99_ms = point.probes.p99_ms,
+            "website latency"
+        );
+        run.check_stages()?;
+        probes.push(point);
+    }
     run.stop_all("pipeline").await?;
-    Ok((saturation, points))
+    Ok((saturation, points, probes))
 }
 
 async fn saturate(

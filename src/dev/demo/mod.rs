@@ -117,8 +117,8 @@ async fn name_courses(db: &Client, courses: i64) -> Result<()> {
     Ok(())
 }
 
-/// `count` changes in one transaction.
-async fn write(
+/// `count` changes in one transaction (also the bench's website-shaped background).
+pub async fn write(
     db: &mut Client,
     generator: &mut Generator,
     live: &mut Vec<i64>,

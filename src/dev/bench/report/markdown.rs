@@ -51,6 +51,8 @@ impl Report {
         }
         self.md_saturation(&mut o);
         self.md_latency(&mut o);
+        self.md_website(&mut o);
+        self.md_rounds(&mut o);
         self.md_cdc(&mut o);
         self.md_workers(&mut o);
         self.md_memory(&mut o);
@@ -186,6 +188,81 @@ impl Report {
             "\n![p50, p95, p99 against the offered rate]({})",
             self.plot
         );
+    }
+
+    fn md_website(&self, o: &mut String) {
+        if self.website.is_empty() {
+            return;
+        }
+        let _ = writeln!(o, "\n## Latency under a website's load\n");
+        let _ = writeln!(
+            o,
+            "The load a review site makes: a background writer replays `reviewflow demo`'s mix \
+             (inserts, rating and content edits, deletes, about 3 % spam) open-loop at the offered \
+             rate on the bench's courses, while a probe commits one review per transaction every \
+             50 ms, each on a course of a private range nobody else writes. A probe is timed from \
+             its COMMIT returning until the stats worker's notification naming its course \
+             arrives (the same LISTEN clock as above). A probe the fraud model flagged has no \
+             latency and is counted as flagged; one neither visible within {} s nor flagged is \
+             counted as missing.\n",
+            super::super::latency::QUIET.as_secs()
+        );
+        let _ = writeln!(
+            o,
+            "| round | background offered | achieved | probes | flagged | missing | p50 | p95 | p99 | max |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        );
+        for p in &self.website {
+            let _ = writeln!(
+                o,
+                "| {} | {}/s | {}/s | {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
+                p.probes.round + 1,
+                thousands(p.probes.offered as f64),
+                thousands(p.background_achieved),
+                p.probes.samples,
+                p.probes.flagged,
+                p.missing,
+                p.probes.p50_ms,
+                p.probes.p95_ms,
+                p.probes.p99_ms,
+                p.probes.max_ms
+            );
+        }
+    }
+
+    fn md_rounds(&self, o: &mut String) {
+        if self.latency.is_empty() && self.website.is_empty() {
+            return;
+        }
+        let _ = writeln!(o, "\n## Latency over {} round(s)\n", self.sizes.rounds);
+        let _ = writeln!(
+            o,
+            "Each latency rate of both phases ran {} time(s) (`--rounds`), one after the other; \
+             per rate, the median of the rounds' p50, p95 and p99 (which decides a target) and \
+             the worst round's p99 beside it. The JSON (`--json`) keeps every round.\n",
+            self.sizes.rounds
+        );
+        let _ = writeln!(
+            o,
+            "| phase | offered | rounds | median p50 | median p95 | median p99 | worst p99 |\n| --- | --- | --- | --- | --- | --- | --- |"
+        );
+        let phases = [
+            ("bench's own load", self.latency_rounds()),
+            ("website's load", self.website_rounds()),
+        ];
+        for (phase, rounds) in phases {
+            for r in rounds {
+                let _ = writeln!(
+                    o,
+                    "| {phase} | {}/s | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
+                    thousands(r.offered as f64),
+                    r.rounds,
+                    r.p50_ms,
+                    r.p95_ms,
+                    r.p99_ms,
+                    r.worst_p99_ms
+                );
+            }
+        }
     }
 
     fn md_cdc(&self, o: &mut String) {

@@ -13,6 +13,7 @@ use super::latency::RatePoint;
 use super::machine::Machine;
 use super::peers::PeerOutcome;
 use super::pipeline::{Saturation, STAGES};
+use super::website::ProbePoint;
 use super::workers::{FraudFigures, StatsFigures};
 use super::Sizes;
 
@@ -33,6 +34,8 @@ pub struct Report {
     pub stats: Option<StatsFigures>,
     pub saturation: Option<Saturation>,
     pub latency: Vec<RatePoint>,
+    /// The website-shaped phase: single-review probes over demo's mix, per offered rate.
+    pub website: Vec<ProbePoint>,
     /// Peak RSS (KiB) by stage and phase.
     pub memory: Vec<(String, &'static str, u64)>,
 }
@@ -66,6 +69,7 @@ impl Report {
             stats: None,
             saturation: None,
             latency: Vec::new(),
+            website: Vec::new(),
             memory: Vec::new(),
         }
     }
@@ -130,16 +134,25 @@ impl Report {
                 None => skipped("CDC >= 3x Debezium", &c.debezium),
             });
         }
-        out.push(match self.latency.iter().find(|p| p.offered == P99_RATE) {
-            Some(p) => Target {
+        let median = self
+            .latency_rounds()
+            .into_iter()
+            .find(|r| r.offered == P99_RATE);
+        let first = self.latency.iter().find(|p| p.offered == P99_RATE);
+        out.push(match median.zip(first) {
+            // The median of the rounds decides; the hops are the first round's.
+            Some((m, p)) => Target {
                 what: "p99 <= 100 ms at 5,000 reviews/s",
-                figure: format!("{:.1} ms", p.p99_ms),
-                verdict: judge(p.p99_ms <= 100.0),
+                figure: format!("{:.1} ms", m.p99_ms),
+                verdict: judge(m.p99_ms <= 100.0),
                 diagnosis: format!(
-                    "p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms; by hop (p50 / p99): {}. {}",
-                    p.p50_ms,
-                    p.p95_ms,
-                    p.p99_ms,
+                    "median of {} round(s): p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms (worst round's \
+                     p99 {:.1} ms); by hop in the first round (p50 / p99): {}. {}",
+                    m.rounds,
+                    m.p50_ms,
+                    m.p95_ms,
+                    m.p99_ms,
+                    m.worst_p99_ms,
                     hops_text(p),
                     slowest_hop(p)
                 ),
@@ -215,6 +228,16 @@ impl Report {
         out
     }
 
+    /// The bench's own latency phase, per rate over its rounds.
+    pub fn latency_rounds(&self) -> Vec<Rounds> {
+        Rounds::of_points(self.latency.iter())
+    }
+
+    /// The website-shaped phase, per rate over its rounds.
+    pub fn website_rounds(&self) -> Vec<Rounds> {
+        Rounds::of_points(self.website.iter().map(|p| &p.probes))
+    }
+
     /// The summary printed at the end of a run.
     pub fn text(&self) -> String {
         let mut o = String::new();
@@ -245,6 +268,15 @@ impl Report {
             if !p.hops.is_empty() {
                 let _ = writeln!(o, "  by hop (p50 / p99): {}", hops_text(p));
             }
+        }
+        for p in &self.website {
+            let _ = writeln!(o, "{}", p.line());
+        }
+        for r in self.latency_rounds() {
+            let _ = writeln!(o, "{}", r.line("latency"));
+        }
+        for r in self.website_rounds() {
+            let _ = writeln!(o, "{}", r.line("website latency"));
         }
         if let Some(c) = &self.cdc {
             let _ = writeln!(
@@ -430,5 +462,89 @@ mod tests {
         assert_eq!(thousands(999.0), "999");
         assert_eq!(thousands(0.0), "0");
         assert_eq!(thousands(f64::NAN), "-");
+    }
+}
+
+/// One offered rate over its rounds: the median of the rounds' percentiles (which decides a
+/// target) and the worst round's p99 beside it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rounds {
+    pub offered: u64,
+    pub rounds: usize,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub worst_p99_ms: f64,
+}
+
+impl Rounds {
+    /// Per offered rate (in the order first seen), from (offered, [p50, p95, p99]) per round.
+    pub fn of(points: impl IntoIterator<Item = (u64, [f64; 3])>) -> Vec<Rounds> {
+        let mut by_rate: Vec<(u64, Vec<[f64; 3]>)> = Vec::new();
+        for (offered, p) in points {
+            match by_rate.iter_mut().find(|(o, _)| *o == offered) {
+                Some((_, v)) => v.push(p),
+                None => by_rate.push((offered, vec![p])),
+            }
+        }
+        by_rate
+            .into_iter()
+            .map(|(offered, v)| {
+                let median = |i: usize| {
+                    let mut xs: Vec<f64> = v.iter().map(|p| p[i]).collect();
+                    xs.sort_by(f64::total_cmp);
+                    let mid = xs.len() / 2;
+                    if xs.len() % 2 == 1 {
+                        xs[mid]
+                    } else {
+                        (xs[mid - 1] + xs[mid]) / 2.0
+                    }
+                };
+                Rounds {
+                    offered,
+                    rounds: v.len(),
+                    p50_ms: median(0),
+                    p95_ms: median(1),
+                    p99_ms: median(2),
+                    worst_p99_ms: v.iter().map(|p| p[2]).fold(f64::NEG_INFINITY, f64::max),
+                }
+            })
+            .collect()
+    }
+
+    fn of_points<'a>(points: impl Iterator<Item = &'a RatePoint>) -> Vec<Rounds> {
+        Rounds::of(points.map(|p| (p.offered, [p.p50_ms, p.p95_ms, p.p99_ms])))
+    }
+
+    pub fn line(&self, phase: &str) -> String {
+        format!(
+            "{phase} at {}/s, median of {} round(s): p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms; worst round's p99 {:.1} ms",
+            thousands(self.offered as f64),
+            self.rounds,
+            self.p50_ms,
+            self.p95_ms,
+            self.p99_ms,
+            self.worst_p99_ms
+        )
+    }
+}
+
+#[cfg(test)]
+mod rounds_tests {
+    use super::Rounds;
+
+    #[test]
+    fn the_median_decides_and_the_worst_p99_is_kept() {
+        let r = Rounds::of([
+            (1000, [10.0, 20.0, 30.0]),
+            (2000, [5.0, 6.0, 7.0]),
+            (1000, [12.0, 22.0, 300.0]),
+            (1000, [11.0, 21.0, 31.0]),
+        ]);
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[0].offered, r[0].rounds), (1000, 3));
+        assert_eq!((r[0].p50_ms, r[0].p95_ms, r[0].p99_ms), (11.0, 21.0, 31.0));
+        assert_eq!(r[0].worst_p99_ms, 300.0);
+        assert_eq!((r[1].rounds, r[1].p99_ms, r[1].worst_p99_ms), (1, 7.0, 7.0));
     }
 }
