@@ -54,6 +54,13 @@ fn filters(query: &HashMap<String, String>) -> Result<Filters, ApiError> {
         }
     };
     let reason = query.get("reason").filter(|r| !r.is_empty()).cloned();
+    // PostgreSQL's text cannot hold a NUL: the query would fail, a 500 for the caller's typo.
+    if reason.as_deref().is_some_and(|r| r.contains('\0')) {
+        return Err(ApiError::bad_request(
+            "reason must not contain a NUL character (no verdict reason has one)",
+            Some("reason".into()),
+        ));
+    }
     let page = match query.get("page") {
         None => 1,
         Some(p) => Some(p)
@@ -356,6 +363,7 @@ mod tests {
             (("page", "0"), "page"),
             (("page", ""), "page"),
             (("page", "1001"), "page"),
+            (("reason", "link\0"), "reason"),
         ] {
             let e = q(&[bad]).unwrap_err();
             assert_eq!(e.field.as_deref(), Some(field), "{bad:?}");
