@@ -58,6 +58,8 @@ pub struct Sizes {
     pub latency_secs: u64,
     /// Runs of each latency rate.
     pub rounds: u64,
+    /// Seconds of probes at each rate of the website-shaped phase.
+    pub website_secs: u64,
     /// Reviews written but not yet in course_stats that the saturation writer allows.
     pub in_flight: u64,
 }
@@ -66,6 +68,7 @@ impl Sizes {
     fn from(c: &BenchConfig) -> Result<Self> {
         let q = c.quick;
         let backlog = c.backlog.unwrap_or(if q { 20_000 } else { 1_000_000 });
+        let latency_secs = c.latency_secs.unwrap_or(if q { 4 } else { 15 });
         if !backlog.is_multiple_of(100) {
             return Err(Error::Config(format!(
                 "--backlog {backlog}: use a multiple of 100 (transactions of 100 rows)"
@@ -86,7 +89,8 @@ impl Sizes {
             } else {
                 c.rates.clone()
             },
-            latency_secs: c.latency_secs.unwrap_or(if q { 4 } else { 15 }),
+            latency_secs,
+            website_secs: if q { 3 } else { latency_secs },
             rounds: c.rounds.unwrap_or(if q { 1 } else { 3 }),
             in_flight: if q { 5_000 } else { 20_000 },
         })

@@ -94,18 +94,18 @@ pub async fn run(
             .await?
             .get(0);
         let url = run.settings.database_url.clone();
-        let ticker = tick(bar.clone());
-        let point = latency::measure(
-            &mut writer,
-            &mut listener,
-            &order,
-            rate,
-            || flagged_since(url, first_id),
-            shutdown,
+        let point = ticking(
+            bar,
+            latency::measure(
+                &mut writer,
+                &mut listener,
+                &order,
+                rate,
+                || flagged_since(url, first_id),
+                shutdown,
+            ),
         )
         .await;
-        ticker.abort();
-        bar.finish_and_clear();
         let point = latency::RatePoint { round, ..point? };
         tracing::info!(
             rate,
@@ -121,29 +121,25 @@ pub async fn run(
     let mut probes = Vec::new();
     // Probe courses: past every course the bench or the background writes.
     let mut probe_courses = (courses as i64 + 1)..;
-    let secs = if run.sizes.quick {
-        3
-    } else {
-        run.sizes.latency_secs
-    };
+    let secs = run.sizes.website_secs;
     for &(round, rate) in &rounds {
         let bar = timed(
             format!("website latency: demo's mix at {rate}/s, probes every 50 ms"),
             secs,
         );
-        let ticker = tick(bar.clone());
-        let point = website::measure(
-            &run.settings.database_url,
-            &mut listener,
-            courses as i64,
-            &mut probe_courses,
-            rate,
-            secs,
-            shutdown,
+        let point = ticking(
+            bar,
+            website::measure(
+                &run.settings.database_url,
+                &mut listener,
+                courses as i64,
+                &mut probe_courses,
+                rate,
+                secs,
+                shutdown,
+            ),
         )
         .await;
-        ticker.abort();
-        bar.finish_and_clear();
         let mut point = point?;
         point.probes.round = round;
         tracing::info!(
@@ -308,6 +304,15 @@ async fn flagged_since(url: String, first_id: i64) -> Result<u64> {
         .await?
         .get(0);
     Ok(n as u64)
+}
+
+/// Runs `work` with `bar` moving once a second, then clears the bar.
+async fn ticking<T>(bar: indicatif::ProgressBar, work: impl std::future::Future<Output = T>) -> T {
+    let ticker = tick(bar.clone());
+    let out = work.await;
+    ticker.abort();
+    bar.finish_and_clear();
+    out
 }
 
 /// Moves a timed bar once a second.

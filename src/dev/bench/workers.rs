@@ -122,7 +122,7 @@ async fn fraud(run: &mut Run, shutdown: &CancellationToken) -> Result<FraudFigur
         .await? as u64;
     run.stop("fraud", "backlog").await?;
     bar.finish_and_clear();
-    if valid + flagged != records as u64 + marks {
+    if valid + flagged != judged {
         return Err(Error::Command {
             what: "fraud".into(),
             detail: format!(
