@@ -211,11 +211,19 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
     let mut rng = common::Rng(seed ^ 0x9e37_79b9);
     let mut faults: BTreeMap<String, u32> = BTreeMap::new();
     let (started, mut trials) = (Instant::now(), 0);
-    // The TRUNCATE and refill, a third of the way in.
+    // The TRUNCATE and refill, a third of the way in, or at the third trial if a slow machine
+    // gets there later (a Kafka restart can take most of a short run).
     let mut truncate_at = Some(started + Duration::from_secs(seconds / 3));
     let brokers = common::broker_ids(&p.settings.kafka).await;
     let mut down_broker: Option<u8> = None;
-    while started.elapsed() < Duration::from_secs(seconds) {
+    // However slowly the trials go, the run lasts until it has met the fixed faults (Kafka, the
+    // TRUNCATE, PostgreSQL): a run that met fewer kinds would prove less than it claims.
+    let (mut met_kafka, mut met_postgres) = (false, false);
+    while started.elapsed() < Duration::from_secs(seconds)
+        || !met_kafka
+        || !met_postgres
+        || truncate_at.is_some()
+    {
         tokio::time::sleep(Duration::from_millis(1500 + rng.next(3000))).await;
         trials += 1;
         processes.check();
@@ -224,7 +232,7 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
                 .await
                 .unwrap();
         }
-        if truncate_at.is_some_and(|at| Instant::now() >= at) {
+        if truncate_at.is_some_and(|at| Instant::now() >= at || trials >= 3) {
             truncate_at = None;
             let refilled = reviewflow::db::connect(&p.url)
                 .await
@@ -242,10 +250,12 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
         let name = names[rng.next(names.len() as u64) as usize].clone();
         // The first trials kill Kafka (a node, on a cluster) and PostgreSQL, so that even the
         // short form meets both; then faults at random.
-        let pick = match trials {
-            2 => 7,
-            4 => 8,
-            _ => rng.next(9),
+        let pick = if trials >= 2 && !met_kafka {
+            7
+        } else if trials >= 4 && !met_postgres {
+            8
+        } else {
+            rng.next(9)
         };
         let fault = match pick {
             0..=4 => {
@@ -283,6 +293,7 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
                 stack::crash(&common::stack_config(), Part::Kafka)
                     .await
                     .unwrap();
+                met_kafka = true;
                 "kill -9 kafka".to_string()
             }
             7 => {
@@ -324,12 +335,14 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
                     .await
                     .unwrap();
                 down_broker = Some(victim);
+                met_kafka = true;
                 format!("kill -9 broker ({role})")
             }
             _ => {
                 stack::crash(&common::stack_config(), Part::Postgres)
                     .await
                     .unwrap();
+                met_postgres = true;
                 "kill -9 postgres".to_string()
             }
         };
