@@ -33,6 +33,9 @@ struct TempStack {
 }
 
 impl TempStack {
+    /// `pg_port` and the standby's (the next one) lie below Linux's ephemeral range
+    /// (32768-60999): a port there can be held for a moment by any outgoing connection on
+    /// the machine, and the stack refuses a taken port (it did: "port 54382 is taken").
     async fn up(version: u8, pg_port: u16) -> TempStack {
         let home = std::env::temp_dir().join(format!("rf-standby-{}", common::unique()));
         let cfg = StackConfig {
@@ -239,7 +242,7 @@ async fn snapshot_marks(p: &Pipeline) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_17_cdc_follows_the_promoted_standby_without_a_new_snapshot() {
     let _serial = SERIAL.lock().await;
-    let stack = TempStack::up(17, 54381).await;
+    let stack = TempStack::up(17, 31381).await;
     let p = stack.pipeline("standby_follow").await;
     let _stages: Vec<Running> = ["fraud", "verdicts", "stats"]
         .iter()
@@ -451,12 +454,12 @@ async fn unsynced_promotion_stops_cdc(version: u8, port: u16, name: &str, unsync
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_16_a_promoted_standby_stops_cdc_naming_new_snapshot_which_makes_it_exact() {
-    unsynced_promotion_stops_cdc(16, 54383, "standby_16", false).await;
+    unsynced_promotion_stops_cdc(16, 31383, "standby_16", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_17_a_standby_that_did_not_sync_the_slot_stops_cdc_naming_new_snapshot() {
-    unsynced_promotion_stops_cdc(17, 54389, "standby_17_unsynced", true).await;
+    unsynced_promotion_stops_cdc(17, 31389, "standby_17_unsynced", true).await;
 }
 
 /// `stack up --standby` makes the standby by a base backup and it replays what the primary
@@ -501,10 +504,10 @@ async fn base_backup_replays(version: u8, port: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_of_postgres_15_is_made_by_a_base_backup_and_replays() {
-    base_backup_replays(15, 54385).await;
+    base_backup_replays(15, 31385).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_of_postgres_18_is_made_by_a_base_backup_and_replays() {
-    base_backup_replays(18, 54387).await;
+    base_backup_replays(18, 31387).await;
 }

@@ -172,6 +172,15 @@ impl Pipeline {
                     ("verdicts", self.output("verdicts")),
                     ("stats", self.output("valid")),
                 ] {
+                    // A fraud instance killed for good leaves its transaction open until the
+                    // broker times it out: read_committed readers see nothing past its first
+                    // record, so the last record they can see is not yet the end (fraud's
+                    // committed offsets already passed what its successor re-produced).
+                    let open = open_transactions(&self.settings, &topic).await;
+                    if !open.is_empty() {
+                        behind.push(format!("{topic}: open transactions in {open:?}"));
+                        continue;
+                    }
                     let end = next_offsets(&self.settings, &topic).await;
                     let stored = self.sink_offsets(consumer, &topic).await;
                     if end.iter().any(|(p, o)| stored.get(p) != Some(o)) {
@@ -377,6 +386,38 @@ async fn next_offsets(settings: &Settings, topic: &str) -> BTreeMap<i32, i64> {
         *next = (*next).max(m.offset() + 1);
     }
     out
+}
+
+/// The partitions of `topic` whose last stable offset is short of the high watermark: a
+/// transaction there is still open (a read_committed consumer's watermark is the former).
+async fn open_transactions(settings: &Settings, topic: &str) -> Vec<i32> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let (kafka, topic) = (settings.kafka.clone(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let client = |isolation: &str| -> BaseConsumer {
+            reviewflow::kafka::client_config(&kafka)
+                .set("isolation.level", isolation)
+                .create()
+                .unwrap()
+        };
+        let (stable, all) = (client("read_committed"), client("read_uncommitted"));
+        let timeout = Duration::from_secs(30);
+        let metadata = all.fetch_metadata(Some(&topic), timeout).unwrap();
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        partitions
+            .into_iter()
+            .filter(|p| {
+                let high = |c: &BaseConsumer| c.fetch_watermarks(&topic, *p, timeout).unwrap().1;
+                high(&stable) < high(&all)
+            })
+            .collect()
+    })
+    .await
+    .unwrap()
 }
 
 /// The offsets `group` committed for the partitions of `like`.
