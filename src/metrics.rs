@@ -46,6 +46,11 @@ pub struct StageLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HoldLabel {
+    hold: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutputLabels {
     pub stage: String,
     pub output: String,
@@ -77,6 +82,7 @@ pub struct Metrics {
     pub stage_up: Family<StageLabel, Gauge>,
     pub stage_restarts: Family<StageLabel, Counter>,
     pub commit_to_stats: Histogram,
+    stats_lock_wait: Family<HoldLabel, Counter<f64, AtomicU64>>,
 }
 
 /// The process's metrics, registered on first use.
@@ -100,6 +106,7 @@ impl Metrics {
             stage_up: Family::default(),
             stage_restarts: Family::default(),
             commit_to_stats: Histogram::new(LATENCY_BUCKETS),
+            stats_lock_wait: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -164,8 +171,22 @@ impl Metrics {
             Unit::Seconds,
             m.commit_to_stats.clone(),
         );
+        registry.register_with_unit(
+            "stats_lock_wait",
+            "Time stats transactions spent taking the stats lock, by how they hold it (shared: a \
+             batch; exclusive: the day rollover, a TRUNCATE, a snapshot's start or end)",
+            Unit::Seconds,
+            m.stats_lock_wait.clone(),
+        );
         Metrics { registry, ..m }
     }
+}
+
+/// Seconds stats transactions waited for the stats lock, held `hold` (shared, exclusive).
+pub fn stats_lock_wait(hold: &str) -> Counter<f64, AtomicU64> {
+    metrics()
+        .stats_lock_wait
+        .get_or_create_owned(&HoldLabel { hold: hold.into() })
 }
 
 /// A stage's counter of records in.

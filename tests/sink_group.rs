@@ -105,3 +105,96 @@ async fn sinks_in_one_group_lose_and_double_nothing_across_joins_leaves_and_a_ki
         p.stop(i).await;
     }
 }
+
+/// Two stats instances commit side by side: one held up inside its transaction (here by a
+/// row lock the test takes on one course's figures) does not hold up the other, which goes
+/// on writing the courses of its own partitions; once released, the figures are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stats_instance_held_up_in_its_transaction_does_not_stop_the_other() {
+    let p = Pipeline::new("stats_side_by_side").await;
+    let _cdc = p.spawn_cdc(None);
+    p.wait_for_snapshot().await;
+    let _fraud = p.spawn("fraud", None, &[]);
+    let _verdicts = p.spawn("verdicts", None, &[]);
+    let _a = p.spawn("stats", None, &[("REVIEWFLOW_INSTANCE", "a")]);
+    let _b = p.spawn("stats", None, &[("REVIEWFLOW_INSTANCE", "b")]);
+    let db = p.db().await;
+    common::eventually(
+        "the two stats instances share the partitions",
+        120,
+        || async {
+            let owners: i64 = db
+                .query_one(
+                    "SELECT count(DISTINCT owner) FROM sink_offsets WHERE consumer = 'stats'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            owners == 2
+        },
+    )
+    .await;
+    let review = |id: i64, course: i64| {
+        format!(
+            "INSERT INTO reviews (id, course_id, user_id, rating, content, created_at)
+             VALUES ({id}, {course}, {id}, 4.5, 'clear and well paced', now())"
+        )
+    };
+    db.batch_execute(&review(1, 1)).await.unwrap();
+    p.wait_until_caught_up().await;
+
+    // The test holds course 1's figures; the next review of course 1 stalls its writer there.
+    let mut holder = p.db().await;
+    let hold = holder.transaction().await.unwrap();
+    hold.query_one(
+        "SELECT 1 FROM course_stats WHERE course_id = 1 FOR UPDATE",
+        &[],
+    )
+    .await
+    .unwrap();
+    let holder_pid: i32 = hold
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    db.batch_execute(&review(2, 1)).await.unwrap();
+    let stalled = || async {
+        let n: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                &[&holder_pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n > 0
+    };
+    common::eventually("a stats writer waits for course 1", 60, stalled).await;
+
+    // One review on each of 30 new courses: those of the other instance's partitions appear.
+    for course in 100..130 {
+        db.batch_execute(&review(course, course)).await.unwrap();
+    }
+    common::eventually(
+        "the other instance writes its courses meanwhile",
+        60,
+        || async {
+            let written: i64 = db
+                .query_one(
+                    "SELECT count(*) FROM course_stats WHERE course_id BETWEEN 100 AND 129",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            written > 0
+        },
+    )
+    .await;
+    assert!(stalled().await, "the first writer was still held up");
+
+    hold.rollback().await.unwrap();
+    p.wait_until_caught_up().await;
+    p.assert_exact().await;
+}

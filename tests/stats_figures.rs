@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 use reviewflow::contract::image::ReviewRow;
 use reviewflow::contract::lsn::{Lsn, SourcePosition};
 use reviewflow::contract::review::Rating;
-use reviewflow::sink::stats::figures::{apply, lock_state, reset, roll_days, Deltas};
+use reviewflow::sink::stats::figures::{apply, lock_state, reset, roll_days, Deltas, Hold};
 use reviewflow::tools::verify::figures;
 
 /// The source table, its verdicts and the valid-set changelog, kept in step.
@@ -142,7 +142,7 @@ impl Sim {
         self.set_day(today).await;
         let batch = std::mem::take(&mut self.batch);
         let tx = self.db.transaction().await.unwrap();
-        let mut state = lock_state(&tx).await.unwrap();
+        let mut state = lock_state(&tx, Hold::Exclusive).await.unwrap();
         let today = state.today();
         let rolled = roll_days(&tx, &mut state, today).await.unwrap();
         apply(&tx, &batch, today).await.unwrap();
@@ -154,7 +154,7 @@ impl Sim {
     async fn roll(&mut self, today: NaiveDate) -> u64 {
         self.set_day(today).await;
         let tx = self.db.transaction().await.unwrap();
-        let mut state = lock_state(&tx).await.unwrap();
+        let mut state = lock_state(&tx, Hold::Exclusive).await.unwrap();
         let today = state.today();
         let rolled = roll_days(&tx, &mut state, today).await.unwrap();
         tx.commit().await.unwrap();
@@ -512,7 +512,7 @@ async fn a_truncate_empties_the_figures_once() {
     sim.commit(today).await;
 
     let tx = sim.db.transaction().await.unwrap();
-    let mut state = lock_state(&tx).await.unwrap();
+    let mut state = lock_state(&tx, Hold::Exclusive).await.unwrap();
     assert_eq!(state.truncated_lsn, Lsn::ZERO);
     assert!(
         reset(&tx, &mut state, SourcePosition::new(Lsn(0x1_0000_0100), 3))
@@ -534,7 +534,7 @@ async fn a_truncate_empties_the_figures_once() {
     sim.insert(4, 2, at(today, 0), true).await;
     sim.commit(today).await;
     let tx = sim.db.transaction().await.unwrap();
-    let mut state = lock_state(&tx).await.unwrap();
+    let mut state = lock_state(&tx, Hold::Exclusive).await.unwrap();
     assert_eq!(
         (state.truncated_lsn, state.truncated_position),
         (Lsn(0x1_0000_0100), 3),

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 
 use rdkafka::message::{Message, OwnedMessage};
+use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
 
@@ -90,8 +91,8 @@ impl Destination for VerdictSink {
                 }
             }
         }
-        upsert(tx, &verdicts).await?;
-        record_deletions(tx, &deletions).await?;
+        // Typed statements, pipelined: one round trip for both.
+        tokio::try_join!(upsert(tx, &verdicts), record_deletions(tx, &deletions))?;
         if let Some(at) = truncated {
             deleted_before(tx, at).await?;
         }
@@ -132,7 +133,7 @@ pub async fn upsert(tx: &Transaction<'_>, verdicts: &[Verdict]) -> Result<()> {
     let digests: Vec<Option<&str>> = rows.iter().map(|v| v.digest.as_deref()).collect();
     let oversize: Vec<serde_json::Value> =
         rows.iter().map(|v| serde_json::json!(v.oversize)).collect();
-    tx.execute(
+    tx.query_typed(
         "INSERT INTO review_verdicts
              (review_id, version, position, verdict, score, reasons, model, digest, oversize,
               course_id)
@@ -150,8 +151,16 @@ pub async fn upsert(tx: &Transaction<'_>, verdicts: &[Verdict]) -> Result<()> {
                 oversize = EXCLUDED.oversize, judged_at = now()
             WHERE review_verdicts.position <= EXCLUDED.position",
         &[
-            &ids, &versions, &positions, &kinds, &scores, &reasons, &models, &digests, &oversize,
-            &courses,
+            (&ids, Type::INT8_ARRAY),
+            (&versions, Type::TEXT_ARRAY),
+            (&positions, Type::INT8_ARRAY),
+            (&kinds, Type::TEXT_ARRAY),
+            (&scores, Type::FLOAT8_ARRAY),
+            (&reasons, Type::JSONB_ARRAY),
+            (&models, Type::TEXT_ARRAY),
+            (&digests, Type::TEXT_ARRAY),
+            (&oversize, Type::JSONB_ARRAY),
+            (&courses, Type::INT8_ARRAY),
         ],
     )
     .await?;
@@ -176,7 +185,7 @@ pub async fn record_deletions(tx: &Transaction<'_>, deletions: &[Deletion]) -> R
     let courses: Vec<Option<i64>> = rows.iter().map(|d| d.course_id).collect();
     let versions: Vec<String> = rows.iter().map(|d| d.version.to_string()).collect();
     let positions: Vec<i64> = rows.iter().map(|d| d.position).collect();
-    tx.execute(
+    tx.query_typed(
         "INSERT INTO review_deletions (review_id, course_id, version, position)
          SELECT id, course_id, version::pg_lsn, position
          FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[])
@@ -186,7 +195,12 @@ pub async fn record_deletions(tx: &Transaction<'_>, deletions: &[Deletion]) -> R
                 position = EXCLUDED.position, deleted_at = now()
             WHERE (review_deletions.version, review_deletions.position)
                 < (EXCLUDED.version, EXCLUDED.position)",
-        &[&ids, &courses, &versions, &positions],
+        &[
+            (&ids, Type::INT8_ARRAY),
+            (&courses, Type::INT8_ARRAY),
+            (&versions, Type::TEXT_ARRAY),
+            (&positions, Type::INT8_ARRAY),
+        ],
     )
     .await?;
     Ok(())

@@ -10,23 +10,53 @@
 //!
 //! Guarantee: after `apply` (and `roll_days` for the same day) the touched courses hold exactly
 //! what sql/truth.sql computes for that day. That rests on one rule the caller keeps: every
-//! writer of these tables first takes the `stats_state` row lock ([`lock_state`]) in the same
-//! transaction, so the read-then-write recomputations here never race another writer.
+//! writer of these tables first takes the stats lock ([`lock_state`]) in the same transaction,
+//! so the read-then-write recomputations here never race another writer of the same course.
+//! - A batch takes it shared: batches of different partitions commit side by side. They never
+//!   touch one course, because cdc keys every change by its course (a review that moves is a
+//!   delete under the old key and a create under the new one), and a partition is held by one
+//!   writer at a time (`offsets::hold` locks its row first).
+//! - What reaches every course takes it exclusively, alone: the day rollover, a TRUNCATE, a
+//!   snapshot's start and end, a rebuild. The lock is PostgreSQL's lock manager's (an
+//!   advisory lock), which queues a waiting exclusive request ahead of later shared ones, so
+//!   a stream of batches cannot starve midnight.
+//!
+//! The statements of a step are pipelined (sent together, run in order, one round trip) and
+//! typed rather than prepared, which would cost a round trip each.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Days, NaiveDate, Timelike, Utc};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Transaction;
 
 use crate::contract::image::ReviewRow;
 use crate::contract::lsn::{Lsn, SourcePosition};
 use crate::error::Result;
 
-/// The table-wide state of the stats worker, read under a row lock that serializes all stats
-/// writers.
+/// How a stats transaction holds the stats lock ([`lock_state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// Figures of the courses of the batch's own partitions, beside other such writers.
+    Shared,
+    /// The steps that reach every course: alone.
+    Exclusive,
+}
+
+impl Hold {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hold::Shared => "shared",
+            Hold::Exclusive => "exclusive",
+        }
+    }
+}
+
+/// The table-wide state of the stats worker, read under the stats lock.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StatsState {
+    /// How this transaction holds the lock: only an exclusive holder may change the state.
+    pub hold: Hold,
     pub rolled_through: Option<NaiveDate>,
     pub truncated_lsn: Lsn,
     pub truncated_position: i64,
@@ -61,18 +91,51 @@ impl StatsState {
     }
 }
 
-/// Takes the lock every stats writer holds until it commits, and reads the state under it
-/// with the database's day.
-pub async fn lock_state(tx: &Transaction<'_>) -> Result<StatsState> {
-    let row = tx
-        .query_one(
-            "SELECT rolled_through, truncated_lsn, truncated_position, restating, restated_partitions,
-                    restating_lsn, reviewflow_today()
-             FROM stats_state FOR UPDATE",
-            &[],
-        )
-        .await?;
-    Ok(StatsState {
+/// The two-key advisory lock of the stats writers (the registry's subjects use 7_271_101).
+const STATS_LOCK: (i32, i32) = (7_271_102, 1);
+
+/// Takes the lock every stats writer holds until it commits, as `want` asks, and reads the
+/// state under it with the database's day. A shared holder is made exclusive when the day
+/// needs rolling, so the first batch after midnight rolls it (the timer in `clock` aims there
+/// too).
+pub async fn lock_state(tx: &Transaction<'_>, want: Hold) -> Result<StatsState> {
+    let started = std::time::Instant::now();
+    let (a, b) = (&STATS_LOCK.0 as &(dyn ToSql + Sync), &STATS_LOCK.1 as _);
+    let key = [(a, Type::INT4), (b, Type::INT4)];
+    let state = 'held: {
+        if want == Hold::Shared {
+            // One round trip: the lock, unless the day needs rolling, and the state read after
+            // it (each statement sees what committed before it began).
+            let (taken, row) = tokio::try_join!(
+                tx.query_typed(
+                    "SELECT pg_advisory_xact_lock_shared($1, $2) FROM stats_state
+                     WHERE rolled_through >= reviewflow_today()",
+                    &key,
+                ),
+                tx.query_typed_one(READ_STATE, &[]),
+            )?;
+            if !taken.is_empty() {
+                break 'held state_of(&row, Hold::Shared);
+            }
+        }
+        tx.query_typed("SELECT pg_advisory_xact_lock($1, $2)", &key)
+            .await?;
+        let row = tx
+            .query_typed_one(&format!("{READ_STATE} FOR UPDATE"), &[])
+            .await?;
+        state_of(&row, Hold::Exclusive)
+    };
+    crate::metrics::stats_lock_wait(state.hold.as_str()).inc_by(started.elapsed().as_secs_f64());
+    Ok(state)
+}
+
+const READ_STATE: &str = "SELECT rolled_through, truncated_lsn, truncated_position, restating,
+        restated_partitions, restating_lsn, reviewflow_today()
+    FROM stats_state";
+
+fn state_of(row: &tokio_postgres::Row, hold: Hold) -> StatsState {
+    StatsState {
+        hold,
         rolled_through: row.get(0),
         // bigint holds any real WAL position: 2^63 bytes of WAL will never be written.
         truncated_lsn: Lsn(row.get::<_, i64>(1) as u64),
@@ -81,7 +144,7 @@ pub async fn lock_state(tx: &Transaction<'_>) -> Result<StatsState> {
         restated_partitions: row.get(4),
         restating_lsn: row.get::<_, Option<i64>>(5).map(|l| Lsn(l as u64)),
         clock_today: row.get(6),
-    })
+    }
 }
 
 /// The figures of one bucket, or their change: review count, rating sum in half stars (so
@@ -196,17 +259,21 @@ impl Columns {
     }
 
     /// Count, halves, stars 0..5: eight parameters, in the order the statements number them.
-    fn params(&self) -> impl Iterator<Item = &(dyn ToSql + Sync)> {
+    fn params(&self) -> impl Iterator<Item = Param<'_>> {
         [&self.count, &self.halves]
             .into_iter()
             .chain(&self.stars)
-            .map(|c| c as &(dyn ToSql + Sync))
+            .map(|c| (c as &(dyn ToSql + Sync), Type::INT8_ARRAY))
     }
 }
 
-/// Applies the deltas of one batch, in three statements whatever its size: buckets, creation
-/// times, then course_stats (all-time figures moved, 90-day figures and last_review_at
-/// recomputed for every touched course as of `today`).
+/// A statement's parameter with its type, as `query_typed` takes it.
+type Param<'a> = (&'a (dyn ToSql + Sync), Type);
+
+/// Applies the deltas of one batch, in three statements whatever its size, pipelined:
+/// buckets, creation times, then course_stats (all-time figures moved, 90-day figures and
+/// last_review_at recomputed for every touched course as of `today`), which sees what the two
+/// before it wrote because PostgreSQL runs a pipeline's statements in the order sent.
 ///
 /// `today` should not be before the state's `rolled_through`, or the recomputed 90-day
 /// figures would include days the rollover already retired; pass the later of the two.
@@ -222,11 +289,9 @@ pub async fn apply(tx: &Transaction<'_>, deltas: &Deltas, today: NaiveDate) -> R
         days.push(*day);
         day_figures.push(f);
     }
-    if !days.is_empty() {
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&day_courses, &days];
-        params.extend(day_figures.params());
-        tx.execute(MERGE_DAYS, &params).await?;
-    }
+    let mut day_params: Vec<Param> =
+        vec![(&day_courses, Type::INT8_ARRAY), (&days, Type::DATE_ARRAY)];
+    day_params.extend(day_figures.params());
 
     let (mut time_courses, mut times, mut time_counts) = (vec![], vec![], vec![]);
     for ((course, at), n) in deltas.times.iter().filter(|(_, n)| **n != 0) {
@@ -234,10 +299,11 @@ pub async fn apply(tx: &Transaction<'_>, deltas: &Deltas, today: NaiveDate) -> R
         times.push(*at);
         time_counts.push(*n);
     }
-    if !times.is_empty() {
-        tx.execute(MERGE_TIMES, &[&time_courses, &times, &time_counts])
-            .await?;
-    }
+    let time_params: [Param; 3] = [
+        (&time_courses, Type::INT8_ARRAY),
+        (&times, Type::TIMESTAMPTZ_ARRAY),
+        (&time_counts, Type::INT8_ARRAY),
+    ];
 
     let (mut courses, mut course_figures) = (vec![], Columns::default());
     for (course, f) in deltas.per_course() {
@@ -245,10 +311,16 @@ pub async fn apply(tx: &Transaction<'_>, deltas: &Deltas, today: NaiveDate) -> R
         course_figures.push(&f);
     }
     let floor = window_floor(today);
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&courses];
-    params.extend(course_figures.params());
-    params.push(&floor);
-    tx.execute(UPSERT_COURSES, &params).await?;
+    let mut course_params: Vec<Param> = vec![(&courses, Type::INT8_ARRAY)];
+    course_params.extend(course_figures.params());
+    course_params.push((&floor, Type::DATE));
+
+    // Empty arrays merge nothing: sending them keeps the pipeline one shape.
+    tokio::try_join!(
+        tx.query_typed(MERGE_DAYS, &day_params),
+        tx.query_typed(MERGE_TIMES, &time_params),
+        tx.query_typed(UPSERT_COURSES, &course_params),
+    )?;
     Ok(())
 }
 
@@ -261,7 +333,9 @@ pub async fn roll_days(
     state: &mut StatsState,
     today: NaiveDate,
 ) -> Result<u64> {
-    if state.rolled_through.is_some_and(|r| r >= today) {
+    // A shared holder leaves it to the next exclusive one: midnight passed after its lock
+    // was taken, and only a writer alone may touch every course.
+    if state.hold == Hold::Shared || state.rolled_through.is_some_and(|r| r >= today) {
         return Ok(0);
     }
     let expired_after = state.rolled_through.map(window_floor);
@@ -299,6 +373,7 @@ pub async fn reset(
     state: &mut StatsState,
     id: SourcePosition,
 ) -> Result<bool> {
+    debug_assert_eq!(state.hold, Hold::Exclusive, "a TRUNCATE is applied alone");
     if state.voids(id) {
         return Ok(false);
     }

@@ -11,8 +11,9 @@
 //! when no review arrives: a timer aims at that boundary (see `clock`), and every batch
 //! writes the figures of the database's day.
 //!
-//! All stats writers serialize on the `stats_state` row (see `figures`): scaling out adds
-//! consumers and decoding, not concurrent writes.
+//! Scaling out: workers of one group share the partitions, and their batches commit side by
+//! side under the stats lock held shared; only a batch with a TRUNCATE or a snapshot's end,
+//! and the day rollover, hold it alone (see `figures`).
 
 pub mod clock;
 pub mod figures;
@@ -32,12 +33,14 @@ use super::offsets::Applied;
 use super::{Destination, Written};
 use crate::avro::envelope::ChangeReaders;
 use crate::config::{Settings, TopicSettings, WorkerSettings};
+use crate::contract::change::Op;
 use crate::contract::notify::Touched;
 use crate::error::Result;
 use crate::failpoint::Point;
 use crate::metrics;
 use crate::registry::Registry;
 use crate::sink::StatsConfig;
+use figures::Hold;
 pub use fold::ValidChange;
 use fold::{Fold, Step};
 
@@ -96,7 +99,12 @@ impl Destination for StatsWorker {
         applied: HashMap<i32, Applied>,
         records: Vec<(&OwnedMessage, ValidChange)>,
     ) -> Result<Written<Self::Receipt>> {
-        let mut state = figures::lock_state(tx).await?;
+        // The marks that reach every course need the lock alone; a batch with none shares it.
+        let alone = records
+            .iter()
+            .any(|(_, c)| matches!(c.event.op, Op::Truncate | Op::SnapshotEnd));
+        let hold = if alone { Hold::Exclusive } else { Hold::Shared };
+        let mut state = figures::lock_state(tx, hold).await?;
         let today = state.today();
         figures::roll_days(tx, &mut state, today).await?;
         if state.restating {
@@ -150,8 +158,11 @@ impl Destination for StatsWorker {
         } else {
             Touched::Courses(deltas.touched().chain(swapped).collect())
         };
-        notify::notify(tx, &touched).await?;
-        figures::apply(tx, &deltas, today).await?;
+        // One round trip for both.
+        tokio::try_join!(
+            notify::notify(tx, &touched),
+            figures::apply(tx, &deltas, today)
+        )?;
         let positions = fold.applied();
         Ok(Written {
             positions,
@@ -165,7 +176,7 @@ impl Destination for StatsWorker {
     async fn tick(&self, pool: &deadpool_postgres::Pool) -> Result<Option<Instant>> {
         let mut client = pool.get().await?;
         let tx = client.transaction().await?;
-        let mut state = figures::lock_state(&tx).await?;
+        let mut state = figures::lock_state(&tx, Hold::Exclusive).await?;
         let today = state.today();
         let refreshed = figures::roll_days(&tx, &mut state, today).await?;
         tx.commit().await?;

@@ -2,6 +2,7 @@
 //! so that PostgreSQL delivers them only if it commits. The payload is the contract's
 //! (`contract::notify`).
 
+use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
 use crate::contract::notify::{payloads, Touched, CHANNEL};
@@ -13,9 +14,10 @@ pub async fn notify(tx: &Transaction<'_>, touched: &Touched) -> Result<()> {
     if payloads.is_empty() {
         return Ok(());
     }
-    tx.execute(
+    // Typed, not prepared: one round trip, and it can share a pipeline with the figures.
+    tx.query_typed(
         "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
-        &[&CHANNEL, &payloads],
+        &[(&CHANNEL, Type::TEXT), (&payloads, Type::TEXT_ARRAY)],
     )
     .await?;
     Ok(())
