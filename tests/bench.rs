@@ -73,6 +73,27 @@ async fn the_quick_bench_measures_every_figure_and_cleans_up() {
         slowest >= 0.0 && slowest.is_finite(),
         "/saturation/slowest_second = {slowest}"
     );
+    // The backends' lock waits, sampled over the window (0 waiting is a fine figure).
+    assert_eq!(figures["saturation"]["instances"], 1);
+    assert!(
+        figures
+            .pointer("/saturation/lock_wait/samples")
+            .and_then(serde_json::Value::as_u64)
+            .is_some_and(|n| n > 0),
+        "lock waits sampled: {:#}",
+        figures["saturation"]
+    );
+    for f in ["active", "waiting", "advisory"] {
+        let v = figures
+            .pointer(&format!("/saturation/lock_wait/{f}"))
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(f64::NAN);
+        assert!(v >= 0.0 && v.is_finite(), "/saturation/lock_wait/{f} = {v}");
+    }
+    assert!(
+        figures["scale_out"].is_null(),
+        "the quick form measures one instance of each worker (--scale-out adds two)"
+    );
     let rates = figures["latency"].as_array().unwrap();
     assert_eq!(rates.len(), 2, "two rates in the quick form");
     for (i, _) in rates.iter().enumerate() {

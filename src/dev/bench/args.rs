@@ -47,6 +47,12 @@ pub struct BenchConfig {
         value_name = "N", long = "rounds", value_parser = clap::value_parser!(u64).range(1..=20))]
     pub rounds: Option<u64>,
 
+    /// Also measures saturation with two instances of each worker (fraud, stats, verdicts)
+    /// in their groups, with the lock waits of both [default: true; quick: false].
+    #[arg(id = "bench_scale_out", value_name = "BOOL", long = "scale-out",
+        num_args = 0..=1, default_missing_value = "true")]
+    pub scale_out: Option<bool>,
+
     /// The private database the run creates and drops.
     #[arg(
         id = "bench_database",

@@ -15,6 +15,7 @@ mod args;
 mod cdc;
 mod latency;
 mod load;
+mod locks;
 mod machine;
 mod peers;
 mod pipeline;
@@ -62,6 +63,8 @@ pub struct Sizes {
     pub website_secs: u64,
     /// Reviews written but not yet in course_stats that the saturation writer allows.
     pub in_flight: u64,
+    /// Saturation measured again with two instances of each worker.
+    pub scale_out: bool,
 }
 
 impl Sizes {
@@ -93,6 +96,7 @@ impl Sizes {
             website_secs: if q { 3 } else { latency_secs },
             rounds: c.rounds.unwrap_or(if q { 1 } else { 3 }),
             in_flight: if q { 5_000 } else { 20_000 },
+            scale_out: c.scale_out.unwrap_or(!q),
         })
     }
 }
@@ -239,10 +243,11 @@ impl Run {
         report.fraud = Some(fraud);
         report.stats = Some(stats);
         check(shutdown)?;
-        let (saturation, latency, website) = pipeline::run(self, shutdown).await?;
-        report.saturation = Some(saturation);
-        report.latency = latency;
-        report.website = website;
+        let live = pipeline::run(self, shutdown).await?;
+        report.saturation = Some(live.saturation);
+        report.scale_out = live.scale_out;
+        report.latency = live.latency;
+        report.website = live.website;
         Ok(())
     }
 
@@ -342,9 +347,45 @@ impl Run {
     }
 
     fn start(&mut self, stage: &str) -> Result<()> {
-        let started = procs::start(stage, &self.stage_env(), &self.dir)?;
+        let started = procs::start(stage, stage, &self.stage_env(), &self.dir)?;
         self.stages.insert(stage.to_string(), started);
         Ok(())
+    }
+
+    /// Starts instance `n` (2, 3, ...) of a worker, in the same group as the first: its own
+    /// instance name (so its own transactional id and sink_offsets owner), named `<stage>-<n>`.
+    fn start_instance(&mut self, stage: &str, n: u32) -> Result<()> {
+        let name = format!("{stage}-{n}");
+        let env: Vec<(String, String)> = self
+            .stage_env()
+            .into_iter()
+            .map(|(k, v)| match k.as_str() {
+                "REVIEWFLOW_INSTANCE" => (k, format!("{v}-{n}")),
+                _ => (k, v),
+            })
+            .collect();
+        let started = procs::start(stage, &name, &env, &self.dir)?;
+        self.stages.insert(name, started);
+        Ok(())
+    }
+
+    /// A counter summed over every running instance of `stage` (`stage`, `stage-2`, ...).
+    async fn counter_sum(&self, stage: &str, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+        let instances: Vec<&String> = self
+            .stages
+            .keys()
+            .filter(|k| {
+                k.as_str() == stage
+                    || k.strip_prefix(stage)
+                        .and_then(|rest| rest.strip_prefix('-'))
+                        .is_some_and(|n| n.parse::<u32>().is_ok())
+            })
+            .collect();
+        let mut sum = 0.0;
+        for instance in instances {
+            sum += self.counter(instance, name, labels).await?;
+        }
+        Ok(sum)
     }
 
     fn stage(&mut self, name: &str) -> Result<&mut Stage> {

@@ -2,7 +2,8 @@
 //! process, with the seeded courses and the backlog in the data:
 //! - saturation: a writer keeps the pipeline full (a bounded number of reviews written but
 //!   not yet in course_stats) and the rate at which reviews reach course_stats is measured
-//!   over the window, with each process's CPU time over the same window (the profile);
+//!   over the window, with each process's CPU time over the same window (the profile) and
+//!   the backends' lock waits; then again with two instances of each worker (scale-out);
 //! - latency: at fixed offered rates, commit-to-visible percentiles (see `latency`).
 
 use std::time::{Duration, Instant};
@@ -11,21 +12,28 @@ use tokio_util::sync::CancellationToken;
 
 use super::latency::{self, Listener, RatePoint};
 use super::load::Writer;
+use super::locks::{LockWait, Sampler};
 use super::website::{self, ProbePoint};
 use super::{spinner, timed, wait_until, Run};
 use crate::dev::demo::Rng;
 use crate::error::{Error, Result};
 
 pub const STAGES: [&str; 5] = ["api", "cdc", "fraud", "stats", "verdicts"];
+/// The stages that scale out: instances in one consumer group.
+const WORKERS: [&str; 3] = ["fraud", "stats", "verdicts"];
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Saturation {
+    /// Instances of each worker (fraud, stats, verdicts).
+    pub instances: u32,
     pub secs: f64,
     pub reviews: u64,
     /// The slowest one-second interval of the window, reviews per second.
     pub slowest_second: f64,
     /// CPU seconds over the window, by process (the stages, PostgreSQL, Kafka, the writer).
     pub cpu: Vec<(String, f64)>,
+    /// The bench database's backends over the window: running, and waiting on a lock.
+    pub lock_wait: LockWait,
 }
 
 impl Saturation {
@@ -34,10 +42,16 @@ impl Saturation {
     }
 }
 
-pub async fn run(
-    run: &mut Run,
-    shutdown: &CancellationToken,
-) -> Result<(Saturation, Vec<RatePoint>, Vec<ProbePoint>)> {
+/// What the live pipeline measured.
+pub struct Live {
+    pub saturation: Saturation,
+    /// Saturation with two instances of each worker, when the sizes ask for it.
+    pub scale_out: Option<Saturation>,
+    pub latency: Vec<RatePoint>,
+    pub website: Vec<ProbePoint>,
+}
+
+pub async fn run(run: &mut Run, shutdown: &CancellationToken) -> Result<Live> {
     for stage in STAGES {
         if !run.stages.contains_key(stage) {
             run.start(stage)?;
@@ -49,23 +63,27 @@ pub async fn run(
     let client = crate::db::connect(&run.settings.database_url).await?;
     let mut writer = Writer::new(client).await?;
     let mut listener = Listener::start(&run.settings.database_url).await?;
-    let warm: Vec<i64> = vec![1];
-    latency::measure(
-        &mut writer,
-        &mut listener,
-        &warm,
-        1,
-        || async { Ok(0) },
-        shutdown,
-    )
-    .await
-    .map_err(|e| Error::Command {
-        what: "the pipeline's first review".into(),
-        detail: e.to_string(),
-    })?;
+    first_review(&mut writer, &mut listener, shutdown).await?;
     bar.finish_and_clear();
 
-    let saturation = saturate(run, &mut writer, shutdown).await?;
+    let warmup = run.sizes.warmup_secs;
+    let saturation = saturate(run, &mut writer, 1, warmup, shutdown).await?;
+    let scale_out = if run.sizes.scale_out {
+        for stage in WORKERS {
+            run.start_instance(stage, 2)?;
+        }
+        // Longer: the groups rebalance onto the new members first.
+        let s = saturate(run, &mut writer, 2, warmup.max(10), shutdown).await;
+        for stage in WORKERS {
+            run.stop(&format!("{stage}-2"), "pipeline").await?;
+        }
+        let bar = spinner("pipeline: back to one instance of each worker".into());
+        first_review(&mut writer, &mut listener, shutdown).await?;
+        bar.finish_and_clear();
+        Some(s?)
+    } else {
+        None
+    };
 
     let (changes, valid) = (run.topic("changes"), run.topic("valid"));
     listener.tap(&run.settings.kafka, &changes, &valid)?;
@@ -152,19 +170,44 @@ pub async fn run(
         probes.push(point);
     }
     run.stop_all("pipeline").await?;
-    Ok((saturation, points, probes))
+    Ok(Live {
+        saturation,
+        scale_out,
+        latency: points,
+        website: probes,
+    })
+}
+
+/// One review through the whole pipeline: every stage streams and the workers hold their
+/// partitions.
+async fn first_review(
+    writer: &mut Writer,
+    listener: &mut Listener,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    latency::measure(writer, listener, &[1], 1, || async { Ok(0) }, shutdown)
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::Command {
+            what: "the pipeline's first review".into(),
+            detail: e.to_string(),
+        })
 }
 
 async fn saturate(
     run: &mut Run,
     writer: &mut Writer,
+    instances: u32,
+    warmup: u64,
     shutdown: &CancellationToken,
 ) -> Result<Saturation> {
-    let (warmup, secs) = (run.sizes.warmup_secs, run.sizes.saturation_secs);
+    let secs = run.sizes.saturation_secs;
     let courses = run.sizes.courses;
     let batch: usize = if run.sizes.quick { 200 } else { 500 };
     let bar = timed(
-        format!("saturation: {warmup} s warm-up, then {secs} s measured"),
+        format!(
+            "saturation, {instances} instance(s) of each worker: {warmup} s warm-up, then {secs} s measured"
+        ),
         warmup + secs,
     );
     let ticker = tick(bar.clone());
@@ -176,6 +219,7 @@ async fn saturate(
     let mut last_poll = Instant::now();
     // When the window opened, the reviews done then, and each process's CPU then.
     let mut window: Option<(Instant, u64, CpuTimes)> = None;
+    let mut sampler: Option<Sampler> = None;
     let mut seconds: Vec<(Instant, u64)> = Vec::new();
     let end = Duration::from_secs(warmup + secs);
     while started.elapsed() < end {
@@ -188,6 +232,8 @@ async fn saturate(
             run.check_stages()?;
             if window.is_none() && started.elapsed() >= Duration::from_secs(warmup) {
                 window = Some((Instant::now(), done, cpu(run)));
+                let every = Duration::from_millis(100);
+                sampler = Some(Sampler::start(&run.settings.database_url, every).await?);
             }
             if window.is_some()
                 && seconds
@@ -207,6 +253,10 @@ async fn saturate(
     }
     let finished = reached(run).await? - base;
     let after = cpu(run);
+    let lock_wait = match sampler {
+        Some(s) => s.finish().await?,
+        None => LockWait::default(),
+    };
     ticker.abort();
     bar.finish_and_clear();
     let (from, at_start, before) = window.ok_or_else(|| Error::Command {
@@ -226,7 +276,7 @@ async fn saturate(
             (name, secs - b)
         })
         .collect();
-    tracing::info!(reviews, secs = window_secs, "saturation");
+    tracing::info!(instances, reviews, secs = window_secs, lock_wait = ?lock_wait, "saturation");
     // What is still in flight drains before the latency phases.
     let target = written;
     wait_until(
@@ -239,6 +289,7 @@ async fn saturate(
     )
     .await?;
     Ok(Saturation {
+        instances,
         secs: window_secs,
         reviews,
         slowest_second: if slowest_second.is_finite() {
@@ -247,20 +298,22 @@ async fn saturate(
             reviews as f64 / window_secs
         },
         cpu,
+        lock_wait,
     })
 }
 
-/// Reviews that reached their end: applied to course_stats, or flagged (which never do).
+/// Reviews that reached their end: applied to course_stats, or flagged (which never do), by
+/// every instance.
 async fn reached(run: &Run) -> Result<u64> {
     let applied = run
-        .counter(
+        .counter_sum(
             "stats",
             "reviewflow_events_out",
             &[("stage", "stats"), ("output", "applied")],
         )
         .await?;
     let flagged = run
-        .counter(
+        .counter_sum(
             "fraud",
             "reviewflow_events_out",
             &[("stage", "fraud"), ("output", "fraud")],

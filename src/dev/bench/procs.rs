@@ -19,14 +19,15 @@ pub struct Stage {
     child: tokio::process::Child,
 }
 
-/// Starts `reviewflow <stage>` with `env` on top of ours, its log in `dir`.
-pub fn start(name: &str, env: &[(String, String)], dir: &Path) -> Result<Stage> {
+/// Starts `reviewflow <stage>` with `env` on top of ours, named `name` (the stage, or one of
+/// its further instances), its log in `dir`.
+pub fn start(stage: &str, name: &str, env: &[(String, String)], dir: &Path) -> Result<Stage> {
     let exe = std::env::current_exe().map_err(|e| Error::io("find the reviewflow binary", e))?;
     let metrics = free_address()?;
     let log = dir.join(format!("{name}.log"));
     let file = std::fs::File::create(&log).map_err(|e| Error::io_path("create", &log, e))?;
     let child = tokio::process::Command::new(exe)
-        .arg(name)
+        .arg(stage)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .env("REVIEWFLOW_METRICS_LISTEN", metrics.to_string())
         // Per-role connection strings point at the user's database, not the bench's: the

@@ -142,12 +142,32 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "| window | reviews | reviews/s | slowest second |\n| --- | --- | --- | --- |\n| {:.1} s | {} | {} | {}/s |",
-            s.secs,
-            thousands(s.reviews as f64),
-            thousands(s.rate()),
-            thousands(s.slowest_second)
+            "With two instances, a second process of each worker (fraud, stats, verdicts) joins \
+             its group, and after a longer warm-up (the groups rebalance first) the same window \
+             is measured. Every 100 ms `pg_stat_activity` is sampled over the bench database's \
+             backends: the mean running a statement, and the mean of those waiting on a \
+             heavyweight lock (`wait_event_type = 'Lock'`; advisory: the stats lock).\n"
         );
+        let _ = writeln!(
+            o,
+            "| instances of each worker | window | reviews | reviews/s | slowest second | backends running | waiting on a lock | of which advisory |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+        );
+        for s in std::iter::once(s).chain(&self.scale_out) {
+            let w = &s.lock_wait;
+            let _ = writeln!(
+                o,
+                "| {} | {:.1} s | {} | {} | {}/s | {:.2} | {:.2} ({:.0} %) | {:.2} |",
+                s.instances,
+                s.secs,
+                thousands(s.reviews as f64),
+                thousands(s.rate()),
+                thousands(s.slowest_second),
+                w.active,
+                w.waiting,
+                w.share() * 100.0,
+                w.advisory
+            );
+        }
     }
 
     fn md_latency(&self, o: &mut String) {

@@ -33,6 +33,8 @@ pub struct Report {
     pub fraud: Option<FraudFigures>,
     pub stats: Option<StatsFigures>,
     pub saturation: Option<Saturation>,
+    /// Saturation with two instances of each worker.
+    pub scale_out: Option<Saturation>,
     pub latency: Vec<RatePoint>,
     /// The website-shaped phase: single-review probes over demo's mix, per offered rate.
     pub website: Vec<ProbePoint>,
@@ -68,6 +70,7 @@ impl Report {
             fraud: None,
             stats: None,
             saturation: None,
+            scale_out: None,
             latency: Vec::new(),
             website: Vec::new(),
             memory: Vec::new(),
@@ -243,14 +246,20 @@ impl Report {
         let mut o = String::new();
         let _ = writeln!(o, "machine: {}", self.machine.line());
         let _ = writeln!(o, "command: {}", self.command);
-        if let Some(s) = &self.saturation {
+        for s in self.saturation.iter().chain(&self.scale_out) {
+            let w = &s.lock_wait;
             let _ = writeln!(
                 o,
-                "saturation: {} reviews/s from INSERT commit to course_stats, over {:.0} s ({} reviews; slowest second {}/s)",
+                "saturation with {} instance(s) of each worker: {} reviews/s from INSERT commit to course_stats, over {:.0} s ({} reviews; slowest second {}/s); backends running {:.2}, waiting on a lock {:.2} ({:.0} %; advisory {:.2})",
+                s.instances,
                 thousands(s.rate()),
                 s.secs,
                 thousands(s.reviews as f64),
-                thousands(s.slowest_second)
+                thousands(s.slowest_second),
+                w.active,
+                w.waiting,
+                w.share() * 100.0,
+                w.advisory
             );
         }
         for p in &self.latency {
