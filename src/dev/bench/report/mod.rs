@@ -250,9 +250,9 @@ impl Report {
             let w = &s.lock_wait;
             let _ = writeln!(
                 o,
-                "saturation with {} instance(s) of each worker: {} reviews/s from INSERT commit to course_stats, over {:.0} s ({} reviews; slowest second {}/s); backends running {:.2}, waiting on a lock {:.2} ({:.0} %; advisory {:.2})",
-                s.instances,
+                "saturation: {} reviews/s from INSERT commit to course_stats with {} instance(s) of each worker, over {:.0} s ({} reviews; slowest second {}/s); backends running {:.2}, waiting on a lock {:.2} ({:.0} %; advisory {:.2})",
                 thousands(s.rate()),
+                s.instances,
                 s.secs,
                 thousands(s.reviews as f64),
                 thousands(s.slowest_second),
