@@ -78,10 +78,18 @@ impl Sampler {
         Ok(Sampler { stop, task })
     }
 
-    pub async fn finish(self) -> Result<LockWait> {
+    pub async fn finish(mut self) -> Result<LockWait> {
         self.stop.cancel();
-        self.task
+        (&mut self.task)
             .await
             .map_err(|e| crate::error::Error::Config(format!("the lock sampler failed: {e}")))?
+    }
+}
+
+/// A run that fails mid-window still ends the sampler, and its connection with it: the
+/// bench database is dropped at the end.
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
