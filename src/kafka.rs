@@ -47,7 +47,11 @@ pub fn worker_consumer_config(
         )
         .set("queued.max.messages.kbytes", "4096")
         .set("max.partition.fetch.bytes", "262144")
-        .set("fetch.queue.backoff.ms", "10");
+        .set("fetch.queue.backoff.ms", "10")
+        // Partitions added to a topic join the group's assignment at the next metadata
+        // refresh: 10 s rather than librdkafka's 5 minutes, so changes cdc writes there after a
+        // switch do not wait (see `source::switch`).
+        .set("topic.metadata.refresh.interval.ms", "10000");
     let mut config = configured(bounded, kafka);
     config
         .set("group.id", group)

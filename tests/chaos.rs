@@ -214,6 +214,8 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
     // The TRUNCATE and refill, a third of the way in, or at the third trial if a slow machine
     // gets there later (a Kafka restart can take most of a short run).
     let mut truncate_at = Some(started + Duration::from_secs(seconds / 3));
+    // Two partitions added to the changes and valid topics, half way in or at the fifth trial.
+    let mut add_at = Some(started + Duration::from_secs(seconds / 2));
     let brokers = common::broker_ids(&p.settings.kafka).await;
     let mut down_broker: Option<u8> = None;
     // However slowly the trials go, the run lasts until it has met the fixed faults (Kafka, the
@@ -223,6 +225,7 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
         || !met_kafka
         || !met_postgres
         || truncate_at.is_some()
+        || add_at.is_some()
     {
         tokio::time::sleep(Duration::from_millis(1500 + rng.next(3000))).await;
         trials += 1;
@@ -243,6 +246,19 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
                 *faults.entry("TRUNCATE and refill".into()).or_default() += 1;
             } else {
                 truncate_at = Some(Instant::now());
+            }
+            continue;
+        }
+        if add_at.is_some_and(|at| Instant::now() >= at || trials >= 5) {
+            let count = common::partition_count(&p.settings.kafka, &p.output("valid")).await + 2;
+            let topics = [p.topic.clone(), p.output("valid")];
+            match common::add_partitions(&p.settings.kafka, &topics, count).await {
+                Ok(()) => {
+                    add_at = None;
+                    *faults.entry("partitions added".into()).or_default() += 1;
+                }
+                // A node just restarted may not have rejoined: the next trial tries again.
+                Err(e) => println!("chaos: adding partitions refused for now: {e}"),
             }
             continue;
         }
@@ -395,8 +411,10 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
     );
     assert!(reviews >= 10_000, "at least 10,000 rows live: {reviews}");
     assert!(
-        faults.len() >= 3 && faults.contains_key("TRUNCATE and refill"),
-        "several kinds of fault were injected, the TRUNCATE among them: {faults:?}"
+        faults.len() >= 3
+            && faults.contains_key("TRUNCATE and refill")
+            && faults.contains_key("partitions added"),
+        "several kinds of fault were injected, the TRUNCATE and added partitions among them: {faults:?}"
     );
     assert!(
         seen.reads > 100,

@@ -104,6 +104,14 @@ pub enum Command {
     Cdc {
         #[command(flatten)]
         cdc: CdcConfig,
+        /// The fraud workers' consumer group: after partitions are added, cdc waits until it
+        /// (and the stats worker) applied the old partitions before writing across the new.
+        #[arg(
+            long = "fraud-group",
+            env = "REVIEWFLOW_FRAUD_GROUP",
+            default_value = crate::transform::args::DEFAULT_GROUP
+        )]
+        fraud_group: String,
     },
     /// Score every review version for fraud, exactly-once (Kafka transactions).
     Fraud {
@@ -212,7 +220,13 @@ impl Cli {
                 verdicts,
             } => supervise::run(&cx, Stage::pipeline(api, cdc, fraud, stats, verdicts)).await,
             Command::Api { api, watched } => stages::run(&cx, vec![Stage::Api(api, watched)]).await,
-            Command::Cdc { cdc } => stages::run(&cx, vec![Stage::Cdc(cdc)]).await,
+            Command::Cdc {
+                mut cdc,
+                fraud_group,
+            } => {
+                cdc.fraud_group = fraud_group;
+                stages::run(&cx, vec![Stage::Cdc(cdc)]).await
+            }
             Command::Fraud { fraud } => stages::run(&cx, vec![Stage::Fraud(fraud)]).await,
             Command::Verdicts { verdicts } => {
                 stages::run(&cx, vec![Stage::Verdicts(verdicts)]).await

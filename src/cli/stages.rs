@@ -41,11 +41,12 @@ impl Stage {
     /// Every stage, as `run` starts them; the stats topic's reader only when it is named.
     pub(super) fn pipeline(
         api: ApiArgs,
-        cdc: CdcConfig,
+        mut cdc: CdcConfig,
         fraud: FraudConfig,
         stats: StatsConfig,
         verdicts: VerdictsConfig,
     ) -> Vec<Stage> {
+        cdc.fraud_group = fraud.group.clone();
         let course_stats = (!stats.topic.is_empty()).then(|| Stage::CourseStats {
             cdc: cdc.clone(),
             topic: stats.topic.clone(),

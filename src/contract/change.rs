@@ -17,6 +17,12 @@ pub const NEW_KEY_HEADER: &str = "reviewflow.newkey";
 /// [`NEW_KEY_HEADER`] is written (Debezium's `__debezium.oldkey`).
 pub const OLD_KEY_HEADER: &str = "reviewflow.oldkey";
 
+/// Header on a snapshot's end: how many partitions the snapshot was written across (a
+/// decimal number), so the stats worker knows how many ends make it whole even after
+/// partitions were added. An end without it was written across all of the topic's then
+/// partitions.
+pub const PARTITIONS_HEADER: &str = "reviewflow.partitions";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
     Create,

@@ -1,7 +1,9 @@
 //! Handing a record to librdkafka. One rule for every producer of the pipeline: a full
 //! producer queue is back-pressure, not a failure, so the record is handed again once the
-//! queue has drained, and a slow broker slows the stage down instead of stopping it. Any other
-//! refusal is the caller's error.
+//! queue has drained, and a slow broker slows the stage down instead of stopping it. So is a
+//! partition the producer does not know yet (partitions just added, see `source::switch`):
+//! its metadata is asked for again and the record handed again, for up to
+//! [`NEW_PARTITION_WAIT`]. Any other refusal is the caller's error.
 //!
 //! Two functions, because two kinds of producer drain their queue differently:
 //! - [`send`], for a `ThreadedProducer` (cdc's stream, the snapshot): its own thread serves
@@ -19,9 +21,13 @@
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext, ThreadedProducer};
 
 use crate::error::Result;
+
+/// How long a record for a partition the producer's metadata does not list yet is handed
+/// again, the metadata asked for each time, before it is refused.
+pub const NEW_PARTITION_WAIT: Duration = Duration::from_secs(30);
 
 /// What became of a record handed to librdkafka: taken (None), back to the caller to hand
 /// again because only the queue was full (Some), or refused (the error).
@@ -54,11 +60,28 @@ pub fn send_polling<'a, C: ProducerContext + 'static>(
     producer: &BaseProducer<C>,
     mut record: BaseRecord<'a, [u8], [u8], C::DeliveryOpaque>,
 ) -> Result<()> {
-    while let Some(back) = again_when_full(producer.send(record))? {
-        record = back;
-        producer.poll(Duration::from_millis(10));
+    let topic = record.topic.to_string();
+    let deadline = std::time::Instant::now() + NEW_PARTITION_WAIT;
+    loop {
+        match producer.send(record) {
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::UnknownPartition), back))
+                if std::time::Instant::now() < deadline =>
+            {
+                // Asking for the topic's metadata refreshes what the producer knows of it.
+                let _ = producer
+                    .client()
+                    .fetch_metadata(Some(&topic), Duration::from_secs(5));
+                record = back;
+            }
+            sent => match again_when_full(sent)? {
+                Some(back) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+                None => return Ok(()),
+            },
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -42,6 +42,11 @@ pub struct CdcConfig {
     /// go), so that snapshotting a large table does not crowd out the database's users.
     #[arg(long, env = "REVIEWFLOW_SNAPSHOT_RATE", default_value_t = 0)]
     pub snapshot_rate: u32,
+
+    /// The fraud workers' group, whose progress a switch to more partitions waits for (see
+    /// `source::fence`): `cdc --fraud-group`, or in `run` the group of the fraud stage.
+    #[arg(skip)]
+    pub fraud_group: String,
 }
 
 impl CdcConfig {

@@ -14,7 +14,12 @@
 //!   slot on its own, which would skip the changes the old one could not deliver;
 //!   `--new-snapshot` then restates the table (see `snapshot`);
 //! - a column change registers a new schema version; an incompatible one stops the reader
-//!   before anything of it is produced, so the slot is not advanced past it.
+//!   before anything of it is produced, so the slot is not advanced past it;
+//! - partitions added to the changes topic are followed, not refused: each transaction goes
+//!   to the partitions of the epoch its commit LSN falls in (recorded in the slot's marker),
+//!   and a switch to the new count waits until the workers applied the old partitions (see
+//!   `switch` and `fence`), so re-sends stay beside their first copies and per-course order
+//!   holds across the switch;
 //! - no value stops it (docs/values.md): each has an Avro branch, a change too large for the
 //!   topic carries its largest values as oversize markers, and one without a course id goes
 //!   keyless to partition 0; a `reviews` whose id may be NULL is refused with the fix named.
@@ -23,12 +28,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::columns::TypeCatalog;
 use super::failover::{self, Judgement, Server, SlotFacts};
+use super::fence::Fence;
 use super::refusals;
 use super::replication::ReplicationConnection;
 use super::size::record_limits;
 use super::slot::{self, drop_slot, SlotLifetime, SlotState};
 use super::snapshot::{self, Snapshot, SnapshotHistory, SnapshotMarker};
 use super::stream::Streamer;
+use super::switch::Partitioning;
 use super::CdcConfig;
 use crate::config::{Settings, TopicSettings};
 use crate::contract::lsn::Lsn;
@@ -80,15 +87,10 @@ impl Cdc {
         )
         .await?;
         if found != partitions {
-            // The partition of a course is its key's hash modulo the count: with another count
-            // its changes would land beside older ones elsewhere, out of order for consumers.
-            return Err(Error::Config(format!(
-                "topic {} has {found} partitions, but reviewflow is configured for {partitions} \
-                 (--partitions, REVIEWFLOW_TOPIC_PARTITIONS): set that to {found} for every \
-                 stage, the count the topic was created with (a course's partition is its key's \
-                 hash modulo the count, so the count of a topic in use must not change)",
-                self.topics.changes
-            )));
+            // Where a course lives follows the partition epochs recorded with the snapshot
+            // (see `epochs`), not this setting, which only creates topics.
+            tracing::info!(topic = %self.topics.changes, partitions = found, configured = partitions,
+                "the changes topic has another partition count than configured; the recorded epochs decide");
         }
         let markers = snapshot::marker_topic(&self.topics.changes);
         ensure_topic(
@@ -130,7 +132,7 @@ impl Cdc {
                     .judge_slot(&mut conn, &pg, registry, m, &server)
                     .await?
                 {
-                    Judgement::Resume => true,
+                    Judgement::Resume => Some(m.clone()),
                     Judgement::Followed { fork } => {
                         tracing::warn!(slot = %cfg.slot, timeline = server.timeline, %fork,
                             "followed a failover: resuming from the slot the promoted standby kept");
@@ -145,7 +147,7 @@ impl Cdc {
                             &followed,
                         )
                         .await?;
-                        true
+                        Some(followed)
                     }
                     Judgement::Refuse(why) if !cfg.new_snapshot => {
                         return Err(Error::SlotLost {
@@ -158,7 +160,7 @@ impl Cdc {
                     Judgement::Refuse(why) => {
                         tracing::warn!(slot = %cfg.slot, reason = %why,
                             "--new-snapshot: the slot is not the snapshot's own; replacing it and restating the table");
-                        false
+                        None
                     }
                 }
             }
@@ -184,11 +186,11 @@ impl Cdc {
                     topic: self.topics.changes.clone(),
                 });
             }
-            _ => false,
+            _ => None,
         };
-        let start = if resume {
+        let (start, marker) = if let Some(marker) = resume {
             tracing::info!(slot = %cfg.slot, "resuming from the slot");
-            Lsn::ZERO
+            (Lsn::ZERO, marker)
         } else {
             {
                 // A compacted topic takes no keyless TRUNCATE: its readers keep the latest row
@@ -217,7 +219,7 @@ impl Cdc {
                 let created =
                     slot::create(&mut conn, &cfg.slot, SlotLifetime::Permanent { failover })
                         .await?;
-                Snapshot {
+                let marker = Snapshot {
                     table: &cfg.table,
                     database_url: &self.settings.database_url,
                     snapshot_name: &created.snapshot_name,
@@ -236,15 +238,23 @@ impl Cdc {
                 }
                 .run()
                 .await?;
-                created.consistent_point
+                (created.consistent_point, marker)
             }
         };
+        let fence = Fence {
+            kafka: self.settings.kafka.clone(),
+            topics: self.topics.clone(),
+            fraud_group: cfg.fraud_group.clone(),
+            database_url: self.settings.database_url.clone(),
+        };
+        let partitioning = Partitioning::new(marker, self.topics.partitions, fence, cfg.compacted);
         let stream = conn.start(&cfg.slot, start, &cfg.publication).await?;
         let mut streamer = Streamer::new(
             (&self.settings, &self.config, &self.topics),
             registry.clone(),
             types,
             limits,
+            partitioning,
         )?;
         let result = streamer.run(stream, start, shutdown).await;
         if streamer.identity_refused && cfg.new_snapshot && result.is_err() {

@@ -15,19 +15,21 @@ use tokio_util::sync::CancellationToken;
 
 use super::acks::AckLedger;
 use super::columns::TypeCatalog;
+use super::epochs::partition_of;
 use super::pgoutput::{self, PgOutput, Tuple, Value};
 use super::produce::wire_key;
 use super::refusals;
 use super::replication::{pg_epoch_micros_to_unix_micros, ReplicationMessage, ReplicationStream};
 use super::size::RecordLimits;
+use super::switch::Partitioning;
 use super::CdcConfig;
 use crate::avro::{wire, Cell, RowSchema};
 use crate::config::{Settings, TopicSettings};
 use crate::contract::change::{Op, Source, NEW_KEY_HEADER, OLD_KEY_HEADER};
 use crate::contract::lsn::Lsn;
 use crate::error::{Error, Result};
+use crate::kafka::client_config;
 use crate::kafka::produce::send as send_record;
-use crate::kafka::{client_config, topic_partitions};
 use crate::metrics;
 use crate::registry::{key_subject, value_subject, Registry};
 
@@ -107,6 +109,8 @@ struct OpenTransaction {
     xid: i64,
     commit_time: chrono::DateTime<chrono::Utc>,
     position: i64,
+    /// The partition count of the transaction's epoch.
+    partitions: i32,
 }
 
 pub(super) struct Streamer<'a> {
@@ -122,7 +126,8 @@ pub(super) struct Streamer<'a> {
     tables: HashMap<u32, TableVersion>,
     txn: Option<OpenTransaction>,
     key_schema_id: u32,
-    partitions: i32,
+    /// Where each transaction's changes go, and the switch to added partitions.
+    partitioning: Partitioning,
     /// Changes read from the slot, and source transactions whose Commit was read.
     changes_read: Counter,
     transactions: Counter,
@@ -137,6 +142,7 @@ impl<'a> Streamer<'a> {
         registry: Registry,
         types: TypeCatalog,
         limits: RecordLimits,
+        partitioning: Partitioning,
     ) -> Result<Self> {
         let ledger = Arc::new(Mutex::new(AckLedger::new(Lsn::ZERO)));
         let producer: ThreadedProducer<AckContext> = client_config(&settings.kafka)
@@ -165,13 +171,10 @@ impl<'a> Streamer<'a> {
             .set("compression.type", "lz4")
             // No batch over the topic's max.message.bytes: the broker would refuse it whole.
             .set("message.max.bytes", limits.batch.to_string())
-            // Java clients' partitioner, so every client agrees where a course lives.
-            .set("partitioner", "murmur2_random")
             .create_with_context(AckContext {
                 ledger: ledger.clone(),
                 acked: metrics::events_out(&config.stage(), "changes"),
             })?;
-        let partitions = topic_partitions(&settings.kafka, &topics.changes)?;
         Ok(Streamer {
             config,
             topics,
@@ -184,7 +187,7 @@ impl<'a> Streamer<'a> {
             tables: HashMap::new(),
             txn: None,
             key_schema_id: 0,
-            partitions,
+            partitioning,
             changes_read: metrics::events_in(&config.stage()),
             transactions: metrics::transactions(&config.stage()),
             identity_refused: false,
@@ -204,19 +207,13 @@ impl<'a> Streamer<'a> {
             .register(&key_subject(topic), &crate::avro::envelope::KEY_SCHEMA)
             .await?;
         self.ledger().idle_at(start);
+        self.partitioning.check(&self.registry).await?;
         let interval = Duration::from_secs(self.config.status_interval_secs.max(1));
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let (mut received, mut reported, mut last_report) = (start, Lsn::ZERO, Instant::now());
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => {
-                    let producer = self.producer.clone();
-                    tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30))).await??;
-                    let confirmed = self.ledger().confirmed();
-                    stream.send_status(received, confirmed, confirmed, false).await?;
-                    tracing::info!(confirmed = %confirmed, "cdc stopped");
-                    return Ok(());
-                }
+                _ = shutdown.cancelled() => return self.stop(&mut stream, received).await,
                 _ = tick.tick() => {
                     let (confirmed, failure) = {
                         let l = self.ledger();
@@ -224,6 +221,9 @@ impl<'a> Streamer<'a> {
                     };
                     if let Some(failure) = failure {
                         return Err(Error::Delivery(failure));
+                    }
+                    if let Err(e) = self.partitioning.check(&self.registry).await {
+                        tracing::warn!(error = %e, "could not look for added partitions; looking again later");
                     }
                     if confirmed != reported || last_report.elapsed() >= interval {
                         // Asking for a reply on the regular update makes the server send its WAL
@@ -251,11 +251,81 @@ impl<'a> Streamer<'a> {
                     }
                     Some(ReplicationMessage::XLogData { wal_end, data, .. }) => {
                         received = received.max(wal_end);
-                        self.apply(pgoutput::decode(data)?).await?;
+                        let message = pgoutput::decode(data)?;
+                        if let PgOutput::Begin(b) = &message {
+                            if self.partitioning.due(b.final_lsn)
+                                && !self.switch(&mut stream, b.final_lsn, received, shutdown).await?
+                            {
+                                return self.stop(&mut stream, received).await;
+                            }
+                        }
+                        self.apply(message).await?;
                     }
                 },
             }
         }
+    }
+
+    /// Everything handed to the producer delivered, and the slot told how far that is.
+    async fn stop(&self, stream: &mut ReplicationStream, received: Lsn) -> Result<()> {
+        self.flush().await?;
+        let confirmed = self.ledger().confirmed();
+        stream
+            .send_status(received, confirmed, confirmed, false)
+            .await?;
+        tracing::info!(confirmed = %confirmed, "cdc stopped");
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<()> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30))).await??;
+        Ok(())
+    }
+
+    /// The planned switch to more partitions, before the transaction committed at `commit`
+    /// is written (see `switch`): every change so far delivered and confirmed, the workers
+    /// past the old partitions, the new epoch recorded. The slot keeps hearing from cdc
+    /// meanwhile. False when shut down while waiting.
+    async fn switch(
+        &mut self,
+        stream: &mut ReplicationStream,
+        commit: Lsn,
+        received: Lsn,
+        shutdown: &CancellationToken,
+    ) -> Result<bool> {
+        self.flush().await?;
+        if let Some(failure) = self.ledger().failure() {
+            return Err(Error::Delivery(failure.to_string()));
+        }
+        let old = self.partitioning.epochs.current();
+        let (mut said, mut reported) = (None::<(String, Instant)>, None::<Instant>);
+        loop {
+            if reported.is_none_or(|r| r.elapsed() >= Duration::from_secs(5)) {
+                let confirmed = self.ledger().confirmed();
+                stream
+                    .send_status(received.max(confirmed), confirmed, confirmed, false)
+                    .await?;
+                reported = Some(Instant::now());
+            }
+            let Some(why) = self.partitioning.fence.waiting(old).await? else {
+                break;
+            };
+            if said
+                .as_ref()
+                .is_none_or(|(s, at)| *s != why || at.elapsed() >= Duration::from_secs(30))
+            {
+                tracing::info!(waiting = %why, "the switch to more partitions waits");
+                said = Some((why, Instant::now()));
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(false),
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+        self.partitioning.begin(commit, &self.registry).await?;
+        crate::failpoint::hit(crate::failpoint::CDC_AFTER_SWITCH)?;
+        Ok(true)
     }
 
     fn ledger(&self) -> std::sync::MutexGuard<'_, AckLedger> {
@@ -276,6 +346,7 @@ impl<'a> Streamer<'a> {
                     xid: i64::from(b.xid),
                     commit_time,
                     position: 0,
+                    partitions: self.partitioning.epochs.at(b.final_lsn),
                 });
             }
             PgOutput::Commit(c) => {
@@ -370,6 +441,11 @@ impl<'a> Streamer<'a> {
             PgOutput::Origin { .. } | PgOutput::Message { .. } => {}
         }
         Ok(())
+    }
+
+    /// The partition count of the open transaction's epoch.
+    fn partitions(&self) -> i32 {
+        self.txn.as_ref().map_or(1, |t| t.partitions)
     }
 
     fn next_source(&mut self, table: &TableVersion) -> Result<(u64, Source)> {
@@ -508,7 +584,9 @@ impl<'a> Streamer<'a> {
         // A change without a course id has no key; its partition is fixed, so such changes
         // keep their order.
         let record = match key {
-            Some(key) => record.key(&key[..]),
+            Some(key) => record
+                .key(&key[..])
+                .partition(partition_of(key, self.partitions())),
             None => record.partition(0),
         };
         let record = match headers {
@@ -550,7 +628,7 @@ impl<'a> Streamer<'a> {
             let (seq, source) = self.next_source(&table)?;
             let body = table.schema.encode(Op::Truncate, None, None, &source)?;
             let value = wire::frame(table.schema_id, &body);
-            for partition in 0..self.partitions {
+            for partition in 0..self.partitions() {
                 self.ledger().produced(seq);
                 let record = BaseRecord::<[u8], [u8], _>::with_opaque_to(
                     &self.topics.changes,

@@ -6,6 +6,7 @@
 pub mod browser;
 pub mod cluster;
 pub mod hostile;
+pub mod moves;
 pub mod pipeline;
 pub mod watch;
 
@@ -356,5 +357,42 @@ pub async fn write_random(db: &tokio_postgres::Client, rng: &mut Rng, transactio
             .await
             .unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// The partition count of `topic`.
+pub async fn partition_count(kafka: &reviewflow::config::KafkaSettings, topic: &str) -> usize {
+    let (kafka, topic) = (kafka.clone(), topic.to_string());
+    tokio::task::spawn_blocking(move || reviewflow::kafka::topic_partitions(&kafka, &topic))
+        .await
+        .unwrap()
+        .unwrap() as usize
+}
+
+/// `kafka-topics --alter --partitions count` on each of `topics`; why not, when the cluster
+/// refused (a node down that the new replicas need).
+pub async fn add_partitions(
+    kafka: &reviewflow::config::KafkaSettings,
+    topics: &[String],
+    count: usize,
+) -> Result<(), String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        reviewflow::kafka::client_config(kafka).create().unwrap();
+    let new: Vec<NewPartitions> = topics
+        .iter()
+        .map(|t| NewPartitions::new(t, count))
+        .collect();
+    let done = admin
+        .create_partitions(&new, &AdminOptions::new())
+        .await
+        .map_err(|e| e.to_string())?;
+    // A topic that already has the count (a retry after a partial success) is fine.
+    match done.iter().find(|r| {
+        r.as_ref()
+            .is_err_and(|(_, e)| *e != rdkafka::types::RDKafkaErrorCode::InvalidPartitions)
+    }) {
+        Some(refused) => Err(format!("{refused:?}")),
+        None => Ok(()),
     }
 }

@@ -24,7 +24,7 @@ pub mod restating;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 use tokio::time::Instant;
 use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +33,7 @@ use super::offsets::Applied;
 use super::{Destination, Written};
 use crate::avro::envelope::ChangeReaders;
 use crate::config::{Settings, TopicSettings, WorkerSettings};
-use crate::contract::change::Op;
+use crate::contract::change::{Op, PARTITIONS_HEADER};
 use crate::contract::notify::Touched;
 use crate::error::Result;
 use crate::failpoint::Point;
@@ -61,8 +61,17 @@ impl StatsWorker {
 }
 
 impl StatsWorker {
-    /// The valid changelog's partition count: every one carries a snapshot's end.
-    async fn partitions(&self) -> Result<i32> {
+    /// How many ends make the snapshot of `end` whole: the count its end says it was written
+    /// across; an end from before that was said, one on every partition of the changelog.
+    async fn partitions(&self, end: &OwnedMessage) -> Result<i32> {
+        let said = end.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == PARTITIONS_HEADER)
+                .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+        });
+        if let Some(count) = said {
+            return Ok(count);
+        }
         let (kafka, topic) = (self.settings.kafka.clone(), self.topics.valid.clone());
         tokio::task::spawn_blocking(move || crate::kafka::topic_partitions(&kafka, &topic)).await?
     }
@@ -129,7 +138,7 @@ impl Destination for StatsWorker {
                 Step::SnapshotEnd => {
                     // What was folded before the end belongs to the copies.
                     figures::apply(tx, &fold.take_deltas(), today).await?;
-                    let partitions = self.partitions().await?;
+                    let partitions = self.partitions(m).await?;
                     swapped.extend(
                         restating::partition_done(
                             tx,

@@ -18,6 +18,7 @@ use crate::error::Result;
 use crate::kafka::produce::send as send_record;
 use crate::kafka::{client_config, read_committed_to_end};
 use crate::registry::{key_subject, value_subject, Registry};
+use crate::source::epochs::Epoch;
 use crate::source::failover::Server;
 
 /// What the marker of a completed snapshot records.
@@ -29,6 +30,9 @@ pub struct SnapshotMarker {
     /// The server the slot lives on (None in markers written before it was recorded); a
     /// followed failover records the new timeline in a marker of its own.
     pub server: Option<Server>,
+    /// The partition epochs of the slot's changes (empty in markers written before they
+    /// were recorded): a snapshot starts the list, each switch to more partitions appends.
+    pub epochs: Vec<Epoch>,
 }
 
 fn marker_schema() -> Schema {
@@ -39,7 +43,11 @@ fn marker_schema() -> Schema {
             {"name": "rows", "type": "long"},
             {"name": "completed_at", "type": {"type": "long", "logicalType": "timestamp-micros"}},
             {"name": "system_id", "type": ["null", "string"], "default": null},
-            {"name": "timeline", "type": ["null", "long"], "default": null}]}"#,
+            {"name": "timeline", "type": ["null", "long"], "default": null},
+            {"name": "epochs", "default": [], "type": {"type": "array", "items": {
+                "type": "record", "name": "PartitionEpoch", "fields": [
+                    {"name": "from_lsn", "type": "long"},
+                    {"name": "partitions", "type": "int"}]}}}]}"#,
     )
     .expect("the marker schema is valid Avro")
 }
@@ -92,6 +100,21 @@ pub(super) async fn marker_record(
                 (
                     "timeline".into(),
                     optional(server.map(|s| Value::Long(i64::from(s.timeline)))),
+                ),
+                (
+                    "epochs".into(),
+                    Value::Array(
+                        marker
+                            .epochs
+                            .iter()
+                            .map(|e| {
+                                Value::Record(vec![
+                                    ("from_lsn".into(), Value::Long(e.from.0 as i64)),
+                                    ("partitions".into(), Value::Int(e.partitions)),
+                                ])
+                            })
+                            .collect(),
+                    ),
                 ),
             ]))?,
     );
@@ -219,10 +242,34 @@ pub async fn find_marker(
                         consistent_point: Lsn(lsn as u64),
                         rows,
                         server,
+                        epochs: epochs(get("epochs")),
                     });
                 }
             }
         }
     }
     Ok(history)
+}
+
+/// A marker's epochs field, as written by `marker_record`; none in an older marker.
+fn epochs(field: Option<Value>) -> Vec<Epoch> {
+    let Some(Value::Array(items)) = field else {
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .filter_map(|item| {
+            let Value::Record(fields) = item else {
+                return None;
+            };
+            let get = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v);
+            match (get("from_lsn"), get("partitions")) {
+                (Some(Value::Long(from)), Some(Value::Int(partitions))) => Some(Epoch {
+                    from: Lsn(*from as u64),
+                    partitions: *partitions,
+                }),
+                _ => None,
+            }
+        })
+        .collect()
 }

@@ -38,13 +38,16 @@ use futures_util::TryStreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
+use rdkafka::message::{Header, OwnedHeaders};
+
 use super::columns::TypeCatalog;
+use super::epochs::{partition_of, Epoch};
 use super::failover::Server;
 use super::produce::wire_key;
 use super::size::RecordLimits;
 use crate::avro::{wire, Cell, RowSchema};
 use crate::config::KafkaSettings;
-use crate::contract::change::{Op, Source};
+use crate::contract::change::{Op, Source, PARTITIONS_HEADER};
 use crate::contract::lsn::Lsn;
 use crate::db::{quote_ident, quote_literal};
 use crate::error::{Error, Result};
@@ -221,7 +224,7 @@ pub async fn table_filenode(pg: &tokio_postgres::Client, table: &str) -> Result<
 
 impl Snapshot<'_> {
     /// Reads the table in the exported snapshot and commits it, with its marker, to Kafka.
-    pub async fn run(self) -> Result<i64> {
+    pub async fn run(self) -> Result<SnapshotMarker> {
         let pg = crate::db::connect(self.database_url).await?;
         let reader =
             SnapshotReader::open(pg, self.table, self.snapshot_name, self.filenode_before).await?;
@@ -257,7 +260,6 @@ impl Snapshot<'_> {
                 .set("linger.ms", "20")
                 .set("compression.type", "lz4")
                 .set("message.max.bytes", self.limits.batch.to_string())
-                .set("partitioner", "murmur2_random")
                 .set(
                     "transaction.timeout.ms",
                     TRANSACTION_TIMEOUT.as_millis().to_string(),
@@ -269,12 +271,14 @@ impl Snapshot<'_> {
         // snapshot can commit at exactly the consistent point, with positions from 0, and the
         // pair (lsn, position) must stay unique and increasing. Rows take -total-1 ..= -2 and
         // the TRUNCATE the one before them.
-        let partitions = if self.marked {
-            let partitions = {
-                let (kafka, topic) = (self.kafka.clone(), self.topic.to_string());
-                tokio::task::spawn_blocking(move || crate::kafka::topic_partitions(&kafka, &topic))
-                    .await??
-            };
+        // The snapshot starts the slot's first partition epoch: every row, and the stream after
+        // it, is placed across the count the topic has now (see `epochs`).
+        let partitions = {
+            let (kafka, topic) = (self.kafka.clone(), self.topic.to_string());
+            tokio::task::spawn_blocking(move || crate::kafka::topic_partitions(&kafka, &topic))
+                .await??
+        };
+        if self.marked {
             self.send_marks(
                 &producer,
                 &schema,
@@ -286,10 +290,7 @@ impl Snapshot<'_> {
             .await?;
             tracing::warn!(topic = self.topic, lsn = %self.consistent_point,
                 "a TRUNCATE first: readers void what the topic held before this snapshot");
-            partitions
-        } else {
-            0
-        };
+        }
 
         let mut rows = reader.rows().await?;
         let started = Utc::now();
@@ -316,7 +317,7 @@ impl Snapshot<'_> {
             let record = BaseRecord::<[u8], [u8], ()>::to(self.topic).payload(&value);
             // As the stream does: no course id, no key, and always the same partition.
             let record = match &key {
-                Some(key) => record.key(key),
+                Some(key) => record.key(key).partition(partition_of(key, partitions)),
                 None => record.partition(0),
             };
             send_record(&producer, record).await?;
@@ -347,6 +348,10 @@ impl Snapshot<'_> {
             consistent_point: self.consistent_point,
             rows: position,
             server: Some(self.server.clone()),
+            epochs: vec![Epoch {
+                from: self.consistent_point,
+                partitions,
+            }],
         };
         let (key, value) = marker_record(self.registry, self.topic, &marker).await?;
         send_record(
@@ -358,8 +363,8 @@ impl Snapshot<'_> {
         .await?;
         chunks.commit().await?;
         reader.close().await?;
-        tracing::info!(rows = position, lsn = %self.consistent_point, "snapshot committed");
-        Ok(position)
+        tracing::info!(rows = position, lsn = %self.consistent_point, partitions, "snapshot committed");
+        Ok(marker)
     }
 }
 
@@ -388,14 +393,20 @@ impl Snapshot<'_> {
     ) -> Result<()> {
         let source = self.source(position, Utc::now());
         let value = wire::frame(value_id, &schema.encode(op, None, None, &source)?);
+        let count = partitions.to_string();
         for partition in 0..partitions {
-            send_record(
-                producer,
-                BaseRecord::<[u8], [u8], ()>::to(self.topic)
-                    .partition(partition)
-                    .payload(&value),
-            )
-            .await?;
+            let record = BaseRecord::<[u8], [u8], ()>::to(self.topic)
+                .partition(partition)
+                .payload(&value);
+            // An end says across how many partitions its snapshot was written.
+            let record = match op {
+                Op::SnapshotEnd => record.headers(OwnedHeaders::new().insert(Header {
+                    key: PARTITIONS_HEADER,
+                    value: Some(count.as_bytes()),
+                })),
+                _ => record,
+            };
+            send_record(producer, record).await?;
         }
         Ok(())
     }

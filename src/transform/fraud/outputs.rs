@@ -9,7 +9,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 
 use super::Session;
 use crate::avro::{envelope, verdict, wire};
-use crate::contract::change::{ChangeEvent, Op, NEW_KEY_HEADER, OLD_KEY_HEADER};
+use crate::contract::change::{ChangeEvent, Op, NEW_KEY_HEADER, OLD_KEY_HEADER, PARTITIONS_HEADER};
 use crate::contract::image::ReviewImage;
 use crate::contract::verdict::{Deletion, Record};
 use crate::error::Result;
@@ -82,7 +82,7 @@ impl Session {
         // The delete half of a course move retracts the review from its old course; the
         // review lives on (its create half follows, judged), so no deletion is recorded:
         // reviews.verdicts would say the review is gone, which it is not.
-        let moved = move_headers(m);
+        let passed = passed_headers(m);
         let lives_on = event.op == Op::Delete
             && m.headers()
                 .is_some_and(|h| h.iter().any(|h| h.key == NEW_KEY_HEADER));
@@ -96,8 +96,9 @@ impl Session {
                 partition: Some(m.partition()),
                 key: key.map(|k| wire::frame(self.ids.valid_key, k)),
                 value,
-                // The valid changelog marks a move's halves as reviews.changes does.
-                headers: moved,
+                // The valid changelog marks a move's halves, and says a snapshot end's
+                // count, as reviews.changes does.
+                headers: passed,
             });
         }
         Ok(out)
@@ -250,12 +251,13 @@ fn deletion(event: &ChangeEvent) -> Option<Record> {
     }))
 }
 
-/// The headers that mark a record as half of a course move, when it is one.
-fn move_headers(m: &OwnedMessage) -> Option<OwnedHeaders> {
+/// The headers the valid changelog passes on: those that mark a record as half of a course
+/// move, and a snapshot end's partition count.
+fn passed_headers(m: &OwnedMessage) -> Option<OwnedHeaders> {
     let headers = m.headers()?;
     let mut moved = None;
     for h in headers.iter() {
-        if h.key == NEW_KEY_HEADER || h.key == OLD_KEY_HEADER {
+        if [NEW_KEY_HEADER, OLD_KEY_HEADER, PARTITIONS_HEADER].contains(&h.key) {
             moved = Some(moved.unwrap_or_else(OwnedHeaders::new).insert(Header {
                 key: h.key,
                 value: h.value,

@@ -1,0 +1,244 @@
+//! Partitions added while the pipeline runs (`kafka-topics --alter --partitions` on
+//! reviews.changes and reviews.valid), mid-stream and across cdc crashes: cdc keeps writing
+//! across the old count until the workers applied the old partitions, then records the new
+//! epoch and writes across the new count. Nothing is lost or doubled, no figure goes
+//! negative, and every change sits in the partition its transaction's epoch gives it, so a
+//! re-sent change lands beside its first copy.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use common::moves::mover;
+use common::pipeline::Pipeline;
+use common::watch::NegativeWatch;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use reviewflow::contract::lsn::SourcePosition;
+use reviewflow::registry::Registry;
+use reviewflow::source::epochs::{partition_of, Epochs};
+use reviewflow::source::snapshot::{find_marker, SnapshotHistory};
+
+async fn epochs(p: &Pipeline) -> Epochs {
+    let registry = Registry::connect(&p.settings).await.unwrap();
+    match find_marker(&p.settings.kafka, &p.topic, &p.slot(), &registry)
+        .await
+        .unwrap()
+    {
+        SnapshotHistory::Completed(m) => Epochs::recorded(m.epochs, 0),
+        other => panic!("the slot's snapshot completed: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_added_mid_stream_and_across_cdc_crashes_lose_and_double_nothing() {
+    let mut p = Pipeline::new("partitions_added").await;
+    let log = std::env::temp_dir().join(format!("rf-partitions-added-{}.log", common::unique()));
+    p.log = Some(log.clone());
+    let cdc = p.spawn_cdc(None);
+    p.wait_for_snapshot().await;
+    let before = epochs(&p).await;
+    assert_eq!(before.list().len(), 1, "the snapshot starts one epoch");
+    let old = before.current();
+    let courses: Vec<i64> = (1..=16).collect();
+
+    let watch = NegativeWatch::start(&p.url, Duration::from_millis(3));
+    let small = [("REVIEWFLOW_BATCH_RECORDS", "20")];
+    let _fraud = p.spawn("fraud", None, &[]);
+    let _verdicts = p.spawn("verdicts", None, &[]);
+    let stats = p.spawn("stats", None, &small);
+    let new = old as usize + 2;
+
+    let faults = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The stats worker away over the switch: it comes back to a backlog on the old
+        // partitions, which it must apply before any change of a moved course on another
+        // partition (without the fence, cdc would write those at once, and the watcher
+        // would see the retractions overtake their additions).
+        drop(stats);
+        common::add_partitions(
+            &p.settings.kafka,
+            &[p.topic.clone(), p.output("valid")],
+            new,
+        )
+        .await
+        .unwrap();
+        // Killed right after: changes it had handed to Kafka are re-sent by the next one.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(cdc);
+        // This one plans the switch at its start and dies right after recording it.
+        let point = reviewflow::failpoint::CDC_AFTER_SWITCH.at(1);
+        // Held as `Running`, so that a failure here kills it too.
+        let mut crashing = p.spawn_cdc(Some(&point));
+        let db = p.db().await;
+        let mut id: i64 = 90_000;
+        let (away, mut stats) = (std::time::Instant::now(), None);
+        let status = loop {
+            if stats.is_none() && away.elapsed() > Duration::from_secs(8) {
+                stats = Some(p.spawn("stats", None, &small));
+            }
+            if let Some(status) = crashing.0.as_mut().unwrap().try_wait().unwrap() {
+                break status;
+            }
+            // A transaction after the newest one in Kafka, whatever the writers are doing.
+            id += 1;
+            db.execute(
+                "INSERT INTO reviews (id, course_id, user_id, rating) VALUES ($1, $2, $1, 4.0)",
+                &[&id, &(id % 16 + 1)],
+            )
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(!status.success(), "the failpoint ended cdc at the switch");
+        let cdc = p.spawn_cdc(None);
+        // Away for 8 s in any case, writes going on.
+        for _ in 0..40 {
+            if away.elapsed() > Duration::from_secs(8) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        (cdc, stats.unwrap_or_else(|| p.spawn("stats", None, &small)))
+    };
+    let ((_cdc, _stats), (), ()) = tokio::join!(
+        faults,
+        mover(&p, 0x5eed_0001, 1000..3000, courses.clone()),
+        mover(&p, 0x5eed_0002, 5000..7000, courses.clone()),
+    );
+    // Written across the new count, surely.
+    let db = p.db().await;
+    db.batch_execute(
+        "INSERT INTO reviews (id, course_id, user_id, rating)
+         SELECT g, g % 16 + 1, g, 2.5 FROM generate_series(100000, 100199) g;
+         UPDATE reviews SET course_id = course_id % 16 + 1 WHERE id BETWEEN 100000 AND 100099",
+    )
+    .await
+    .unwrap();
+    p.wait_until_caught_up().await;
+    let seen = watch.finish().await;
+
+    assert!(
+        seen.reads > 100,
+        "the watcher read course_stats ({} reads)",
+        seen.reads
+    );
+    assert!(
+        seen.negatives.is_empty(),
+        "{} negative figures seen, the first: {:?}",
+        seen.negatives.len(),
+        &seen.negatives[..seen.negatives.len().min(10)]
+    );
+    p.assert_exact().await;
+
+    let epochs = epochs(&p).await;
+    assert_eq!(
+        epochs
+            .list()
+            .iter()
+            .map(|e| e.partitions)
+            .collect::<Vec<_>>(),
+        vec![old, new as i32],
+        "one switch, to the new count: {epochs:?}"
+    );
+    // Every change sits where its transaction's epoch puts it, each copy of it too.
+    let registry = Registry::connect(&p.settings).await.unwrap();
+    let key_id = registry
+        .register(
+            &reviewflow::registry::key_subject(&p.topic),
+            &reviewflow::avro::envelope::KEY_SCHEMA,
+        )
+        .await
+        .unwrap();
+    let mut partitions_of: BTreeMap<SourcePosition, HashSet<i32>> = BTreeMap::new();
+    let mut on_new = 0;
+    for (partition, course, event) in p.events().await {
+        let course = course.expect("every change here has a course");
+        let key = reviewflow::avro::wire::frame(
+            key_id,
+            &reviewflow::avro::envelope::encode_key(course).unwrap(),
+        );
+        let count = epochs.at(event.source.lsn);
+        assert_eq!(
+            partition,
+            partition_of(&key, count),
+            "course {course} at {} in the epoch of {count}",
+            event.source.lsn
+        );
+        on_new += usize::from(partition >= old);
+        partitions_of
+            .entry(event.source.id())
+            .or_default()
+            .insert(partition);
+    }
+    assert!(
+        on_new > 100,
+        "changes went to the added partitions ({on_new})"
+    );
+    assert!(partitions_of.values().all(|p| p.len() == 1));
+    // No stage stumbled over the new partitions (fraud's producer learns of them when it
+    // first writes there): a failed session would have stalled the flow.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let failed: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains("session failed"))
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    let _ = std::fs::remove_file(&log);
+}
+
+/// cdc places a course where librdkafka's `murmur2_random` (the partitioner it used before,
+/// and the Java client's default) does, so changes written before the upgrade and re-sent
+/// after it land beside their first copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_course_lands_where_kafkas_own_partitioner_puts_it() {
+    let p = Pipeline::new("partitioner").await;
+    let topic = p.output("partitioner");
+    let producer: FutureProducer = reviewflow::kafka::client_config(&p.settings.kafka)
+        .set("partitioner", "murmur2_random")
+        .set("allow.auto.create.topics", "true")
+        .create()
+        .unwrap();
+    let admin: AdminClient<DefaultClientContext> =
+        reviewflow::kafka::client_config(&p.settings.kafka)
+            .create()
+            .unwrap();
+    let created = admin
+        .create_topics(
+            [&rdkafka::admin::NewTopic::new(
+                &topic,
+                7,
+                rdkafka::admin::TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    common::eventually("the topic appears", 30, || {
+        common::topic_exists(&p.settings.kafka, &topic)
+    })
+    .await;
+    for course in 0..200i64 {
+        let key = reviewflow::avro::wire::frame(
+            1 + course as u32 % 3,
+            &reviewflow::avro::envelope::encode_key(course * 7919).unwrap(),
+        );
+        let delivered = producer
+            .send(
+                FutureRecord::<[u8], [u8]>::to(&topic)
+                    .key(&key)
+                    .payload(&key),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            delivered.partition,
+            partition_of(&key, 7),
+            "course {course}"
+        );
+    }
+}
