@@ -416,16 +416,7 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
             && faults.contains_key("partitions added"),
         "several kinds of fault were injected, the TRUNCATE and added partitions among them: {faults:?}"
     );
-    assert!(
-        seen.reads > 100,
-        "the watcher read course_stats ({} reads)",
-        seen.reads
-    );
-    assert!(
-        seen.negatives.is_empty(),
-        "negative figures seen: {:?}",
-        &seen.negatives[..seen.negatives.len().min(10)]
-    );
+    seen.assert_often_and_never_negative();
     assert!(
         report.differences.is_empty(),
         "{:?}",

@@ -30,7 +30,8 @@ pub(super) struct Fence {
 
 impl Fence {
     /// What the switch still waits for, or None once the fraud group and then the stats
-    /// worker have read past every committed record of the first `old` partitions.
+    /// worker (if one ever ran on this changelog) have read past every committed record of
+    /// the first `old` partitions.
     pub(super) async fn waiting(&self, old: i32) -> Result<Option<String>> {
         let (kafka, topic, group) = (
             self.kafka.clone(),
@@ -56,6 +57,12 @@ impl Fence {
             .filter(|s| s.consumer == crate::sink::stats::CONSUMER && s.topic == self.topics.valid)
             .map(|s| (s.partition, s.next_offset))
             .collect();
+        if stored.is_empty() {
+            // No stats worker ever applied anything of this changelog: none to wait for (one
+            // that starts later reads the partitions side by side; without a fence a
+            // deployment that runs no stats worker would hold cdc for ever).
+            return Ok(None);
+        }
         let (kafka, topic) = (self.kafka.clone(), self.topics.valid.clone());
         let stats = tokio::task::spawn_blocking(move || {
             let readers = Readers::new(&kafka, "reviewflow-fence")?;
@@ -149,10 +156,10 @@ impl Readers {
         self.committed.assign(&tpl)?;
         let deadline = std::time::Instant::now() + KAFKA_TIMEOUT;
         while std::time::Instant::now() < deadline {
-            match self.committed.poll(Duration::from_millis(100)) {
-                Some(Ok(_)) => return Ok(true),
-                Some(Err(e)) => return Err(e.into()),
-                None => {}
+            // A consumer error (a broker away for a moment) is librdkafka's to recover from;
+            // the read goes on until its deadline.
+            if let Some(Ok(_)) = self.committed.poll(Duration::from_millis(100)) {
+                return Ok(true);
             }
             if read_position(&self.committed, topic, partition, from)? >= end {
                 return Ok(false);

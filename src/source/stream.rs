@@ -308,8 +308,12 @@ impl<'a> Streamer<'a> {
                     .await?;
                 reported = Some(Instant::now());
             }
-            let Some(why) = self.partitioning.fence.waiting(old).await? else {
-                break;
+            // The fence only reads: a broker or the database away for a moment is waited out
+            // here, in the session that already holds the switch's place in the stream.
+            let why = match self.partitioning.fence.waiting(old).await {
+                Ok(None) => break,
+                Ok(Some(why)) => why,
+                Err(e) => format!("the workers' progress could not be read ({e})"),
             };
             if said
                 .as_ref()

@@ -41,6 +41,23 @@ pub struct Seen {
     pub negatives: Vec<String>,
 }
 
+impl Seen {
+    /// The watcher read often, and never saw a negative figure.
+    pub fn assert_often_and_never_negative(&self) {
+        assert!(
+            self.reads > 100,
+            "the watcher read course_stats often ({} reads)",
+            self.reads
+        );
+        assert!(
+            self.negatives.is_empty(),
+            "{} negative figures seen, the first: {:?}",
+            self.negatives.len(),
+            &self.negatives[..self.negatives.len().min(10)]
+        );
+    }
+}
+
 impl NegativeWatch {
     /// Starts reading course_stats of `url` every `every`, reconnecting after a failed
     /// read (PostgreSQL may be restarted under it).
