@@ -28,6 +28,8 @@ pub const CDC_BEFORE_COMMIT_READ: Point = Point("cdc.before_commit_read");
 pub const CDC_BEFORE_STATUS: Point = Point("cdc.before_status");
 /// cdc: every snapshot row produced in the Kafka transaction, which is not committed.
 pub const CDC_SNAPSHOT_BEFORE_COMMIT: Point = Point("cdc.snapshot_before_commit");
+/// cdc: a switch's fence targets recorded in the slot's marker, the fence not yet passed.
+pub const CDC_SWITCH_TARGETS: Point = Point("cdc.switch_targets");
 /// cdc: a switch to more partitions recorded in the slot's marker, nothing written across
 /// the new count yet.
 pub const CDC_AFTER_SWITCH: Point = Point("cdc.after_switch");
@@ -45,9 +47,10 @@ pub const VERDICTS_BEFORE_COMMIT: Point = Point("verdicts.before_commit");
 pub const STAGE_SETUP: Point = Point("stage.setup");
 
 /// Every point, for checking what a test armed.
-pub const ALL: [Point; 10] = [
+pub const ALL: [Point; 11] = [
     CDC_AFTER_PRODUCE,
     CDC_AFTER_SWITCH,
+    CDC_SWITCH_TARGETS,
     CDC_BEFORE_COMMIT_READ,
     CDC_BEFORE_STATUS,
     CDC_SNAPSHOT_BEFORE_COMMIT,

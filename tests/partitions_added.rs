@@ -3,7 +3,8 @@
 //! across the old count until the workers applied the old partitions, then records the new
 //! epoch and writes across the new count. Nothing is lost or doubled, no figure goes
 //! negative, and every change sits in the partition its transaction's epoch gives it, so a
-//! re-sent change lands beside its first copy.
+//! re-sent change lands beside its first copy. A cdc that dies at the fence leaves its
+//! targets in the marker, and the next one waits for those, not for what it re-sent.
 
 mod common;
 
@@ -19,17 +20,21 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use reviewflow::contract::lsn::SourcePosition;
 use reviewflow::registry::Registry;
 use reviewflow::source::epochs::{partition_of, Epochs};
-use reviewflow::source::snapshot::{find_marker, SnapshotHistory};
+use reviewflow::source::snapshot::{find_marker, SnapshotHistory, SnapshotMarker};
 
-async fn epochs(p: &Pipeline) -> Epochs {
+async fn marker(p: &Pipeline) -> SnapshotMarker {
     let registry = Registry::connect(&p.settings).await.unwrap();
     match find_marker(&p.settings.kafka, &p.topic, &p.slot(), &registry)
         .await
         .unwrap()
     {
-        SnapshotHistory::Completed(m) => Epochs::recorded(m.epochs, 0),
+        SnapshotHistory::Completed(m) => m,
         other => panic!("the slot's snapshot completed: {other:?}"),
     }
+}
+
+async fn epochs(p: &Pipeline) -> Epochs {
+    Epochs::recorded(marker(p).await.epochs, 0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,6 +63,9 @@ async fn partitions_added_mid_stream_and_across_cdc_crashes_lose_and_double_noth
         // partition (without the fence, cdc would write those at once, and the watcher
         // would see the retractions overtake their additions).
         drop(stats);
+        // Killed mid-stream: changes it had handed to Kafka are re-sent by the next one.
+        // (Before the partitions are added, so that it cannot have planned the switch.)
+        drop(cdc);
         common::add_partitions(
             &p.settings.kafka,
             &[p.topic.clone(), p.output("valid")],
@@ -65,34 +73,48 @@ async fn partitions_added_mid_stream_and_across_cdc_crashes_lose_and_double_noth
         )
         .await
         .unwrap();
-        // Killed right after: changes it had handed to Kafka are re-sent by the next one.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        drop(cdc);
-        // This one plans the switch at its start and dies right after recording it.
-        let point = reviewflow::failpoint::CDC_AFTER_SWITCH.at(1);
-        // Held as `Running`, so that a failure here kills it too.
-        let mut crashing = p.spawn_cdc(Some(&point));
         let db = p.db().await;
         let mut id: i64 = 90_000;
         let (away, mut stats) = (std::time::Instant::now(), None);
-        let status = loop {
-            if stats.is_none() && away.elapsed() > Duration::from_secs(8) {
-                stats = Some(p.spawn("stats", None, &small));
-            }
-            if let Some(status) = crashing.0.as_mut().unwrap().try_wait().unwrap() {
-                break status;
-            }
-            // A transaction after the newest one in Kafka, whatever the writers are doing.
-            id += 1;
-            db.execute(
-                "INSERT INTO reviews (id, course_id, user_id, rating) VALUES ($1, $2, $1, 4.0)",
-                &[&id, &(id % 16 + 1)],
-            )
-            .await
-            .unwrap();
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        // A cdc armed at `point`, run until it crashes there, while transactions keep
+        // coming after the newest one in Kafka, whatever the writers are doing.
+        let mut crash_at = async |point: String| {
+            // Held as `Running`, so that a failure here kills it too.
+            let mut crashing = p.spawn_cdc(Some(&point));
+            let status = loop {
+                if stats.is_none() && away.elapsed() > Duration::from_secs(8) {
+                    stats = Some(p.spawn("stats", None, &small));
+                }
+                if let Some(status) = crashing.0.as_mut().unwrap().try_wait().unwrap() {
+                    break status;
+                }
+                id += 1;
+                db.execute(
+                    "INSERT INTO reviews (id, course_id, user_id, rating) VALUES ($1, $2, $1, 4.0)",
+                    &[&id, &(id % 16 + 1)],
+                )
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            assert!(!status.success(), "cdc crashed at {point}");
         };
-        assert!(!status.success(), "the failpoint ended cdc at the switch");
+        // This one plans the switch at its start, reaches it, and dies once it recorded
+        // the fence's targets, the stats worker still away.
+        crash_at(reviewflow::failpoint::CDC_SWITCH_TARGETS.at(1)).await;
+        let pending = marker(&p)
+            .await
+            .switch
+            .expect("the pending switch is recorded");
+        assert_eq!(pending.to, new as i32);
+        assert_eq!(pending.changes_ends.len(), old as usize, "{pending:?}");
+        assert!(
+            pending.valid_ends.is_empty(),
+            "the fraud group not yet checked: {pending:?}"
+        );
+        // The next resumes it with those targets, passes the fence once the stats worker is
+        // back, and dies right after recording the new epoch.
+        crash_at(reviewflow::failpoint::CDC_AFTER_SWITCH.at(1)).await;
         let cdc = p.spawn_cdc(None);
         // Away for 8 s in any case, writes going on.
         for _ in 0..40 {
@@ -171,6 +193,18 @@ async fn partitions_added_mid_stream_and_across_cdc_crashes_lose_and_double_noth
     // No stage stumbled over the new partitions (fraud's producer learns of them when it
     // first writes there): a failed session would have stalled the flow.
     let logged = std::fs::read_to_string(&log).unwrap();
+    let taken = |what: &str| logged.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(
+        taken("the fraud group must read the old partitions up to these offsets"),
+        1,
+        "the fence's targets are taken once, by the session that first reached the switch"
+    );
+    assert_eq!(
+        taken("the stats worker must apply the old partitions up to these offsets"),
+        1
+    );
+    assert_eq!(taken("resuming the recorded switch"), 1);
+    assert_eq!(marker(&p).await.switch, None, "the switch is made");
     let failed: Vec<&str> = logged
         .lines()
         .filter(|l| l.contains("session failed"))

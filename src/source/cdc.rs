@@ -136,8 +136,11 @@ impl Cdc {
                     Judgement::Followed { fork } => {
                         tracing::warn!(slot = %cfg.slot, timeline = server.timeline, %fork,
                             "followed a failover: resuming from the slot the promoted standby kept");
+                        // A pending switch's targets were taken on the old timeline: the
+                        // switch is planned again, and waits for what Kafka holds then.
                         let followed = SnapshotMarker {
                             server: Some(server.clone()),
+                            switch: None,
                             ..m.clone()
                         };
                         snapshot::record_marker(

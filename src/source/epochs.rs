@@ -67,6 +67,26 @@ impl Epochs {
     }
 }
 
+/// A switch to more partitions that cdc has planned and not yet made. Once a session reached
+/// the switch's first transaction it is kept in the slot's marker with the fence's targets,
+/// so a session after a crash waits for the same offsets: records re-sent since (a crash
+/// of PostgreSQL sets the slot back) land beyond them, and the stats worker skips them as
+/// re-sends in their partition, so they need no waiting for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingSwitch {
+    /// The count the switch goes to.
+    pub to: i32,
+    /// The newest commit LSN in Kafka when it was planned (None: the topic held no change);
+    /// the first transaction committed after it is the new epoch's first.
+    pub after: Option<Lsn>,
+    /// The end offsets of the changes topic's old partitions once every change before the
+    /// switch was delivered (empty until taken): the fraud group must read up to them.
+    pub changes_ends: Vec<i64>,
+    /// The valid changelog's end offsets once the fraud group read up to `changes_ends`
+    /// (empty until taken): the stats worker must apply up to them.
+    pub valid_ends: Vec<i64>,
+}
+
 /// Kafka's partition for a keyed record (the Java client's default partitioner, and
 /// librdkafka's `murmur2_random`, which cdc used before it chose partitions itself): the
 /// key's murmur2 hash, made positive, modulo the count.

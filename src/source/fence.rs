@@ -4,13 +4,24 @@
 //! apply after its newer ones, so per-course order, and the stats worker's per-partition
 //! de-duplication, hold across the switch.
 //!
+//! The targets are end offsets taken once: changes' when a session first reached the
+//! switch with every change before it delivered, valid's when the fraud group had read up
+//! to those. They are kept in the slot's marker beside the pending switch (see `switch`), so
+//! a session after a crash waits for the same offsets. Copies re-sent after them (a crash of
+//! PostgreSQL sets the slot back) land in the same old partitions as their first copies,
+//! which the targets cover, and the stats worker skips them as re-sends of their partition:
+//! waiting for them too would let every crash move the fence, which under steady faults
+//! it never reached.
+//!
 //! This is the one place the source looks down the flow: it reads where the fraud group
 //! stands on `reviews.changes` (its committed offsets) and where the stats worker stands on
 //! `reviews.valid` (its rows of `sink_offsets`), and waits; it never changes either.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{KafkaSettings, TopicSettings};
@@ -29,58 +40,106 @@ pub(super) struct Fence {
 }
 
 impl Fence {
-    /// What the switch still waits for, or None once the fraud group and then the stats
-    /// worker (if one ever ran on this changelog) have read past every committed record of
-    /// the first `old` partitions.
-    pub(super) async fn waiting(&self, old: i32) -> Result<Option<String>> {
-        let (kafka, topic, group) = (
-            self.kafka.clone(),
-            self.topics.changes.clone(),
-            self.fraud_group.clone(),
-        );
-        let fraud = tokio::task::spawn_blocking(move || {
-            let readers = Readers::new(&kafka, &group)?;
-            let committed = readers.committed(&topic, old)?;
-            readers.first_unread(&topic, &committed)
+    /// The clients one switch's wait reads through, made once for it.
+    pub(super) fn open(&self) -> Result<FenceWatch> {
+        Ok(FenceWatch {
+            fence: self.clone(),
+            readers: Arc::new(Readers::new(&self.kafka, &self.fraud_group)?),
+            pg: None,
+        })
+    }
+}
+
+/// The fence's reads during one switch's wait.
+pub(super) struct FenceWatch {
+    fence: Fence,
+    readers: Arc<Readers>,
+    /// The database connection, made again after it failed.
+    pg: Option<tokio_postgres::Client>,
+}
+
+impl FenceWatch {
+    /// The end offsets of the first `old` partitions of the changes topic, or of the valid
+    /// changelog: every record there, committed or not, lies below them.
+    pub(super) async fn ends(&self, valid: bool, old: i32) -> Result<Vec<i64>> {
+        let topics = &self.fence.topics;
+        let topic = if valid {
+            &topics.valid
+        } else {
+            &topics.changes
+        }
+        .clone();
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            (0..old)
+                .map(|p| Ok(readers.all.fetch_watermarks(&topic, p, KAFKA_TIMEOUT)?.1))
+                .collect()
+        })
+        .await?
+    }
+
+    /// The old partition of the changes topic the fraud group has not yet read up to its
+    /// end in `ends`, if any.
+    pub(super) async fn fraud_waiting(&self, ends: &[i64]) -> Result<Option<String>> {
+        let (readers, topic) = (self.readers.clone(), self.fence.topics.changes.clone());
+        let targets = ends.to_vec();
+        let unread = tokio::task::spawn_blocking(move || {
+            let committed = readers.committed(&topic, targets.len() as i32)?;
+            readers.first_unread(&topic, &committed, &targets)
         })
         .await??;
-        if let Some(p) = fraud {
-            return Ok(Some(format!(
-                "the fraud group {} has not yet read all of {} partition {p}",
-                self.fraud_group, self.topics.changes
-            )));
-        }
-        let pg = crate::db::connect(&self.database_url).await?;
+        Ok(unread.map(|p| {
+            format!(
+                "the fraud group {} has not yet read {} partition {p} up to offset {}",
+                self.fence.fraud_group, self.fence.topics.changes, ends[p as usize]
+            )
+        }))
+    }
+
+    /// The old partition of the valid changelog the stats worker has not yet applied up to
+    /// its end in `ends`, if any. None too when no stats worker ever applied anything of
+    /// this changelog: one that starts later reads the partitions side by side, and without
+    /// that a deployment that runs no stats worker would hold cdc for ever.
+    pub(super) async fn stats_waiting(&mut self, ends: &[i64]) -> Result<Option<String>> {
+        let pg = match self.pg.take() {
+            Some(pg) if !pg.is_closed() => pg,
+            _ => crate::db::connect(&self.fence.database_url).await?,
+        };
+        let topic = self.fence.topics.valid.clone();
         let stored: Vec<(i32, i64)> = crate::sink::offsets::stored(&pg)
             .await?
             .into_iter()
-            .filter(|s| s.consumer == crate::sink::stats::CONSUMER && s.topic == self.topics.valid)
+            .filter(|s| s.consumer == crate::sink::stats::CONSUMER && s.topic == topic)
             .map(|s| (s.partition, s.next_offset))
             .collect();
+        self.pg = Some(pg);
         if stored.is_empty() {
-            // No stats worker ever applied anything of this changelog: none to wait for (one
-            // that starts later reads the partitions side by side; without a fence a
-            // deployment that runs no stats worker would hold cdc for ever).
             return Ok(None);
         }
-        let (kafka, topic) = (self.kafka.clone(), self.topics.valid.clone());
-        let stats = tokio::task::spawn_blocking(move || {
-            let readers = Readers::new(&kafka, "reviewflow-fence")?;
-            if let Some(p) = readers.open_transaction(&topic, old)? {
-                return Ok::<_, crate::error::Error>(Some(format!(
-                    "a transaction is open on {topic} partition {p} (a fraud instance that \
-                     died holds it until the broker's transaction timeout)"
-                )));
-            }
-            let at: Vec<(i32, i64)> = (0..old)
+        let (readers, ends) = (self.readers.clone(), ends.to_vec());
+        tokio::task::spawn_blocking(move || {
+            let at: Vec<(i32, i64)> = (0..ends.len() as i32)
                 .map(|p| (p, stored.iter().find(|s| s.0 == p).map_or(0, |s| s.1)))
                 .collect();
-            Ok(readers.first_unread(&topic, &at)?.map(|p| {
-                format!("the stats worker has not yet applied all of {topic} partition {p}")
-            }))
+            let Some(p) = readers.first_unread(&topic, &at, &ends)? else {
+                return Ok(None);
+            };
+            let stable = readers
+                .committed
+                .fetch_watermarks(&topic, p, KAFKA_TIMEOUT)?
+                .1;
+            let open = if stable < ends[p as usize] {
+                " (a transaction is open there: a fraud instance that died holds it until \
+                 the broker's transaction timeout)"
+            } else {
+                ""
+            };
+            Ok(Some(format!(
+                "the stats worker has not yet applied {topic} partition {p} up to offset {}{open}",
+                ends[p as usize]
+            )))
         })
-        .await??;
-        Ok(stats)
+        .await?
     }
 }
 
@@ -124,25 +183,12 @@ impl Readers {
             .collect())
     }
 
-    /// A partition among the first `count` whose last stable offset is short of its high
-    /// watermark: a transaction there is still open.
-    fn open_transaction(&self, topic: &str, count: i32) -> Result<Option<i32>> {
-        for p in 0..count {
-            let stable = self.committed.fetch_watermarks(topic, p, KAFKA_TIMEOUT)?.1;
-            let high = self.all.fetch_watermarks(topic, p, KAFKA_TIMEOUT)?.1;
-            if stable < high {
-                return Ok(Some(p));
-            }
-        }
-        Ok(None)
-    }
-
-    /// The first partition that holds a committed record at or after its reader's offset.
-    /// The offsets between a reader's and the end may all be transaction markers, which
-    /// are never delivered, so the range is read rather than compared.
-    fn first_unread(&self, topic: &str, at: &[(i32, i64)]) -> Result<Option<i32>> {
+    /// The first partition that holds a committed record at or after its reader's offset
+    /// and below its end in `ends`. The offsets between may all be transaction markers or
+    /// aborted records, which are never delivered, so the range is read, not compared.
+    fn first_unread(&self, topic: &str, at: &[(i32, i64)], ends: &[i64]) -> Result<Option<i32>> {
         for &(p, from) in at {
-            let end = self.committed.fetch_watermarks(topic, p, KAFKA_TIMEOUT)?.1;
+            let end = ends[p as usize];
             if from < end && self.holds_record(topic, p, from, end)? {
                 return Ok(Some(p));
             }
@@ -158,8 +204,12 @@ impl Readers {
         while std::time::Instant::now() < deadline {
             // A consumer error (a broker away for a moment) is librdkafka's to recover from;
             // the read goes on until its deadline.
-            if let Some(Ok(_)) = self.committed.poll(Duration::from_millis(100)) {
-                return Ok(true);
+            if let Some(Ok(record)) = self.committed.poll(Duration::from_millis(100)) {
+                // One fetched for an earlier assignment of this reader is no answer.
+                if record.partition() == partition && record.offset() >= from {
+                    return Ok(record.offset() < end);
+                }
+                continue;
             }
             if read_position(&self.committed, topic, partition, from)? >= end {
                 return Ok(false);

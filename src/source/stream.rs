@@ -298,7 +298,7 @@ impl<'a> Streamer<'a> {
         if let Some(failure) = self.ledger().failure() {
             return Err(Error::Delivery(failure.to_string()));
         }
-        let old = self.partitioning.epochs.current();
+        let mut watch = self.partitioning.fence.open()?;
         let (mut said, mut reported) = (None::<(String, Instant)>, None::<Instant>);
         loop {
             if reported.is_none_or(|r| r.elapsed() >= Duration::from_secs(5)) {
@@ -310,9 +310,10 @@ impl<'a> Streamer<'a> {
             }
             // The fence only reads: a broker or the database away for a moment is waited out
             // here, in the session that already holds the switch's place in the stream.
-            let why = match self.partitioning.fence.waiting(old).await {
+            let why = match self.partitioning.waiting(&mut watch, &self.registry).await {
                 Ok(None) => break,
                 Ok(Some(why)) => why,
+                Err(e @ Error::Failpoint(_)) => return Err(e),
                 Err(e) => format!("the workers' progress could not be read ({e})"),
             };
             if said

@@ -7,14 +7,18 @@
 //! (see `fence`), then the new epoch is recorded in the slot's marker and the transaction
 //! goes out across the new count.
 //!
-//! Restart: a crash before the marker is written plans the same switch again; a crash after
-//! it finds the new epoch in the marker, and re-reads the transactions before it with the old
+//! The fence's targets are taken once, by the first session that reaches the switch, and kept
+//! in the marker with the pending switch (see `fence` for why).
+//!
+//! Restart: a crash before the targets are recorded plans the same switch again; a crash
+//! after it resumes the recorded switch, targets and all; a crash after the new epoch is
+//! recorded finds it in the marker, and re-reads the transactions before it with the old
 //! count. A compacted topic keeps its epoch: its readers keep only the latest row per key.
 
 use std::time::{Duration, Instant};
 
-use super::epochs::Epochs;
-use super::fence::Fence;
+use super::epochs::{Epochs, PendingSwitch};
+use super::fence::{Fence, FenceWatch};
 use super::snapshot::{self, SnapshotMarker};
 use crate::contract::lsn::Lsn;
 use crate::error::Result;
@@ -23,21 +27,13 @@ use crate::registry::Registry;
 /// How often a running cdc looks for added partitions.
 pub const CHECK_EVERY: Duration = Duration::from_secs(15);
 
-/// A switch waiting for its first transaction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Planned {
-    pub to: i32,
-    /// The newest commit LSN in Kafka when it was planned (None: the topic holds no change).
-    pub after: Option<Lsn>,
-}
-
 pub(super) struct Partitioning {
     pub epochs: Epochs,
     /// The slot's marker, rewritten with each new epoch.
     marker: SnapshotMarker,
     pub fence: Fence,
     compacted: bool,
-    pub planned: Option<Planned>,
+    pub planned: Option<PendingSwitch>,
     checked: Option<Instant>,
     /// The count of valid already warned about, so the warning is not repeated each check.
     warned: i32,
@@ -45,12 +41,21 @@ pub(super) struct Partitioning {
 
 impl Partitioning {
     pub(super) fn new(marker: SnapshotMarker, legacy: i32, fence: Fence, compacted: bool) -> Self {
+        let epochs = Epochs::recorded(marker.epochs.clone(), legacy);
+        let planned = marker
+            .switch
+            .clone()
+            .filter(|s| s.to > epochs.current() && !compacted);
+        if let Some(s) = &planned {
+            tracing::info!(to = s.to, after = ?s.after.map(|l| l.to_string()), changes_ends = ?s.changes_ends,
+                valid_ends = ?s.valid_ends, "resuming the recorded switch to more partitions, with its fence's targets");
+        }
         Partitioning {
-            epochs: Epochs::recorded(marker.epochs.clone(), legacy),
+            epochs,
             marker,
             fence,
             compacted,
-            planned: None,
+            planned,
             checked: None,
             warned: 0,
         }
@@ -92,14 +97,67 @@ impl Partitioning {
             super::failover::newest_commit(&self.fence.kafka, &topics.changes, registry).await?;
         tracing::info!(from = current, to = changes, after = ?after.map(|l| l.to_string()),
             "partitions were added: the first transaction after the newest one in Kafka goes out across the new count, once the workers applied the old partitions");
-        self.planned = Some(Planned { to: changes, after });
+        self.planned = Some(PendingSwitch {
+            to: changes,
+            after,
+            changes_ends: Vec::new(),
+            valid_ends: Vec::new(),
+        });
         Ok(())
     }
 
     /// Whether the transaction committed at `commit` is the planned switch's first.
     pub(super) fn due(&self, commit: Lsn) -> bool {
         self.planned
+            .as_ref()
             .is_some_and(|p| p.after.is_none_or(|after| commit > after))
+    }
+
+    /// What the due switch still waits for at its fence, None once passed. Each target is
+    /// taken the first time it is needed and recorded in the marker before it is used.
+    pub(super) async fn waiting(
+        &mut self,
+        watch: &mut FenceWatch,
+        registry: &Registry,
+    ) -> Result<Option<String>> {
+        let old = self.epochs.current();
+        let Some(mut planned) = self.planned.clone() else {
+            return Ok(None);
+        };
+        if planned.changes_ends.is_empty() {
+            planned.changes_ends = watch.ends(false, old).await?;
+            self.record(&planned, registry).await?;
+            tracing::info!(ends = ?planned.changes_ends, topic = %self.fence.topics.changes,
+                "the switch's fence: the fraud group must read the old partitions up to these offsets");
+            crate::failpoint::hit(crate::failpoint::CDC_SWITCH_TARGETS)?;
+        }
+        if let Some(why) = watch.fraud_waiting(&planned.changes_ends).await? {
+            return Ok(Some(why));
+        }
+        if planned.valid_ends.is_empty() {
+            planned.valid_ends = watch.ends(true, old).await?;
+            self.record(&planned, registry).await?;
+            tracing::info!(ends = ?planned.valid_ends, topic = %self.fence.topics.valid,
+                "the switch's fence: the stats worker must apply the old partitions up to these offsets");
+        }
+        watch.stats_waiting(&planned.valid_ends).await
+    }
+
+    /// The pending switch, with the targets taken so far, in the slot's marker.
+    async fn record(&mut self, planned: &PendingSwitch, registry: &Registry) -> Result<()> {
+        let marker = SnapshotMarker {
+            switch: Some(planned.clone()),
+            ..self.marker.clone()
+        };
+        snapshot::record_marker(
+            &self.fence.kafka,
+            &self.fence.topics.changes,
+            registry,
+            &marker,
+        )
+        .await?;
+        (self.marker, self.planned) = (marker, Some(planned.clone()));
+        Ok(())
     }
 
     /// Records the new epoch, from `commit` on, in the slot's marker, then makes it current.
@@ -111,6 +169,7 @@ impl Partitioning {
         epochs.begin(commit, planned.to);
         let marker = SnapshotMarker {
             epochs: epochs.list().to_vec(),
+            switch: None,
             ..self.marker.clone()
         };
         snapshot::record_marker(

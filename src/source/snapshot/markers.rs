@@ -18,7 +18,7 @@ use crate::error::Result;
 use crate::kafka::produce::send as send_record;
 use crate::kafka::{client_config, read_committed_to_end};
 use crate::registry::{key_subject, value_subject, Registry};
-use crate::source::epochs::Epoch;
+use crate::source::epochs::{Epoch, PendingSwitch};
 use crate::source::failover::Server;
 
 /// What the marker of a completed snapshot records.
@@ -33,6 +33,9 @@ pub struct SnapshotMarker {
     /// The partition epochs of the slot's changes (empty in markers written before they
     /// were recorded): a snapshot starts the list, each switch to more partitions appends.
     pub epochs: Vec<Epoch>,
+    /// A switch to more partitions whose first transaction a session reached, with the
+    /// fence's targets (None once made, and in markers written before it was recorded).
+    pub switch: Option<PendingSwitch>,
 }
 
 fn marker_schema() -> Schema {
@@ -47,7 +50,13 @@ fn marker_schema() -> Schema {
             {"name": "epochs", "default": [], "type": {"type": "array", "items": {
                 "type": "record", "name": "PartitionEpoch", "fields": [
                     {"name": "from_lsn", "type": "long"},
-                    {"name": "partitions", "type": "int"}]}}}]}"#,
+                    {"name": "partitions", "type": "int"}]}}},
+            {"name": "switch", "default": null, "type": ["null", {
+                "type": "record", "name": "PendingSwitch", "fields": [
+                    {"name": "partitions", "type": "int"},
+                    {"name": "after_lsn", "type": ["null", "long"], "default": null},
+                    {"name": "changes_ends", "type": {"type": "array", "items": "long"}},
+                    {"name": "valid_ends", "type": {"type": "array", "items": "long"}}]}]}]}"#,
     )
     .expect("the marker schema is valid Avro")
 }
@@ -115,6 +124,22 @@ pub(super) async fn marker_record(
                             })
                             .collect(),
                     ),
+                ),
+                (
+                    "switch".into(),
+                    optional(marker.switch.as_ref().map(|s| {
+                        let longs =
+                            |v: &[i64]| Value::Array(v.iter().map(|o| Value::Long(*o)).collect());
+                        Value::Record(vec![
+                            ("partitions".into(), Value::Int(s.to)),
+                            (
+                                "after_lsn".into(),
+                                optional(s.after.map(|l| Value::Long(l.0 as i64))),
+                            ),
+                            ("changes_ends".into(), longs(&s.changes_ends)),
+                            ("valid_ends".into(), longs(&s.valid_ends)),
+                        ])
+                    })),
                 ),
             ]))?,
     );
@@ -243,6 +268,7 @@ pub async fn find_marker(
                         rows,
                         server,
                         epochs: epochs(get("epochs")),
+                        switch: unwrap(get("switch")).and_then(pending_switch),
                     });
                 }
             }
@@ -272,4 +298,38 @@ fn epochs(field: Option<Value>) -> Vec<Epoch> {
             }
         })
         .collect()
+}
+
+/// A marker's switch field, as written by `marker_record`.
+fn pending_switch(field: Value) -> Option<PendingSwitch> {
+    let Value::Record(fields) = field else {
+        return None;
+    };
+    let get = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let longs = |v: Option<Value>| match v {
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .filter_map(|i| match i {
+                Value::Long(o) => Some(o),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let after = match get("after_lsn") {
+        Some(Value::Union(_, v)) => match *v {
+            Value::Long(l) => Some(Lsn(l as u64)),
+            _ => None,
+        },
+        _ => None,
+    };
+    match get("partitions") {
+        Some(Value::Int(to)) => Some(PendingSwitch {
+            to,
+            after,
+            changes_ends: longs(get("changes_ends")),
+            valid_ends: longs(get("valid_ends")),
+        }),
+        _ => None,
+    }
 }

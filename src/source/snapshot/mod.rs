@@ -352,6 +352,7 @@ impl Snapshot<'_> {
                 from: self.consistent_point,
                 partitions,
             }],
+            switch: None,
         };
         let (key, value) = marker_record(self.registry, self.topic, &marker).await?;
         send_record(
