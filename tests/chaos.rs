@@ -380,6 +380,13 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
 
     p.wait_until_caught_up().await;
     let seen = watch.finish().await;
+    // The added partitions are in use: cdc made its switch (a second epoch, nothing pending).
+    let marker = p.snapshot_marker().await;
+    let epochs: Vec<(String, i32)> = marker
+        .epochs
+        .iter()
+        .map(|e| (e.from.to_string(), e.partitions))
+        .collect();
     let db = p.db().await;
     let report = reviewflow::tools::verify::verify(&db).await.unwrap();
     // Every current row of the table has a verdict of its current image (by SQL; verify's
@@ -394,7 +401,8 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
         "chaos: {trials} trials over {seconds} s, {kills} SIGKILLs, faults {faults:?}, \
          {} transactions committed and {} rolled back by {WRITERS} writers, {} reviews live, \
          {} differences, {} current rows without a verdict of their image, \
-         {} negative figures in {} reads of course_stats; first differences {:?}",
+         {} negative figures in {} reads of course_stats, partition epochs {epochs:?}; \
+         first differences {:?}",
         counts[0].load(Ordering::Relaxed),
         counts[1].load(Ordering::Relaxed),
         reviews,
@@ -417,6 +425,11 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
         "several kinds of fault were injected, the TRUNCATE and added partitions among them: {faults:?}"
     );
     seen.assert_often_and_never_negative();
+    assert!(
+        epochs.len() == 2 && epochs[1].1 == epochs[0].1 + 2 && marker.switch.is_none(),
+        "cdc switched to the added partitions: {epochs:?}, pending {:?}",
+        marker.switch
+    );
     assert!(
         report.differences.is_empty(),
         "{:?}",

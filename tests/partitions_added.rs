@@ -20,21 +20,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use reviewflow::contract::lsn::SourcePosition;
 use reviewflow::registry::Registry;
 use reviewflow::source::epochs::{partition_of, Epochs};
-use reviewflow::source::snapshot::{find_marker, SnapshotHistory, SnapshotMarker};
-
-async fn marker(p: &Pipeline) -> SnapshotMarker {
-    let registry = Registry::connect(&p.settings).await.unwrap();
-    match find_marker(&p.settings.kafka, &p.topic, &p.slot(), &registry)
-        .await
-        .unwrap()
-    {
-        SnapshotHistory::Completed(m) => m,
-        other => panic!("the slot's snapshot completed: {other:?}"),
-    }
-}
 
 async fn epochs(p: &Pipeline) -> Epochs {
-    Epochs::recorded(marker(p).await.epochs, 0)
+    Epochs::recorded(p.snapshot_marker().await.epochs, 0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,7 +90,8 @@ async fn partitions_added_mid_stream_and_across_cdc_crashes_lose_and_double_noth
         // This one plans the switch at its start, reaches it, and dies once it recorded
         // the fence's targets, the stats worker still away.
         crash_at(reviewflow::failpoint::CDC_SWITCH_TARGETS.at(1)).await;
-        let pending = marker(&p)
+        let pending = p
+            .snapshot_marker()
             .await
             .switch
             .expect("the pending switch is recorded");
@@ -204,7 +193,7 @@ async fn partitions_added_mid_stream_and_across_cdc_crashes_lose_and_double_noth
         1
     );
     assert_eq!(taken("resuming the recorded switch"), 1);
-    assert_eq!(marker(&p).await.switch, None, "the switch is made");
+    assert_eq!(p.snapshot_marker().await.switch, None, "the switch is made");
     let failed: Vec<&str> = logged
         .lines()
         .filter(|l| l.contains("session failed"))

@@ -236,6 +236,19 @@ impl Pipeline {
             .collect()
     }
 
+    /// The slot's completed snapshot marker: its partition epochs and a pending switch.
+    pub async fn snapshot_marker(&self) -> reviewflow::source::snapshot::SnapshotMarker {
+        use reviewflow::source::snapshot::{find_marker, SnapshotHistory};
+        let registry = Registry::connect(&self.settings).await.unwrap();
+        match find_marker(&self.settings.kafka, &self.topic, &self.slot(), &registry)
+            .await
+            .unwrap()
+        {
+            SnapshotHistory::Completed(m) => m,
+            other => panic!("the slot's snapshot completed: {other:?}"),
+        }
+    }
+
     /// The rows of `reviews` as the pipeline's stages see them, in id order.
     pub async fn reviews(&self) -> Vec<reviewflow::contract::image::ReviewRow> {
         self.db()
