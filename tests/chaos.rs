@@ -216,6 +216,9 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
     let mut truncate_at = Some(started + Duration::from_secs(seconds / 3));
     // Two partitions added to the changes and valid topics, half way in or at the fifth trial.
     let mut add_at = Some(started + Duration::from_secs(seconds / 2));
+    // The writers go on for 30 s after the add (two of cdc's 15 s looks at the partition
+    // count), so that a transaction comes after cdc planned the switch, and the switch is made.
+    let mut added: Option<Instant> = None;
     let brokers = common::broker_ids(&p.settings.kafka).await;
     let mut down_broker: Option<u8> = None;
     // However slowly the trials go, the run lasts until it has met the fixed faults (Kafka, the
@@ -225,7 +228,7 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
         || !met_kafka
         || !met_postgres
         || truncate_at.is_some()
-        || add_at.is_some()
+        || added.is_none_or(|at| at.elapsed() < Duration::from_secs(30))
     {
         tokio::time::sleep(Duration::from_millis(1500 + rng.next(3000))).await;
         trials += 1;
@@ -254,7 +257,7 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
             let topics = [p.topic.clone(), p.output("valid")];
             match common::add_partitions(&p.settings.kafka, &topics, count).await {
                 Ok(()) => {
-                    add_at = None;
+                    (add_at, added) = (None, Some(Instant::now()));
                     *faults.entry("partitions added".into()).or_default() += 1;
                 }
                 // A node just restarted may not have rejoined: the next trial tries again.
