@@ -603,20 +603,7 @@ async fn the_slot_follows_failovers_where_postgres_can_and_the_marker_names_its_
         )
         .await
         .unwrap();
-    let registry = reviewflow::registry::Registry::connect(&p.settings)
-        .await
-        .unwrap();
-    let history = reviewflow::source::snapshot::find_marker(
-        &p.settings.kafka,
-        &p.topic,
-        &p.slot(),
-        &registry,
-    )
-    .await
-    .unwrap();
-    let reviewflow::source::snapshot::SnapshotHistory::Completed(marker) = history else {
-        panic!("the snapshot completed: {history:?}");
-    };
+    let marker = p.snapshot_marker().await;
     assert_eq!(
         marker.server,
         Some(reviewflow::source::failover::Server {

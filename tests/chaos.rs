@@ -215,10 +215,11 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
     // gets there later (a Kafka restart can take most of a short run).
     let mut truncate_at = Some(started + Duration::from_secs(seconds / 3));
     // Two partitions added to the changes and valid topics, half way in or at the fifth trial.
-    let mut add_at = Some(started + Duration::from_secs(seconds / 2));
-    // The writers go on for 30 s after the add (two of cdc's 15 s looks at the partition
-    // count), so that a transaction comes after cdc planned the switch, and the switch is made.
+    let add_at = started + Duration::from_secs(seconds / 2);
+    // The writers go on for two of cdc's looks at the partition count after the add, so that
+    // a transaction comes after cdc planned the switch, and the switch is made.
     let mut added: Option<Instant> = None;
+    let after_add = 2 * reviewflow::source::PARTITIONS_CHECK_EVERY;
     let brokers = common::broker_ids(&p.settings.kafka).await;
     let mut down_broker: Option<u8> = None;
     // However slowly the trials go, the run lasts until it has met the fixed faults (Kafka, the
@@ -228,7 +229,7 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
         || !met_kafka
         || !met_postgres
         || truncate_at.is_some()
-        || added.is_none_or(|at| at.elapsed() < Duration::from_secs(30))
+        || added.is_none_or(|at| at.elapsed() < after_add)
     {
         tokio::time::sleep(Duration::from_millis(1500 + rng.next(3000))).await;
         trials += 1;
@@ -252,12 +253,12 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
             }
             continue;
         }
-        if add_at.is_some_and(|at| Instant::now() >= at || trials >= 5) {
+        if added.is_none() && (Instant::now() >= add_at || trials >= 5) {
             let count = common::partition_count(&p.settings.kafka, &p.output("valid")).await + 2;
             let topics = [p.topic.clone(), p.output("valid")];
             match common::add_partitions(&p.settings.kafka, &topics, count).await {
                 Ok(()) => {
-                    (add_at, added) = (None, Some(Instant::now()));
+                    added = Some(Instant::now());
                     *faults.entry("partitions added".into()).or_default() += 1;
                 }
                 // A node just restarted may not have rejoined: the next trial tries again.

@@ -10,7 +10,7 @@ use common::pipeline::Pipeline;
 use common::Running;
 use reviewflow::registry::Registry;
 use reviewflow::source::failover::Server;
-use reviewflow::source::snapshot::{find_marker, record_marker, SnapshotHistory};
+use reviewflow::source::snapshot::record_marker;
 
 /// the snapshot had been read there.
 async fn recorded_elsewhere(
@@ -28,17 +28,11 @@ async fn recorded_elsewhere(
     let cdc = p.spawn_cdc(None);
     p.wait_until_caught_up().await;
     p.stop(cdc).await;
-    let registry = Registry::connect(&p.settings).await.unwrap();
-    let SnapshotHistory::Completed(mut marker) =
-        find_marker(&p.settings.kafka, &p.topic, &p.slot(), &registry)
-            .await
-            .unwrap()
-    else {
-        panic!("the snapshot completed");
-    };
+    let mut marker = p.snapshot_marker().await;
     marker.server = Some(server(
         marker.server.clone().expect("the marker names its server"),
     ));
+    let registry = Registry::connect(&p.settings).await.unwrap();
     record_marker(&p.settings.kafka, &p.topic, &registry, &marker)
         .await
         .unwrap();

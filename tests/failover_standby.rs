@@ -17,8 +17,6 @@ use std::time::Duration;
 
 use common::pipeline::Pipeline;
 use common::Running;
-use reviewflow::registry::Registry;
-use reviewflow::source::snapshot::{find_marker, SnapshotHistory};
 use reviewflow::stack::StackConfig;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -345,14 +343,7 @@ async fn on_postgres_17_cdc_follows_the_promoted_standby_without_a_new_snapshot(
     );
     assert!(!log.contains("taking a new snapshot"), "{log}");
     assert_eq!(snapshot_marks(&p).await, marks, "no new snapshot was taken");
-    let registry = Registry::connect(&p.settings).await.unwrap();
-    let SnapshotHistory::Completed(marker) =
-        find_marker(&p.settings.kafka, &p.topic, &p.slot(), &registry)
-            .await
-            .unwrap()
-    else {
-        panic!("the snapshot's marker stays");
-    };
+    let marker = p.snapshot_marker().await;
     assert_eq!(
         marker.server.map(|s| s.timeline),
         Some(2),

@@ -23,3 +23,4 @@ mod switch;
 
 pub use args::CdcConfig;
 pub use cdc::Cdc;
+pub use switch::CHECK_EVERY as PARTITIONS_CHECK_EVERY;
