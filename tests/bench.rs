@@ -59,9 +59,32 @@ async fn the_quick_bench_measures_every_figure_and_cleans_up() {
         "/stats/changes",
         "/stats/secs",
         "/stats/verified_courses",
+        "/cdc/rounds/0/recvlogical_secs",
+        "/cdc/rounds/0/ours_secs",
+        "/cdc/wide/changes",
+        "/cdc/wide/recvlogical_secs",
+        "/cdc/wide/ours_secs",
+        "/drain/backlog",
+        "/drain/write_secs",
+        "/drain/drain_secs",
+        "/drain/samples",
+        "/drain/p50_ms",
+        "/drain/p99_ms",
+        "/drain/max_ms",
     ] {
         positive(path);
     }
+    // One round of the CDC backlog in the quick form, then the wide rows of 2 KB.
+    assert_eq!(figures["cdc"]["rounds"].as_array().map(Vec::len), Some(1));
+    assert_eq!(figures["cdc"]["wide"]["content_bytes"], 2048);
+    assert_eq!(
+        figures["drain"]["backlog"], figures["cdc"]["backlog"],
+        "the drain writes a backlog of the CDC phase's size"
+    );
+    assert!(
+        figures["drain"]["missing"].as_u64().is_some(),
+        "the drain's missing probes are counted"
+    );
     // The slowest second is a speed figure: on a loaded 2-core machine the pipeline can make
     // no progress for a whole second (a checkpoint, a rebalance), and the benchmark must
     // report that rather than fail. Only that it was measured is asserted here.
@@ -123,6 +146,12 @@ async fn the_quick_bench_measures_every_figure_and_cleans_up() {
         ] {
             positive(&format!("/website/{i}/{f}"));
         }
+        let hops = figures["website"][i]["hops"].as_array().map_or(0, Vec::len);
+        assert_eq!(
+            hops, 3,
+            "each probe's three hops are measured: {:#}",
+            figures["website"][i]
+        );
         for f in ["round", "flagged", "missing"] {
             assert!(
                 figures
@@ -158,6 +187,10 @@ async fn the_quick_bench_measures_every_figure_and_cleans_up() {
         "## Latency",
         "## Latency under a website's load",
         "## Latency over 1 round(s)",
+        "## Latency during a backlog drain",
+        "| floor | website-shaped load: p99 <= 250 ms at 2,500/s |",
+        "| aim | CDC >= 95 % of pg_recvlogical |",
+        "| wide rows | ",
         "pg_recvlogical",
         "ProducerPerformance",
         "## Memory",
@@ -176,6 +209,8 @@ async fn the_quick_bench_measures_every_figure_and_cleans_up() {
         "latency at 500/s, median of 1 round(s)",
         "website latency at 2,000/s, median of 1 round(s)",
         "cdc backlog",
+        "cdc over 1 round(s): median share of pg_recvlogical",
+        "latency during a backlog drain of 20,000 changes",
         "fraud:",
         "stats:",
         "peak RSS:",

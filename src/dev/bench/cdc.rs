@@ -5,6 +5,13 @@
 //!   confirmed position reaches the end, which it only does once Kafka acknowledged every
 //!   change (start-up and schema registration are inside the figure);
 //! - Debezium's PostgreSQL connector (a peer) drains the third.
+//!
+//! One round is noisy on a shared machine, so once the live pipeline is done (`more_rounds`,
+//! nothing downstream reading any more) pg_recvlogical and reviewflow alternate on further
+//! backlogs of the same size, each in a fresh slot for pg_recvlogical while cdc goes on in its
+//! own; the median of the rounds' ratios decides. A last round writes rows of 2 KB of
+//! incompressible text, which PostgreSQL moves out of line (TOAST), so the ratio is also
+//! known for wide rows.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +22,9 @@ use super::peers::{self, PeerOutcome};
 use super::{load, spinner, wait_until, Run};
 use crate::error::{Error, Result};
 
+/// The content of a wide row, in bytes.
+pub const WIDE_BYTES: u64 = 2048;
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CdcFigures {
     pub backlog: u64,
@@ -22,6 +32,27 @@ pub struct CdcFigures {
     pub ours_secs: f64,
     pub ours_cpu_secs: f64,
     pub debezium: PeerOutcome,
+    /// Every round of the same backlog, the first (above) included.
+    pub rounds: Vec<CdcRound>,
+    /// A round of rows with 2 KB of content (TOASTed), after the others.
+    pub wide: Option<CdcRound>,
+}
+
+/// pg_recvlogical and reviewflow on the same changes.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CdcRound {
+    pub changes: u64,
+    /// Bytes of content per row.
+    pub content_bytes: u64,
+    pub recvlogical_secs: f64,
+    pub ours_secs: f64,
+}
+
+impl CdcRound {
+    /// reviewflow's rate as a share of pg_recvlogical's.
+    pub fn share(&self) -> f64 {
+        self.recvlogical_secs / self.ours_secs
+    }
 }
 
 impl CdcFigures {
@@ -31,6 +62,19 @@ impl CdcFigures {
 
     pub fn ours_rate(&self) -> f64 {
         self.backlog as f64 / self.ours_secs
+    }
+
+    /// The median of the rounds' shares, and the worst.
+    pub fn median_share(&self) -> (f64, f64) {
+        let mut shares: Vec<f64> = self.rounds.iter().map(CdcRound::share).collect();
+        shares.sort_by(f64::total_cmp);
+        let worst = shares.first().copied().unwrap_or(f64::NAN);
+        let median = match shares.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => shares[n / 2],
+            n => (shares[n / 2 - 1] + shares[n / 2]) / 2.0,
+        };
+        (median, worst)
     }
 }
 
@@ -65,21 +109,120 @@ pub async fn run(run: &mut Run, shutdown: &CancellationToken) -> Result<CdcFigur
 
     let bar = spinner(format!("cdc: writing a backlog of {backlog} changes"));
     load::backlog(&pg, backlog, run.sizes.courses).await?;
-    let end: String = pg
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await?
-        .get(0);
+    let end = current_lsn(&pg).await?;
     bar.finish_and_clear();
 
+    let (recvlogical_secs, ours_secs, ours_cpu_secs) =
+        drain_both(run, &pg, &recv_slot, &end, shutdown).await?;
+    tracing::info!(
+        backlog,
+        recvlogical_secs,
+        ours_secs,
+        "cdc backlog drained by pg_recvlogical and reviewflow"
+    );
+
+    let debezium = if run.config.skip_peers {
+        PeerOutcome::Skipped("--skip-peers".into())
+    } else {
+        let bar = spinner("cdc: Debezium draining its slot (peer)".into());
+        let outcome = debezium(run, &debezium_slot, shutdown).await?;
+        bar.finish_and_clear();
+        outcome
+    };
+    run.drop_slot(&debezium_slot).await?;
+    Ok(CdcFigures {
+        backlog,
+        recvlogical_secs,
+        ours_secs,
+        ours_cpu_secs,
+        debezium,
+        rounds: vec![CdcRound {
+            changes: backlog,
+            content_bytes: 0,
+            recvlogical_secs,
+            ours_secs,
+        }],
+        wide: None,
+    })
+}
+
+/// The further rounds, then the wide one, with no other stage running: each writes a new
+/// backlog that a fresh pg_recvlogical slot and cdc's own slot both hold, then both drain it.
+pub async fn more_rounds(
+    run: &mut Run,
+    figures: &mut CdcFigures,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let pg = Arc::new(crate::db::connect(&run.settings.database_url).await?);
+    let (backlog, courses) = (run.sizes.backlog, run.sizes.courses);
+    for round in 1..run.sizes.rounds {
+        let bar = spinner(format!(
+            "cdc round {}: a backlog of {backlog} changes, pg_recvlogical then reviewflow",
+            round + 1
+        ));
+        let slot = format!("{}_recvlogical_{round}", run.db);
+        run.create_slot(&slot).await?;
+        load::backlog(&pg, backlog, courses).await?;
+        let end = current_lsn(&pg).await?;
+        let (recvlogical_secs, ours_secs, _) = drain_both(run, &pg, &slot, &end, shutdown).await?;
+        bar.finish_and_clear();
+        let r = CdcRound {
+            changes: backlog,
+            content_bytes: 0,
+            recvlogical_secs,
+            ours_secs,
+        };
+        tracing::info!(round = round + 1, share = r.share(), "cdc round");
+        figures.rounds.push(r);
+    }
+    // A fifth of the backlog: each row carries ten times the bytes.
+    let rows = (backlog / 5).max(100);
+    let bar = spinner(format!(
+        "cdc, wide rows: {rows} inserts of {WIDE_BYTES} bytes of content (TOAST)"
+    ));
+    let slot = format!("{}_recvlogical_wide", run.db);
+    run.create_slot(&slot).await?;
+    load::wide_backlog(&pg, rows, courses, WIDE_BYTES).await?;
+    let end = current_lsn(&pg).await?;
+    let (recvlogical_secs, ours_secs, _) = drain_both(run, &pg, &slot, &end, shutdown).await?;
+    bar.finish_and_clear();
+    let wide = CdcRound {
+        changes: rows,
+        content_bytes: WIDE_BYTES,
+        recvlogical_secs,
+        ours_secs,
+    };
+    tracing::info!(share = wide.share(), "cdc round of wide rows");
+    figures.wide = Some(wide);
+    Ok(())
+}
+
+async fn current_lsn(pg: &tokio_postgres::Client) -> Result<String> {
+    Ok(pg
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get(0))
+}
+
+/// pg_recvlogical drains `recv_slot` up to `end` (then the slot is dropped), then cdc is
+/// started on its own slot until its confirmed position reaches `end`, and stopped. Returns
+/// pg_recvlogical's seconds, cdc's, and cdc's CPU seconds.
+async fn drain_both(
+    run: &mut Run,
+    pg: &Arc<tokio_postgres::Client>,
+    recv_slot: &str,
+    end: &str,
+    shutdown: &CancellationToken,
+) -> Result<(f64, f64, f64)> {
     let bar = spinner("cdc: pg_recvlogical draining its slot to /dev/null".into());
-    let recvlogical_secs = recvlogical(run, &recv_slot, &end, shutdown).await?;
-    run.drop_slot(&recv_slot).await?;
+    let recvlogical_secs = recvlogical(run, recv_slot, end, shutdown).await?;
+    run.drop_slot(recv_slot).await?;
     bar.finish_and_clear();
 
     let bar = spinner("cdc: reviewflow cdc draining its slot into Kafka".into());
     let started = Instant::now();
     run.start("cdc")?;
-    let (slot, target) = (run.slot.clone(), end.clone());
+    let (slot, target) = (run.slot.clone(), end.to_string());
     wait_until(
         run,
         "cdc draining the backlog",
@@ -105,29 +248,7 @@ pub async fn run(run: &mut Run, shutdown: &CancellationToken) -> Result<CdcFigur
     let ours_cpu_secs = run.stage("cdc")?.cpu_secs();
     run.stop("cdc", "backlog").await?;
     bar.finish_and_clear();
-    tracing::info!(
-        backlog,
-        recvlogical_secs,
-        ours_secs,
-        "cdc backlog drained by pg_recvlogical and reviewflow"
-    );
-
-    let debezium = if run.config.skip_peers {
-        PeerOutcome::Skipped("--skip-peers".into())
-    } else {
-        let bar = spinner("cdc: Debezium draining its slot (peer)".into());
-        let outcome = debezium(run, &debezium_slot, shutdown).await?;
-        bar.finish_and_clear();
-        outcome
-    };
-    run.drop_slot(&debezium_slot).await?;
-    Ok(CdcFigures {
-        backlog,
-        recvlogical_secs,
-        ours_secs,
-        ours_cpu_secs,
-        debezium,
-    })
+    Ok((recvlogical_secs, ours_secs, ours_cpu_secs))
 }
 
 /// The slot's reader has finished its snapshot and streams.

@@ -19,6 +19,9 @@ use crate::error::{Error, Result};
 
 /// How long the tail waits for a notification before it calls the rest missing.
 pub(super) const QUIET: Duration = Duration::from_secs(60);
+/// The largest latency a histogram keeps, in microseconds: an hour, for probes that wait
+/// behind a backlog.
+const HIGHEST_MICROS: u64 = 3_600_000_000;
 
 /// One offered rate's outcome.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -152,6 +155,14 @@ impl Listener {
         }
     }
 
+    /// Takes every notification and tap stamp that arrived into `pending`.
+    pub(super) fn take(&mut self, pending: &mut Pending) {
+        while let Ok((at, payload)) = self.notes.try_recv() {
+            pending.visible(at, &payload);
+        }
+        self.drain_taps(pending);
+    }
+
     fn drain_taps(&mut self, pending: &mut Pending) {
         if let Some(t) = &mut self.taps {
             while let Ok((hop, course, at)) = t.seen.try_recv() {
@@ -183,7 +194,7 @@ fn course_key(key: &[u8]) -> Option<i64> {
 }
 
 /// Commit instants of the phase's reviews not yet seen in course_stats, by course.
-struct Pending {
+pub(super) struct Pending {
     commits: HashMap<i64, Instant>,
     /// Seen before the writer recorded the commit (it raced the notification).
     early: HashMap<i64, Instant>,
@@ -196,7 +207,56 @@ struct Pending {
 }
 
 impl Pending {
-    fn committed(&mut self, courses: &[i64], at: Instant) {
+    pub(super) fn new(capacity: usize) -> Result<Self> {
+        Ok(Pending {
+            commits: HashMap::with_capacity(capacity),
+            early: HashMap::new(),
+            histogram: histogram()?,
+            all_commits: HashMap::with_capacity(capacity),
+            visible_at: HashMap::with_capacity(capacity),
+            changes_at: HashMap::with_capacity(capacity),
+            valid_at: HashMap::with_capacity(capacity),
+        })
+    }
+
+    pub(super) fn histogram(&self) -> &Histogram<u64> {
+        &self.histogram
+    }
+
+    /// The courses whose review is still not visible.
+    pub(super) fn unseen(&self) -> Vec<i64> {
+        self.commits.keys().copied().collect()
+    }
+
+    /// The tail: waits until every review is visible, or none became visible for QUIET,
+    /// then takes the taps' last stamps.
+    pub(super) async fn settle(
+        &mut self,
+        listener: &mut Listener,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        listener.take(self);
+        let mut quiet_since = Instant::now();
+        while !self.commits.is_empty() && quiet_since.elapsed() < QUIET {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(Error::Config("interrupted".into())),
+                note = tokio::time::timeout(Duration::from_millis(500), listener.notes.recv()) => {
+                    if let Ok(Some((at, payload))) = note {
+                        let before = self.commits.len();
+                        self.visible(at, &payload);
+                        if self.commits.len() < before {
+                            quiet_since = Instant::now();
+                        }
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        listener.drain_taps(self);
+        Ok(())
+    }
+
+    pub(super) fn committed(&mut self, courses: &[i64], at: Instant) {
         for c in courses {
             self.all_commits.insert(*c, at);
             match self.early.remove(c) {
@@ -224,10 +284,8 @@ impl Pending {
     }
 
     /// p50 and p99 (ms) of each hop over the reviews stamped at every step.
-    fn hops(&self) -> Vec<(String, f64, f64)> {
-        let mut hist: Vec<Histogram<u64>> = (0..3)
-            .filter_map(|_| Histogram::new_with_bounds(1, 120_000_000, 3).ok())
-            .collect();
+    pub(super) fn hops(&self) -> Vec<(String, f64, f64)> {
+        let mut hist: Vec<Histogram<u64>> = (0..3).filter_map(|_| histogram().ok()).collect();
         if hist.len() < 3 {
             return Vec::new();
         }
@@ -282,16 +340,7 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<u64>>,
 {
-    let mut pending = Pending {
-        commits: HashMap::with_capacity(courses.len()),
-        early: HashMap::new(),
-        histogram: Histogram::new_with_bounds(1, 120_000_000, 3)
-            .map_err(|e| Error::Config(format!("latency histogram: {e}")))?,
-        all_commits: HashMap::with_capacity(courses.len()),
-        visible_at: HashMap::with_capacity(courses.len()),
-        changes_at: HashMap::with_capacity(courses.len()),
-        valid_at: HashMap::with_capacity(courses.len()),
-    };
+    let mut pending = Pending::new(courses.len())?;
     let start = Instant::now();
     let mut written = 0usize;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -307,28 +356,10 @@ where
             pending.committed(&courses[written..due], Instant::now());
             written = due;
         }
-        while let Ok((at, payload)) = listener.notes.try_recv() {
-            pending.visible(at, &payload);
-        }
-        listener.drain_taps(&mut pending);
+        listener.take(&mut pending);
     }
     let wrote_for = start.elapsed().as_secs_f64();
-    // The tail: until every review is visible, or nothing new arrived for a while.
-    let mut quiet_since = Instant::now();
-    while !pending.commits.is_empty() && quiet_since.elapsed() < QUIET {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Err(Error::Config("interrupted".into())),
-            note = tokio::time::timeout(Duration::from_millis(500), listener.notes.recv()) => {
-                if let Ok(Some((at, payload))) = note {
-                    pending.visible(at, &payload);
-                    quiet_since = Instant::now();
-                }
-            }
-        }
-    }
-    // The taps' last stamps.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    listener.drain_taps(&mut pending);
+    pending.settle(listener, shutdown).await?;
     let unseen = pending.commits.len() as u64;
     let flagged = if unseen > 0 { flagged().await? } else { 0 };
     if unseen > flagged {
@@ -351,6 +382,11 @@ where
         flagged,
         hops,
     ))
+}
+
+fn histogram() -> Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, HIGHEST_MICROS, 3)
+        .map_err(|e| Error::Config(format!("latency histogram: {e}")))
 }
 
 impl RatePoint {
@@ -393,15 +429,7 @@ mod tests {
 
     #[test]
     fn a_notification_maps_to_its_courses_commit_in_either_order() {
-        let mut p = Pending {
-            commits: HashMap::new(),
-            early: HashMap::new(),
-            histogram: Histogram::new_with_bounds(1, 120_000_000, 3).unwrap(),
-            all_commits: HashMap::new(),
-            visible_at: HashMap::new(),
-            changes_at: HashMap::new(),
-            valid_at: HashMap::new(),
-        };
+        let mut p = Pending::new(4).unwrap();
         let t0 = Instant::now();
         p.committed(&[1, 2], t0);
         p.visible(t0 + Duration::from_millis(40), "1");

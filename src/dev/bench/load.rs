@@ -7,11 +7,13 @@ use tokio_postgres::{Client, Statement};
 
 use crate::error::Result;
 
-/// The row every writer inserts, from a course id and a running number `n`.
+/// The row every writer inserts, from a course id and a running number `n`: its columns
+/// up to the content, then the content.
 const ROW: &str = "SELECT c, 1 + (c * 7919 + n) % 500000,
        (1 + (c * 31 + n) % 10) / 2.0,
        (ARRAY['Solid introduction', 'Worth the time', 'Great labs', 'Clear and practical',
-              'Good but long', 'Excellent instructor'])[1 + (c + n) % 6],
+              'Good but long', 'Excellent instructor'])[1 + (c + n) % 6],";
+const CONTENT: &str = "
        (ARRAY['The explanations are clear and well paced.',
               'I came in knowing nothing and now I can build small projects.',
               'The instructor clearly knows the material, and the exercises match the lectures.',
@@ -20,16 +22,33 @@ const ROW: &str = "SELECT c, 1 + (c * 7919 + n) % 500000,
 
 /// One review for each of courses 1..=courses, in transactions of 1,000 rows.
 pub async fn seed(client: &Client, courses: u64) -> Result<()> {
-    write_series(client, courses, courses, 1000).await
+    write_series(client, courses, courses, 1000, CONTENT).await
 }
 
 /// `changes` reviews over courses 1..=courses, in transactions of 100 rows (as scripts and
 /// applications write them), server-side so the client costs nothing.
 pub async fn backlog(client: &Client, changes: u64, courses: u64) -> Result<()> {
-    write_series(client, changes, courses, 100).await
+    write_series(client, changes, courses, 100, CONTENT).await
 }
 
-async fn write_series(client: &Client, rows: u64, courses: u64, per_txn: u64) -> Result<()> {
+/// Like `backlog`, with `bytes` (a multiple of 32) of content per row: hex digests, which
+/// pglz cannot shrink, so a row of 2 KB is moved out of line (TOAST) as a user's long review
+/// would be.
+pub async fn wide_backlog(client: &Client, changes: u64, courses: u64, bytes: u64) -> Result<()> {
+    let content = format!(
+        "(SELECT string_agg(md5(n::text || ':' || i), '') FROM generate_series(1, {}) i)",
+        bytes.div_ceil(32)
+    );
+    write_series(client, changes, courses, 100, &content).await
+}
+
+async fn write_series(
+    client: &Client,
+    rows: u64,
+    courses: u64,
+    per_txn: u64,
+    content: &str,
+) -> Result<()> {
     let (rows, courses, per_txn) = (rows as i64, courses as i64, per_txn as i64);
     // Separate statements: a DO that commits cannot run inside a multi-statement query.
     client.batch_execute("SET synchronous_commit = off").await?;
@@ -40,14 +59,13 @@ async fn write_series(client: &Client, rows: u64, courses: u64, per_txn: u64) ->
              BEGIN
                WHILE lo < {rows} LOOP
                  INSERT INTO reviews (course_id, user_id, rating, title, content)
-                 {ROW_FROM}
+                 {ROW} {content}
                  FROM (SELECT 1 + (g * 7919) % {courses} AS c, g AS n
                        FROM generate_series(lo, least(lo + {per_txn}, {rows}) - 1) g) s;
                  COMMIT;
                  lo := lo + {per_txn};
                END LOOP;
-             END $$",
-            ROW_FROM = ROW,
+             END $$"
         ))
         .await?;
     client.batch_execute("RESET synchronous_commit").await?;
@@ -65,7 +83,7 @@ impl Writer {
         let insert = client
             .prepare(&format!(
                 "INSERT INTO reviews (course_id, user_id, rating, title, content)
-                 {ROW} FROM unnest($1::int8[]) WITH ORDINALITY AS u(c, n)"
+                 {ROW} {CONTENT} FROM unnest($1::int8[]) WITH ORDINALITY AS u(c, n)"
             ))
             .await?;
         Ok(Writer { client, insert })

@@ -6,13 +6,15 @@
 //! Order: a private database with one review per course; the CDC backlog (one slot per
 //! consumer, created before the backlog is written, so each drains the same changes); the
 //! fraud and stats workers alone on that backlog (then `verify`); then the whole pipeline,
-//! every stage a child process, for saturation and latency.
+//! every stage a child process, for saturation and latency (a backlog drain last); then the
+//! CDC's further rounds, with nothing downstream running.
 //!
 //! Guarantee: whatever happens (failure, Ctrl-C), the run's processes are stopped, its slots
 //! dropped, its database dropped and its topics deleted before it returns.
 
 mod args;
 mod cdc;
+mod drain;
 mod latency;
 mod load;
 mod locks;
@@ -237,7 +239,8 @@ impl Run {
     async fn phases(&mut self, report: &mut Report, shutdown: &CancellationToken) -> Result<()> {
         self.setup().await?;
         check(shutdown)?;
-        report.cdc = Some(cdc::run(self, shutdown).await?);
+        let mut cdc = cdc::run(self, shutdown).await?;
+        report.cdc = Some(cdc.clone());
         check(shutdown)?;
         let (fraud, stats) = workers::run(self, shutdown).await?;
         report.fraud = Some(fraud);
@@ -248,6 +251,10 @@ impl Run {
         report.scale_out = live.scale_out;
         report.latency = live.latency;
         report.website = live.website;
+        report.drain = Some(live.drain);
+        check(shutdown)?;
+        cdc::more_rounds(self, &mut cdc, shutdown).await?;
+        report.cdc = Some(cdc);
         Ok(())
     }
 

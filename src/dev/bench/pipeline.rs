@@ -4,12 +4,15 @@
 //!   not yet in course_stats) and the rate at which reviews reach course_stats is measured
 //!   over the window, with each process's CPU time over the same window (the profile) and
 //!   the backends' lock waits; then again with two instances of each worker (scale-out);
-//! - latency: at fixed offered rates, commit-to-visible percentiles (see `latency`).
+//! - latency: at fixed offered rates, commit-to-visible percentiles (see `latency`), then
+//!   the website-shaped probes (see `website`), then probes during a backlog drain (see
+//!   `drain`).
 
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::drain::{self, DrainPoint};
 use super::latency::{self, Listener, RatePoint};
 use super::load::Writer;
 use super::locks::{LockWait, Sampler};
@@ -49,6 +52,7 @@ pub struct Live {
     pub scale_out: Option<Saturation>,
     pub latency: Vec<RatePoint>,
     pub website: Vec<ProbePoint>,
+    pub drain: DrainPoint,
 }
 
 pub async fn run(run: &mut Run, shutdown: &CancellationToken) -> Result<Live> {
@@ -169,12 +173,14 @@ pub async fn run(run: &mut Run, shutdown: &CancellationToken) -> Result<Live> {
         run.check_stages()?;
         probes.push(point);
     }
+    let drain = drain::measure(run, &mut listener, &mut probe_courses, shutdown).await?;
     run.stop_all("pipeline").await?;
     Ok(Live {
         saturation,
         scale_out,
         latency: points,
         website: probes,
+        drain,
     })
 }
 
@@ -304,7 +310,7 @@ async fn saturate(
 
 /// Reviews that reached their end: applied to course_stats, or flagged (which never do), by
 /// every instance.
-async fn reached(run: &Run) -> Result<u64> {
+pub(super) async fn reached(run: &Run) -> Result<u64> {
     let applied = run
         .counter_sum(
             "stats",

@@ -5,23 +5,20 @@
 //! nothing else writes. A probe is timed from its COMMIT returning until the stats worker's
 //! notification naming its course arrives (see `latency::Listener`): exact, and no polling.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use tokio_util::sync::CancellationToken;
 
-use super::latency::{Listener, RatePoint, QUIET};
+use super::latency::{Listener, Pending, RatePoint};
 use super::load::Writer;
-use crate::contract::notify::{self, Touched};
 use crate::dev::demo::Generator;
 use crate::error::{Error, Result};
 
 /// How often a probe commits, as a website commits single reviews.
-const PROBE_EVERY: Duration = Duration::from_millis(50);
+pub(super) const PROBE_EVERY: Duration = Duration::from_millis(50);
 
 /// One offered rate's probes: their figures (`offered` is the background's rate, `achieved`
-/// the probes' own, no hops), the background's achieved rate and the missing probes.
+/// the probes' own, hops included), the background's achieved rate and the missing probes.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ProbePoint {
     #[serde(flatten)]
@@ -41,9 +38,11 @@ pub async fn measure(
     secs: u64,
     shutdown: &CancellationToken,
 ) -> Result<ProbePoint> {
-    let mut probe = Writer::new(crate::db::connect(database_url).await?).await?;
+    let probe = Writer::new(crate::db::connect(database_url).await?).await?;
     let background_db = crate::db::connect(database_url).await?;
     let stop = CancellationToken::new();
+    // Stopped however this returns.
+    let _stop = stop.clone().drop_guard();
     let background = tokio::spawn(background(
         background_db,
         courses,
@@ -52,75 +51,83 @@ pub async fn measure(
         rate ^ 0x5eb5,
     ));
     listener.clear();
-    let mut commits: HashMap<i64, Instant> = HashMap::new();
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)
-        .map_err(|e| Error::Config(format!("latency histogram: {e}")))?;
     let started = Instant::now();
-    let mut tick = tokio::time::interval(PROBE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while started.elapsed() < Duration::from_secs(secs) {
-        tokio::select! {
-            _ = shutdown.cancelled() => { stop.cancel(); return Err(Error::Config("interrupted".into())) }
-            _ = tick.tick() => {}
-        }
-        let course = probes.next().unwrap_or(i64::MAX);
-        probe.write(&[course]).await?;
-        commits.insert(course, Instant::now());
-        while let Ok((at, payload)) = listener.notes.try_recv() {
-            seen(&payload, at, &mut commits, &mut histogram);
-        }
-    }
-    let probing_for = started.elapsed().as_secs_f64();
+    let (mut pending, probing_for) = probe_while(probe, listener, probes, shutdown, || {
+        let going = started.elapsed() < Duration::from_secs(secs);
+        async move { Ok(going) }
+    })
+    .await?;
     stop.cancel();
     let (written, wrote_for) = background.await.map_err(|e| Error::Command {
         what: "the website background writer".into(),
         detail: e.to_string(),
     })??;
-    let mut quiet_since = Instant::now();
-    while !commits.is_empty() && quiet_since.elapsed() < QUIET {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Err(Error::Config("interrupted".into())),
-            note = tokio::time::timeout(Duration::from_millis(500), listener.notes.recv()) => {
-                if let Ok(Some((at, payload))) = note {
-                    let before = commits.len();
-                    seen(&payload, at, &mut commits, &mut histogram);
-                    if commits.len() < before {
-                        quiet_since = Instant::now();
-                    }
-                }
-            }
-        }
-    }
-    let unseen: Vec<i64> = commits.keys().copied().collect();
+    pending.settle(listener, shutdown).await?;
+    let (probes, missing) = point(database_url, &pending, rate, probing_for).await?;
+    Ok(ProbePoint {
+        probes,
+        background_achieved: written as f64 / wrote_for.max(1e-9),
+        missing,
+    })
+}
+
+/// A probe phase's figures from its settled commits: the rate point (hops included), and
+/// the probes neither visible nor flagged.
+pub(super) async fn point(
+    database_url: &str,
+    pending: &Pending,
+    offered: u64,
+    probing_for: f64,
+) -> Result<(RatePoint, u64)> {
+    let unseen = pending.unseen();
     let flagged = if unseen.is_empty() {
         0
     } else {
         flagged(database_url, &unseen).await?
     };
-    Ok(ProbePoint {
-        probes: RatePoint::of(
-            rate,
-            histogram.len() as f64 / probing_for.max(1e-9),
-            &histogram,
-            flagged,
-            Vec::new(),
-        ),
-        background_achieved: written as f64 / wrote_for.max(1e-9),
-        missing: unseen.len() as u64 - flagged,
-    })
+    let h = pending.histogram();
+    let point = RatePoint::of(
+        offered,
+        h.len() as f64 / probing_for.max(1e-9),
+        h,
+        flagged,
+        pending.hops(),
+    );
+    Ok((point, unseen.len() as u64 - flagged))
 }
 
-/// Records the probes a notification names.
-fn seen(payload: &str, at: Instant, commits: &mut HashMap<i64, Instant>, h: &mut Histogram<u64>) {
-    let Touched::Courses(courses) = notify::parse(payload) else {
-        return;
-    };
-    for c in courses {
-        if let Some(committed) = commits.remove(&c) {
-            let micros = at.saturating_duration_since(committed).as_micros() as u64;
-            h.saturating_record(micros.clamp(1, h.high()));
+/// Commits one review every 50 ms, each on the next course of `probes`, while `going` says
+/// so (asked before each probe). Returns the probes' commits, not yet settled, and the
+/// seconds probed.
+pub(super) async fn probe_while<F, Fut>(
+    mut probe: Writer,
+    listener: &mut Listener,
+    probes: &mut std::ops::RangeFrom<i64>,
+    shutdown: &CancellationToken,
+    mut going: F,
+) -> Result<(Pending, f64)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let mut pending = Pending::new(1024)?;
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(Error::Config("interrupted".into())),
+            _ = tick.tick() => {}
         }
+        if !going().await? {
+            break;
+        }
+        let course = probes.next().unwrap_or(i64::MAX);
+        probe.write(&[course]).await?;
+        pending.committed(&[course], Instant::now());
+        listener.take(&mut pending);
     }
+    Ok((pending, started.elapsed().as_secs_f64()))
 }
 
 /// Demo's mix at `rate` changes per second, open-loop: each 10 ms tick writes what the clock
