@@ -96,6 +96,10 @@ async fn the_quick_bench_measures_every_figure_and_cleans_up() {
         slowest >= 0.0 && slowest.is_finite(),
         "/saturation/slowest_second = {slowest}"
     );
+    for f in ["longest_pause_secs", "longest_pause_at_secs"] {
+        let v = figures["saturation"][f].as_f64().unwrap_or(f64::NAN);
+        assert!(v >= 0.0 && v.is_finite(), "/saturation/{f} = {v}");
+    }
     // The backends' lock waits, sampled over the window (0 waiting is a fine figure).
     assert_eq!(figures["saturation"]["instances"], 1);
     assert!(

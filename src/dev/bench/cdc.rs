@@ -197,6 +197,40 @@ pub async fn more_rounds(
     Ok(())
 }
 
+/// With the clock stopped, lets cdc's slot move its restart point past `end` before cdc
+/// stops. The restart point moves only at a running-transactions record the reader has
+/// confirmed (every 15 s, or at a checkpoint); left behind, the next round's cdc would first
+/// decode this round's backlog again, which the fresh slot pg_recvlogical gets never does.
+async fn release_decoded(pg: &tokio_postgres::Client, slot: &str, end: &str) {
+    if let Err(e) = pg.batch_execute("CHECKPOINT").await {
+        tracing::warn!(error = %e, "bench: CHECKPOINT failed; cdc's next round may decode this one again");
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let moved = pg
+            .query_one(
+                "SELECT coalesce(restart_lsn >= $2::text::pg_lsn, false)
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot, &end],
+            )
+            .await
+            .map(|r| r.get::<_, bool>(0));
+        match moved {
+            Ok(true) => return,
+            Ok(false) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "bench: reading cdc's restart point");
+                return;
+            }
+        }
+    }
+    tracing::warn!(
+        slot,
+        "bench: cdc's restart point did not pass the backlog within 30 s"
+    );
+}
+
 async fn current_lsn(pg: &tokio_postgres::Client) -> Result<String> {
     Ok(pg
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
@@ -246,6 +280,7 @@ async fn drain_both(
     .await?;
     let ours_secs = started.elapsed().as_secs_f64();
     let ours_cpu_secs = run.stage("cdc")?.cpu_secs();
+    release_decoded(pg, &run.slot, end).await;
     run.stop("cdc", "backlog").await?;
     bar.finish_and_clear();
     Ok((recvlogical_secs, ours_secs, ours_cpu_secs))

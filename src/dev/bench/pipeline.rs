@@ -33,6 +33,10 @@ pub struct Saturation {
     pub reviews: u64,
     /// The slowest one-second interval of the window, reviews per second.
     pub slowest_second: f64,
+    /// The longest time in the window in which no review reached its end (counters read
+    /// every 100 ms), and when it began, seconds into the window.
+    pub longest_pause_secs: f64,
+    pub longest_pause_at_secs: f64,
     /// CPU seconds over the window, by process (the stages, PostgreSQL, Kafka, the writer).
     pub cpu: Vec<(String, f64)>,
     /// The bench database's backends over the window: running, and waiting on a lock.
@@ -145,6 +149,8 @@ pub async fn run(run: &mut Run, shutdown: &CancellationToken) -> Result<Live> {
     let mut probe_courses = (courses as i64 + 1)..;
     let secs = run.sizes.website_secs;
     for &(round, rate) in &rounds {
+        let url = run.settings.database_url.clone();
+        website::caught_up(&url, &mut listener, &mut probe_courses, shutdown).await?;
         let bar = timed(
             format!("website latency: demo's mix at {rate}/s, probes every 50 ms"),
             secs,
@@ -173,6 +179,8 @@ pub async fn run(run: &mut Run, shutdown: &CancellationToken) -> Result<Live> {
         run.check_stages()?;
         probes.push(point);
     }
+    let url = run.settings.database_url.clone();
+    website::caught_up(&url, &mut listener, &mut probe_courses, shutdown).await?;
     let drain = drain::measure(run, &mut listener, &mut probe_courses, shutdown).await?;
     run.stop_all("pipeline").await?;
     Ok(Live {
@@ -227,6 +235,9 @@ async fn saturate(
     let mut window: Option<(Instant, u64, CpuTimes)> = None;
     let mut sampler: Option<Sampler> = None;
     let mut seconds: Vec<(Instant, u64)> = Vec::new();
+    // The last instant progress was seen in the window, and the longest pause (start, length).
+    let mut progressed: Option<(Instant, u64)> = None;
+    let mut longest = (Duration::ZERO, Duration::ZERO);
     let end = Duration::from_secs(warmup + secs);
     while started.elapsed() < end {
         super::check(shutdown)?;
@@ -240,6 +251,19 @@ async fn saturate(
                 window = Some((Instant::now(), done, cpu(run)));
                 let every = Duration::from_millis(100);
                 sampler = Some(Sampler::start(&run.settings.database_url, every).await?);
+            }
+            if let Some((opened, _, _)) = &window {
+                match progressed {
+                    Some((_, seen)) if seen == done => {}
+                    Some((at, _)) => {
+                        let pause = at.elapsed();
+                        if pause > longest.1 {
+                            longest = (at.saturating_duration_since(*opened), pause);
+                        }
+                        progressed = Some((Instant::now(), done));
+                    }
+                    None => progressed = Some((Instant::now(), done)),
+                }
             }
             if window.is_some()
                 && seconds
@@ -258,6 +282,11 @@ async fn saturate(
         }
     }
     let finished = reached(run).await? - base;
+    if let (Some((at, seen)), Some((opened, _, _))) = (progressed, &window) {
+        if seen == finished && at.elapsed() > longest.1 {
+            longest = (at.saturating_duration_since(*opened), at.elapsed());
+        }
+    }
     let after = cpu(run);
     let lock_wait = match sampler {
         Some(s) => s.finish().await?,
@@ -303,6 +332,8 @@ async fn saturate(
         } else {
             reviews as f64 / window_secs
         },
+        longest_pause_secs: longest.1.as_secs_f64(),
+        longest_pause_at_secs: longest.0.as_secs_f64(),
         cpu,
         lock_wait,
     })

@@ -71,6 +71,59 @@ pub async fn measure(
     })
 }
 
+/// Courses of the barrier's transaction: enough that every partition gets one.
+const BARRIER_COURSES: usize = 32;
+/// Longest the barrier waits.
+const BARRIER_LIMIT: Duration = Duration::from_secs(1800);
+
+/// Waits until the pipeline has caught up with everything written so far: one transaction
+/// of a review on each of 32 fresh courses (so on every partition) is visible in full, or
+/// flagged. A point then starts on an idle pipeline, not behind a backlog an earlier,
+/// faster point left (after an overloaded rate, the next one's probes measured its drain).
+pub(super) async fn caught_up(
+    database_url: &str,
+    listener: &mut Listener,
+    probes: &mut std::ops::RangeFrom<i64>,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let courses: Vec<i64> = probes.by_ref().take(BARRIER_COURSES).collect();
+    let mut writer = Writer::new(crate::db::connect(database_url).await?).await?;
+    listener.clear();
+    let mut pending = Pending::new(courses.len())?;
+    writer.write(&courses).await?;
+    pending.committed(&courses, Instant::now());
+    let started = Instant::now();
+    let mut asked = Instant::now();
+    loop {
+        listener.take(&mut pending);
+        let unseen = pending.unseen();
+        if unseen.is_empty() {
+            return Ok(());
+        }
+        if asked.elapsed() > Duration::from_secs(2) {
+            asked = Instant::now();
+            if flagged(database_url, &unseen).await? == unseen.len() as u64 {
+                return Ok(());
+            }
+        }
+        if started.elapsed() > BARRIER_LIMIT {
+            return Err(Error::Command {
+                what: "waiting for the pipeline to catch up".into(),
+                detail: format!(
+                    "{} of {} reviews not in course_stats after {} s",
+                    unseen.len(),
+                    courses.len(),
+                    BARRIER_LIMIT.as_secs()
+                ),
+            });
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(Error::Config("interrupted".into())),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+}
+
 /// A probe phase's figures from its settled commits: the rate point (hops included), and
 /// the probes neither visible nor flagged.
 pub(super) async fn point(

@@ -252,10 +252,14 @@ impl Report {
                 .iter()
                 .map(|s| {
                     format!(
-                        "{} instance(s): slowest second {}/s against a mean of {}/s",
+                        "{} instance(s): slowest second {}/s against a mean of {}/s, the longest \
+                         pause without any review reaching course_stats {:.2} s ({:.1} s into \
+                         the window)",
                         s.instances,
                         thousands(s.slowest_second),
-                        thousands(s.rate())
+                        thousands(s.rate()),
+                        s.longest_pause_secs,
+                        s.longest_pause_at_secs
                     )
                 })
                 .collect::<Vec<_>>()
@@ -511,12 +515,14 @@ impl Report {
             let w = &s.lock_wait;
             let _ = writeln!(
                 o,
-                "saturation: {} reviews/s from INSERT commit to course_stats with {} instance(s) of each worker, over {:.0} s ({} reviews; slowest second {}/s); backends running {:.2}, waiting on a lock {:.2} ({:.0} %; advisory {:.2})",
+                "saturation: {} reviews/s from INSERT commit to course_stats with {} instance(s) of each worker, over {:.0} s ({} reviews; slowest second {}/s; longest pause {:.2} s at {:.1} s); backends running {:.2}, waiting on a lock {:.2} ({:.0} %; advisory {:.2})",
                 thousands(s.rate()),
                 s.instances,
                 s.secs,
                 thousands(s.reviews as f64),
                 thousands(s.slowest_second),
+                s.longest_pause_secs,
+                s.longest_pause_at_secs,
                 w.active,
                 w.waiting,
                 w.share() * 100.0,
