@@ -648,14 +648,16 @@ fn slowest_hop(p: &RatePoint) -> String {
          overlapping the next batch's reading and judging with the current commit"
     } else if hop.contains("(stats)") {
         "the stats worker applies what arrived during its previous transaction in one \
-         PostgreSQL transaction (set-based statements, every writer serialised on one row lock \
-         so the 90-day figures are recomputed exactly), committed with its offsets and the \
-         pg_notify. Its p50 is a few tens of milliseconds; its tail follows the machine's busiest \
-         moments, since on 2 cores PostgreSQL's backends (its own commits, the verdict sink's, \
-         the writer's inserts and the WAL decoding for cdc) and the broker share the CPUs. What \
-         would shorten it: fewer statements per batch (course_stats recomputed from the day \
-         buckets in the same statement that upserts them), and PostgreSQL not sharing two cores \
-         with the rest"
+         PostgreSQL transaction (set-based statements, pipelined, under the stats lock held \
+         shared), committed with its offsets and the pg_notify. Below its capacity the hop is a \
+         few tens of milliseconds and its tail follows the machine's busiest moments, since on \
+         2 cores PostgreSQL's backends (its own commits, the verdict sink's, the writers' \
+         statements and the WAL decoding for cdc) and the broker share the CPUs. Above it (its \
+         p50 in seconds) the valid topic queues: alone on a backlog the worker spends about 9 \
+         tenths of its time waiting for PostgreSQL (see the stats phase), so what would shorten \
+         it is less PostgreSQL work per change: fewer rows written per change (the day bucket, \
+         the created_at count and the course row), course_stats computed from the day buckets \
+         in the statement that upserts them, and PostgreSQL not sharing two cores with the rest"
     } else {
         "the reader's producer lingers 5 ms and waits for acks=all"
     };
