@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::latency::{Listener, RatePoint};
 use super::load::{self, Writer};
 use super::pipeline::reached;
-use super::website::{point, probe_while, PROBE_EVERY};
+use super::website::{point, probe_while, probes_text, PROBE_EVERY};
 use super::{spinner, Run};
 use crate::error::{Error, Result};
 
@@ -46,17 +46,11 @@ impl DrainPoint {
     pub fn line(&self) -> String {
         use super::report::thousands;
         format!(
-            "latency during a backlog drain of {} changes (drained in {:.1} s, {}/s; {} probes, {} flagged, {} missing): p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            "latency during a backlog drain of {} changes (drained in {:.1} s, {}/s; {}",
             thousands(self.backlog as f64),
             self.drain_secs,
             thousands(self.rate()),
-            self.probes.samples,
-            self.probes.flagged,
-            self.missing,
-            self.probes.p50_ms,
-            self.probes.p95_ms,
-            self.probes.p99_ms,
-            self.probes.max_ms
+            probes_text(&self.probes, self.missing)
         )
     }
 }

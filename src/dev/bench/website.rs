@@ -233,16 +233,18 @@ impl ProbePoint {
     pub fn line(&self) -> String {
         use super::report::thousands;
         format!(
-            "website latency over demo's mix at {}/s (background achieved {}/s, {} probes, {} flagged, {} missing): p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            "website latency over demo's mix at {}/s (background achieved {}/s, {}",
             thousands(self.probes.offered as f64),
             thousands(self.background_achieved),
-            self.probes.samples,
-            self.probes.flagged,
-            self.missing,
-            self.probes.p50_ms,
-            self.probes.p95_ms,
-            self.probes.p99_ms,
-            self.probes.max_ms
+            probes_text(&self.probes, self.missing)
         )
     }
+}
+
+/// "N probes, N flagged, N missing): p50 .. ms, p95 .., p99 .., max .." of a probe phase.
+pub(super) fn probes_text(p: &RatePoint, missing: u64) -> String {
+    format!(
+        "{} probes, {} flagged, {missing} missing): p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        p.samples, p.flagged, p.p50_ms, p.p95_ms, p.p99_ms, p.max_ms
+    )
 }
