@@ -138,6 +138,9 @@ async fn wait(due: Option<Instant>) {
     }
 }
 
+/// A batch that takes this long is logged with where its time went.
+const SLOW_BATCH: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One batch: decoded, its dead letters sent, then written and its offsets advanced in one
 /// transaction under the epochs it was read with.
 async fn apply<D: Destination>(
@@ -146,6 +149,7 @@ async fn apply<D: Destination>(
     decoder: &mut D::Decoder,
     batch: Batch,
 ) -> Result<()> {
+    let started = Instant::now();
     let mut records = Vec::with_capacity(batch.records.len());
     let mut dead = Vec::new();
     for m in &batch.records {
@@ -160,7 +164,9 @@ async fn apply<D: Destination>(
     let mut client = parts.pool.get().await?;
     let tx = client.transaction().await?;
     let applied = offsets::hold(&tx, D::CONSUMER, topic, &batch.epochs).await?;
+    let writing = Instant::now();
     let written = sink.write(&tx, applied, records).await?;
+    let write_took = writing.elapsed();
     let progress: Vec<Advance> = offsets::progress(&batch.records)
         .into_iter()
         .map(|a| Advance {
@@ -171,7 +177,20 @@ async fn apply<D: Destination>(
     offsets::advance(&tx, D::CONSUMER, topic, &progress).await?;
     // The crash that hurts most: rows written, offsets written, nothing committed.
     crate::failpoint::hit(D::BEFORE_COMMIT)?;
+    let committing = Instant::now();
     tx.commit().await?;
+    let took = started.elapsed();
+    if took >= SLOW_BATCH {
+        // Every record of the batch waited that long, and the sink's tables held still.
+        tracing::warn!(
+            sink = D::CONSUMER,
+            records = batch.records.len(),
+            ms = took.as_millis() as u64,
+            write_ms = write_took.as_millis() as u64,
+            commit_ms = committing.elapsed().as_millis() as u64,
+            "a batch took over a second"
+        );
+    }
     sink.committed(written.receipt);
     metrics::events_in(D::CONSUMER).inc_by(batch.records.len() as u64);
     metrics::events_out(D::CONSUMER, "applied").inc_by(written.applied);
