@@ -66,15 +66,9 @@ impl CdcFigures {
 
     /// The median of the rounds' shares, and the worst.
     pub fn median_share(&self) -> (f64, f64) {
-        let mut shares: Vec<f64> = self.rounds.iter().map(CdcRound::share).collect();
-        shares.sort_by(f64::total_cmp);
-        let worst = shares.first().copied().unwrap_or(f64::NAN);
-        let median = match shares.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => shares[n / 2],
-            n => (shares[n / 2 - 1] + shares[n / 2]) / 2.0,
-        };
-        (median, worst)
+        let shares: Vec<f64> = self.rounds.iter().map(CdcRound::share).collect();
+        let worst = shares.iter().copied().reduce(f64::min).unwrap_or(f64::NAN);
+        (super::report::median(shares), worst)
     }
 }
 
@@ -154,24 +148,15 @@ pub async fn more_rounds(
     shutdown: &CancellationToken,
 ) -> Result<()> {
     let pg = Arc::new(crate::db::connect(&run.settings.database_url).await?);
-    let (backlog, courses) = (run.sizes.backlog, run.sizes.courses);
+    let backlog = run.sizes.backlog;
     for round in 1..run.sizes.rounds {
         let bar = spinner(format!(
             "cdc round {}: a backlog of {backlog} changes, pg_recvlogical then reviewflow",
             round + 1
         ));
         let slot = format!("{}_recvlogical_{round}", run.db);
-        run.create_slot(&slot).await?;
-        load::backlog(&pg, backlog, courses).await?;
-        let end = current_lsn(&pg).await?;
-        let (recvlogical_secs, ours_secs, _) = drain_both(run, &pg, &slot, &end, shutdown).await?;
+        let r = one_round(run, &pg, &slot, backlog, 0, shutdown).await?;
         bar.finish_and_clear();
-        let r = CdcRound {
-            changes: backlog,
-            content_bytes: 0,
-            recvlogical_secs,
-            ours_secs,
-        };
         tracing::info!(round = round + 1, share = r.share(), "cdc round");
         figures.rounds.push(r);
     }
@@ -181,20 +166,37 @@ pub async fn more_rounds(
         "cdc, wide rows: {rows} inserts of {WIDE_BYTES} bytes of content (TOAST)"
     ));
     let slot = format!("{}_recvlogical_wide", run.db);
-    run.create_slot(&slot).await?;
-    load::wide_backlog(&pg, rows, courses, WIDE_BYTES).await?;
-    let end = current_lsn(&pg).await?;
-    let (recvlogical_secs, ours_secs, _) = drain_both(run, &pg, &slot, &end, shutdown).await?;
+    let wide = one_round(run, &pg, &slot, rows, WIDE_BYTES, shutdown).await?;
     bar.finish_and_clear();
-    let wide = CdcRound {
-        changes: rows,
-        content_bytes: WIDE_BYTES,
-        recvlogical_secs,
-        ours_secs,
-    };
     tracing::info!(share = wide.share(), "cdc round of wide rows");
     figures.wide = Some(wide);
     Ok(())
+}
+
+/// One round: a slot for pg_recvlogical, then `rows` inserts (with `content_bytes` of content
+/// each, or the usual sentence for 0) that it and cdc's own slot both hold, drained by both.
+async fn one_round(
+    run: &mut Run,
+    pg: &Arc<tokio_postgres::Client>,
+    slot: &str,
+    rows: u64,
+    content_bytes: u64,
+    shutdown: &CancellationToken,
+) -> Result<CdcRound> {
+    run.create_slot(slot).await?;
+    let courses = run.sizes.courses;
+    match content_bytes {
+        0 => load::backlog(pg, rows, courses).await?,
+        bytes => load::wide_backlog(pg, rows, courses, bytes).await?,
+    }
+    let end = current_lsn(pg).await?;
+    let (recvlogical_secs, ours_secs, _) = drain_both(run, pg, slot, &end, shutdown).await?;
+    Ok(CdcRound {
+        changes: rows,
+        content_bytes,
+        recvlogical_secs,
+        ours_secs,
+    })
 }
 
 /// With the clock stopped, lets cdc's slot move its restart point past `end` before cdc

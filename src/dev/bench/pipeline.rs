@@ -149,8 +149,7 @@ pub async fn run(run: &mut Run, shutdown: &CancellationToken) -> Result<Live> {
     let mut probe_courses = (courses as i64 + 1)..;
     let secs = run.sizes.website_secs;
     for &(round, rate) in &rounds {
-        let url = run.settings.database_url.clone();
-        website::caught_up(&url, &mut listener, &mut probe_courses, shutdown).await?;
+        website::caught_up(run, &mut listener, &mut probe_courses, shutdown).await?;
         let bar = timed(
             format!("website latency: demo's mix at {rate}/s, probes every 50 ms"),
             secs,
@@ -179,8 +178,7 @@ pub async fn run(run: &mut Run, shutdown: &CancellationToken) -> Result<Live> {
         run.check_stages()?;
         probes.push(point);
     }
-    let url = run.settings.database_url.clone();
-    website::caught_up(&url, &mut listener, &mut probe_courses, shutdown).await?;
+    website::caught_up(run, &mut listener, &mut probe_courses, shutdown).await?;
     let drain = drain::measure(run, &mut listener, &mut probe_courses, shutdown).await?;
     run.stop_all("pipeline").await?;
     Ok(Live {

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::latency::{Listener, Pending, RatePoint};
 use super::load::Writer;
+use super::{wait_until, Run};
 use crate::dev::demo::Generator;
 use crate::error::{Error, Result};
 
@@ -81,47 +82,41 @@ const BARRIER_LIMIT: Duration = Duration::from_secs(1800);
 /// flagged. A point then starts on an idle pipeline, not behind a backlog an earlier,
 /// faster point left (after an overloaded rate, the next one's probes measured its drain).
 pub(super) async fn caught_up(
-    database_url: &str,
+    run: &mut Run,
     listener: &mut Listener,
     probes: &mut std::ops::RangeFrom<i64>,
     shutdown: &CancellationToken,
 ) -> Result<()> {
+    let url = run.settings.database_url.clone();
     let courses: Vec<i64> = probes.by_ref().take(BARRIER_COURSES).collect();
-    let mut writer = Writer::new(crate::db::connect(database_url).await?).await?;
+    let mut writer = Writer::new(crate::db::connect(&url).await?).await?;
     listener.clear();
     let mut pending = Pending::new(courses.len())?;
     writer.write(&courses).await?;
     pending.committed(&courses, Instant::now());
-    let started = Instant::now();
+    // Whether the unseen ones were all flagged is asked every 2 s, not at every look.
     let mut asked = Instant::now();
-    loop {
-        listener.take(&mut pending);
-        let unseen = pending.unseen();
-        if unseen.is_empty() {
-            return Ok(());
-        }
-        if asked.elapsed() > Duration::from_secs(2) {
-            asked = Instant::now();
-            if flagged(database_url, &unseen).await? == unseen.len() as u64 {
-                return Ok(());
+    wait_until(
+        run,
+        "the pipeline to catch up (a review on each of 32 fresh courses visible)",
+        Duration::from_millis(20),
+        BARRIER_LIMIT,
+        shutdown,
+        |_| {
+            listener.take(&mut pending);
+            let unseen = pending.unseen();
+            let ask = !unseen.is_empty() && asked.elapsed() > Duration::from_secs(2);
+            if ask {
+                asked = Instant::now();
             }
-        }
-        if started.elapsed() > BARRIER_LIMIT {
-            return Err(Error::Command {
-                what: "waiting for the pipeline to catch up".into(),
-                detail: format!(
-                    "{} of {} reviews not in course_stats after {} s",
-                    unseen.len(),
-                    courses.len(),
-                    BARRIER_LIMIT.as_secs()
-                ),
-            });
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Err(Error::Config("interrupted".into())),
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-        }
-    }
+            let url = url.clone();
+            Box::pin(async move {
+                Ok(unseen.is_empty()
+                    || (ask && flagged(&url, &unseen).await? == unseen.len() as u64))
+            })
+        },
+    )
+    .await
 }
 
 /// A probe phase's figures from its settled commits: the rate point (hops included), and

@@ -2,8 +2,10 @@
 //! Markdown report (BENCHMARKS.md). A figure that was not measured (a peer skipped) is
 //! shown as skipped with its reason, and its target is neither met nor missed.
 //!
-//! `targets` judges the figures, `markdown` writes the report, this file the summary.
+//! `targets` judges the figures, `markdown` writes the report (its latency sections in
+//! `latency_md`), this file the summary.
 
+mod latency_md;
 mod markdown;
 mod targets;
 
@@ -277,6 +279,18 @@ mod tests {
     }
 }
 
+/// The median of the rounds' figures (the mean of the middle two for an even count); NaN
+/// for none.
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let mid = xs.len() / 2;
+    match xs.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => xs[mid],
+        _ => (xs[mid - 1] + xs[mid]) / 2.0,
+    }
+}
+
 /// One offered rate over its rounds: the median of the rounds' percentiles (which decides a
 /// target) and the worst round's p99 beside it.
 #[derive(Debug, Clone, PartialEq)]
@@ -302,16 +316,7 @@ impl Rounds {
         by_rate
             .into_iter()
             .map(|(offered, v)| {
-                let median = |i: usize| {
-                    let mut xs: Vec<f64> = v.iter().map(|p| p[i]).collect();
-                    xs.sort_by(f64::total_cmp);
-                    let mid = xs.len() / 2;
-                    if xs.len() % 2 == 1 {
-                        xs[mid]
-                    } else {
-                        (xs[mid - 1] + xs[mid]) / 2.0
-                    }
-                };
+                let median = |i: usize| median(v.iter().map(|p| p[i]).collect());
                 Rounds {
                     offered,
                     rounds: v.len(),
