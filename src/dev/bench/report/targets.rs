@@ -165,13 +165,7 @@ impl Report {
         let what = "no stalled second in saturation";
         let runs: Vec<&Saturation> = self.saturation.iter().chain(&self.scale_out).collect();
         if runs.is_empty() {
-            return Target {
-                level: Level::Floor,
-                what,
-                figure: "-".into(),
-                verdict: Verdict::Skipped("saturation was not run".into()),
-                diagnosis: String::new(),
-            };
+            return not_measured(Level::Floor, what, "saturation was not run".into());
         }
         let slowest = runs
             .iter()
@@ -220,13 +214,7 @@ impl Report {
                     s.instances, s.secs
                 ),
             },
-            None => Target {
-                level: Level::Aim,
-                what,
-                figure: "-".into(),
-                verdict: Verdict::Skipped("saturation was not run".into()),
-                diagnosis: String::new(),
-            },
+            None => not_measured(Level::Aim, what, "saturation was not run".into()),
         }
     }
 
@@ -254,13 +242,7 @@ impl Report {
                     ),
                 }
             }
-            None => Target {
-                level: Level::Aim,
-                what,
-                figure: "-".into(),
-                verdict: Verdict::Skipped("--scale-out was off".into()),
-                diagnosis: String::new(),
-            },
+            None => not_measured(Level::Aim, what, "--scale-out was off".into()),
         }
     }
 
@@ -390,13 +372,7 @@ impl Report {
                 _ => Some(p),
             });
         let Some((stage, bytes, phase)) = worst else {
-            return Target {
-                level: Level::Floor,
-                what,
-                figure: "-".into(),
-                verdict: Verdict::Skipped("no stage ran".into()),
-                diagnosis: String::new(),
-            };
+            return not_measured(Level::Floor, what, "no stage ran".into());
         };
         let over: Vec<String> = peaks
             .iter()
@@ -487,27 +463,25 @@ fn judge(ok: bool) -> Verdict {
 }
 
 fn skipped(level: Level, what: &'static str, peer: &PeerOutcome) -> Target {
-    Target {
-        level,
-        what,
-        figure: "-".into(),
-        verdict: Verdict::Skipped(match peer {
-            PeerOutcome::Skipped(why) => why.clone(),
-            PeerOutcome::Ran(_) => "not judged".into(),
-        }),
-        diagnosis: String::new(),
-    }
+    let why = match peer {
+        PeerOutcome::Skipped(why) => why.clone(),
+        PeerOutcome::Ran(_) => "not judged".into(),
+    };
+    not_measured(level, what, why)
 }
 
 fn not_run(level: Level, what: &'static str, rate: u64) -> Target {
+    let why = format!("{}/s was not among the rates", thousands(rate as f64));
+    not_measured(level, what, why)
+}
+
+/// A target whose figure was not measured: skipped, with why.
+fn not_measured(level: Level, what: &'static str, why: String) -> Target {
     Target {
         level,
         what,
         figure: "-".into(),
-        verdict: Verdict::Skipped(format!(
-            "{}/s was not among the rates",
-            thousands(rate as f64)
-        )),
+        verdict: Verdict::Skipped(why),
         diagnosis: String::new(),
     }
 }
