@@ -13,7 +13,8 @@ use tokio_postgres::Client;
 use reviewflow::contract::image::ReviewRow;
 use reviewflow::contract::lsn::{Lsn, SourcePosition};
 use reviewflow::contract::review::Rating;
-use reviewflow::sink::stats::figures::{apply, lock_state, reset, roll_days, Deltas, Hold};
+use reviewflow::sink::stats::figures::{apply, lock_state, reset, Deltas, Hold};
+use reviewflow::sink::stats::{begin, restating};
 use reviewflow::tools::verify::figures;
 
 /// The source table, its verdicts and the valid-set changelog, kept in step.
@@ -142,10 +143,8 @@ impl Sim {
         self.set_day(today).await;
         let batch = std::mem::take(&mut self.batch);
         let tx = self.db.transaction().await.unwrap();
-        let mut state = lock_state(&tx, Hold::Exclusive).await.unwrap();
-        let today = state.today();
-        let rolled = roll_days(&tx, &mut state, today).await.unwrap();
-        apply(&tx, &batch, today).await.unwrap();
+        let (state, rolled) = begin(&tx, Hold::Exclusive).await.unwrap();
+        apply(&tx, &batch, state.today()).await.unwrap();
         tx.commit().await.unwrap();
         rolled
     }
@@ -154,9 +153,7 @@ impl Sim {
     async fn roll(&mut self, today: NaiveDate) -> u64 {
         self.set_day(today).await;
         let tx = self.db.transaction().await.unwrap();
-        let mut state = lock_state(&tx, Hold::Exclusive).await.unwrap();
-        let today = state.today();
-        let rolled = roll_days(&tx, &mut state, today).await.unwrap();
+        let (_, rolled) = begin(&tx, Hold::Exclusive).await.unwrap();
         tx.commit().await.unwrap();
         rolled
     }
@@ -553,4 +550,60 @@ async fn a_truncate_empties_the_figures_once() {
     tx.commit().await.unwrap();
     assert_eq!(sim.count("course_stats").await, 1);
     sim.assert_true_at(today).await;
+}
+
+/// A snapshot in flight across midnight: its copies move by the same deltas as the real
+/// tables, so they must lose the day that left the window too. Otherwise a review of that day
+/// taken back after midnight would come off a 90-day window that still held it, and the
+/// bucket, now empty, would be gone before anything could recompute the course.
+#[tokio::test]
+async fn a_snapshot_in_flight_rolls_its_copies_at_midnight() {
+    let mut sim = Sim::new("figures_restating_midnight").await;
+    let d = day(2024, 9, 10);
+    // On the window's oldest day as of d, and a day newer.
+    let oldest = sim.insert(1, 8, at(plus(d, -89), 60), true).await;
+    sim.insert(1, 3, at(plus(d, -10), 60), true).await;
+    sim.insert(2, 6, at(plus(d, -89), 90), true).await;
+    sim.commit(d).await;
+
+    // The snapshot opens: its rows are folded into the copies.
+    sim.set_day(d).await;
+    let tx = sim.db.transaction().await.unwrap();
+    let (mut state, _) = begin(&tx, Hold::Exclusive).await.unwrap();
+    let snapshot = Lsn(0x2_0000_0000);
+    restating::begin(&tx, &mut state, snapshot).await.unwrap();
+    let mut copy = Deltas::default();
+    for (row, valid) in sim.reviews.values() {
+        if *valid {
+            copy.add(row, 1);
+        }
+    }
+    apply(&tx, &copy, state.today()).await.unwrap();
+    tx.commit().await.unwrap();
+
+    // Midnight: the oldest day leaves the window; then its review of course 1 is deleted.
+    let d1 = plus(d, 1);
+    assert_eq!(
+        sim.roll(d1).await,
+        2,
+        "both real courses had a review on it"
+    );
+    sim.delete(oldest).await;
+    sim.commit(d1).await;
+
+    // The snapshot ends on its only partition: the copies take the real tables' place.
+    let tx = sim.db.transaction().await.unwrap();
+    let (mut state, _) = begin(&tx, Hold::Exclusive).await.unwrap();
+    assert!(state.restating);
+    let changed = restating::partition_done(&tx, &mut state, 0, 1, snapshot)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(changed, [1], "only course 1 lost a review");
+    assert_eq!(
+        sim.figures(1).await,
+        (1, "1.5".into(), 1, "1.5".into(), Some("1.5000".into()))
+    );
+    assert_eq!(sim.figures(2).await.2, 0);
+    sim.assert_true_at(d1).await;
 }

@@ -3,13 +3,17 @@
 //! A batch of reviews.valid events is folded into [`Deltas`] (each `after` image added, each
 //! `before` image retracted) and applied to three tables: the per-day buckets
 //! (course_daily_stats), the multiset of creation times (course_review_times) and the figures
-//! websites read (course_stats). All-time figures move by the deltas; the 90-day figures and
-//! `last_review_at` of every touched course are recomputed from the buckets and the multiset,
-//! so they are exact rather than accumulated, and days leaving the window are handled by
-//! [`roll_days`] even when no review arrives.
+//! websites read (course_stats). Every figure moves by the deltas, the 90-day ones by the
+//! deltas of days inside the window; days leaving the window are taken out by [`roll_days`],
+//! which recomputes the 90-day figures of the courses that had reviews on them, even when no
+//! review arrives. `last_review_at` moves up with the newest creation time added and is looked
+//! up in the multiset only when a batch takes back a review at least as new as it.
 //!
 //! Guarantee: after `apply` (and `roll_days` for the same day) the touched courses hold exactly
-//! what sql/truth.sql computes for that day. That rests on one rule the caller keeps: every
+//! what sql/truth.sql computes for that day. That rests on two rules the callers keep. The
+//! 90-day figures of a course are the sum of its buckets after the floor of the day last
+//! rolled to, so `apply` is given that day (`StatsState::today` once `roll_days` ran), and
+//! the copies of a snapshot in flight roll with the real tables ([`expire`]). And every
 //! writer of these tables first takes the stats lock ([`lock_state`]) in the same transaction,
 //! so the read-then-write recomputations here never race another writer of the same course.
 //! - A batch takes it shared: batches of different partitions commit side by side. They never
@@ -227,18 +231,43 @@ impl Deltas {
         self.touched.iter().copied()
     }
 
-    /// All-time change per touched course, zero for courses whose changes cancelled.
-    fn per_course(&self) -> BTreeMap<i64, Figures> {
-        let mut courses: BTreeMap<i64, Figures> = self
+    /// What the batch changes per touched course, as of the window whose last day outside
+    /// it is `floor`; a course whose changes cancelled has all zeros and no times.
+    fn per_course(&self, floor: NaiveDate) -> BTreeMap<i64, CourseChange> {
+        let mut courses: BTreeMap<i64, CourseChange> = self
             .touched
             .iter()
-            .map(|&c| (c, Figures::default()))
+            .map(|&c| (c, CourseChange::default()))
             .collect();
-        for ((course, _), f) in &self.days {
-            courses.entry(*course).or_default().add(f);
+        for ((course, day), f) in &self.days {
+            let change = courses.entry(*course).or_default();
+            change.all.add(f);
+            if *day > floor {
+                change.recent.add(f);
+            }
+        }
+        // Keys are in time order per course, so the last of each sign is its newest.
+        for ((course, at), n) in &self.times {
+            let change = courses.entry(*course).or_default();
+            match n.signum() {
+                1 => change.added = Some(*at),
+                -1 => change.retracted = Some(*at),
+                _ => {}
+            }
         }
         courses
     }
+}
+
+/// One course's part of a batch.
+#[derive(Debug, Default, PartialEq)]
+struct CourseChange {
+    all: Figures,
+    /// The part on days inside the 90-day window.
+    recent: Figures,
+    /// The newest creation time the batch adds on balance, and the newest it takes back.
+    added: Option<DateTime<Utc>>,
+    retracted: Option<DateTime<Utc>>,
 }
 
 /// Figures as parallel arrays, the shape `unnest` takes them in.
@@ -271,12 +300,12 @@ impl Columns {
 type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 
 /// Applies the deltas of one batch, in three statements whatever its size, pipelined:
-/// buckets, creation times, then course_stats (all-time figures moved, 90-day figures and
-/// last_review_at recomputed for every touched course as of `today`), which sees what the two
-/// before it wrote because PostgreSQL runs a pipeline's statements in the order sent.
+/// buckets, creation times, then course_stats (every figure moved by its delta, the 90-day
+/// ones by the days inside the window ending `today`), which sees what the two before it
+/// wrote because PostgreSQL runs a pipeline's statements in the order sent.
 ///
-/// `today` should not be before the state's `rolled_through`, or the recomputed 90-day
-/// figures would include days the rollover already retired; pass the later of the two.
+/// `today` must be the day the window was last rolled to (`roll_days`): the 90-day figures
+/// are sums over the buckets after its floor, and a delta for another window would bend them.
 pub async fn apply(tx: &Transaction<'_>, deltas: &Deltas, today: NaiveDate) -> Result<()> {
     if deltas.is_empty() {
         return Ok(());
@@ -305,43 +334,59 @@ pub async fn apply(tx: &Transaction<'_>, deltas: &Deltas, today: NaiveDate) -> R
         (&time_counts, Type::INT8_ARRAY),
     ];
 
-    let (mut courses, mut course_figures) = (vec![], Columns::default());
-    for (course, f) in deltas.per_course() {
+    let (mut courses, mut all, mut recent) = (vec![], Columns::default(), Columns::default());
+    let (mut added, mut retracted) = (vec![], vec![]);
+    for (course, change) in deltas.per_course(window_floor(today)) {
         courses.push(course);
-        course_figures.push(&f);
+        all.push(&change.all);
+        recent.push(&change.recent);
+        added.push(change.added);
+        retracted.push(change.retracted);
     }
-    let floor = window_floor(today);
     let mut course_params: Vec<Param> = vec![(&courses, Type::INT8_ARRAY)];
-    course_params.extend(course_figures.params());
-    course_params.push((&floor, Type::DATE));
+    course_params.extend(all.params());
+    course_params.extend(recent.params());
+    course_params.push((&added, Type::TIMESTAMPTZ_ARRAY));
+    course_params.push((&retracted, Type::TIMESTAMPTZ_ARRAY));
 
     // Empty arrays merge nothing: sending them keeps the pipeline one shape.
     tokio::try_join!(
         tx.query_typed(MERGE_DAYS, &day_params),
         tx.query_typed(MERGE_TIMES, &time_params),
-        tx.query_typed(UPSERT_COURSES, &course_params),
+        tx.query_typed(MERGE_COURSES, &course_params),
     )?;
     Ok(())
+}
+
+/// Days that left the window: those after `after` (every day, when unset) up to `floor`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expiry {
+    after: Option<NaiveDate>,
+    floor: NaiveDate,
 }
 
 /// Day rollover: refreshes the 90-day figures of exactly the courses that have a bucket
 /// which left the window since `state.rolled_through` (every course with an expired bucket
 /// when it is unset), then records `today` and notifies the refreshed courses (see `notify`).
-/// Returns the number of courses refreshed; 0 and no write when `today` was already rolled.
+/// Returns the days that expired, with the number of courses refreshed; `None` and no write
+/// when `today` was already rolled or the lock is held shared. The copies of a snapshot in
+/// flight are the caller's to roll by the same expiry ([`expire`]), once aimed at them.
 pub async fn roll_days(
     tx: &Transaction<'_>,
     state: &mut StatsState,
     today: NaiveDate,
-) -> Result<u64> {
+) -> Result<Option<(Expiry, u64)>> {
     // A shared holder leaves it to the next exclusive one: midnight passed after its lock
     // was taken, and only a writer alone may touch every course.
     if state.hold == Hold::Shared || state.rolled_through.is_some_and(|r| r >= today) {
-        return Ok(0);
+        return Ok(None);
     }
-    let expired_after = state.rolled_through.map(window_floor);
-    let floor = window_floor(today);
+    let expiry = Expiry {
+        after: state.rolled_through.map(window_floor),
+        floor: window_floor(today),
+    };
     let refreshed: Vec<i64> = tx
-        .query(ROLL_DAYS, &[&expired_after, &floor])
+        .query(ROLL_DAYS, &[&expiry.after, &expiry.floor])
         .await?
         .iter()
         .map(|r| r.get(0))
@@ -355,14 +400,17 @@ pub async fn roll_days(
     tx.execute("UPDATE stats_state SET rolled_through = $1", &[&today])
         .await?;
     state.rolled_through = Some(today);
-    Ok(refreshed.len() as u64)
+    Ok(Some((expiry, refreshed.len() as u64)))
 }
 
-/// Recomputes the 90-day figures of every course with a bucket outside the window ending
-/// `today`, without touching the rollover's state: for figures written on an earlier day.
-pub async fn refresh_recent(tx: &Transaction<'_>, today: NaiveDate) -> Result<u64> {
-    let floor = window_floor(today);
-    Ok(tx.execute(ROLL_DAYS, &[&None::<NaiveDate>, &floor]).await?)
+/// Takes the days of `expiry` out of the 90-day figures of the tables the transaction is
+/// aimed at: the copies of a snapshot in flight, which `roll_days` left as they were. Their
+/// figures moved by the same deltas, so without it a review of an expired day taken back
+/// later would be subtracted from a window that never dropped it.
+pub async fn expire(tx: &Transaction<'_>, expiry: &Expiry) -> Result<u64> {
+    Ok(tx
+        .execute(ROLL_DAYS, &[&expiry.after, &expiry.floor])
+        .await?)
 }
 
 /// TRUNCATE of reviews at source position `id`: empties the derived tables unless a truncate
@@ -437,7 +485,7 @@ WHEN NOT MATCHED THEN
     INSERT (course_id, created_at, review_count) VALUES (d.course_id, d.created_at, d.n)";
 
 /// The 90-day figures of the courses in `c` from their buckets `w` after the window floor;
-/// the caller groups by `c.course_id`. Shared so that apply and the rollover agree.
+/// the caller groups by `c.course_id`.
 macro_rules! recent_figures {
     () => {
         "coalesce(sum(w.review_count), 0)::int8 AS review_count,
@@ -451,52 +499,51 @@ macro_rules! recent_figures {
     };
 }
 
-/// All-time figures += deltas (the row created when missing); the 90-day figures and
-/// last_review_at replaced by their recomputation, which sees the buckets and times the two
-/// statements before this one wrote.
-const UPSERT_COURSES: &str = concat!(
-    "
-WITH c AS (
-    SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[],
-                         $6::int8[], $7::int8[], $8::int8[], $9::int8[])
-           AS u(course_id, n, halves, s0, s1, s2, s3, s4, s5)
-),
-recent AS (
-    SELECT c.course_id, ",
-    recent_figures!(),
-    "
-    FROM c LEFT JOIN course_daily_stats w ON w.course_id = c.course_id AND w.day > $10::date
-    GROUP BY c.course_id
-)
-INSERT INTO course_stats AS s (
-    course_id, review_count, rating_sum,
-    stars_0, stars_1, stars_2, stars_3, stars_4, stars_5,
-    last_review_at,
-    recent_review_count, recent_rating_sum,
-    recent_stars_0, recent_stars_1, recent_stars_2,
-    recent_stars_3, recent_stars_4, recent_stars_5,
-    updated_at)
-SELECT c.course_id, c.n, c.halves / 2.0,
-       c.s0, c.s1, c.s2, c.s3, c.s4, c.s5,
-       (SELECT max(t.created_at) FROM course_review_times t WHERE t.course_id = c.course_id),
-       r.review_count, r.rating_sum,
-       r.stars_0, r.stars_1, r.stars_2, r.stars_3, r.stars_4, r.stars_5,
-       now()
-FROM c JOIN recent r ON r.course_id = c.course_id
-ON CONFLICT (course_id) DO UPDATE SET
-    review_count = s.review_count + excluded.review_count,
-    rating_sum = s.rating_sum + excluded.rating_sum,
-    stars_0 = s.stars_0 + excluded.stars_0, stars_1 = s.stars_1 + excluded.stars_1,
-    stars_2 = s.stars_2 + excluded.stars_2, stars_3 = s.stars_3 + excluded.stars_3,
-    stars_4 = s.stars_4 + excluded.stars_4, stars_5 = s.stars_5 + excluded.stars_5,
-    last_review_at = excluded.last_review_at,
-    recent_review_count = excluded.recent_review_count,
-    recent_rating_sum = excluded.recent_rating_sum,
-    recent_stars_0 = excluded.recent_stars_0, recent_stars_1 = excluded.recent_stars_1,
-    recent_stars_2 = excluded.recent_stars_2, recent_stars_3 = excluded.recent_stars_3,
-    recent_stars_4 = excluded.recent_stars_4, recent_stars_5 = excluded.recent_stars_5,
-    updated_at = excluded.updated_at"
-);
+/// Every figure += its delta (the row created when missing). last_review_at rises to the
+/// newest time added, unless a time at least as new was taken back: then it is the newest
+/// left in the multiset, which the statement before this one updated. A CASE evaluates only
+/// the branch it takes, so that lookup is made for those courses alone. MERGE rather than
+/// INSERT .. ON CONFLICT because the update needs the batch's retracted time, which is no
+/// column of course_stats; no two writers insert one course (see the module's lock rule).
+const MERGE_COURSES: &str = "
+MERGE INTO course_stats s
+USING (SELECT * FROM unnest($1::int8[],
+                            $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[],
+                            $7::int8[], $8::int8[], $9::int8[],
+                            $10::int8[], $11::int8[], $12::int8[], $13::int8[], $14::int8[],
+                            $15::int8[], $16::int8[], $17::int8[],
+                            $18::timestamptz[], $19::timestamptz[])
+           AS u(course_id, n, halves, s0, s1, s2, s3, s4, s5,
+                rn, rhalves, r0, r1, r2, r3, r4, r5, added, retracted)) d
+ON s.course_id = d.course_id
+WHEN MATCHED THEN
+    UPDATE SET
+        review_count = s.review_count + d.n,
+        rating_sum = s.rating_sum + d.halves / 2.0,
+        stars_0 = s.stars_0 + d.s0, stars_1 = s.stars_1 + d.s1, stars_2 = s.stars_2 + d.s2,
+        stars_3 = s.stars_3 + d.s3, stars_4 = s.stars_4 + d.s4, stars_5 = s.stars_5 + d.s5,
+        last_review_at = CASE WHEN d.retracted >= s.last_review_at
+            THEN (SELECT max(t.created_at) FROM course_review_times t
+                  WHERE t.course_id = d.course_id)
+            ELSE greatest(s.last_review_at, d.added) END,
+        recent_review_count = s.recent_review_count + d.rn,
+        recent_rating_sum = s.recent_rating_sum + d.rhalves / 2.0,
+        recent_stars_0 = s.recent_stars_0 + d.r0, recent_stars_1 = s.recent_stars_1 + d.r1,
+        recent_stars_2 = s.recent_stars_2 + d.r2, recent_stars_3 = s.recent_stars_3 + d.r3,
+        recent_stars_4 = s.recent_stars_4 + d.r4, recent_stars_5 = s.recent_stars_5 + d.r5,
+        updated_at = now()
+WHEN NOT MATCHED THEN
+    INSERT (course_id, review_count, rating_sum,
+            stars_0, stars_1, stars_2, stars_3, stars_4, stars_5,
+            last_review_at,
+            recent_review_count, recent_rating_sum,
+            recent_stars_0, recent_stars_1, recent_stars_2,
+            recent_stars_3, recent_stars_4, recent_stars_5,
+            updated_at)
+    VALUES (d.course_id, d.n, d.halves / 2.0, d.s0, d.s1, d.s2, d.s3, d.s4, d.s5,
+            d.added,
+            d.rn, d.rhalves / 2.0, d.r0, d.r1, d.r2, d.r3, d.r4, d.r5,
+            now())";
 
 /// The courses with a bucket in (previous floor, new floor] (found through
 /// course_daily_stats_day_idx, so a day where nothing expires costs one index probe), their
@@ -556,16 +603,43 @@ mod tests {
         assert_eq!(d.courses(), 2);
         assert!(d.days[&(7, at.date_naive())].is_zero());
         assert_eq!(d.times[&(7, at)], 0);
-        let per_course = d.per_course();
-        assert!(per_course[&7].is_zero());
+        let per_course = d.per_course(window_floor(at.date_naive()));
+        assert_eq!(per_course[&7], CourseChange::default());
+        let one = Figures {
+            count: 1,
+            halves: 1,
+            stars: [1, 0, 0, 0, 0, 0],
+        };
         assert_eq!(
             per_course[&8],
-            Figures {
-                count: 1,
-                halves: 1,
-                stars: [1, 0, 0, 0, 0, 0]
+            CourseChange {
+                all: one,
+                recent: one,
+                added: Some(at),
+                retracted: None,
             }
         );
+    }
+
+    #[test]
+    fn the_window_takes_only_its_days_and_the_newest_times_are_kept_per_sign() {
+        let today = NaiveDate::from_ymd_opt(2024, 5, 1).unwrap();
+        let floor = window_floor(today);
+        let noon = |day: NaiveDate| day.and_hms_opt(12, 0, 0).unwrap().and_utc();
+        let (edge, inside, newest) = (noon(floor), noon(floor + Days::new(1)), noon(today));
+        let mut d = Deltas::default();
+        d.add(&row(1, 7, 10, edge), 1);
+        d.add(&row(2, 7, 4, inside), 1);
+        d.add(&row(3, 7, 6, newest), -1);
+        d.add(&row(4, 7, 2, inside), -1);
+        d.add(&row(5, 7, 2, edge + chrono::TimeDelta::hours(1)), -1);
+        let change = &d.per_course(floor)[&7];
+        // The reviews on the floor's day are outside the window: all-time only.
+        assert_eq!((change.all.count, change.all.halves), (-1, 4));
+        assert_eq!((change.recent.count, change.recent.halves), (-1, -4));
+        assert_eq!(change.recent.stars, [0, -1, 1, -1, 0, 0]);
+        // `inside` cancelled: the newest added is the edge, the newest taken back today's.
+        assert_eq!((change.added, change.retracted), (Some(edge), Some(newest)));
     }
 
     #[test]

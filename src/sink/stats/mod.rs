@@ -113,12 +113,8 @@ impl Destination for StatsWorker {
             .iter()
             .any(|(_, c)| matches!(c.event.op, Op::Truncate | Op::SnapshotEnd));
         let hold = if alone { Hold::Exclusive } else { Hold::Shared };
-        let mut state = figures::lock_state(tx, hold).await?;
+        let (mut state, _) = begin(tx, hold).await?;
         let today = state.today();
-        figures::roll_days(tx, &mut state, today).await?;
-        if state.restating {
-            restating::aim(tx, &state).await?;
-        }
         let mut fold = Fold::new(applied, state.truncated());
         let mut committed = Vec::with_capacity(records.len());
         let (mut reset, mut swapped) = (false, Vec::new());
@@ -146,7 +142,6 @@ impl Destination for StatsWorker {
                             m.partition(),
                             partitions,
                             event.event.source.lsn,
-                            today,
                         )
                         .await?,
                     );
@@ -185,12 +180,10 @@ impl Destination for StatsWorker {
     async fn tick(&self, pool: &deadpool_postgres::Pool) -> Result<Option<Instant>> {
         let mut client = pool.get().await?;
         let tx = client.transaction().await?;
-        let mut state = figures::lock_state(&tx, Hold::Exclusive).await?;
-        let today = state.today();
-        let refreshed = figures::roll_days(&tx, &mut state, today).await?;
+        let (state, refreshed) = begin(&tx, Hold::Exclusive).await?;
         tx.commit().await?;
         if refreshed > 0 {
-            tracing::info!(courses = refreshed, %today, "day rollover");
+            tracing::info!(courses = refreshed, today = %state.today(), "day rollover");
         }
         Ok(Some(clock::next_look(&client).await?))
     }
@@ -204,6 +197,24 @@ impl Destination for StatsWorker {
                 .observe(latency.as_secs_f64());
         }
     }
+}
+
+/// What every stats transaction does first: takes the stats lock as `want` asks (see
+/// `figures::lock_state`), rolls the window to the database's day when it holds the lock
+/// alone, and aims the figure tables where the state says: at the copies while a snapshot is
+/// in flight, rolled by the same days. `state.today()` is then the day to apply figures for.
+/// Returns the state and the number of real courses the rollover refreshed.
+pub async fn begin(tx: &Transaction<'_>, want: Hold) -> Result<(figures::StatsState, u64)> {
+    let mut state = figures::lock_state(tx, want).await?;
+    let today = state.today();
+    let rolled = figures::roll_days(tx, &mut state, today).await?;
+    if state.restating {
+        restating::aim(tx, &state).await?;
+        if let Some((expiry, _)) = &rolled {
+            figures::expire(tx, expiry).await?;
+        }
+    }
+    Ok((state, rolled.map_or(0, |(_, refreshed)| refreshed)))
 }
 
 /// A record of the valid changelog decoded, or why it cannot be (a dead letter); an `Err`

@@ -17,7 +17,7 @@
 
 use tokio_postgres::Transaction;
 
-use super::figures::{self, StatsState};
+use super::figures::StatsState;
 use crate::contract::lsn::Lsn;
 use crate::db::quote_ident;
 use crate::error::Result;
@@ -64,17 +64,16 @@ pub async fn begin(tx: &Transaction<'_>, state: &mut StatsState, snapshot: Lsn) 
 }
 
 /// `partition` delivered the end of the snapshot read at `snapshot`. When that snapshot is the
-/// one in flight and this was the last of `partitions`, the copies
-/// replace the real tables as of `today`. Returns the courses whose figures that changed
-/// (empty when the snapshot is not whole yet). The caller has applied everything folded
-/// before the end.
+/// one in flight and this was the last of `partitions`, the copies replace the real tables;
+/// they rolled with them (`super::begin`), so their 90-day figures are those of today.
+/// Returns the courses whose figures that changed (empty when the snapshot is not whole
+/// yet). The caller has applied everything folded before the end.
 pub async fn partition_done(
     tx: &Transaction<'_>,
     state: &mut StatsState,
     partition: i32,
     partitions: i32,
     snapshot: Lsn,
-    today: chrono::NaiveDate,
 ) -> Result<Vec<i64>> {
     if !state.restating || state.restating_lsn != Some(snapshot) {
         // The end of a snapshot that died and was taken again, or whose start a rebuild
@@ -99,8 +98,6 @@ pub async fn partition_done(
         );
         return Ok(Vec::new());
     }
-    // Days may have left the 90-day window since the copies were written.
-    figures::refresh_recent(tx, today).await?;
     state.restating = false;
     aim(tx, state).await?;
     let changed = swap(tx).await?;
