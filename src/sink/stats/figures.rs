@@ -349,14 +349,43 @@ pub async fn apply(tx: &Transaction<'_>, deltas: &Deltas, today: NaiveDate) -> R
     course_params.push((&added, Type::TIMESTAMPTZ_ARRAY));
     course_params.push((&retracted, Type::TIMESTAMPTZ_ARRAY));
 
+    let (by_index, plan_freely) = if deltas.courses() <= PROBE_AT_MOST {
+        (BY_INDEX, PLAN_FREELY)
+    } else {
+        ("SELECT", "SELECT")
+    };
     // Empty arrays merge nothing: sending them keeps the pipeline one shape.
     tokio::try_join!(
+        tx.query_typed(by_index, &[]),
         tx.query_typed(MERGE_DAYS, &day_params),
         tx.query_typed(MERGE_TIMES, &time_params),
         tx.query_typed(MERGE_COURSES, &course_params),
+        tx.query_typed(plan_freely, &[]),
     )?;
     Ok(())
 }
+
+/// A batch of at most this many courses has its rows looked up by primary key; a larger one
+/// (a rebuild applies a whole history at once) leaves the plan to PostgreSQL.
+const PROBE_AT_MOST: usize = 20_000;
+
+/// The merges look their rows up by primary key. Left to choose, PostgreSQL's planner joins a
+/// batch to the whole table with a hash join, reading every row of it: measured under
+/// saturation with 100,000 courses, about 12 ms per statement whatever the batch's size,
+/// most of the stats worker's time in PostgreSQL (BENCHMARKS.md). Probing the index for a
+/// worker's batch (at most --batch-records changes) costs a fraction of that. The old
+/// settings are kept in the transaction's own variables, for PLAN_FREELY to put back.
+const BY_INDEX: &str =
+    "SELECT set_config('reviewflow.enable_hashjoin', current_setting('enable_hashjoin'), true),
+       set_config('reviewflow.enable_mergejoin', current_setting('enable_mergejoin'), true),
+       set_config('enable_hashjoin', 'off', true),
+       set_config('enable_mergejoin', 'off', true)";
+
+/// The planner's settings back as they were (pg_settings' reset_val would be a view over
+/// every setting: 0.5 ms a batch).
+const PLAN_FREELY: &str = "SELECT
+       set_config('enable_hashjoin', current_setting('reviewflow.enable_hashjoin'), true),
+       set_config('enable_mergejoin', current_setting('reviewflow.enable_mergejoin'), true)";
 
 /// Days that left the window: those after `after` (every day, when unset) up to `floor`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
