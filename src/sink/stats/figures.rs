@@ -389,7 +389,7 @@ const PLAN_FREELY: &str = "SELECT
 
 /// Days that left the window: those after `after` (every day, when unset) up to `floor`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Expiry {
+pub(super) struct Expiry {
     after: Option<NaiveDate>,
     floor: NaiveDate,
 }
@@ -400,7 +400,7 @@ pub struct Expiry {
 /// Returns the days that expired, with the number of courses refreshed; `None` and no write
 /// when `today` was already rolled or the lock is held shared. The copies of a snapshot in
 /// flight are the caller's to roll by the same expiry ([`expire`]), once aimed at them.
-pub async fn roll_days(
+pub(super) async fn roll_days(
     tx: &Transaction<'_>,
     state: &mut StatsState,
     today: NaiveDate,
@@ -436,7 +436,7 @@ pub async fn roll_days(
 /// aimed at: the copies of a snapshot in flight, which `roll_days` left as they were. Their
 /// figures moved by the same deltas, so without it a review of an expired day taken back
 /// later would be subtracted from a window that never dropped it.
-pub async fn expire(tx: &Transaction<'_>, expiry: &Expiry) -> Result<u64> {
+pub(super) async fn expire(tx: &Transaction<'_>, expiry: &Expiry) -> Result<u64> {
     Ok(tx
         .execute(ROLL_DAYS, &[&expiry.after, &expiry.floor])
         .await?)
@@ -513,21 +513,6 @@ WHEN MATCHED THEN
 WHEN NOT MATCHED THEN
     INSERT (course_id, created_at, review_count) VALUES (d.course_id, d.created_at, d.n)";
 
-/// The 90-day figures of the courses in `c` from their buckets `w` after the window floor;
-/// the caller groups by `c.course_id`.
-macro_rules! recent_figures {
-    () => {
-        "coalesce(sum(w.review_count), 0)::int8 AS review_count,
-         coalesce(sum(w.rating_sum), 0) AS rating_sum,
-         coalesce(sum(w.stars_0), 0)::int8 AS stars_0,
-         coalesce(sum(w.stars_1), 0)::int8 AS stars_1,
-         coalesce(sum(w.stars_2), 0)::int8 AS stars_2,
-         coalesce(sum(w.stars_3), 0)::int8 AS stars_3,
-         coalesce(sum(w.stars_4), 0)::int8 AS stars_4,
-         coalesce(sum(w.stars_5), 0)::int8 AS stars_5"
-    };
-}
-
 /// Every figure += its delta (the row created when missing). last_review_at rises to the
 /// newest time added, unless a time at least as new was taken back: then it is the newest
 /// left in the multiset, which the statement before this one updated. A CASE evaluates only
@@ -577,16 +562,21 @@ WHEN NOT MATCHED THEN
 /// The courses with a bucket in (previous floor, new floor] (found through
 /// course_daily_stats_day_idx, so a day where nothing expires costs one index probe), their
 /// 90-day figures recomputed from the buckets still inside the window.
-const ROLL_DAYS: &str = concat!(
-    "
+const ROLL_DAYS: &str = "
 WITH c AS (
     SELECT DISTINCT course_id FROM course_daily_stats
     WHERE day > coalesce($1::date, '-infinity'::date) AND day <= $2::date
 ),
 recent AS (
-    SELECT c.course_id, ",
-    recent_figures!(),
-    "
+    SELECT c.course_id,
+           coalesce(sum(w.review_count), 0)::int8 AS review_count,
+           coalesce(sum(w.rating_sum), 0) AS rating_sum,
+           coalesce(sum(w.stars_0), 0)::int8 AS stars_0,
+           coalesce(sum(w.stars_1), 0)::int8 AS stars_1,
+           coalesce(sum(w.stars_2), 0)::int8 AS stars_2,
+           coalesce(sum(w.stars_3), 0)::int8 AS stars_3,
+           coalesce(sum(w.stars_4), 0)::int8 AS stars_4,
+           coalesce(sum(w.stars_5), 0)::int8 AS stars_5
     FROM c LEFT JOIN course_daily_stats w ON w.course_id = c.course_id AND w.day > $2::date
     GROUP BY c.course_id
 )
@@ -598,8 +588,7 @@ UPDATE course_stats s SET
     updated_at = now()
 FROM recent r
 WHERE s.course_id = r.course_id
-RETURNING s.course_id"
-);
+RETURNING s.course_id";
 
 #[cfg(test)]
 mod tests {
