@@ -13,7 +13,8 @@ use tokio_postgres::Client;
 use reviewflow::contract::image::ReviewRow;
 use reviewflow::contract::lsn::{Lsn, SourcePosition};
 use reviewflow::contract::review::Rating;
-use reviewflow::sink::stats::figures::{apply, lock_state, reset, Deltas, Hold};
+use reviewflow::sink::stats::figures::{apply, reset, Deltas};
+use reviewflow::sink::stats::state::{lock_state, Hold};
 use reviewflow::sink::stats::{begin, restating};
 use reviewflow::tools::verify::figures;
 

@@ -13,13 +13,14 @@
 //!
 //! Scaling out: workers of one group share the partitions, and their batches commit side by
 //! side under the stats lock held shared; only a batch with a TRUNCATE or a snapshot's end,
-//! and the day rollover, hold it alone (see `figures`).
+//! and the day rollover, hold it alone (see `state`).
 
 pub mod clock;
 pub mod figures;
 pub mod fold;
 pub mod notify;
 pub mod restating;
+pub mod state;
 
 use std::collections::HashMap;
 
@@ -40,9 +41,9 @@ use crate::failpoint::Point;
 use crate::metrics;
 use crate::registry::Registry;
 use crate::sink::StatsConfig;
-use figures::Hold;
 pub use fold::ValidChange;
 use fold::{Fold, Step};
+use state::Hold;
 
 /// Its rows in sink_offsets.
 pub const CONSUMER: &str = "stats";
@@ -200,12 +201,12 @@ impl Destination for StatsWorker {
 }
 
 /// What every stats transaction does first: takes the stats lock as `want` asks (see
-/// `figures::lock_state`), rolls the window to the database's day when it holds the lock
+/// `state::lock_state`), rolls the window to the database's day when it holds the lock
 /// alone, and aims the figure tables where the state says: at the copies while a snapshot is
 /// in flight, rolled by the same days. `state.today()` is then the day to apply figures for.
 /// Returns the state and the number of real courses the rollover refreshed.
-pub async fn begin(tx: &Transaction<'_>, want: Hold) -> Result<(figures::StatsState, u64)> {
-    let mut state = figures::lock_state(tx, want).await?;
+pub async fn begin(tx: &Transaction<'_>, want: Hold) -> Result<(state::StatsState, u64)> {
+    let mut state = state::lock_state(tx, want).await?;
     let today = state.today();
     let rolled = figures::roll_days(tx, &mut state, today).await?;
     if state.restating {

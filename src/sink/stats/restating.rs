@@ -17,7 +17,7 @@
 
 use tokio_postgres::Transaction;
 
-use super::figures::StatsState;
+use super::state::StatsState;
 use crate::contract::lsn::Lsn;
 use crate::db::quote_ident;
 use crate::error::Result;

@@ -72,9 +72,9 @@ use crate::contract::lsn::SourcePosition;
 use crate::error::{Error, Result};
 use crate::registry::Registry;
 use crate::sink::offsets::{self, Advance};
-use crate::sink::stats::figures;
 use crate::sink::stats::fold::Fold;
 use crate::sink::stats::CONSUMER;
+use crate::sink::stats::{figures, state};
 use crate::transform::score;
 use crate::transform::FraudConfig;
 use kafka::{fold_ranges, watermarks, Range};
@@ -199,7 +199,7 @@ impl Replay {
         let partitions: Vec<i32> = ranges.iter().map(|r| r.partition).collect();
         // Fences running stats workers: their batch in flight rolls back, they claim again.
         offsets::claim(&tx, CONSUMER, &topic, &partitions, &self.owner).await?;
-        let state = figures::lock_state(&tx, figures::Hold::Exclusive).await?;
+        let state = state::lock_state(&tx, state::Hold::Exclusive).await?;
         let today = state.today();
         rebuild_start(&tx, cut.unwrap_or_default(), today).await?;
         figures::apply(&tx, &read.fold.take_deltas(), today).await?;
@@ -279,7 +279,7 @@ impl Replay {
         } else {
             offsets::claim(&tx, CONSUMER, &topic, &partitions, &self.owner).await?
         };
-        let state = figures::lock_state(&tx, figures::Hold::Exclusive).await?;
+        let state = state::lock_state(&tx, state::Hold::Exclusive).await?;
         let today = state.today();
         rebuild_start(&tx, before_snapshot, today).await?;
         figures::apply(&tx, &read.deltas, today).await?;

@@ -18,7 +18,7 @@ pub(super) async fn rebuild_start(
     // are gone (see figures::reset).
     tx.batch_execute("DELETE FROM course_stats; TRUNCATE course_daily_stats, course_review_times")
         .await?;
-    // bigint holds any real WAL position, as in figures::lock_state.
+    // bigint holds any real WAL position, as in stats::state::lock_state.
     tx.execute(
         "UPDATE stats_state SET truncated_lsn = $1, truncated_position = $2, rolled_through = $3",
         &[&(truncated.lsn.0 as i64), &truncated.position, &today],
