@@ -17,6 +17,7 @@ use common::watch::NegativeWatch;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
 use reviewflow::contract::lsn::SourcePosition;
 use reviewflow::registry::Registry;
 use reviewflow::source::epochs::{partition_of, Epochs};
@@ -144,7 +145,165 @@ async fn partitions_added_mid_stream_and_across_cdc_crashes_lose_and_double_noth
         vec![old, new as i32],
         "one switch, to the new count: {epochs:?}"
     );
-    // Every change sits where its transaction's epoch puts it, each copy of it too.
+    let on_new = assert_placed_by_their_epochs(&p, &epochs).await;
+    assert!(
+        on_new > 100,
+        "changes went to the added partitions ({on_new})"
+    );
+    // No stage stumbled over the new partitions (fraud's producer learns of them when it
+    // first writes there): a failed session would have stalled the flow.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let taken = |what: &str| logged.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(
+        taken("the fraud group must read the old partitions up to these offsets"),
+        1,
+        "the fence's targets are taken once, by the session that first reached the switch"
+    );
+    assert_eq!(
+        taken("the stats worker must apply the old partitions up to these offsets"),
+        1
+    );
+    assert_eq!(taken("resuming the recorded switch"), 1);
+    assert_eq!(p.snapshot_marker().await.switch, None, "the switch is made");
+    let failed: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains("session failed"))
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    let _ = std::fs::remove_file(&log);
+}
+
+/// A switch planned while Kafka's tail holds re-sends of older transactions, as after
+/// PostgreSQL crashed and set the slot back: the newer transactions sent before the crash,
+/// which sit further back, are sent again with their old count, not across the new one,
+/// where their copies would land in other partitions and count twice (the chaos run on three
+/// brokers met this: every course of the added partitions doubled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_planned_over_a_tail_of_re_sends_sends_nothing_twice() {
+    let p = Pipeline::new("partitions_resent").await;
+    let cdc = p.spawn_cdc(None);
+    p.wait_for_snapshot().await;
+    let old = epochs(&p).await.current();
+    let _workers = ["fraud", "verdicts", "stats"].map(|s| p.spawn(s, None, &[]));
+    p.wait_until_caught_up().await;
+    // Where the slot stands now, kept aside, to set the slot back to later as a crash would.
+    let db = p.db().await;
+    let (slot, saved) = (p.slot(), format!("{}_saved", p.slot()));
+    db.execute(
+        "SELECT pg_copy_logical_replication_slot($1, $2)",
+        &[&slot, &saved],
+    )
+    .await
+    .unwrap();
+    // Transactions of five reviews on each of 16 courses: each partition's part of one fills
+    // more than the tail that cdc used to read for the newest commit (16 records).
+    let on_every_course = |first: i64| {
+        format!(
+            "INSERT INTO reviews (id, course_id, user_id, rating)
+             SELECT g, (g - {first}) % 16 + 1, g, 3.5 FROM generate_series({first}, {first} + 79) g"
+        )
+    };
+    let mut sent = Vec::new();
+    for first in [70_000, 70_100] {
+        db.batch_execute(&on_every_course(first)).await.unwrap();
+        p.wait_until_caught_up().await;
+        let newest = p.events().await.iter().map(|e| e.2.source.lsn).max();
+        sent.push(newest.unwrap());
+    }
+    let (first_lsn, second_lsn) = (sent[0], sent[1]);
+    assert!(first_lsn < second_lsn, "two transactions sent");
+
+    // The crash: cdc gone, the slot back where it was, and a session that began re-sending
+    // the first transaction and died, so that every old partition ends with older copies.
+    drop(cdc);
+    common::eventually("the slot is released", 30, || async {
+        db.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+            .is_ok()
+    })
+    .await;
+    db.execute(
+        "SELECT pg_copy_logical_replication_slot($1, $2)",
+        &[&saved, &slot],
+    )
+    .await
+    .unwrap();
+    db.execute("SELECT pg_drop_replication_slot($1)", &[&saved])
+        .await
+        .unwrap();
+    let producer: FutureProducer = reviewflow::kafka::client_config(&p.settings.kafka)
+        .create()
+        .unwrap();
+    let registry = Registry::connect(&p.settings).await.unwrap();
+    let mut resent = 0;
+    for m in common::consume_all(&p.settings.kafka, &p.topic).await {
+        let (Some(key), Some(payload)) = (m.key(), m.payload()) else {
+            continue;
+        };
+        let (id, body) = reviewflow::avro::wire::unframe(payload).unwrap();
+        let schema = registry.schema(id).await.unwrap();
+        let event = reviewflow::avro::decode_change(&schema, body).unwrap();
+        if event.source.lsn != first_lsn {
+            continue;
+        }
+        let mut record = FutureRecord::<[u8], [u8]>::to(&p.topic)
+            .key(key)
+            .payload(payload)
+            .partition(m.partition());
+        if let Some(headers) = m.headers() {
+            record = record.headers(headers.clone());
+        }
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .unwrap();
+        resent += 1;
+    }
+    assert_eq!(resent, 80, "the first transaction copied to the tails");
+    let tails = reviewflow::source::failover::newest_commit(&p.settings.kafka, &p.topic, &registry)
+        .await
+        .unwrap();
+    assert_eq!(
+        tails,
+        Some(first_lsn),
+        "the tails hold only the older copies"
+    );
+
+    // Partitions added; the next cdc plans the switch at its start, over that tail, then
+    // reads both transactions again from the slot set back.
+    let new = old as usize + 2;
+    common::add_partitions(
+        &p.settings.kafka,
+        &[p.topic.clone(), p.output("valid")],
+        new,
+    )
+    .await
+    .unwrap();
+    let _cdc = p.spawn_cdc(None);
+    // Written after the switch was planned: this one goes out across the new count.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    db.batch_execute(&on_every_course(70_200)).await.unwrap();
+    p.wait_until_caught_up().await;
+    common::eventually("the switch is made", 120, || async {
+        epochs(&p).await.list().len() == 2
+    })
+    .await;
+    db.batch_execute(&on_every_course(70_300)).await.unwrap();
+    p.wait_until_caught_up().await;
+
+    p.assert_exact().await;
+    let epochs = epochs(&p).await;
+    assert!(
+        epochs.list()[1].from > second_lsn,
+        "the new count begins after every transaction sent before: {epochs:?}, the second sent at {second_lsn}"
+    );
+    assert!(assert_placed_by_their_epochs(&p, &epochs).await > 0);
+}
+
+/// Every change sits in the partition its transaction's epoch gives its course, and each copy
+/// of it (a re-send) beside the first. Returns how many changes are on added partitions.
+async fn assert_placed_by_their_epochs(p: &Pipeline, epochs: &Epochs) -> usize {
+    let old = epochs.list()[0].partitions;
     let registry = Registry::connect(&p.settings).await.unwrap();
     let key_id = registry
         .register(
@@ -174,32 +333,12 @@ async fn partitions_added_mid_stream_and_across_cdc_crashes_lose_and_double_noth
             .or_default()
             .insert(partition);
     }
+    let spread: Vec<_> = partitions_of.iter().filter(|(_, p)| p.len() > 1).collect();
     assert!(
-        on_new > 100,
-        "changes went to the added partitions ({on_new})"
+        spread.is_empty(),
+        "copies of one change in several partitions: {spread:?}"
     );
-    assert!(partitions_of.values().all(|p| p.len() == 1));
-    // No stage stumbled over the new partitions (fraud's producer learns of them when it
-    // first writes there): a failed session would have stalled the flow.
-    let logged = std::fs::read_to_string(&log).unwrap();
-    let taken = |what: &str| logged.lines().filter(|l| l.contains(what)).count();
-    assert_eq!(
-        taken("the fraud group must read the old partitions up to these offsets"),
-        1,
-        "the fence's targets are taken once, by the session that first reached the switch"
-    );
-    assert_eq!(
-        taken("the stats worker must apply the old partitions up to these offsets"),
-        1
-    );
-    assert_eq!(taken("resuming the recorded switch"), 1);
-    assert_eq!(p.snapshot_marker().await.switch, None, "the switch is made");
-    let failed: Vec<&str> = logged
-        .lines()
-        .filter(|l| l.contains("session failed"))
-        .collect();
-    assert!(failed.is_empty(), "{failed:#?}");
-    let _ = std::fs::remove_file(&log);
+    on_new
 }
 
 /// cdc places a course where librdkafka's `murmur2_random` (the partitioner it used before,

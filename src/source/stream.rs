@@ -207,7 +207,7 @@ impl<'a> Streamer<'a> {
             .register(&key_subject(topic), &crate::avro::envelope::KEY_SCHEMA)
             .await?;
         self.ledger().idle_at(start);
-        self.partitioning.check(&self.registry).await?;
+        self.partitioning.check().await?;
         let interval = Duration::from_secs(self.config.status_interval_secs.max(1));
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let (mut received, mut reported, mut last_report) = (start, Lsn::ZERO, Instant::now());
@@ -222,7 +222,7 @@ impl<'a> Streamer<'a> {
                     if let Some(failure) = failure {
                         return Err(Error::Delivery(failure));
                     }
-                    if let Err(e) = self.partitioning.check(&self.registry).await {
+                    if let Err(e) = self.partitioning.check().await {
                         tracing::warn!(error = %e, "could not look for added partitions; looking again later");
                     }
                     if confirmed != reported || last_report.elapsed() >= interval {

@@ -1,16 +1,17 @@
 //! Partitions added to the changes topic: when cdc notices (at a session's start, then every
 //! [`CHECK_EVERY`]) that `reviews.changes` has more partitions than its current epoch, and
 //! `reviews.valid` has at least as many, it plans a switch. The switch waits for the first
-//! transaction committed after the newest change Kafka holds: every transaction before it
-//! keeps its epoch, so a re-sent change lands beside its first copy. Before that transaction
-//! is written, the fence waits until the workers applied every change of the old partitions
-//! (see `fence`), then the new epoch is recorded in the slot's marker and the transaction
-//! goes out across the new count.
+//! transaction committed after the server's WAL position at planning, which no session can
+//! have sent before: every transaction before it keeps its epoch, so a re-sent change lands
+//! beside its first copy. Before that transaction is written, the fence waits until the
+//! workers applied every change of the old partitions (see `fence`), then the new epoch is
+//! recorded in the slot's marker and the transaction goes out across the new count.
 //!
 //! The fence's targets are taken once, by the first session that reaches the switch, and kept
 //! in the marker with the pending switch (see `fence` for why).
 //!
-//! Restart: a crash before the targets are recorded plans the same switch again; a crash
+//! Restart: a crash before the targets are recorded plans the switch again, after a later
+//! point (nothing after the first one was sent, the stream waits at the fence); a crash
 //! after it resumes the recorded switch, targets and all; a crash after the new epoch is
 //! recorded finds it in the marker, and re-reads the transactions before it with the old
 //! count. A compacted topic keeps its epoch: its readers keep only the latest row per key.
@@ -62,7 +63,7 @@ impl Partitioning {
     }
 
     /// Looks for added partitions when a check is due, and plans the switch to them.
-    pub(super) async fn check(&mut self, registry: &Registry) -> Result<()> {
+    pub(super) async fn check(&mut self) -> Result<()> {
         if self.compacted
             || self.planned.is_some()
             || self.checked.is_some_and(|c| c.elapsed() < CHECK_EVERY)
@@ -93,13 +94,12 @@ impl Partitioning {
             }
             return Ok(());
         }
-        let after =
-            super::failover::newest_commit(&self.fence.kafka, &topics.changes, registry).await?;
-        tracing::info!(from = current, to = changes, after = ?after.map(|l| l.to_string()),
-            "partitions were added: the first transaction after the newest one in Kafka goes out across the new count, once the workers applied the old partitions");
+        let after = written_up_to(&self.fence.database_url).await?;
+        tracing::info!(from = current, to = changes, %after,
+            "partitions were added: the first transaction committed after this point goes out across the new count, once the workers applied the old partitions");
         self.planned = Some(PendingSwitch {
             to: changes,
-            after,
+            after: Some(after),
             changes_ends: Vec::new(),
             valid_ends: Vec::new(),
         });
@@ -183,4 +183,26 @@ impl Partitioning {
         (self.epochs, self.marker) = (epochs, marker);
         Ok(())
     }
+}
+
+/// How far the server has written its WAL: every transaction any session of cdc can have
+/// sent committed below it, and every one committed from now on lies above it. Kafka's tail
+/// cannot say as much: after the slot was set back (a crash of PostgreSQL forgets where it
+/// was confirmed), the last records of a partition are re-sends of older transactions,
+/// while newer ones sent before the crash sit further back. A switch that began after such
+/// a tail would send those newer transactions again across the new count, where their
+/// copies land in other partitions than their first ones and count twice.
+async fn written_up_to(database_url: &str) -> Result<Lsn> {
+    let pg = crate::db::connect(database_url).await?;
+    // A standby decodes no further than it has replayed.
+    let lsn: String = pg
+        .query_one(
+            "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                          ELSE pg_current_wal_flush_lsn() END)::text",
+            &[],
+        )
+        .await?
+        .get(0);
+    lsn.parse()
+        .map_err(|e| crate::error::Error::Replication(format!("WAL position {lsn}: {e}")))
 }
