@@ -86,6 +86,18 @@ pub fn check_group_settings(kafka: &KafkaSettings) -> Result<()> {
 }
 
 /// The bootstrap servers and the configured librdkafka settings on top of `config`.
+/// A producer's settings: `tunable` first, the user's (`KAFKA_*`, `--kafka-option`, the
+/// properties file) over them, so that a deployment can trade latency for batching
+/// (`linger.ms`, `batch.num.messages`, `compression.type`, ...). What a guarantee needs is the
+/// caller's to set afterwards, where no user setting reaches it.
+pub fn producer_config(kafka: &KafkaSettings, tunable: &[(&str, &str)]) -> ClientConfig {
+    let mut base = ClientConfig::new();
+    for (key, value) in tunable {
+        base.set(*key, *value);
+    }
+    configured(base, kafka)
+}
+
 fn configured(mut config: ClientConfig, kafka: &KafkaSettings) -> ClientConfig {
     config.set("bootstrap.servers", &kafka.bootstrap_servers);
     for (key, value) in &kafka.client {
@@ -633,6 +645,15 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_users_producer_tuning_wins_over_the_stages_defaults() {
+        let tunable = [("linger.ms", "5"), ("compression.type", "lz4")];
+        let tuned = producer_config(&with(&[("linger.ms", "0")]), &tunable);
+        assert_eq!(tuned.get("linger.ms"), Some("0"));
+        assert_eq!(tuned.get("compression.type"), Some("lz4"));
+        assert_eq!(tuned.get("bootstrap.servers"), Some("b:9092"));
     }
 
     #[test]

@@ -28,8 +28,8 @@ use crate::config::{Settings, TopicSettings};
 use crate::contract::change::{Op, Source, NEW_KEY_HEADER, OLD_KEY_HEADER};
 use crate::contract::lsn::Lsn;
 use crate::error::{Error, Result};
-use crate::kafka::client_config;
 use crate::kafka::produce::send as send_record;
+use crate::kafka::producer_config;
 use crate::metrics;
 use crate::registry::{key_subject, value_subject, Registry};
 
@@ -145,7 +145,21 @@ impl<'a> Streamer<'a> {
         partitioning: Partitioning,
     ) -> Result<Self> {
         let ledger = Arc::new(Mutex::new(AckLedger::new(Lsn::ZERO)));
-        let producer: ThreadedProducer<AckContext> = client_config(&settings.kafka)
+        // The slot is read as fast as Kafka takes its records, no faster: a full queue stops
+        // the reading (`produce::send` waits) and PostgreSQL holds the rest. With 500,000
+        // records queued (librdkafka keeps about 250 bytes of its own per record beside key
+        // and payload) a slot that outran a throttled broker piled up here: one transaction
+        // of 200,000 inserts took cdc from 34 to 77 MB, and nothing stopped a larger one short
+        // of 500,000; with this bound it stayed at 42 MB (BENCHMARKS.md, "Large
+        // transaction"). Five full batches still keep every partition's batches in flight.
+        let tunable = [
+            ("linger.ms", "5"),
+            ("batch.num.messages", "10000"),
+            ("queue.buffering.max.messages", "50000"),
+            ("queue.buffering.max.kbytes", "16384"),
+            ("compression.type", "lz4"),
+        ];
+        let producer: ThreadedProducer<AckContext> = producer_config(&settings.kafka, &tunable)
             .set("enable.idempotence", "true")
             // The sinks skip what is behind the last change they applied, so a partition
             // must never get a change after a newer one. By default librdkafka answers a
@@ -156,19 +170,6 @@ impl<'a> Streamer<'a> {
             .set("enable.gapless.guarantee", "true")
             .set("message.timeout.ms", "0")
             .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("batch.num.messages", "10000")
-            // The slot is read as fast as Kafka takes its records, no faster: a full queue
-            // stops the reading (`produce::send` waits) and PostgreSQL holds the rest. With
-            // 500,000 records queued (librdkafka keeps about 250 bytes of its own per record
-            // beside key and payload) a slot that outran a throttled broker piled up here: one
-            // transaction of 200,000 inserts took cdc from 34 to 77 MB, and nothing stopped a
-            // larger one short of 500,000; with this bound it stayed at 42 MB (BENCHMARKS.md,
-            // "Large transaction").
-            // Five full batches still keep every partition's batches in flight.
-            .set("queue.buffering.max.messages", "50000")
-            .set("queue.buffering.max.kbytes", "16384")
-            .set("compression.type", "lz4")
             // No batch over the topic's max.message.bytes: the broker would refuse it whole.
             .set("message.max.bytes", limits.batch.to_string())
             .create_with_context(AckContext {

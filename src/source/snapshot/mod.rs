@@ -51,8 +51,8 @@ use crate::contract::change::{Op, Source, PARTITIONS_HEADER};
 use crate::contract::lsn::Lsn;
 use crate::db::{quote_ident, quote_literal};
 use crate::error::{Error, Result};
-use crate::kafka::client_config;
 use crate::kafka::produce::send as send_record;
+use crate::kafka::producer_config;
 use crate::registry::{key_subject, value_subject, Registry};
 
 mod markers;
@@ -251,20 +251,21 @@ impl Snapshot<'_> {
         let progress = reader.progress_bar();
 
         let producer: Arc<ThreadedProducer<_>> = Arc::new(
-            client_config(self.kafka)
-                .set(
-                    "transactional.id",
-                    format!("reviewflow-cdc-snapshot-{}", self.slot),
-                )
-                .set("enable.idempotence", "true")
-                .set("linger.ms", "20")
-                .set("compression.type", "lz4")
-                .set("message.max.bytes", self.limits.batch.to_string())
-                .set(
-                    "transaction.timeout.ms",
-                    TRANSACTION_TIMEOUT.as_millis().to_string(),
-                )
-                .create()?,
+            producer_config(
+                self.kafka,
+                &[("linger.ms", "20"), ("compression.type", "lz4")],
+            )
+            .set(
+                "transactional.id",
+                format!("reviewflow-cdc-snapshot-{}", self.slot),
+            )
+            .set("enable.idempotence", "true")
+            .set("message.max.bytes", self.limits.batch.to_string())
+            .set(
+                "transaction.timeout.ms",
+                TRANSACTION_TIMEOUT.as_millis().to_string(),
+            )
+            .create()?,
         );
         let chunks = Chunks::begin(producer.clone()).await?;
         // Positions count up to -1 (the ends): a transaction streamed right after the

@@ -31,7 +31,7 @@ use super::FraudConfig;
 use crate::avro::{envelope, verdict};
 use crate::config::{Settings, TopicSettings, WorkerSettings};
 use crate::error::{Error, Result};
-use crate::kafka::{self, client_config};
+use crate::kafka;
 use crate::metrics;
 use crate::registry::{key_subject, value_subject, Registry};
 use crate::transform::score::{self, Scorer};
@@ -254,12 +254,14 @@ impl Session {
             &f.worker.batch_limits(),
         )
         .create_with_context(RebalanceWatch::default())?;
-        let producer: BaseProducer = client_config(&f.settings.kafka)
+        let tunable = [
+            ("linger.ms", "5"),
+            ("compression.type", "lz4"),
+            ("queue.buffering.max.messages", "500000"),
+        ];
+        let producer: BaseProducer = kafka::producer_config(&f.settings.kafka, &tunable)
             .set("transactional.id", f.transactional_id())
             .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .set("compression.type", "lz4")
-            .set("queue.buffering.max.messages", "500000")
             // Java clients' partitioner, so every client agrees where a key lives.
             .set("partitioner", "murmur2_random")
             // Bounds how long a crashed instance that never comes back holds up read_committed
