@@ -85,7 +85,6 @@ pub fn check_group_settings(kafka: &KafkaSettings) -> Result<()> {
     }
 }
 
-/// The bootstrap servers and the configured librdkafka settings on top of `config`.
 /// A producer's settings: `tunable` first, the user's (`KAFKA_*`, `--kafka-option`, the
 /// properties file) over them, so that a deployment can trade latency for batching
 /// (`linger.ms`, `batch.num.messages`, `compression.type`, ...). What a guarantee needs is the
@@ -98,6 +97,7 @@ pub fn producer_config(kafka: &KafkaSettings, tunable: &[(&str, &str)]) -> Clien
     configured(base, kafka)
 }
 
+/// The bootstrap servers and the configured librdkafka settings on top of `config`.
 fn configured(mut config: ClientConfig, kafka: &KafkaSettings) -> ClientConfig {
     config.set("bootstrap.servers", &kafka.bootstrap_servers);
     for (key, value) in &kafka.client {

@@ -254,9 +254,11 @@ async fn every_process_kafka_and_postgres_killed_at_random_and_nothing_lost_or_d
             continue;
         }
         if added.is_none() && (Instant::now() >= add_at || trials >= 5) {
-            let count = common::partition_count(&p.settings.kafka, &p.output("valid")).await + 2;
-            let topics = [p.topic.clone(), p.output("valid")];
-            match common::add_partitions(&p.settings.kafka, &topics, count).await {
+            let tried = match common::partition_count(&p.settings.kafka, &p.output("valid")).await {
+                Ok(count) => p.add_partitions(count + 2).await,
+                Err(e) => Err(e),
+            };
+            match tried {
                 Ok(()) => {
                     added = Some(Instant::now());
                     *faults.entry("partitions added".into()).or_default() += 1;

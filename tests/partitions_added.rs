@@ -55,13 +55,7 @@ async fn partitions_added_mid_stream_and_across_cdc_crashes_lose_and_double_noth
         // Killed mid-stream: changes it had handed to Kafka are re-sent by the next one.
         // (Before the partitions are added, so that it cannot have planned the switch.)
         drop(cdc);
-        common::add_partitions(
-            &p.settings.kafka,
-            &[p.topic.clone(), p.output("valid")],
-            new,
-        )
-        .await
-        .unwrap();
+        p.add_partitions(new).await.unwrap();
         let db = p.db().await;
         let mut id: i64 = 90_000;
         let (away, mut stats) = (std::time::Instant::now(), None);
@@ -272,23 +266,21 @@ async fn a_switch_planned_over_a_tail_of_re_sends_sends_nothing_twice() {
     // Partitions added; the next cdc plans the switch at its start, over that tail, then
     // reads both transactions again from the slot set back.
     let new = old as usize + 2;
-    common::add_partitions(
-        &p.settings.kafka,
-        &[p.topic.clone(), p.output("valid")],
-        new,
-    )
-    .await
-    .unwrap();
+    p.add_partitions(new).await.unwrap();
     let _cdc = p.spawn_cdc(None);
-    // Written after the switch was planned: this one goes out across the new count.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    db.batch_execute(&on_every_course(70_200)).await.unwrap();
-    p.wait_until_caught_up().await;
-    common::eventually("the switch is made", 120, || async {
-        epochs(&p).await.list().len() == 2
-    })
-    .await;
-    db.batch_execute(&on_every_course(70_300)).await.unwrap();
+    // Transactions until one comes after the point the switch was planned at and goes out
+    // across the new count, then one more there.
+    let mut first = 70_200;
+    loop {
+        db.batch_execute(&on_every_course(first)).await.unwrap();
+        first += 100;
+        p.wait_until_caught_up().await;
+        if epochs(&p).await.list().len() == 2 {
+            break;
+        }
+        assert!(first < 72_000, "no switch after 18 transactions");
+    }
+    db.batch_execute(&on_every_course(first)).await.unwrap();
     p.wait_until_caught_up().await;
 
     p.assert_exact().await;

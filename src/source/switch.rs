@@ -195,14 +195,12 @@ impl Partitioning {
 async fn written_up_to(database_url: &str) -> Result<Lsn> {
     let pg = crate::db::connect(database_url).await?;
     // A standby decodes no further than it has replayed.
-    let lsn: String = pg
+    let row = pg
         .query_one(
-            "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
-                          ELSE pg_current_wal_flush_lsn() END)::text",
+            "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                         ELSE pg_current_wal_flush_lsn() END",
             &[],
         )
-        .await?
-        .get(0);
-    lsn.parse()
-        .map_err(|e| crate::error::Error::Replication(format!("WAL position {lsn}: {e}")))
+        .await?;
+    Ok(row.get::<_, tokio_postgres::types::PgLsn>(0).into())
 }

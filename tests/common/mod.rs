@@ -360,13 +360,17 @@ pub async fn write_random(db: &tokio_postgres::Client, rng: &mut Rng, transactio
     }
 }
 
-/// The partition count of `topic`.
-pub async fn partition_count(kafka: &reviewflow::config::KafkaSettings, topic: &str) -> usize {
+/// The partition count of `topic`; why not, when the cluster did not answer (a node down).
+pub async fn partition_count(
+    kafka: &reviewflow::config::KafkaSettings,
+    topic: &str,
+) -> Result<usize, String> {
     let (kafka, topic) = (kafka.clone(), topic.to_string());
     tokio::task::spawn_blocking(move || reviewflow::kafka::topic_partitions(&kafka, &topic))
         .await
         .unwrap()
-        .unwrap() as usize
+        .map(|count| count as usize)
+        .map_err(|e| e.to_string())
 }
 
 /// `kafka-topics --alter --partitions count` on each of `topics`; why not, when the cluster

@@ -274,6 +274,13 @@ impl Pipeline {
             .collect()
     }
 
+    /// Partitions added to the changes topic and the valid changelog, up to `count` each,
+    /// as an operator would (`kafka-topics --alter --partitions`).
+    pub async fn add_partitions(&self, count: usize) -> Result<(), String> {
+        let topics = [self.topic.clone(), self.output("valid")];
+        super::add_partitions(&self.settings.kafka, &topics, count).await
+    }
+
     pub async fn db(&self) -> tokio_postgres::Client {
         reviewflow::db::connect(&self.url).await.unwrap()
     }
