@@ -12,6 +12,7 @@ use tokio_postgres::Client;
 
 use reviewflow::contract::image::ReviewRow;
 use reviewflow::contract::lsn::{Lsn, SourcePosition};
+use reviewflow::contract::notify::Touched;
 use reviewflow::contract::review::Rating;
 use reviewflow::sink::stats::figures::{apply, reset, Deltas};
 use reviewflow::sink::stats::state::{lock_state, Hold};
@@ -600,11 +601,90 @@ async fn a_snapshot_in_flight_rolls_its_copies_at_midnight() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(changed, [1], "only course 1 lost a review");
+    assert_eq!(
+        changed,
+        Touched::Courses(vec![1]),
+        "only course 1 lost a review"
+    );
     assert_eq!(
         sim.figures(1).await,
         (1, "1.5".into(), 1, "1.5".into(), Some("1.5000".into()))
     );
     assert_eq!(sim.figures(2).await.2, 0);
     sim.assert_true_at(d1).await;
+}
+
+/// A restatement names the courses it changed up to a bound, and past it tells the website
+/// "every course" (as a TRUNCATE does) rather than read a million ids into the worker; either
+/// way every course is put in place.
+#[tokio::test]
+async fn a_snapshot_changing_many_courses_tells_every_course() {
+    let mut sim = Sim::new("figures_restating_many").await;
+    let d = day(2024, 9, 10);
+    sim.set_day(d).await;
+    let bound = restating::NAMED_AT_MOST;
+
+    // Each round: the table holds a review on each of `courses` courses, all with `halves`,
+    // and a snapshot of it (every row valid) ends on the only partition.
+    async fn snapshot(sim: &mut Sim, courses: i64, halves: i32, lsn: u64, d: NaiveDate) -> Touched {
+        let created = at(d, 60);
+        sim.db
+            .execute(
+                "INSERT INTO reviews (id, course_id, user_id, rating, created_at)
+                 SELECT g, g, 1, $1::int4 / 2.0, $2 FROM generate_series(1, $3::int8) g
+                 ON CONFLICT (id) DO UPDATE SET rating = EXCLUDED.rating",
+                &[&halves, &created, &courses],
+            )
+            .await
+            .unwrap();
+        let version = PgLsn::from(Lsn(lsn));
+        sim.db
+            .execute(
+                "INSERT INTO review_verdicts (review_id, version, verdict, score, model)
+                 SELECT g, $1, 'valid', 0, 'test' FROM generate_series(1, $2::int8) g",
+                &[&version, &courses],
+            )
+            .await
+            .unwrap();
+        let tx = sim.db.transaction().await.unwrap();
+        let (mut state, _) = begin(&tx, Hold::Exclusive).await.unwrap();
+        restating::begin(&tx, &mut state, Lsn(lsn)).await.unwrap();
+        let mut copy = Deltas::default();
+        for id in 1..=courses {
+            let row = ReviewRow {
+                id,
+                course_id: id,
+                user_id: Some(1),
+                rating: Rating::from_halves(halves as u8).unwrap(),
+                title: None,
+                content: None,
+                created_at: created,
+                updated_at: Some(created),
+            };
+            copy.add(&row, 1);
+        }
+        apply(&tx, &copy, state.today()).await.unwrap();
+        let changed = restating::partition_done(&tx, &mut state, 0, 1, Lsn(lsn))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        changed
+    }
+
+    // At the bound, every course is named.
+    let Touched::Courses(mut named) = snapshot(&mut sim, bound, 8, 0x2_0000_0000, d).await else {
+        panic!("{bound} changed courses are named");
+    };
+    named.sort_unstable();
+    assert_eq!(named, (1..=bound).collect::<Vec<_>>());
+    sim.assert_true_at(d).await;
+
+    // One more course, and every rating changed: past the bound.
+    assert_eq!(
+        snapshot(&mut sim, bound + 1, 4, 0x3_0000_0000, d).await,
+        Touched::All
+    );
+    assert_eq!(sim.count("course_stats").await, bound + 1);
+    assert_eq!(sim.figures(bound + 1).await.0, 1);
+    sim.assert_true_at(d).await;
 }

@@ -118,7 +118,7 @@ impl Destination for StatsWorker {
         let today = state.today();
         let mut fold = Fold::new(applied, state.truncated());
         let mut committed = Vec::with_capacity(records.len());
-        let (mut reset, mut swapped) = (false, Vec::new());
+        let (mut every_course, mut swapped) = (false, Vec::new());
         for (m, event) in &records {
             match fold.push(m.partition(), event) {
                 Step::Duplicate | Step::Void => continue,
@@ -129,23 +129,26 @@ impl Destination for StatsWorker {
                     if event.event.source.snapshot {
                         restating::begin(tx, &mut state, event.event.source.lsn).await?;
                     }
-                    reset |= figures::reset(tx, &mut state, event.event.source.id()).await?
+                    every_course |= figures::reset(tx, &mut state, event.event.source.id()).await?
                         && !state.restating;
                 }
                 Step::SnapshotEnd => {
                     // What was folded before the end belongs to the copies.
                     figures::apply(tx, &fold.take_deltas(), today).await?;
                     let partitions = self.partitions(m).await?;
-                    swapped.extend(
-                        restating::partition_done(
-                            tx,
-                            &mut state,
-                            m.partition(),
-                            partitions,
-                            event.event.source.lsn,
-                        )
-                        .await?,
-                    );
+                    match restating::partition_done(
+                        tx,
+                        &mut state,
+                        m.partition(),
+                        partitions,
+                        event.event.source.lsn,
+                    )
+                    .await?
+                    {
+                        Touched::Courses(courses) => swapped.extend(courses),
+                        // Too many courses to name: the website re-reads them all.
+                        Touched::All => every_course = true,
+                    }
                 }
             }
             // A change applied; the marks around a snapshot are no change of a review.
@@ -156,7 +159,7 @@ impl Destination for StatsWorker {
         let deltas = fold.take_deltas();
         // Delivered to the api's listeners only if this transaction commits. The copies of a
         // snapshot in flight have none: its courses are told when it is put in place.
-        let touched = if reset {
+        let touched = if every_course {
             Touched::All
         } else if state.restating {
             Touched::Courses(swapped)

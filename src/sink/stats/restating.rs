@@ -19,6 +19,7 @@ use tokio_postgres::Transaction;
 
 use super::state::StatsState;
 use crate::contract::lsn::Lsn;
+use crate::contract::notify::Touched;
 use crate::db::quote_ident;
 use crate::error::Result;
 
@@ -27,6 +28,12 @@ const SCHEMA: &str = "reviewflow_restating";
 
 /// The tables that have copies.
 const TABLES: [&str; 3] = ["course_stats", "course_daily_stats", "course_review_times"];
+
+/// A swap that changed more courses than this tells the website "every course" instead of
+/// naming them: a restatement can change millions, and their ids read into the worker (a row
+/// each through tokio-postgres) took it past 190 MB at a million courses, while the api's
+/// listeners would re-read them one by one.
+pub const NAMED_AT_MOST: i64 = 10_000;
 
 /// Points the transaction's unqualified figure tables at the copies while `state` says a
 /// snapshot is in flight, at the real tables otherwise: the copies' schema put in front of the
@@ -66,19 +73,21 @@ pub async fn begin(tx: &Transaction<'_>, state: &mut StatsState, snapshot: Lsn) 
 /// `partition` delivered the end of the snapshot read at `snapshot`. When that snapshot is the
 /// one in flight and this was the last of `partitions`, the copies replace the real tables;
 /// they rolled with them (`super::begin`), so their 90-day figures are those of today.
-/// Returns the courses whose figures that changed (empty when the snapshot is not whole
-/// yet). The caller has applied everything folded before the end.
+/// Returns the courses whose figures that changed (none when the snapshot is not whole yet;
+/// `Touched::All` past [`NAMED_AT_MOST`]). The caller has applied everything folded before
+/// the end.
 pub async fn partition_done(
     tx: &Transaction<'_>,
     state: &mut StatsState,
     partition: i32,
     partitions: i32,
     snapshot: Lsn,
-) -> Result<Vec<i64>> {
+) -> Result<Touched> {
+    let none = Touched::Courses(Vec::new());
     if !state.restating || state.restating_lsn != Some(snapshot) {
         // The end of a snapshot that died and was taken again, or whose start a rebuild
         // (`replay`) already folded in place.
-        return Ok(Vec::new());
+        return Ok(none);
     }
     if !state.restated_partitions.contains(&partition) {
         state.restated_partitions.push(partition);
@@ -96,11 +105,11 @@ pub async fn partition_done(
             of = partitions,
             "a snapshot ended in a partition"
         );
-        return Ok(Vec::new());
+        return Ok(none);
     }
     state.restating = false;
     aim(tx, state).await?;
-    let changed = swap(tx).await?;
+    let (changed, touched) = swap(tx).await?;
     tx.execute(
         "UPDATE stats_state SET restating = false, restating_lsn = NULL, restated_partitions = '{}'",
         &[],
@@ -109,10 +118,10 @@ pub async fn partition_done(
     state.restating_lsn = None;
     state.restated_partitions.clear();
     tracing::info!(
-        changed = changed.len(),
+        changed,
         "the snapshot ended in every partition: its figures are in place"
     );
-    Ok(changed)
+    Ok(touched)
 }
 
 /// For `status`: a line when a snapshot is in flight, saying how far it got.
@@ -160,8 +169,10 @@ fn copies() -> String {
 /// Puts the copies in place of the real tables (unqualified, as the transaction's path now
 /// finds them) and empties them. course_stats is merged rather than replaced: it is streamed
 /// (course-stats topic), so only courses whose figures changed are written, and only courses
-/// gone from the copy are deleted. Returns the courses whose figures changed.
-async fn swap(tx: &Transaction<'_>) -> Result<Vec<i64>> {
+/// gone from the copy are deleted. Returns how many courses' figures changed, and which
+/// (named up to [`NAMED_AT_MOST`]). Only their count and an aggregated array leave
+/// PostgreSQL, never a row per course.
+async fn swap(tx: &Transaction<'_>) -> Result<(i64, Touched)> {
     let stats_columns = columns(tx, "course_stats").await?;
     let list = stats_columns.join(", ");
     // updated_at says when a row was written, not what it holds.
@@ -179,29 +190,27 @@ async fn swap(tx: &Transaction<'_>) -> Result<Vec<i64>> {
         .map(|c| format!("{c} = EXCLUDED.{c}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let gone = tx
-        .query(
-            &format!(
-                "DELETE FROM course_stats s WHERE NOT EXISTS
-                     (SELECT FROM {SCHEMA}.course_stats r WHERE r.course_id = s.course_id)
-                 RETURNING course_id"
-            ),
-            &[],
-        )
-        .await?;
-    let written = tx
-        .query(
-            &format!(
-                "INSERT INTO course_stats AS s ({list}) SELECT {list} FROM {SCHEMA}.course_stats
-                 ON CONFLICT (course_id) DO UPDATE SET {set}
-                 WHERE ({}) IS DISTINCT FROM ({})
-                 RETURNING course_id",
-                figures("s"),
-                figures("EXCLUDED")
-            ),
-            &[],
-        )
-        .await?;
+    let gone = changed(
+        tx,
+        &format!(
+            "DELETE FROM course_stats s WHERE NOT EXISTS
+                 (SELECT FROM {SCHEMA}.course_stats r WHERE r.course_id = s.course_id)
+             RETURNING course_id"
+        ),
+    )
+    .await?;
+    let written = changed(
+        tx,
+        &format!(
+            "INSERT INTO course_stats AS s ({list}) SELECT {list} FROM {SCHEMA}.course_stats
+             ON CONFLICT (course_id) DO UPDATE SET {set}
+             WHERE ({}) IS DISTINCT FROM ({})
+             RETURNING course_id",
+            figures("s"),
+            figures("EXCLUDED")
+        ),
+    )
+    .await?;
     // The helper tables are not streamed: replaced whole.
     tx.batch_execute("TRUNCATE course_daily_stats, course_review_times")
         .await?;
@@ -213,7 +222,31 @@ async fn swap(tx: &Transaction<'_>) -> Result<Vec<i64>> {
         .await?;
     }
     tx.batch_execute(&format!("TRUNCATE {}", copies())).await?;
-    Ok(gone.iter().chain(&written).map(|r| r.get(0)).collect())
+    let count = gone.0 + written.0;
+    let touched = match (gone.1, written.1) {
+        (Some(gone), Some(written)) if count <= NAMED_AT_MOST => {
+            Touched::Courses(gone.into_iter().chain(written).collect())
+        }
+        _ => Touched::All,
+    };
+    Ok((count, touched))
+}
+
+/// Runs `modifying` (a statement `RETURNING course_id`) and counts the courses it returns,
+/// naming them only up to [`NAMED_AT_MOST`].
+async fn changed(tx: &Transaction<'_>, modifying: &str) -> Result<(i64, Option<Vec<i64>>)> {
+    let row = tx
+        .query_one(
+            &format!(
+                "WITH changed AS ({modifying})
+                 SELECT count(*),
+                        CASE WHEN count(*) <= $1 THEN coalesce(array_agg(course_id), '{{}}') END
+                 FROM changed"
+            ),
+            &[&NAMED_AT_MOST],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
 }
 
 /// The real table's columns that take a value (generated ones compute theirs), quoted. The
