@@ -7,17 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use tokio_util::sync::CancellationToken;
 
 use super::acks::AckLedger;
 use super::columns::TypeCatalog;
 use super::epochs::partition_of;
 use super::pgoutput::{self, PgOutput, Tuple, Value};
-use super::produce::wire_key;
+use super::produce::{changes_producer, wire_key, AckContext};
 use super::refusals;
 use super::replication::{pg_epoch_micros_to_unix_micros, ReplicationMessage, ReplicationStream};
 use super::size::RecordLimits;
@@ -29,68 +27,8 @@ use crate::contract::change::{Op, Source, NEW_KEY_HEADER, OLD_KEY_HEADER};
 use crate::contract::lsn::Lsn;
 use crate::error::{Error, Result};
 use crate::kafka::produce::send as send_record;
-use crate::kafka::producer_config;
 use crate::metrics;
 use crate::registry::{key_subject, value_subject, Registry};
-
-struct AckContext {
-    ledger: Arc<Mutex<AckLedger>>,
-    /// Changes Kafka acknowledged.
-    acked: Counter,
-}
-
-impl ClientContext for AckContext {}
-
-impl ProducerContext for AckContext {
-    type DeliveryOpaque = Box<u64>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, seq: Self::DeliveryOpaque) {
-        let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
-        match result {
-            Ok(_) => {
-                ledger.acked(*seq);
-                self.acked.inc();
-            }
-            Err((e, record)) => ledger.failed(refusal(record.topic(), e)),
-        }
-    }
-}
-
-/// Why Kafka did not take a change, saying what to change where the broker refused it by
-/// its own settings (the slot stays where it is meanwhile, and cdc tries again).
-fn refusal(topic: &str, e: &KafkaError) -> String {
-    use RDKafkaErrorCode as Code;
-    let fix = match e.rdkafka_error_code() {
-        Some(Code::MessageSizeTooLarge) => format!(
-            "the record batch is larger than topic {topic}'s max.message.bytes (or the broker's \
-             message.max.bytes) allows: was it lowered while cdc ran? The next session reads the \
-             limit again and carries the largest values of a change too large as oversize markers \
-             (docs/values.md); a limit below {} bytes must be raised, e.g. kafka-configs.sh \
-             --bootstrap-server ... --alter --entity-type topics --entity-name {topic} --add-config \
-             max.message.bytes=1048588",
-            super::size::TOPIC_MINIMUM
-        ),
-        Some(Code::PolicyViolation | Code::InvalidRecord | Code::InvalidConfig) => {
-            format!("the broker's policy or topic {topic}'s configuration refuses the record; fix it")
-        }
-        Some(Code::TopicAuthorizationFailed | Code::ClusterAuthorizationFailed) => {
-            format!("this client may not write to topic {topic}: grant it WRITE (and IDEMPOTENT_WRITE)")
-        }
-        Some(Code::KafkaStorageError) => {
-            format!("the broker cannot store topic {topic}'s records (a full or failed log disk)")
-        }
-        _ => String::new(),
-    };
-    let fix = if fix.is_empty() {
-        String::new()
-    } else {
-        format!(": {fix}")
-    };
-    format!(
-        "kafka refused a change for topic {topic} ({e}){fix}. The slot does not advance past it; \
-         cdc tries again until Kafka takes it"
-    )
-}
 
 /// The version of a table's columns that events are currently encoded with.
 struct TableVersion {
@@ -145,37 +83,7 @@ impl<'a> Streamer<'a> {
         partitioning: Partitioning,
     ) -> Result<Self> {
         let ledger = Arc::new(Mutex::new(AckLedger::new(Lsn::ZERO)));
-        // The slot is read as fast as Kafka takes its records, no faster: a full queue stops
-        // the reading (`produce::send` waits) and PostgreSQL holds the rest. With 500,000
-        // records queued (librdkafka keeps about 250 bytes of its own per record beside key
-        // and payload) a slot that outran a throttled broker piled up here: one transaction
-        // of 200,000 inserts took cdc from 34 to 77 MB, and nothing stopped a larger one short
-        // of 500,000; with this bound it stayed at 42 MB (BENCHMARKS.md, "Large
-        // transaction"). Five full batches still keep every partition's batches in flight.
-        let tunable = [
-            ("linger.ms", "5"),
-            ("batch.num.messages", "10000"),
-            ("queue.buffering.max.messages", "50000"),
-            ("queue.buffering.max.kbytes", "16384"),
-            ("compression.type", "lz4"),
-        ];
-        let producer: ThreadedProducer<AckContext> = producer_config(&settings.kafka, &tunable)
-            .set("enable.idempotence", "true")
-            // The sinks skip what is behind the last change they applied, so a partition
-            // must never get a change after a newer one. By default librdkafka answers a
-            // refused batch by renumbering and sending the batches behind it, and a batch
-            // that timed out leaves the same gap; the refused change, sent again by the next
-            // session, then lands behind newer ones and is lost. Instead: a refusal stops this
-            // producer (the session starts over from the slot), and nothing times out.
-            .set("enable.gapless.guarantee", "true")
-            .set("message.timeout.ms", "0")
-            .set("acks", "all")
-            // No batch over the topic's max.message.bytes: the broker would refuse it whole.
-            .set("message.max.bytes", limits.batch.to_string())
-            .create_with_context(AckContext {
-                ledger: ledger.clone(),
-                acked: metrics::events_out(&config.stage(), "changes"),
-            })?;
+        let producer = changes_producer(settings, config, &limits, ledger.clone())?;
         Ok(Streamer {
             config,
             topics,
