@@ -41,6 +41,10 @@ pub struct Saturation {
     pub cpu: Vec<(String, f64)>,
     /// The bench database's backends over the window: running, and waiting on a lock.
     pub lock_wait: LockWait,
+    /// With more than one instance: how long the worker groups took to take in the new
+    /// members (every group Stable with all of them, as its coordinator tells), from their
+    /// start; the warm-up and the window follow. None when a coordinator did not tell.
+    pub settled_secs: Option<f64>,
 }
 
 impl Saturation {
@@ -80,8 +84,21 @@ pub async fn run(run: &mut Run, shutdown: &CancellationToken) -> Result<Live> {
         for stage in WORKERS {
             run.start_instance(stage, 2)?;
         }
-        // Longer: the groups rebalance onto the new members first.
-        let s = saturate(run, &mut writer, 2, warmup.max(10), shutdown).await;
+        // The window measures two instances at work, not the groups taking them in: it opens
+        // a warm-up after every group is Stable with both (the time that took is reported).
+        // Meanwhile the writer keeps the pipeline full, as it would be in production.
+        let settled = settle(run, &mut writer, 2, shutdown).await?;
+        let warmup = if settled.is_some() {
+            warmup
+        } else {
+            warmup.max(10)
+        };
+        let s = saturate(run, &mut writer, 2, warmup, shutdown)
+            .await
+            .map(|s| Saturation {
+                settled_secs: settled.map(|d| d.as_secs_f64()),
+                ..s
+            });
         for stage in WORKERS {
             run.stop(&format!("{stage}-2"), "pipeline").await?;
         }
@@ -204,6 +221,82 @@ async fn first_review(
             what: "the pipeline's first review".into(),
             detail: e.to_string(),
         })
+}
+
+/// Waits until every worker group is Stable with `members` members, as their coordinator
+/// tells (DescribeGroups), writing to keep the pipeline busy meanwhile. Returns how long that
+/// took, or None when a coordinator does not describe the groups (then the caller warms up
+/// longer instead).
+async fn settle(
+    run: &mut Run,
+    writer: &mut Writer,
+    members: usize,
+    shutdown: &CancellationToken,
+) -> Result<Option<Duration>> {
+    use rdkafka::consumer::BaseConsumer;
+    let client: BaseConsumer = crate::kafka::client_config(&run.settings.kafka).create()?;
+    let groups: Vec<String> = WORKERS.iter().map(|w| run.group(w)).collect();
+    let bar = spinner(format!(
+        "saturation: the worker groups taking in {members} instances"
+    ));
+    let started = Instant::now();
+    let mut rng = Rng::new(0x5e77);
+    let base = reached(run).await?;
+    let mut written = 0u64;
+    loop {
+        super::check(shutdown)?;
+        run.check_stages()?;
+        let mut stable = true;
+        for group in &groups {
+            use rdkafka::consumer::Consumer;
+            match client.fetch_group_list(Some(group.as_str()), Duration::from_secs(5)) {
+                Ok(list) => {
+                    stable &= list
+                        .groups()
+                        .iter()
+                        .any(|g| g.state() == "Stable" && g.members().len() == members)
+                }
+                Err(e) => {
+                    tracing::warn!(%group, error = %e, "bench: the group is not described; warming up longer instead");
+                    bar.finish_and_clear();
+                    return Ok(None);
+                }
+            }
+        }
+        if stable {
+            let took = started.elapsed();
+            bar.finish_and_clear();
+            // What was written meanwhile drains first: the window counts from nothing in flight.
+            wait_until(
+                run,
+                "the reviews written while the groups settled to drain",
+                Duration::from_millis(200),
+                Duration::from_secs(600),
+                shutdown,
+                move |r| Box::pin(async move { Ok(reached(r).await? - base >= written) }),
+            )
+            .await?;
+            return Ok(Some(took));
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            return Err(Error::Command {
+                what: "saturation".into(),
+                detail: format!(
+                    "the worker groups did not take in {members} instances within 120 s"
+                ),
+            });
+        }
+        let done = reached(run).await? - base;
+        if written - done < run.sizes.in_flight {
+            let picks: Vec<i64> = (0..500)
+                .map(|_| 1 + rng.below(run.sizes.courses) as i64)
+                .collect();
+            writer.write(&picks).await?;
+            written += 500;
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 async fn saturate(
@@ -334,6 +427,7 @@ async fn saturate(
         longest_pause_at_secs: longest.0.as_secs_f64(),
         cpu,
         lock_wait,
+        settled_secs: None,
     })
 }
 

@@ -153,21 +153,24 @@ impl Report {
         let _ = writeln!(
             o,
             "With two instances, a second process of each worker (fraud, stats, verdicts) joins \
-             its group, and after a longer warm-up (the groups rebalance first) the same window \
-             is measured. Every 100 ms `pg_stat_activity` is sampled over the bench database's \
+             its group while the writer keeps the pipeline full; once every group's coordinator \
+             tells it Stable with both members (DescribeGroups; `groups settled` is how long \
+             that took from the processes' start) and what was written meanwhile has drained, \
+             the same warm-up and window follow. Every 100 ms `pg_stat_activity` is sampled over the bench database's \
              backends: the mean running a statement, and the mean of those waiting on a \
              heavyweight lock (`wait_event_type = 'Lock'`; advisory: the stats lock).\n"
         );
         let _ = writeln!(
             o,
-            "| instances of each worker | window | reviews | reviews/s | slowest second | longest pause | backends running | waiting on a lock | of which advisory |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+            "| instances of each worker | groups settled | window | reviews | reviews/s | slowest second | longest pause | backends running | waiting on a lock | of which advisory |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
         );
         for s in std::iter::once(s).chain(&self.scale_out) {
             let w = &s.lock_wait;
             let _ = writeln!(
                 o,
-                "| {} | {:.1} s | {} | {} | {}/s | {:.2} s at {:.1} s | {:.2} | {:.2} ({:.0} %) | {:.2} |",
+                "| {} | {} | {:.1} s | {} | {} | {}/s | {:.2} s at {:.1} s | {:.2} | {:.2} ({:.0} %) | {:.2} |",
                 s.instances,
+                s.settled_secs.map_or("-".into(), |t| format!("{t:.1} s")),
                 s.secs,
                 thousands(s.reviews as f64),
                 thousands(s.rate()),
