@@ -243,7 +243,7 @@ async fn settle(
     let mut rng = Rng::new(0x5e77);
     let base = reached(run).await?;
     let mut written = 0u64;
-    loop {
+    let settled = 'settle: loop {
         super::check(shutdown)?;
         run.check_stages()?;
         let mut stable = true;
@@ -258,25 +258,12 @@ async fn settle(
                 }
                 Err(e) => {
                     tracing::warn!(%group, error = %e, "bench: the group is not described; warming up longer instead");
-                    bar.finish_and_clear();
-                    return Ok(None);
+                    break 'settle None;
                 }
             }
         }
         if stable {
-            let took = started.elapsed();
-            bar.finish_and_clear();
-            // What was written meanwhile drains first: the window counts from nothing in flight.
-            wait_until(
-                run,
-                "the reviews written while the groups settled to drain",
-                Duration::from_millis(200),
-                Duration::from_secs(600),
-                shutdown,
-                move |r| Box::pin(async move { Ok(reached(r).await? - base >= written) }),
-            )
-            .await?;
-            return Ok(Some(took));
+            break Some(started.elapsed());
         }
         if started.elapsed() > Duration::from_secs(120) {
             return Err(Error::Command {
@@ -296,7 +283,19 @@ async fn settle(
         } else {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
+    };
+    bar.finish_and_clear();
+    // What was written meanwhile drains first: the window counts from nothing in flight.
+    wait_until(
+        run,
+        "the reviews written while the groups settled to drain",
+        Duration::from_millis(200),
+        Duration::from_secs(600),
+        shutdown,
+        move |r| Box::pin(async move { Ok(reached(r).await? - base >= written) }),
+    )
+    .await?;
+    Ok(settled)
 }
 
 async fn saturate(
