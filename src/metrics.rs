@@ -54,6 +54,11 @@ struct HoldLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabel {
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutputLabels {
     pub stage: String,
     pub output: String,
@@ -81,6 +86,7 @@ pub struct Metrics {
     pub stage_restarts: Family<StageLabel, Counter>,
     pub commit_to_stats: Histogram,
     stats_lock_wait: Family<HoldLabel, Counter<f64, AtomicU64>>,
+    fraud_transaction_phases: Family<PhaseLabel, Counter<f64, AtomicU64>>,
 }
 
 /// The process's metrics, registered on first use.
@@ -105,6 +111,7 @@ impl Metrics {
             stage_restarts: Family::default(),
             commit_to_stats: Histogram::new(LATENCY_BUCKETS),
             stats_lock_wait: Family::default(),
+            fraud_transaction_phases: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -176,6 +183,15 @@ impl Metrics {
             Unit::Seconds,
             m.stats_lock_wait.clone(),
         );
+        registry.register_with_unit(
+            "fraud_transaction_phase",
+            "Time fraud's Kafka transactions spent in each phase (produce: scoring and handing \
+             the records over; offsets: send_offsets_to_transaction; deliveries: waiting for the \
+             broker's acks; commit: commit_transaction). Divided by reviewflow_transactions_total \
+             {stage=\"fraud\"}, the mean per transaction",
+            Unit::Seconds,
+            m.fraud_transaction_phases.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -185,6 +201,15 @@ pub fn stats_lock_wait(hold: &str) -> Counter<f64, AtomicU64> {
     metrics()
         .stats_lock_wait
         .get_or_create_owned(&HoldLabel { hold: hold.into() })
+}
+
+/// Seconds fraud's transactions spent in `phase` (produce, offsets, deliveries, commit).
+pub fn fraud_transaction_phase(phase: &str) -> Counter<f64, AtomicU64> {
+    metrics()
+        .fraud_transaction_phases
+        .get_or_create_owned(&PhaseLabel {
+            phase: phase.into(),
+        })
 }
 
 /// A stage's counter of records in.
@@ -362,7 +387,14 @@ mod tests {
         events_in("unit-in").inc_by(3);
         events_out("unit-out", "valid").inc();
         dead_letters("unit-dead").inc();
+        fraud_transaction_phase("unit-phase").inc_by(0.5);
         let text = encode(&[]);
+        assert!(
+            text.contains(
+                "reviewflow_fraud_transaction_phase_seconds_total{phase=\"unit-phase\"} 0.5\n"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("reviewflow_events_in_total{stage=\"unit-in\"} 3\n"),
             "{text}"

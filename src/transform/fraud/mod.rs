@@ -62,6 +62,28 @@ struct Counters {
     /// Batches that lost records because a rebalance moved their partitions while they were
     /// collected.
     discarded: Counter,
+    /// Seconds the transactions spent in each phase: where a record's time in fraud goes.
+    produce: PhaseSeconds,
+    offsets: PhaseSeconds,
+    deliveries: PhaseSeconds,
+    commit: PhaseSeconds,
+}
+
+type PhaseSeconds = prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>;
+
+/// The clock of a transaction's phases: each `ended` adds the time since the previous one.
+struct Phases(Instant);
+
+impl Phases {
+    fn start() -> Self {
+        Phases(Instant::now())
+    }
+
+    fn ended(&mut self, phase: &PhaseSeconds) {
+        let now = Instant::now();
+        phase.inc_by((now - self.0).as_secs_f64());
+        self.0 = now;
+    }
 }
 
 impl Counters {
@@ -74,6 +96,10 @@ impl Counters {
             dead_letters: metrics::dead_letters(STAGE),
             transactions: metrics::transactions(STAGE),
             discarded: metrics::discarded_batches(STAGE),
+            produce: metrics::fraud_transaction_phase("produce"),
+            offsets: metrics::fraud_transaction_phase("offsets"),
+            deliveries: metrics::fraud_transaction_phase("deliveries"),
+            commit: metrics::fraud_transaction_phase("commit"),
         }
     }
 }
@@ -357,6 +383,7 @@ impl Session {
     ) -> Result<HashMap<Kind, u64>> {
         let mut produced = HashMap::new();
         let mut next_offsets = BTreeMap::new();
+        let mut phase = Phases::start();
         for m in batch {
             for out in self.outputs(m)? {
                 send(producer, &out)?;
@@ -375,11 +402,15 @@ impl Session {
         let group = consumer
             .group_metadata()
             .ok_or_else(|| Error::Config("the fraud consumer has no group metadata".into()))?;
+        phase.ended(&self.counters.produce);
         producer.send_offsets_to_transaction(&offsets, &group, Duration::from_secs(30))?;
+        phase.ended(&self.counters.offsets);
         // The crash that hurts most: everything produced, nothing committed.
         crate::failpoint::hit(crate::failpoint::FRAUD_BEFORE_COMMIT)?;
         await_deliveries(producer, Duration::from_secs(60))?;
+        phase.ended(&self.counters.deliveries);
         producer.commit_transaction(Duration::from_secs(60))?;
+        phase.ended(&self.counters.commit);
         crate::failpoint::hit(crate::failpoint::FRAUD_AFTER_COMMIT)?;
         Ok(produced)
     }
