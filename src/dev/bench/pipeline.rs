@@ -286,13 +286,11 @@ async fn settle(
     };
     bar.finish_and_clear();
     // What was written meanwhile drains first: the window counts from nothing in flight.
-    wait_until(
+    drain(
         run,
-        "the reviews written while the groups settled to drain",
-        Duration::from_millis(200),
-        Duration::from_secs(600),
+        "the reviews written while the groups settled",
+        base + written,
         shutdown,
-        move |r| Box::pin(async move { Ok(reached(r).await? - base >= written) }),
     )
     .await?;
     Ok(settled)
@@ -403,16 +401,7 @@ async fn saturate(
         .collect();
     tracing::info!(instances, reviews, secs = window_secs, lock_wait = ?lock_wait, "saturation");
     // What is still in flight drains before the latency phases.
-    let target = written;
-    wait_until(
-        run,
-        "the saturation backlog to drain",
-        Duration::from_millis(200),
-        Duration::from_secs(600),
-        shutdown,
-        move |r| Box::pin(async move { Ok(reached(r).await? - base >= target) }),
-    )
-    .await?;
+    drain(run, "the saturation backlog", base + written, shutdown).await?;
     Ok(Saturation {
         instances,
         secs: window_secs,
@@ -428,6 +417,19 @@ async fn saturate(
         lock_wait,
         settled_secs: None,
     })
+}
+
+/// Waits until `what` has drained: `target` reviews reached their end ([`reached`]).
+async fn drain(run: &mut Run, what: &str, target: u64, shutdown: &CancellationToken) -> Result<()> {
+    wait_until(
+        run,
+        &format!("{what} to drain"),
+        Duration::from_millis(200),
+        Duration::from_secs(600),
+        shutdown,
+        move |r| Box::pin(async move { Ok(reached(r).await? >= target) }),
+    )
+    .await
 }
 
 /// Reviews that reached their end: applied to course_stats, or flagged (which never do), by
