@@ -274,15 +274,7 @@ async fn settle(
             });
         }
         let done = reached(run).await? - base;
-        if written - done < run.sizes.in_flight {
-            let picks: Vec<i64> = (0..500)
-                .map(|_| 1 + rng.below(run.sizes.courses) as i64)
-                .collect();
-            writer.write(&picks).await?;
-            written += 500;
-        } else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        written += top_up(run, writer, &mut rng, written - done).await?;
     };
     bar.finish_and_clear();
     // What was written meanwhile drains first: the window counts from nothing in flight.
@@ -304,8 +296,6 @@ async fn saturate(
     shutdown: &CancellationToken,
 ) -> Result<Saturation> {
     let secs = run.sizes.saturation_secs;
-    let courses = run.sizes.courses;
-    let batch: usize = if run.sizes.quick { 200 } else { 500 };
     let bar = timed(
         format!(
             "saturation, {instances} instance(s) of each worker: {warmup} s warm-up, then {secs} s measured"
@@ -361,13 +351,7 @@ async fn saturate(
                 seconds.push((Instant::now(), done));
             }
         }
-        if written - done < run.sizes.in_flight {
-            let picks: Vec<i64> = (0..batch).map(|_| 1 + rng.below(courses) as i64).collect();
-            writer.write(&picks).await?;
-            written += batch as u64;
-        } else {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        written += top_up(run, writer, &mut rng, written - done).await?;
     }
     let finished = reached(run).await? - base;
     if let (Some((at, seen)), Some((opened, _, _))) = (progressed, &window) {
@@ -417,6 +401,22 @@ async fn saturate(
         lock_wait,
         settled_secs: None,
     })
+}
+
+/// Keeps the pipeline full: with `pending` (reviews written but not yet at their end) below
+/// the in-flight bound, writes one transaction of reviews on random courses, else waits a
+/// moment. Returns how many it wrote.
+async fn top_up(run: &Run, writer: &mut Writer, rng: &mut Rng, pending: u64) -> Result<u64> {
+    if pending >= run.sizes.in_flight {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        return Ok(0);
+    }
+    let batch = if run.sizes.quick { 200 } else { 500 };
+    let picks: Vec<i64> = (0..batch)
+        .map(|_| 1 + rng.below(run.sizes.courses) as i64)
+        .collect();
+    writer.write(&picks).await?;
+    Ok(batch)
 }
 
 /// Waits until `what` has drained: `target` reviews reached their end ([`reached`]).

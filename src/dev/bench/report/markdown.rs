@@ -156,8 +156,8 @@ impl Report {
              its group while the writer keeps the pipeline full; once every group's coordinator \
              tells it Stable with both members (DescribeGroups; `groups settled` is how long \
              that took from the processes' start) and what was written meanwhile has drained, \
-             the same warm-up and window follow. Every 100 ms `pg_stat_activity` is sampled over the bench database's \
-             backends: the mean running a statement, and the mean of those waiting on a \
+             the same warm-up and window follow. Every 100 ms `pg_stat_activity` is sampled \
+             over the bench database's backends: the mean running a statement, and the mean of those waiting on a \
              heavyweight lock (`wait_event_type = 'Lock'`; advisory: the stats lock).\n"
         );
         let _ = writeln!(
